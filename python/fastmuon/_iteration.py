@@ -1,0 +1,61 @@
+"""The polynomial iterations, written once for every framework and backend.
+
+Each backend supplies the few matrix operations below (plain framework ops for the reference,
+symmetric kernels for the fast paths); the order of operations lives only here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ._plan import Plan
+
+
+class MatrixOps(Protocol):
+    """Batched (batch, m, n) matrix operations one backend provides."""
+
+    def xxt(self, X: Any) -> Any:
+        """X X^T."""
+
+    def ba_plus_caa(self, A: Any, alpha: float, beta: float) -> Any:
+        """alpha A A + beta A for symmetric A."""
+
+    def addmm(self, C: Any, A: Any, B: Any, alpha: float, beta: float) -> Any:
+        """alpha A B + beta C."""
+
+    def matmul(self, A: Any, B: Any) -> Any:
+        """A B."""
+
+    def add_identity(self, Z: Any, a: float) -> Any:
+        """Z + a I."""
+
+
+def iterate(X: Any, plan: Plan, ops: MatrixOps) -> Any:
+    """Apply the plan's polynomials to a normalized wide batch X (batch, m, n), m <= n."""
+    if plan.uses_gram:
+        return _gram_iterations(X, plan, ops)
+    for a, b, c in plan.coefficients:
+        A = ops.xxt(X)
+        B = ops.ba_plus_caa(A, alpha=c, beta=b)  # b A + c A^2
+        X = ops.addmm(X, B, X, alpha=1.0, beta=a)  # a X + B X
+    return X
+
+
+def _gram_iterations(X: Any, plan: Plan, ops: MatrixOps) -> Any:
+    """Every X_k equals Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so the steps run on
+    m x m matrices and X is touched once at the start and once at the end (plus restarts)."""
+    R = ops.xxt(X)
+    Q = None  # the identity, kept implicit until the first step needs it
+    last = len(plan.coefficients)
+    for step, (a, b, c) in enumerate(plan.coefficients, start=1):
+        Z = ops.ba_plus_caa(R, alpha=c, beta=b)  # b R + c R^2
+        Q = ops.add_identity(Z, a) if Q is None else ops.addmm(Q, Q, Z, alpha=1.0, beta=a)
+        if step == last:
+            break
+        RZ = ops.addmm(R, R, Z, alpha=1.0, beta=a)  # R (a I + Z)
+        R = ops.addmm(RZ, Z, RZ, alpha=1.0, beta=a)  # (a I + Z) R (a I + Z) = X_k X_k^T
+        if plan.restart_after(step):
+            X = ops.matmul(Q, X)
+            R = ops.xxt(X)
+            Q = None
+    return X if Q is None else ops.matmul(Q, X)

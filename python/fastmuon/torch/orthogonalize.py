@@ -1,0 +1,100 @@
+"""Orthogonalization of PyTorch tensors: the public entry point and the plain-torch reference."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .._iteration import iterate
+from .._plan import DEFAULT_STEPS, Plan, check_backend, check_matrix_shape, make_plan
+
+BACKENDS = ("auto", "reference")
+
+def default_compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (as every public Muon does); fp32 elsewhere, since bf16 matmul on CPUs is
+    about 100x slower than fp32."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def orthogonalize(
+    G: torch.Tensor,
+    *,
+    method: str = "polar_express",
+    steps: int = DEFAULT_STEPS,
+    coefficients: Optional[Sequence] = None,
+    backend: str = "auto",
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Approximate the polar factor U V^T of each matrix in ``G`` (shape ``(..., m, n)``).
+
+    Args:
+        G: a floating tensor with at least two dimensions; leading dimensions are a batch.
+        method: ``"newton_schulz"`` (Jordan's quintic), ``"polar_express"`` (the 5-step table,
+            safety factor 1.02) or ``"gram"`` (Polar Express iterated on the Gram matrix).
+        steps: number of polynomial steps.
+        coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
+            its normalization.
+        backend: ``"auto"`` picks the fastest available path; ``"reference"`` is plain torch.
+        dtype: compute dtype; by default bf16 on CUDA and fp32 elsewhere.
+
+    Returns:
+        A tensor of ``G``'s shape and dtype. A zero matrix gives zeros.
+    """
+    plan = make_plan(method, steps, coefficients)
+    check_backend(backend, BACKENDS)
+    if not isinstance(G, torch.Tensor):
+        raise TypeError(f"G must be a torch.Tensor, got {type(G).__name__}")
+    check_matrix_shape(G.shape)
+    if not G.is_floating_point():
+        raise TypeError(f"G must be a floating tensor, got dtype {G.dtype}")
+    compute_dtype = default_compute_dtype(G.device) if dtype is None else dtype
+    if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return orthogonalize_reference(G, plan, compute_dtype)
+
+
+def orthogonalize_reference(G: torch.Tensor, plan: Plan, compute_dtype: torch.dtype) -> torch.Tensor:
+    """Plain-torch implementation; what every faster backend is tested against."""
+    shape = G.shape
+    m, n = shape[-2], shape[-1]
+    X = G.reshape(-1, m, n).to(compute_dtype)
+    tall = m > n
+    if tall:  # iterate on the wide orientation: the Gram matrix is then the smaller one
+        X = X.mT
+    X = normalize(X, plan)
+    X = iterate(X, plan, TorchOps())
+    if tall:
+        X = X.mT
+    return X.reshape(shape).to(G.dtype)
+
+
+def normalize(X: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """X / (||X||_F * scale + eps) per matrix, the norm taken in at least fp32."""
+    norm_dtype = torch.promote_types(X.dtype, torch.float32)
+    norm = torch.linalg.matrix_norm(X.to(norm_dtype), keepdim=True)
+    return (X.to(norm_dtype) / (norm * plan.norm_scale + plan.eps)).to(X.dtype)
+
+
+class TorchOps:
+    """Plain-torch matrix operations on (batch, m, n) tensors."""
+
+    @staticmethod
+    def xxt(X):
+        return X @ X.mT
+
+    @staticmethod
+    def ba_plus_caa(A, alpha, beta):
+        return torch.baddbmm(A, A, A, alpha=alpha, beta=beta)
+
+    @staticmethod
+    def addmm(C, A, B, alpha, beta):
+        return torch.baddbmm(C, A, B, alpha=alpha, beta=beta)
+
+    @staticmethod
+    def matmul(A, B):
+        return A @ B
+
+    @staticmethod
+    def add_identity(Z, a):
+        return Z + a * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
