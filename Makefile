@@ -1,0 +1,39 @@
+# Two commands for a fresh machine:
+#   make test   set up .venv (if missing), build and install fastmuon with its test extras, run pytest
+#   make demo   same set-up, then the main job
+#
+# torch: the pinned CPU build is installed before fastmuon, so the package's `torch>=2.4`
+# range is already met and pip never pulls a multi-GB CUDA build. Where pip would find a CUDA
+# wheel for this pin, point it at PyTorch's CPU index:
+#   make test TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.fastmuon-installed
+SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc metal python -type f -not -name '*.pyc' 2>/dev/null)
+
+.PHONY: test demo install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(PY) $(SOURCES)
+	$(PIP) install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(PIP) install --quiet ".[mlx,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	FASTMUON_REQUIRE_NATIVE=1 $(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m fastmuon bench --quick
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,121 @@
+"""Loader for fastmuon's compiled extensions.
+
+Two extensions are built from ``csrc/``:
+
+* ``fastmuon._blas``: CPU kernels on the BLAS (scipy-openblas32 / Accelerate)
+  for numpy arrays and torch CPU tensors. Needs neither torch nor mlx.
+* ``fastmuon._mlx_ext``: MLX primitives; needs ``mlx`` (it links libmlx and
+  shares MLX's nanobind domain, so ``mlx.core`` is imported first).
+
+Both are imported lazily, on first use, and the outcome is cached. A missing
+or broken build never breaks ``import fastmuon``: the accessors raise
+:class:`NativeExtensionMissing` (an ``ImportError``) with a build hint, and the
+``*_available()`` helpers return ``False``. This module imports neither torch
+nor mlx at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from types import ModuleType
+
+__all__ = [
+    "NativeExtensionMissing",
+    "blas_available",
+    "blas_module",
+    "mlx_ext_available",
+    "mlx_ext_module",
+]
+
+_BUILD_HINT = (
+    "From a source checkout, build the extensions with `pip install -e .` "
+    "(or `make test`); a wheel of fastmuon for your platform contains them."
+)
+
+
+class NativeExtensionMissing(ImportError):
+    """A compiled fastmuon extension could not be imported."""
+
+
+_lock = threading.RLock()
+# name -> imported module or the NativeExtensionMissing raised for it
+_cache: dict[str, ModuleType | NativeExtensionMissing] = {}
+
+
+def _load(name: str, prerequisite: str | None, missing_prereq_hint: str) -> ModuleType:
+    with _lock:
+        cached = _cache.get(name)
+        if cached is None:
+            cached = _import(name, prerequisite, missing_prereq_hint)
+            _cache[name] = cached
+    if isinstance(cached, NativeExtensionMissing):
+        # A fresh instance per raise: re-raising the cached one would keep
+        # growing its traceback.
+        raise NativeExtensionMissing(str(cached)) from cached.__cause__
+    return cached
+
+
+def _import(
+    name: str, prerequisite: str | None, missing_prereq_hint: str
+) -> ModuleType | NativeExtensionMissing:
+    if prerequisite is not None:
+        try:
+            importlib.import_module(prerequisite)
+        except ImportError as exc:
+            err = NativeExtensionMissing(
+                f"fastmuon.{name} needs {prerequisite!r}, which failed to import "
+                f"({type(exc).__name__}: {exc}). {missing_prereq_hint}"
+            )
+            err.__cause__ = exc
+            return err
+    try:
+        return importlib.import_module(f"fastmuon.{name}")
+    except ImportError as exc:
+        err = NativeExtensionMissing(
+            f"fastmuon's compiled extension fastmuon.{name} is not available "
+            f"({type(exc).__name__}: {exc}). {_BUILD_HINT}"
+        )
+        err.__cause__ = exc
+        return err
+
+
+def blas_module() -> ModuleType:
+    """Return ``fastmuon._blas`` (BLAS CPU kernels for numpy / torch CPU).
+
+    Raises:
+        NativeExtensionMissing: the extension is not built or fails to load.
+    """
+    return _load("_blas", None, "")
+
+
+def mlx_ext_module() -> ModuleType:
+    """Return ``fastmuon._mlx_ext`` (MLX primitives), importing ``mlx.core`` first.
+
+    Raises:
+        NativeExtensionMissing: mlx is not installed, or the extension is not
+            built or fails to load.
+    """
+    return _load(
+        "_mlx_ext",
+        "mlx.core",
+        "Install MLX with `pip install 'fastmuon[mlx]'`.",
+    )
+
+
+def blas_available() -> bool:
+    """Whether ``fastmuon._blas`` can be imported."""
+    try:
+        blas_module()
+    except ImportError:
+        return False
+    return True
+
+
+def mlx_ext_available() -> bool:
+    """Whether mlx and ``fastmuon._mlx_ext`` can be imported."""
+    try:
+        mlx_ext_module()
+    except ImportError:
+        return False
+    return True
