@@ -20,6 +20,33 @@ namespace fastmuon::cpu {
 // BLAS thread pool.
 void xxt_f32(const float* x, float* out, int64_t batch, int64_t m, int64_t k);
 
+// out[b] = alpha * a[b] @ a[b] + beta * a[b] for symmetric (m, m) matrices a[b]
+// (a a = a a^T, so one ssyrk with beta forms it at half the flops of a matmul),
+// mirrored so that out[b] is exactly symmetric. a and out are row-major
+// C-contiguous (batch, m, m) float32 buffers; out may equal a (in place) but
+// must not partially overlap it. Only the upper triangle of a is read.
+void ba_plus_caa_f32(const float* a, float* out, int64_t batch, int64_t m,
+                     float alpha, float beta);
+
+// One polynomial iteration plan, as fastmuon._plan.Plan describes it.
+struct OrthogonalizePlan {
+  const double* coefficients;  // steps x 3: (a, b, c) per step, row-major
+  int64_t steps;
+  double norm_scale;            // X / (||X||_F * norm_scale + eps)
+  double eps;
+  bool gram;                    // iterate on the Gram matrix (fastmuon "gram")
+  int64_t gram_restart_every;   // recompute X and R after every k-th step (gram)
+};
+
+// In place: x[b] <- the plan's orthogonalization of x[b], for row-major
+// C-contiguous (batch, rows, cols) float32 x. Tall matrices (rows > cols) are
+// iterated in the wide orientation without a transposed copy (X^T X and
+// X B products). Same operation order as python/fastmuon/_iteration.py.
+// Works matrix by matrix on the BLAS thread pool; scratch is allocated once
+// per call. A zero matrix stays zero.
+void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
+                       const OrthogonalizePlan& plan);
+
 // Copy the strict upper triangle of the row-major (m, m) matrix c onto its
 // strict lower triangle (cache-blocked transpose).
 void mirror_upper_to_lower(float* c, int64_t m);
