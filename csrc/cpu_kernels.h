@@ -24,7 +24,9 @@ void xxt_f32(const float* x, float* out, int64_t batch, int64_t m, int64_t k);
 // (a a = a a^T, so one ssyrk with beta forms it at half the flops of a matmul),
 // mirrored so that out[b] is exactly symmetric. a and out are row-major
 // C-contiguous (batch, m, m) float32 buffers; out may equal a (in place) but
-// must not partially overlap it. Only the upper triangle of a is read.
+// must not partially overlap it. Only the upper triangle of a is read (a
+// symmetrized scratch copy is the ssyrk operand). Throws
+// std::invalid_argument for negative sizes or m beyond the BLAS integer range.
 void ba_plus_caa_f32(const float* a, float* out, int64_t batch, int64_t m,
                      float alpha, float beta);
 
@@ -43,7 +45,10 @@ struct OrthogonalizePlan {
 // iterated in the wide orientation without a transposed copy (X^T X and
 // X B products). Same operation order as python/fastmuon/_iteration.py.
 // Works matrix by matrix on the BLAS thread pool; scratch is allocated once
-// per call. A zero matrix stays zero.
+// per call. A zero matrix stays zero. Throws std::invalid_argument for
+// negative sizes, sizes beyond the BLAS integer range, or an invalid plan (no
+// steps, non-finite coefficients, norm_scale <= 0, eps < 0, or
+// gram_restart_every < 1 with gram).
 void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
                        const OrthogonalizePlan& plan);
 

@@ -3,27 +3,15 @@
 Covers ``fastmuon._blas.xxt`` (numpy arrays, torch CPU tensors) and the MLX
 primitive ``fastmuon._mlx_ext.xxt``, against a float64 numpy reference.
 
-Tolerance (derived, not tuned). For C_ij = sum_l x_il x_jl evaluated in
-floating point with unit roundoff u, in *any* summation order (blocked BLAS
-kernels, FMA included):
-
-    |fl(C) - C| <= gamma_k * (|X| |X|^T),   gamma_k = k u / (1 - k u)
-
-(Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5).
-We assert the error is within TOL_MULT = 2 times k u (|X| |X|^T): the factor
-2 covers 1 / (1 - k u) <= 1.01 for the sizes here and the float64
-reference's own error (about 2^-29 of the fp32 bound). An output rounded to
-a 16-bit type adds u_out |C| (plus half the smallest subnormal spacing, for
-results that land in the subnormal range).
+Tolerance: ``native_helpers.assert_within_dot_bound`` (a stated multiple of the
+dot-product rounding bound gamma_k |X| |X|^T, see there).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-TOL_MULT = 2.0
-U32 = 2.0**-24
+from native_helpers import MLX_DTYPES, assert_exactly_symmetric, assert_within_dot_bound, mx_to_np
 
 # (batch, m, k): 1x1, 1xn, odd rectangular both ways, a batch, k == 0.
 BLAS_SHAPES = [(1, 1, 1), (1, 1, 37), (1, 70, 45), (1, 33, 100), (3, 70, 45), (2, 4, 0)]
@@ -39,23 +27,9 @@ def _gram_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _assert_within_bound(c, x, u_out: float = 0.0, eta_out: float = 0.0) -> None:
-    """Assert |c - x x^T| <= TOL_MULT k u32 |x||x|^T (1 + u_out) + u_out |C| + eta_out."""
-    c = np.asarray(c, dtype=np.float64)
+    """|c - x x^T| within the dot-product bound for k = x.shape[-1] terms."""
     ref, scale = _gram_ref(x)
-    k = x.shape[-1]
-    bound = TOL_MULT * k * U32 * scale * (1.0 + u_out) + u_out * np.abs(ref) + eta_out
-    err = np.abs(c - ref)
-    assert c.shape == ref.shape
-    assert np.all(np.isfinite(c)), "non-finite entries in the result"
-    worst = np.unravel_index(np.argmax(err - bound), err.shape)
-    assert np.all(err <= bound), (
-        f"error {err[worst]:.3e} > bound {bound[worst]:.3e} at {worst} (k={k})"
-    )
-
-
-def _assert_exactly_symmetric(c) -> None:
-    c = np.asarray(c)
-    assert np.array_equal(c, np.swapaxes(c, -1, -2)), "result is not exactly symmetric"
+    assert_within_dot_bound(c, ref, scale, x.shape[-1], u_out=u_out, eta_out=eta_out)
 
 
 # --------------------------------------------------------------- _blas.xxt --
@@ -69,7 +43,7 @@ def test_blas_xxt_numpy(blas_ext, rng, shape):
     assert blas_ext.xxt(x, out) is None
     assert not np.isnan(out).any(), "output not fully written"
     _assert_within_bound(out, x)
-    _assert_exactly_symmetric(out)
+    assert_exactly_symmetric(out)
 
 
 def test_blas_xxt_2d_and_readonly_input(blas_ext, rng):
@@ -78,7 +52,7 @@ def test_blas_xxt_2d_and_readonly_input(blas_ext, rng):
     out = np.full((33, 33), np.nan, dtype=np.float32)
     blas_ext.xxt(x, out)
     _assert_within_bound(out, x)
-    _assert_exactly_symmetric(out)
+    assert_exactly_symmetric(out)
 
 
 def test_blas_xxt_large_is_symmetric(blas_ext, rng):
@@ -87,7 +61,7 @@ def test_blas_xxt_large_is_symmetric(blas_ext, rng):
     out = np.full((1, 300, 300), np.nan, dtype=np.float32)
     blas_ext.xxt(x, out)
     _assert_within_bound(out, x)
-    _assert_exactly_symmetric(out)
+    assert_exactly_symmetric(out)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 70, 45), (3, 33, 100)], ids=str)
@@ -100,7 +74,7 @@ def test_blas_xxt_torch(blas_ext, seed, shape):
     c = out.numpy()
     assert not np.isnan(c).any()
     _assert_within_bound(c, x.numpy())
-    _assert_exactly_symmetric(c)
+    assert_exactly_symmetric(c)
 
 
 def test_blas_xxt_torch_noncontiguous_rejected(blas_ext):
@@ -155,12 +129,6 @@ def test_blas_num_threads(blas_ext):
 # ------------------------------------------------------------ _mlx_ext.xxt --
 
 
-def _mx_to_np(a) -> np.ndarray:
-    import mlx.core as mx
-
-    return np.array(a.astype(mx.float32)) if a.dtype != mx.float32 else np.array(a)
-
-
 @pytest.mark.parametrize("shape", MLX_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_mlx_xxt_shapes(mlx_ext, rng, shape):
     import mlx.core as mx
@@ -171,7 +139,7 @@ def test_mlx_xxt_shapes(mlx_ext, rng, shape):
     assert c.dtype == mx.float32
     c_np = np.array(c)
     _assert_within_bound(c_np, x_np)
-    _assert_exactly_symmetric(c_np)
+    assert_exactly_symmetric(c_np)
 
 
 def _views():
@@ -205,15 +173,7 @@ def test_mlx_xxt_noncontiguous_views(mlx_ext, rng, make_view):
     x_np = np.array(x)  # the logical values of the view
     c_np = np.array(mlx_ext.xxt(x, stream=mx.cpu))
     _assert_within_bound(c_np, x_np)
-    _assert_exactly_symmetric(c_np)
-
-
-# (dtype name, unit roundoff of the output, half the smallest subnormal spacing)
-MLX_DTYPES = [
-    ("float32", 0.0, 0.0),
-    ("bfloat16", 2.0**-8, 2.0**-134),
-    ("float16", 2.0**-11, 2.0**-25),
-]
+    assert_exactly_symmetric(c_np)
 
 
 @pytest.mark.parametrize("dtype_name,u_out,eta_out", MLX_DTYPES, ids=[d[0] for d in MLX_DTYPES])
@@ -223,12 +183,12 @@ def test_mlx_xxt_dtypes(mlx_ext, rng, dtype_name, u_out, eta_out, shape):
 
     dtype = getattr(mx, dtype_name)
     x = mx.array(rng.standard_normal(shape).astype(np.float32)).astype(dtype)
-    x_rounded = _mx_to_np(x)  # the reference sees the input the op saw
+    x_rounded = mx_to_np(x)  # the reference sees the input the op saw
     c = mlx_ext.xxt(x, stream=mx.cpu)
     assert c.dtype == dtype
-    c_np = _mx_to_np(c)
+    c_np = mx_to_np(c)
     _assert_within_bound(c_np, x_rounded, u_out=u_out, eta_out=eta_out)
-    _assert_exactly_symmetric(c_np)
+    assert_exactly_symmetric(c_np)
 
 
 def test_mlx_xxt_errors(mlx_ext):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fastmuon import coefficients as coef
 from fastmuon._plan import make_plan
+from conftest import require_native
 from frameworks import FRAMEWORKS
 from spectral import (
     SPECTRA,
@@ -28,6 +29,8 @@ from spectral import (
 
 METHODS = ("newton_schulz", "polar_express", "gram")
 SHAPES = [(64, 64), (48, 80), (80, 48), (1, 37), (37, 1), (3, 40, 56), (2, 2, 24, 16)]
+# Every fp32 backend must meet the same bound; "native" needs the compiled extension.
+FP32_BACKENDS = ("reference", "native")
 
 
 @pytest.fixture(params=sorted(FRAMEWORKS))
@@ -55,14 +58,21 @@ def check_against_exact(fw, G64, O, plan, compute, output):
     return deviation, allowance
 
 
+@pytest.fixture(params=FP32_BACKENDS)
+def backend(request, fw):
+    if request.param == "native":
+        require_native("mlx_ext" if fw.name == "mlx" else "blas")
+    return request.param
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("kind", SPECTRA)
-def test_fp32_matches_exact_iteration(fw, method, shape, kind):
-    rng = np.random.default_rng(hash((method, shape, kind)) % 2**32)
+def test_fp32_matches_exact_iteration(fw, backend, method, shape, kind):
+    rng = np.random.default_rng(abs(hash((method, shape, kind))) % 2**32)
     G = fw.array(matrix_with_spectrum(rng, shape, kind), "float32")
     plan = make_plan(method, 5, None)
-    O = fw.orthogonalize(G, method=method)
+    O = fw.orthogonalize(G, method=method, backend=backend)
     assert O.shape == G.shape and fw.dtype_name(O) == "float32"
     check_against_exact(fw, fw.to_numpy(G), fw.to_numpy(O), plan, "float32", "float32")
 
@@ -94,12 +104,12 @@ def test_the_check_can_fail(fw):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("method", METHODS)
-def test_16bit_inputs(fw, dtype, method):
-    """16-bit input, default (fp32) compute: the reference is the exact iteration on the rounded
-    input, plus the output's own rounding."""
+def test_16bit_inputs(fw, backend, dtype, method):
+    """16-bit input, fp32 compute: the reference is the exact iteration on the rounded input,
+    plus the output's own rounding."""
     rng = np.random.default_rng(11)
     G = fw.array(matrix_with_spectrum(rng, (2, 40, 56), "sigma_min_1e-3"), dtype)
-    O = fw.orthogonalize(G, method=method)
+    O = fw.orthogonalize(G, method=method, backend=backend)
     assert O.shape == G.shape and fw.dtype_name(O) == dtype
     plan = make_plan(method, 5, None)
     check_against_exact(fw, fw.to_numpy(G), fw.to_numpy(O), plan, "float32", dtype)
@@ -115,7 +125,7 @@ def test_16bit_compute_dtype(fw, method):
     check_against_exact(fw, fw.to_numpy(G), fw.to_numpy(O), plan, "bfloat16", "float32")
 
 
-def test_custom_coefficients_and_steps(fw):
+def test_custom_coefficients_and_steps(fw, backend):
     rng = np.random.default_rng(2)
     G = fw.array(matrix_with_spectrum(rng, (40, 56), "sigma_min_1e-3"), "float32")
     for kwargs in (
@@ -125,7 +135,7 @@ def test_custom_coefficients_and_steps(fw):
         dict(method="gram", steps=7),
     ):
         plan = make_plan(kwargs["method"], kwargs.get("steps", 5), kwargs.get("coefficients"))
-        O = fw.orthogonalize(G, **kwargs)
+        O = fw.orthogonalize(G, backend=backend, **kwargs)
         check_against_exact(fw, fw.to_numpy(G), fw.to_numpy(O), plan, "float32", "float32")
 
 
@@ -167,8 +177,9 @@ def test_torch_and_mlx_agree(method):
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(5, 7), (2, 3, 4), (6, 1)], ids=str)
-def test_zero_matrix_gives_zeros(fw, method, shape):
-    O = fw.to_numpy(fw.orthogonalize(fw.array(np.zeros(shape), "float32"), method=method))
+def test_zero_matrix_gives_zeros(fw, backend, method, shape):
+    G = fw.array(np.zeros(shape), "float32")
+    O = fw.to_numpy(fw.orthogonalize(G, method=method, backend=backend))
     assert O.shape == shape
     np.testing.assert_array_equal(O, np.zeros(shape))
 
@@ -184,7 +195,7 @@ def test_rejects_unknown_method_backend_and_bad_arguments(fw):
     G = fw.array(np.ones((3, 4)), "float32")
     with pytest.raises(ValueError, match="newton_schulz, polar_express, gram"):
         fw.orthogonalize(G, method="svd")
-    with pytest.raises(ValueError, match="valid backends: auto, reference"):
+    with pytest.raises(ValueError, match="valid backends: auto, reference, native"):
         fw.orthogonalize(G, backend="cuda")
     with pytest.raises(ValueError, match="steps"):
         fw.orthogonalize(G, steps=0)
@@ -219,10 +230,13 @@ def cases(draw):
 
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("backend_name", FP32_BACKENDS)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases())
-def test_property_shapes_dtypes_layouts(framework, case):
+def test_property_shapes_dtypes_layouts(framework, backend_name, case):
     fw = FRAMEWORKS[framework]()
+    if backend_name == "native":
+        require_native("mlx_ext" if framework == "mlx" else "blas")
     rng = np.random.default_rng(case["seed"])
     shape = (*case["batch"], case["m"], case["n"])
     values = matrix_with_spectrum(rng, shape, case["kind"])
@@ -234,7 +248,7 @@ def test_property_shapes_dtypes_layouts(framework, case):
         G = fw.array(wide, case["dtype"])[..., ::2]
     else:
         G = fw.array(values, case["dtype"])
-    O = fw.orthogonalize(G, method=case["method"])
+    O = fw.orthogonalize(G, method=case["method"], backend=backend_name)
     assert O.shape == G.shape and fw.dtype_name(O) == case["dtype"]
     plan = make_plan(case["method"], 5, None)
     check_against_exact(fw, fw.to_numpy(G), fw.to_numpy(O), plan, "float32", case["dtype"])

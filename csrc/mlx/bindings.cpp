@@ -3,8 +3,12 @@
 // Built in nanobind's `mlx` domain so that mlx.core.array / Stream / Device
 // objects pass straight through. Import mlx.core before this module.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/array.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
+#include "ba_plus_caa.h"
+#include "orthogonalize.h"
 #include "xxt.h"
 
 namespace nb = nanobind;
@@ -44,5 +48,97 @@ Returns:
 Raises:
     ValueError: ``x`` has fewer than 2 dimensions or a non-floating /
         float64 dtype.
+)doc");
+
+  m.def(
+      "ba_plus_caa",
+      &fastmuon::ba_plus_caa,
+      "a"_a,
+      "alpha"_a,
+      "beta"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      nb::sig(
+          "def ba_plus_caa(a: mlx.core.array, alpha: float, beta: float, *, "
+          "stream: None | mlx.core.Stream | mlx.core.Device = None) -> "
+          "mlx.core.array"),
+      R"doc(``alpha * a @ a + beta * a`` for symmetric matrices ``a`` (last two axes).
+
+The step polynomial's ``B = b A + c A A`` (``alpha = c``, ``beta = b``).
+Because ``a`` is symmetric, ``a a = a a^T``: the CPU path forms it with
+one BLAS ``ssyrk`` (half the flops of a matmul) and mirrors it, so the
+result is exactly symmetric. Only the upper triangle of each matrix is
+read. float16 / bfloat16 inputs are computed in float32 and rounded
+once. Differentiable (as the map ``A -> alpha A A + beta A``) and
+vmap-able; works inside ``mx.compile``.
+
+Args:
+    a (array): float32, float16 or bfloat16 array of shape ``(..., m, m)``.
+        Any layout (strided views are packed internally).
+    alpha (float): coefficient of ``a @ a`` (rounded to float32).
+    beta (float): coefficient of ``a`` (rounded to float32).
+    stream (Stream or Device, optional): where to run. Only the CPU is
+        implemented so far; a GPU stream raises at evaluation.
+
+Returns:
+    array: ``(..., m, m)`` array of ``a``'s dtype.
+
+Raises:
+    ValueError: ``a`` is not a batch of square matrices, or has a
+        non-floating / float64 dtype.
+)doc");
+
+  m.def(
+      "orthogonalize",
+      &fastmuon::orthogonalize,
+      "x"_a,
+      "coefficients"_a,
+      "norm_scale"_a,
+      "eps"_a,
+      "gram"_a,
+      "gram_restart_every"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      nb::sig(
+          "def orthogonalize(x: mlx.core.array, coefficients: "
+          "collections.abc.Sequence[tuple[float, float, float]], norm_scale: "
+          "float, eps: float, gram: bool, gram_restart_every: int, *, stream: "
+          "None | mlx.core.Stream | mlx.core.Device = None) -> mlx.core.array"),
+      R"doc(Orthogonalize every matrix of ``x`` (last two axes) in one primitive.
+
+Each matrix ``X`` is normalized to ``X / (||X||_F * norm_scale + eps)``
+(the norm accumulated in float64), then one odd quintic
+``a X + b (X X^T) X + c (X X^T)^2 X`` per ``(a, b, c)`` of
+``coefficients`` is applied in the order of
+``fastmuon._iteration.iterate``: the standard iteration, or with
+``gram=True`` the Gram-space iteration, recomputing ``X`` and its Gram
+matrix after every ``gram_restart_every``-th step. Tall matrices are
+iterated in the wide orientation without a transposed copy. The CPU
+path runs in float32 on the BLAS (symmetric products with ``ssyrk``);
+float16 / bfloat16 inputs are upcast and the result rounded once. A zero
+matrix gives zeros. Works inside ``mx.compile`` and under ``mx.vmap``;
+not differentiable.
+
+Args:
+    x (array): float32, float16 or bfloat16 array with ``ndim >= 2``.
+        Any layout (strided views are packed internally).
+    coefficients (sequence of (a, b, c)): one triple per step, at least
+        one, all finite.
+    norm_scale (float): positive factor on the Frobenius norm.
+    eps (float): non-negative constant added to the scaled norm.
+    gram (bool): iterate on the Gram matrix instead of ``X``.
+    gram_restart_every (int): restart period (``>= 1``) of the Gram
+        iteration; ignored when ``gram`` is false.
+    stream (Stream or Device, optional): where to run. Only the CPU is
+        implemented so far; a GPU stream raises at evaluation.
+
+Returns:
+    array: array of ``x``'s shape and dtype.
+
+Raises:
+    ValueError: ``x`` has fewer than 2 dimensions or a non-floating /
+        float64 dtype, or a parameter is out of range.
+    TypeError: ``coefficients`` is not a sequence of 3-sequences of
+        floats.
 )doc");
 }

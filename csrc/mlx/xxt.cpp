@@ -2,7 +2,6 @@
 #include "xxt.h"
 
 #include <cstdint>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -10,59 +9,13 @@
 #include "mlx/allocator.h"
 #include "mlx/backend/cpu/encoder.h"
 
+#include "common.h"
 #include "cpu_kernels.h"
 
 namespace fastmuon {
 
-namespace {
-
-std::string shape_str(const mx::Shape& shape) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    os << shape[i] << (shape.size() == 1 ? "," : (i + 1 < shape.size() ? ", " : ""));
-  }
-  os << ")";
-  return os.str();
-}
-
-// Gather a strided (any layout) float32 array into a dense row-major buffer.
-void gather_row_major(
-    const float* src,
-    const mx::Shape& shape,
-    const mx::Strides& strides,
-    float* dst) {
-  const int nd = static_cast<int>(shape.size());
-  int64_t total = 1;
-  for (auto n : shape) {
-    total *= n;
-  }
-  if (total == 0) {
-    return;
-  }
-  // Innermost axis as a strided copy loop, outer axes via an index counter.
-  const int64_t inner = shape[nd - 1];
-  const int64_t inner_stride = strides[nd - 1];
-  std::vector<int64_t> idx(nd, 0);
-  int64_t offset = 0;
-  for (int64_t done = 0; done < total; done += inner) {
-    const float* s = src + offset;
-    for (int64_t j = 0; j < inner; ++j) {
-      dst[j] = s[j * inner_stride];
-    }
-    dst += inner;
-    for (int ax = nd - 2; ax >= 0; --ax) {
-      if (++idx[ax] < shape[ax]) {
-        offset += strides[ax];
-        break;
-      }
-      offset -= strides[ax] * (idx[ax] - 1);
-      idx[ax] = 0;
-    }
-  }
-}
-
-} // namespace
+using detail::gather_row_major;
+using detail::shape_str;
 
 mx::array xxt(const mx::array& x, mx::StreamOrDevice s) {
   if (x.ndim() < 2) {
@@ -71,14 +24,8 @@ mx::array xxt(const mx::array& x, mx::StreamOrDevice s) {
         "(..., m, k), got shape " +
         shape_str(x.shape()));
   }
+  detail::check_float_dtype(x, "xxt");
   const mx::Dtype in_dtype = x.dtype();
-  if (in_dtype != mx::float32 && in_dtype != mx::float16 &&
-      in_dtype != mx::bfloat16) {
-    std::ostringstream os;
-    os << "[fastmuon.xxt] expected a float32, float16 or bfloat16 array, got "
-       << in_dtype;
-    throw std::invalid_argument(os.str());
-  }
   auto stream = mx::to_stream(s);
   auto x32 = in_dtype == mx::float32 ? x : mx::astype(x, mx::float32, stream);
 

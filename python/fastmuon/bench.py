@@ -31,44 +31,51 @@ class Row:
 
 
 def _providers(quick: bool) -> List[tuple]:
-    """(name, make_input, run, to_numpy, shape_filter) for every installed framework."""
+    """(name, make_input, run, to_numpy, shape_filter) for every installed framework/backend."""
+    from ._native import blas_available, mlx_ext_available
+
     out = []
     if importlib.util.find_spec("torch") is not None:
         import torch
 
         from .torch import orthogonalize as torch_orth
 
-        out.append(
-            (
-                "torch/reference",
-                lambda g: torch.from_numpy(g),
-                lambda G, method: torch_orth(G, method=method, backend="reference"),
-                lambda O: O.double().numpy(),
-                lambda shape: True,
+        backends = ["reference"] + (["native"] if blas_available() else [])
+        for backend in backends:
+            out.append(
+                (
+                    f"torch/{backend}",
+                    torch.from_numpy,
+                    lambda G, method, b=backend: torch_orth(G, method=method, backend=b),
+                    lambda O: O.double().numpy(),
+                    lambda shape: True,
+                )
             )
-        )
     if importlib.util.find_spec("mlx") is not None:
         import mlx.core as mx
 
         from .mlx import orthogonalize as mlx_orth
 
-        def run_mlx(G, method):
-            O = mlx_orth(G, method=method, backend="reference")
+        def run_mlx(G, method, backend):
+            O = mlx_orth(G, method=method, backend=backend)
             mx.eval(O)
             return O
 
-        # mlx-cpu on Linux multiplies with a reference BLAS (~4 GFLOP/s): --quick times only
-        # the square shape there.
-        slow_blas = platform.system() == "Linux"
-        out.append(
-            (
-                "mlx/reference",
-                lambda g: mx.array(g),
-                run_mlx,
-                lambda O: np.array(O.astype(mx.float32), dtype=np.float64),
-                (lambda shape: shape == (768, 768)) if (quick and slow_blas) else (lambda shape: True),
+        # mlx-cpu on Linux multiplies with a reference BLAS (~4 GFLOP/s): --quick times its
+        # reference path on the square shape only.
+        slow_reference = quick and platform.system() == "Linux"
+        backends = ["reference"] + (["native"] if mlx_ext_available() else [])
+        for backend in backends:
+            only_square = slow_reference and backend == "reference"
+            out.append(
+                (
+                    f"mlx/{backend}",
+                    mx.array,
+                    lambda G, method, b=backend: run_mlx(G, method, b),
+                    lambda O: np.array(O.astype(mx.float32), dtype=np.float64),
+                    (lambda shape: shape == (768, 768)) if only_square else (lambda shape: True),
+                )
             )
-        )
     return out
 
 

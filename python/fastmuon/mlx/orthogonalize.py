@@ -10,9 +10,11 @@ from typing import Optional, Sequence
 import mlx.core as mx
 
 from .._iteration import iterate
+from .._native import mlx_ext_available
 from .._plan import DEFAULT_STEPS, Plan, check_backend, check_matrix_shape, make_plan
+from . import native
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "native")
 
 def default_compute_dtype() -> mx.Dtype:
     """bf16 on an Apple GPU; fp32 on the CPU, where 16-bit matmul is far slower than fp32."""
@@ -37,7 +39,8 @@ def orthogonalize(
         steps: number of polynomial steps.
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
             its normalization.
-        backend: ``"auto"`` picks the fastest available path; ``"reference"`` is plain mlx.
+        backend: ``"reference"`` is plain mlx; ``"native"`` the fused C++ iteration on the BLAS
+            (CPU stream, fp32 compute); ``"auto"`` picks native where it applies.
         dtype: compute dtype; by default bf16 on an Apple GPU and fp32 on the CPU.
 
     Returns:
@@ -45,15 +48,35 @@ def orthogonalize(
     """
     plan = make_plan(method, steps, coefficients)
     check_backend(backend, BACKENDS)
-    if not isinstance(G, mx.array):
-        raise TypeError(f"G must be an mlx.core.array, got {type(G).__name__}")
-    check_matrix_shape(G.shape)
-    if not mx.issubdtype(G.dtype, mx.floating):
-        raise TypeError(f"G must be a floating array, got dtype {G.dtype}")
+    check_array(G, "G")
     compute_dtype = default_compute_dtype() if dtype is None else dtype
     if not (isinstance(compute_dtype, mx.Dtype) and mx.issubdtype(compute_dtype, mx.floating)):
         raise ValueError(f"dtype must be a floating mlx dtype, got {dtype!r}")
+    if select_backend(backend, compute_dtype) == "native":
+        return native.orthogonalize(G, plan)
     return orthogonalize_reference(G, plan, compute_dtype)
+
+
+def check_array(a, name: str) -> None:
+    if not isinstance(a, mx.array):
+        raise TypeError(f"{name} must be an mlx.core.array, got {type(a).__name__}")
+    check_matrix_shape(a.shape, name)
+    if not mx.issubdtype(a.dtype, mx.floating):
+        raise TypeError(f"{name} must be a floating array, got dtype {a.dtype}")
+
+
+def select_backend(backend: str, compute_dtype: mx.Dtype) -> str:
+    """The one place that decides which backend runs: "auto" takes the native kernels when the
+    default device is the CPU, the compute dtype fp32 and the extension built; else the reference.
+    """
+    if backend == "auto":
+        native_fits = mx.default_device().type == mx.DeviceType.cpu and compute_dtype == mx.float32
+        return "native" if native_fits and mlx_ext_available() else "reference"
+    if backend == "native" and compute_dtype != mx.float32:
+        raise ValueError(
+            f'backend="native" computes in float32; dtype={compute_dtype} needs backend="reference"'
+        )
+    return backend
 
 
 def orthogonalize_reference(G: mx.array, plan: Plan, compute_dtype: mx.Dtype) -> mx.array:

@@ -7,9 +7,11 @@ from typing import Optional, Sequence
 import torch
 
 from .._iteration import iterate
+from .._native import blas_available
 from .._plan import DEFAULT_STEPS, Plan, check_backend, check_matrix_shape, make_plan
+from . import native
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "native")
 
 def default_compute_dtype(device: torch.device) -> torch.dtype:
     """bf16 on CUDA (as every public Muon does); fp32 elsewhere, since bf16 matmul on CPUs is
@@ -35,7 +37,8 @@ def orthogonalize(
         steps: number of polynomial steps.
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
             its normalization.
-        backend: ``"auto"`` picks the fastest available path; ``"reference"`` is plain torch.
+        backend: ``"reference"`` is plain torch; ``"native"`` the fused C++ iteration on the
+            BLAS (CPU tensors, fp32 compute); ``"auto"`` picks native where it applies.
         dtype: compute dtype; by default bf16 on CUDA and fp32 elsewhere.
 
     Returns:
@@ -43,15 +46,37 @@ def orthogonalize(
     """
     plan = make_plan(method, steps, coefficients)
     check_backend(backend, BACKENDS)
-    if not isinstance(G, torch.Tensor):
-        raise TypeError(f"G must be a torch.Tensor, got {type(G).__name__}")
-    check_matrix_shape(G.shape)
-    if not G.is_floating_point():
-        raise TypeError(f"G must be a floating tensor, got dtype {G.dtype}")
+    check_tensor(G, "G")
     compute_dtype = default_compute_dtype(G.device) if dtype is None else dtype
     if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if select_backend(backend, G, compute_dtype) == "native":
+        return native.orthogonalize(G, plan)
     return orthogonalize_reference(G, plan, compute_dtype)
+
+
+def check_tensor(t, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_matrix_shape(t.shape, name)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+
+
+def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) -> str:
+    """The one place that decides which backend runs: "auto" takes the native kernels for CPU
+    tensors computed in fp32 when they are built, else the reference."""
+    if backend == "auto":
+        native_fits = t.device.type == "cpu" and compute_dtype == torch.float32
+        return "native" if native_fits and blas_available() else "reference"
+    if backend == "native":
+        native.check_native_input(t, "the input")
+        if compute_dtype != torch.float32:
+            raise ValueError(
+                f'backend="native" computes in float32; dtype={compute_dtype} needs '
+                'backend="reference"'
+            )
+    return backend
 
 
 def orthogonalize_reference(G: torch.Tensor, plan: Plan, compute_dtype: torch.dtype) -> torch.Tensor:

@@ -1,0 +1,32 @@
+"""The native CPU backend for mlx arrays: MLX primitives in fastmuon._mlx_ext that run on the
+BLAS (the Linux mlx-cpu wheel multiplies with a reference BLAS at ~4 GFLOP/s).
+
+They compute in fp32 and run on the CPU stream; they compose inside mx graphs and mx.compile.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from .._native import mlx_ext_module
+from .._plan import GRAM_RESTART_EVERY, Plan
+
+
+def xxt(X: mx.array) -> mx.array:
+    return mlx_ext_module().xxt(X, stream=mx.cpu)
+
+
+def ba_plus_caa(A: mx.array, alpha: float, beta: float) -> mx.array:
+    return mlx_ext_module().ba_plus_caa(A, float(alpha), float(beta), stream=mx.cpu)
+
+
+def orthogonalize(G: mx.array, plan: Plan) -> mx.array:
+    return mlx_ext_module().orthogonalize(
+        G,
+        [tuple(step) for step in plan.coefficients],
+        plan.norm_scale,
+        plan.eps,
+        plan.uses_gram,
+        GRAM_RESTART_EVERY,
+        stream=mx.cpu,
+    )

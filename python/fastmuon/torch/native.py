@@ -1,0 +1,58 @@
+"""The native CPU backend for torch tensors: fastmuon._blas (OpenBLAS syrk/gemm).
+
+The kernels compute in fp32 on C-contiguous CPU buffers, which they receive through DLPack
+without a copy; other dtypes or layouts are converted once on the way in and out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._native import blas_module
+from .._plan import GRAM_RESTART_EVERY, Plan
+
+
+def check_native_input(t: torch.Tensor, name: str) -> None:
+    if t.device.type != "cpu":
+        raise ValueError(
+            f'backend="native" runs on CPU tensors; {name} is on {t.device} '
+            '(use backend="auto" or "reference")'
+        )
+
+
+def _fp32_copy(t: torch.Tensor) -> torch.Tensor:
+    """A fresh C-contiguous fp32 copy, in one pass whatever t's dtype and layout."""
+    return torch.empty(t.shape, dtype=torch.float32).copy_(t.detach())
+
+
+def _fp32_view(t: torch.Tensor) -> torch.Tensor:
+    """t itself when it already is C-contiguous fp32 (kernels read it in place), else a copy."""
+    t = t.detach()
+    return t if t.dtype == torch.float32 and t.is_contiguous() else _fp32_copy(t)
+
+
+def xxt(X: torch.Tensor) -> torch.Tensor:
+    m, k = X.shape[-2], X.shape[-1]
+    src = _fp32_view(X).reshape(-1, m, k)
+    out = torch.empty((src.shape[0], m, m), dtype=torch.float32)
+    blas_module().xxt(src, out)
+    return out.reshape(*X.shape[:-1], m).to(X.dtype)
+
+
+def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    m = A.shape[-1]
+    out = _fp32_copy(A)
+    batch = out.reshape(-1, m, m)
+    blas_module().ba_plus_caa(batch, batch, float(alpha), float(beta))
+    return out.to(A.dtype)
+
+
+def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
+    m, n = G.shape[-2], G.shape[-1]
+    X = _fp32_copy(G)  # the kernel works in place on this copy
+    coefficients = np.asarray(plan.coefficients, dtype=np.float64)
+    blas_module().orthogonalize(
+        X.reshape(-1, m, n), coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY
+    )
+    return X.to(G.dtype)
