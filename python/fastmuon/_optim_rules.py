@@ -1,0 +1,88 @@
+"""Framework-neutral parts of the Muon-family optimizers: hyperparameter checks, how a weight
+is viewed as matrices, the learning-rate shape scale and the routing of parameters by name.
+
+``fastmuon.torch`` and ``fastmuon.mlx`` optimizers both use these, so their defaults, errors and
+semantics cannot drift apart. Update rules themselves: ../shared/reference/algorithms.md.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence, Tuple
+
+ADJUST_LR = ("original", "match_rms_adamw")
+SPHERE_MODES = (None, "project", "geodesic")
+DEFAULT_EXCLUDE = ("embed", "lm_head", "head", "output")
+
+
+def check_hyperparameters(
+    *,
+    lr: float,
+    momentum: Optional[float] = None,
+    weight_decay: float = 0.0,
+    adjust_lr: Optional[str] = None,
+    beta2: Optional[float] = None,
+    ns_steps: Optional[int] = None,
+    sphere: Optional[str] = None,
+) -> None:
+    """Raise ValueError naming the first bad hyperparameter. ``lr`` may be a callable
+    (a schedule), which is checked where it is evaluated."""
+    if not callable(lr) and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr must be a finite number >= 0 (or a schedule), got {lr!r}")
+    if momentum is not None and not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if adjust_lr is not None and adjust_lr not in ADJUST_LR:
+        raise ValueError(f"adjust_lr must be one of {', '.join(ADJUST_LR)}, got {adjust_lr!r}")
+    if beta2 is not None and not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"beta2 must be in [0, 1), got {beta2!r}")
+    if ns_steps is not None and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1):
+        raise ValueError(f"ns_steps must be an int >= 1, got {ns_steps!r}")
+    if sphere not in SPHERE_MODES:
+        raise ValueError(f"sphere must be one of None, 'project', 'geodesic', got {sphere!r}")
+
+
+def matrix_view(shape: Sequence[int], name: str = "parameter") -> Tuple[int, int, int]:
+    """How a weight of ``shape`` is orthogonalized: (batch, rows, cols).
+
+    2-D (out, in) is one matrix; 3-D (E, a, b), e.g. stacked MoE experts, is E matrices of
+    (a, b) each; 4-D conv (out, in, kh, kw) is one (out, in*kh*kw) matrix. Others raise.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return 1, shape[0], shape[1]
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    if len(shape) == 4:
+        return 1, shape[0], shape[1] * shape[2] * shape[3]
+    raise ValueError(
+        f"{name} has shape {shape}: Muon orthogonalizes 2-D weights, 3-D stacks of matrices and "
+        "4-D conv weights; route 0-D/1-D parameters (biases, norms, scalars) to AdamW"
+    )
+
+
+def shape_scale(rows: int, cols: int, adjust_lr: str) -> float:
+    """Learning-rate multiplier for an orthogonalized (rows, cols) update.
+
+    "original" (Keller Jordan): sqrt(max(1, rows / cols)); "match_rms_adamw" (Moonshot):
+    0.2 sqrt(max(rows, cols)), which gives the update the RMS of a typical AdamW update.
+    """
+    if adjust_lr == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    if adjust_lr == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    raise ValueError(f"adjust_lr must be one of {', '.join(ADJUST_LR)}, got {adjust_lr!r}")
+
+
+def name_is_excluded(name: str, exclude: Iterable[str]) -> bool:
+    """Whether a parameter's dotted path names an embedding, head or output layer.
+
+    Only the top-level module and the module that owns the parameter are looked at, so
+    ``output.weight`` and ``lm_head.weight`` match while a hidden ``encoder.layer.0.output.dense``
+    (BERT) does not; a word matches a component that contains it (``"embed"`` in
+    ``"embed_tokens"``). Embedding modules are recognised by type by the framework routers.
+    """
+    parts = name.lower().split(".")
+    candidates = {parts[0], parts[-2]} if len(parts) > 1 else {parts[0]}
+    return any(word.lower() in part for part in candidates for word in exclude)
