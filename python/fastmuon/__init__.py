@@ -6,7 +6,8 @@ and ``fastmuon.mlx`` (imports mlx); the compiled kernels are loaded on first use
 
 from . import coefficients
 from ._plan import METHODS
+from .schedules import warmup_cosine
 
 __version__ = "0.1.0"
 
-__all__ = ["METHODS", "coefficients", "__version__"]
+__all__ = ["METHODS", "coefficients", "warmup_cosine", "__version__"]
