@@ -1,91 +1,136 @@
-"""``python -m fastmuon bench``: time and orthogonality error of every method on every available
-backend, on the weight shapes of one GPT-2-small block.
+"""Measuring orthogonalization: providers side by side on the same inputs, in one run.
 
-Times are medians of a few runs after one warm-up; the error is max |sigma_i(O) - 1| of the
-output, from a float64 SVD. Compare times as ratios within one run: this machine is noisy.
+``python -m fastmuon bench [--quick]`` prints the summary table; ``bench/bench_orthogonalize.py``
+runs the same measurement on more providers and shapes and appends the rows (with machine,
+versions and date) to ``bench/results/``.
+
+Times are medians over a few runs after one warm-up. Errors are measured against the float64
+SVD polar factor U V^T of the input: ``polar_err`` = ||O - U V^T||_2 and ``orth_err`` =
+max |sigma_i(O) - 1|. GFLOP/s use the dense count of the standard iteration, steps * (4 m^2 n +
+2 m^3) for an m x n matrix (m <= n), whatever the provider actually computes, so they compare
+time, not work. This machine is noisy: compare ratios within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
+import json
+import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ._plan import METHODS
+from .coefficients import JORDAN_NEWTON_SCHULZ
 
 GPT2_SMALL_BLOCK = ((2304, 768), (768, 768), (3072, 768), (768, 3072))
+BASELINE = "torch/ns_addmm_fp32"
 
 
 @dataclass
-class Row:
-    provider: str
+class Provider:
+    name: str  # "framework/backend"
     method: str
-    shape: tuple
-    seconds: float
-    error: float
+    make_input: Callable[[np.ndarray], Any]
+    run: Callable[[Any], Any]  # returns an evaluated result
+    to_numpy: Callable[[Any], np.ndarray]
+    slow: bool = False  # skipped for all but the square shape in --quick runs
 
 
-def _providers(quick: bool) -> List[tuple]:
-    """(name, make_input, run, to_numpy, shape_filter) for every installed framework/backend."""
+def torch_newton_schulz_addmm(G, steps: int = 5):
+    """The baseline users write by hand: Keller Jordan's fp32 Newton-Schulz with torch.addmm
+    (a fused GEMM with beta). Kept independent of fastmuon's own code on purpose."""
+    import torch
+
+    a, b, c = JORDAN_NEWTON_SCHULZ
+    X = G.float()
+    tall = X.shape[0] > X.shape[1]
+    if tall:
+        X = X.T
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        B = torch.addmm(A, A, A, beta=b, alpha=c)
+        X = torch.addmm(X, B, X, beta=a)
+    return X.T if tall else X
+
+
+def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]] = None) -> List[Provider]:
+    """Every installed framework x backend x method, plus the torch baseline."""
     from ._native import blas_available, mlx_ext_available
 
-    out = []
+    wanted = (lambda b: True) if backends is None else (lambda b: b in backends)
+    out: List[Provider] = []
     if importlib.util.find_spec("torch") is not None:
         import torch
 
         from .torch import orthogonalize as torch_orth
 
-        backends = ["reference"] + (["native"] if blas_available() else [])
-        for backend in backends:
-            out.append(
-                (
-                    f"torch/{backend}",
-                    torch.from_numpy,
-                    lambda G, method, b=backend: torch_orth(G, method=method, backend=b),
-                    lambda O: O.double().numpy(),
-                    lambda shape: True,
+        to_np = lambda O: O.double().numpy()  # noqa: E731
+        out.append(Provider(BASELINE, "newton_schulz", torch.from_numpy, torch_newton_schulz_addmm, to_np))
+        for backend in ["reference"] + (["native"] if blas_available() else []):
+            if not wanted(backend):
+                continue
+            for method in methods:
+                out.append(
+                    Provider(
+                        f"torch/{backend}",
+                        method,
+                        torch.from_numpy,
+                        lambda G, m=method, b=backend: torch_orth(G, method=m, backend=b),
+                        to_np,
+                    )
                 )
-            )
     if importlib.util.find_spec("mlx") is not None:
         import mlx.core as mx
 
         from .mlx import orthogonalize as mlx_orth
 
-        def run_mlx(G, method, backend):
+        def evaluated(G, method, backend):
             O = mlx_orth(G, method=method, backend=backend)
             mx.eval(O)
             return O
 
-        # mlx-cpu on Linux multiplies with a reference BLAS (~4 GFLOP/s): --quick times its
-        # reference path on the square shape only.
-        slow_reference = quick and platform.system() == "Linux"
-        backends = ["reference"] + (["native"] if mlx_ext_available() else [])
-        for backend in backends:
-            only_square = slow_reference and backend == "reference"
-            out.append(
-                (
-                    f"mlx/{backend}",
-                    mx.array,
-                    lambda G, method, b=backend: run_mlx(G, method, b),
-                    lambda O: np.array(O.astype(mx.float32), dtype=np.float64),
-                    (lambda shape: shape == (768, 768)) if only_square else (lambda shape: True),
+        # The Linux mlx-cpu wheel multiplies with a reference BLAS (~4 GFLOP/s).
+        slow_reference = platform.system() == "Linux"
+        for backend in ["reference"] + (["native"] if mlx_ext_available() else []):
+            if not wanted(backend):
+                continue
+            for method in methods:
+                out.append(
+                    Provider(
+                        f"mlx/{backend}",
+                        method,
+                        mx.array,
+                        lambda G, m=method, b=backend: evaluated(G, m, b),
+                        lambda O: np.array(O.astype(mx.float32), dtype=np.float64),
+                        slow=slow_reference and backend == "reference",
+                    )
                 )
-            )
     return out
 
 
-def orthogonality_error(O: np.ndarray) -> float:
+def dense_flops(shape: Sequence[int], steps: int = 5) -> float:
+    m, n = sorted(shape[-2:])
+    return steps * (4.0 * m * m * n + 2.0 * m**3)
+
+
+def polar_errors(G: np.ndarray, O: np.ndarray) -> Dict[str, float]:
+    U, _, Vt = np.linalg.svd(G.astype(np.float64), full_matrices=False)
     sigma = np.linalg.svd(O, compute_uv=False)
-    return float(np.max(np.abs(sigma - 1.0)))
+    return {
+        "polar_err": float(np.linalg.norm(O - U @ Vt, ord=2)),
+        "orth_err": float(np.max(np.abs(sigma - 1.0))),
+    }
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> tuple:
-    """(median seconds, the result of the warm-up call)."""
+def median_time(fn: Callable[[], Any], repeats: int):
+    """(median seconds over ``repeats`` runs, the warm-up's result)."""
     result = fn()  # warm-up: allocations, lazy imports, compiled graphs
     times = []
     for _ in range(repeats):
@@ -95,39 +140,174 @@ def _median_time(fn: Callable[[], object], repeats: int) -> tuple:
     return float(np.median(times)), result
 
 
-def run(shapes=GPT2_SMALL_BLOCK, methods=METHODS, quick: bool = False, seed: int = 0) -> List[Row]:
+def sgemm_gflops(n: int = 2048, repeats: int = 3) -> Optional[float]:
+    """This machine's fp32 GEMM rate through torch (MKL/OpenBLAS), the yardstick for '% peak'."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds, _ = median_time(lambda: a @ b, repeats)
+    return 2.0 * n**3 / seconds / 1e9
+
+
+def measure(
+    provs: Sequence[Provider],
+    shapes: Sequence[tuple] = GPT2_SMALL_BLOCK,
+    *,
+    repeats: int = 3,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> List[Dict[str, Any]]:
     rng = np.random.default_rng(seed)
     inputs = {shape: rng.standard_normal(shape).astype(np.float32) for shape in shapes}
-    repeats = 1 if quick else 3
+    jobs = [(p, s) for p in provs for s in shapes if not (quick and p.slow and s[0] != s[1])]
+    bar = _progress(len(jobs), progress)
     rows = []
-    for name, make_input, orth, to_numpy, wanted in _providers(quick):
-        for shape in shapes:
-            if not wanted(shape):
-                continue
-            G = make_input(inputs[shape])
-            for method in methods:
-                seconds, O = _median_time(lambda: orth(G, method), repeats)
-                error = orthogonality_error(to_numpy(O))
-                rows.append(Row(name, method, shape, seconds, error))
+    for prov, shape in jobs:
+        G = prov.make_input(inputs[shape])
+        seconds, O = median_time(lambda: prov.run(G), repeats)
+        row = {"provider": prov.name, "method": prov.method, "shape": list(shape), "seconds": seconds}
+        row["gflops"] = dense_flops(shape) / seconds / 1e9
+        row.update(polar_errors(inputs[shape], prov.to_numpy(O)))
+        rows.append(row)
+        bar.update(1)
+    bar.close()
     return rows
 
 
-def format_table(rows: List[Row]) -> str:
-    lines = [f"{'provider':18s} {'method':14s} {'shape':>11s} {'time (s)':>9s} {'max|s-1|':>9s}"]
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if enabled and importlib.util.find_spec("tqdm") is not None:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="case", leave=False)
+    return _NoBar()
+
+
+def environment() -> Dict[str, Any]:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "processor": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    for package in ("fastmuon", "numpy", "torch", "mlx"):
+        try:
+            from importlib.metadata import version
+
+            env[package] = version(package)
+        except Exception:  # not installed
+            env[package] = None
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def with_ratios(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Add ``vs_baseline`` (time / baseline time on the same shape) to each row."""
+    base = {tuple(r["shape"]): r["seconds"] for r in rows if r["provider"] == BASELINE}
     for r in rows:
-        shape = f"{r.shape[0]}x{r.shape[1]}"
-        lines.append(f"{r.provider:18s} {r.method:14s} {shape:>11s} {r.seconds:9.3f} {r.error:9.4f}")
+        b = base.get(tuple(r["shape"]))
+        r["vs_baseline"] = r["seconds"] / b if b else None
+    return rows
+
+
+def block_totals(rows: List[Dict[str, Any]], shapes: Sequence[tuple]) -> List[Dict[str, Any]]:
+    """Per provider and method: summed time over ``shapes`` when every shape was measured."""
+    wanted = {tuple(s) for s in shapes}
+    groups: Dict[tuple, Dict[tuple, Dict[str, Any]]] = {}
+    for r in rows:
+        if tuple(r["shape"]) in wanted:
+            groups.setdefault((r["provider"], r["method"]), {})[tuple(r["shape"])] = r
+    totals = []
+    for (prov, method), by_shape in groups.items():
+        if set(by_shape) == wanted:
+            totals.append(
+                {
+                    "provider": prov,
+                    "method": method,
+                    "seconds": sum(r["seconds"] for r in by_shape.values()),
+                    "polar_err": max(r["polar_err"] for r in by_shape.values()),
+                }
+            )
+    base = next((t["seconds"] for t in totals if t["provider"] == BASELINE), None)
+    for t in totals:
+        t["vs_baseline"] = t["seconds"] / base if base else None
+    return totals
+
+
+def format_table(rows: List[Dict[str, Any]], peak: Optional[float] = None) -> str:
+    head = f"{'provider':20s} {'method':14s} {'shape':>10s} {'time s':>8s} {'GFLOP/s':>8s}"
+    head += f" {'%peak':>6s} {'vs base':>8s} {'polar_err':>9s} {'orth_err':>8s}"
+    lines = [head]
+    for r in rows:
+        shape = "x".join(str(s) for s in r["shape"])
+        pct = f"{100 * r['gflops'] / peak:6.0f}" if peak else f"{'-':>6s}"
+        ratio = f"{r['vs_baseline']:8.2f}" if r.get("vs_baseline") else f"{'-':>8s}"
+        lines.append(
+            f"{r['provider']:20s} {r['method']:14s} {shape:>10s} {r['seconds']:8.3f} "
+            f"{r['gflops']:8.1f} {pct} {ratio} {r['polar_err']:9.4f} {r['orth_err']:8.4f}"
+        )
     return "\n".join(lines)
 
 
+def format_totals(totals: List[Dict[str, Any]]) -> str:
+    lines = [f"{'provider':20s} {'method':14s} {'block s':>8s} {'vs base':>8s} {'polar_err':>9s}"]
+    for t in totals:
+        ratio = f"{t['vs_baseline']:8.2f}" if t.get("vs_baseline") else f"{'-':>8s}"
+        lines.append(f"{t['provider']:20s} {t['method']:14s} {t['seconds']:8.3f} {ratio} {t['polar_err']:9.4f}")
+    return "\n".join(lines)
+
+
+def append_results(path: str, rows: List[Dict[str, Any]], env: Dict[str, Any]) -> None:
+    """Append one JSON line per row, each carrying the environment of the run."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps({**env, **r}) + "\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastmuon bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m fastmuon bench",
+        description="Time and error of every orthogonalization method and backend on one "
+        "GPT-2-small block, against a fp32 Newton-Schulz with addmm.",
+    )
     parser.add_argument("--quick", action="store_true", help="one timed run per case (about a minute)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--json", metavar="PATH", help="append the rows as JSON lines to PATH")
     args = parser.parse_args(argv)
-    rows = run(methods=args.methods, quick=args.quick)
-    if not rows:
+    provs = providers(args.methods)
+    if not provs:
         print("no framework installed: pip install 'fastmuon[torch]' or 'fastmuon[mlx]'")
         return 1
-    print(format_table(rows))
+    rows = with_ratios(measure(provs, repeats=1 if args.quick else 3, quick=args.quick, progress=True))
+    peak = sgemm_gflops()
+    env = environment()
+    print(f"{env['processor']}, {env['cores']} cores; fp32 sgemm peak here: {peak:.0f} GFLOP/s" if peak else "")
+    print(format_table(rows, peak))
+    print("\nwhole block (summed over the four shapes):")
+    print(format_totals(block_totals(rows, GPT2_SMALL_BLOCK)))
+    if args.json:
+        append_results(args.json, rows, env)
     return 0

@@ -1,0 +1,47 @@
+"""The measurement helpers behind `python -m fastmuon bench` and bench/."""
+
+import numpy as np
+import pytest
+
+from fastmuon import bench
+
+
+def test_dense_flop_count_uses_the_smaller_side():
+    assert bench.dense_flops((768, 3072), steps=1) == 4 * 768**2 * 3072 + 2 * 768**3
+    assert bench.dense_flops((3072, 768), steps=5) == bench.dense_flops((768, 3072), steps=5)
+
+
+def test_polar_errors_of_exact_and_scaled_polar_factor():
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((6, 9))
+    U, _, Vt = np.linalg.svd(G, full_matrices=False)
+    exact = bench.polar_errors(G, U @ Vt)
+    assert exact["polar_err"] < 1e-12 and exact["orth_err"] < 1e-12
+    half = bench.polar_errors(G, 0.5 * U @ Vt)
+    assert half["polar_err"] == pytest.approx(0.5) and half["orth_err"] == pytest.approx(0.5)
+
+
+def test_baseline_matches_jordan_iteration_in_float64():
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import orthogonalize
+
+    G = torch.randn(20, 12, dtype=torch.float64)
+    ours = orthogonalize(G, method="newton_schulz", backend="reference", dtype=torch.float64)
+    theirs = bench.torch_newton_schulz_addmm(G.float()).double()
+    assert torch.linalg.matrix_norm(ours - theirs, ord=2) < 1e-4  # fp32 baseline vs fp64
+
+
+def test_ratios_and_block_totals():
+    rows = [
+        {"provider": bench.BASELINE, "method": "newton_schulz", "shape": [2, 4], "seconds": 2.0, "polar_err": 0.3},
+        {"provider": bench.BASELINE, "method": "newton_schulz", "shape": [4, 2], "seconds": 2.0, "polar_err": 0.3},
+        {"provider": "torch/native", "method": "gram", "shape": [2, 4], "seconds": 1.0, "polar_err": 0.1},
+        {"provider": "torch/native", "method": "gram", "shape": [4, 2], "seconds": 0.5, "polar_err": 0.2},
+        {"provider": "mlx/reference", "method": "gram", "shape": [4, 2], "seconds": 9.0, "polar_err": 0.2},
+    ]
+    bench.with_ratios(rows)
+    assert rows[2]["vs_baseline"] == 0.5 and rows[3]["vs_baseline"] == 0.25
+    totals = {t["provider"]: t for t in bench.block_totals(rows, [(2, 4), (4, 2)])}
+    assert set(totals) == {bench.BASELINE, "torch/native"}  # mlx/reference lacks a shape
+    assert totals["torch/native"]["vs_baseline"] == pytest.approx(1.5 / 4.0)
+    assert totals["torch/native"]["polar_err"] == 0.2
