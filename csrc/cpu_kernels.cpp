@@ -86,6 +86,23 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
       static_cast<fm_blasint>(n));
 }
 
+// C = alpha * A B + beta * C for square (m, m) matrices whose product is
+// known to be symmetric (A and B commuting symmetric matrices, as every
+// polynomial in the same Gram matrix is). OpenBLAS's sgemmt forms only the
+// upper triangle, at half the flops of sgemm; it is then mirrored.
+// Accelerate has no sgemmt, so there the full product is formed.
+void symmetric_product(const float* a, const float* b, int64_t m, float alpha,
+                       float beta, float* c) {
+#if defined(FASTMUON_BLAS_ACCELERATE)
+  gemm(false, false, m, m, m, alpha, a, b, beta, c);
+#else
+  const auto mb = static_cast<fm_blasint>(m);
+  FM_CBLAS(sgemmt)(CblasRowMajor, CblasUpper, CblasNoTrans, CblasNoTrans, mb,
+                   mb, alpha, a, mb, b, mb, beta, c, mb);
+  mirror_upper_to_lower(c, m);
+#endif
+}
+
 } // namespace
 
 void mirror_upper_to_lower(float* c, int64_t m) {
@@ -304,20 +321,19 @@ void gram_iteration(WideMatrix& w, const OrthogonalizePlan& plan, Workspace& ws,
       q_is_identity = false;
     } else {  // Q <- Q Z + a Q, formed in RZ (free until below) then swapped
       copy_floats(RZ, Q, mm);
-      gemm(false, false, m, m, m, 1.0f, Q, Z, a, RZ);
+      symmetric_product(Q, Z, m, 1.0f, a, RZ);
       std::swap(Q, RZ);
     }
     if (step == plan.steps) {
       break;
     }
-    // RZ = R Z + a R, then R = Z RZ + a RZ = (a I + Z) R (a I + Z).
+    // RZ = R Z + a R, then R = Z RZ + a RZ = (a I + Z) R (a I + Z). Q, R, Z
+    // and RZ are polynomials in R_0, so every product here is symmetric and
+    // kept exactly so (the next ssyrk reads R in full to form R R).
     copy_floats(RZ, R, mm);
-    gemm(false, false, m, m, m, 1.0f, R, Z, a, RZ);
+    symmetric_product(R, Z, m, 1.0f, a, RZ);
     copy_floats(R, RZ, mm);
-    gemm(false, false, m, m, m, 1.0f, Z, RZ, a, R);
-    // R equals X_k X_k^T, symmetric in exact arithmetic; restore exact
-    // symmetry so that the next ssyrk (which reads R in full) forms R R.
-    mirror_upper_to_lower(R, m);
+    symmetric_product(Z, RZ, m, 1.0f, a, R);
     if (step % plan.gram_restart_every == 0) {
       // Restart: X <- Q X, R <- X X^T, Q <- I. Bounds the drift of R away
       // from X_k X_k^T (the Gram matrix squares the condition number).
