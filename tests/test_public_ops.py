@@ -1,0 +1,89 @@
+"""The public ops ``xxt`` / ``ba_plus_caa`` and the backend choice of ``orthogonalize``, in both
+frameworks, through the same adaptors as the accuracy tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import require_native
+from frameworks import FRAMEWORKS
+from native_helpers import assert_exactly_symmetric, assert_within_dot_bound
+
+
+@pytest.fixture(params=sorted(FRAMEWORKS))
+def fw(request):
+    fw = FRAMEWORKS[request.param]()
+    require_native("mlx_ext" if fw.name == "mlx" else "blas")
+    return fw
+
+
+def ops(fw):
+    module = __import__(f"fastmuon.{fw.name}", fromlist=["xxt"])
+    return module.xxt, module.ba_plus_caa
+
+
+@pytest.mark.parametrize("backend", ["reference", "native", "auto"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (33, 100), (3, 7, 5), (2, 2, 6, 11)], ids=str)
+def test_xxt_matches_float64(fw, backend, shape):
+    xxt, _ = ops(fw)
+    X64 = np.random.default_rng(0).standard_normal(shape)
+    X = fw.array(X64, "float32")
+    C = fw.to_numpy(xxt(X, backend=backend))
+    Xr = fw.to_numpy(X)
+    ref = Xr @ np.swapaxes(Xr, -1, -2)
+    scale = np.abs(Xr) @ np.abs(np.swapaxes(Xr, -1, -2))
+    assert_within_dot_bound(C, ref, scale, k=shape[-1])
+    if backend != "reference":
+        assert_exactly_symmetric(C)
+
+
+@pytest.mark.parametrize("backend", ["reference", "native", "auto"])
+@pytest.mark.parametrize("shape", [(1, 1), (45, 45), (3, 8, 8)], ids=str)
+def test_ba_plus_caa_matches_float64(fw, backend, shape):
+    _, ba_plus_caa = ops(fw)
+    rng = np.random.default_rng(1)
+    M = rng.standard_normal(shape)
+    A64 = M + np.swapaxes(M, -1, -2)
+    A = fw.array(A64, "float32")
+    alpha, beta = 2.0315, -4.775
+    out = fw.to_numpy(ba_plus_caa(A, alpha=alpha, beta=beta, backend=backend))
+    Ar = fw.to_numpy(A)
+    a32, b32 = float(np.float32(alpha)), float(np.float32(beta))
+    ref = a32 * (Ar @ Ar) + b32 * Ar
+    scale = abs(a32) * (np.abs(Ar) @ np.abs(Ar)) + abs(b32) * np.abs(Ar)
+    assert_within_dot_bound(out, ref, scale, k=shape[-1] + 2)
+
+
+def test_ops_keep_16bit_dtype(fw):
+    xxt, ba_plus_caa = ops(fw)
+    X = fw.array(np.ones((4, 6)), "bfloat16")
+    assert fw.dtype_name(xxt(X)) == "bfloat16"
+    assert fw.dtype_name(ba_plus_caa(xxt(X), alpha=1.0, beta=0.0)) == "bfloat16"
+
+
+def test_ops_reject_bad_input(fw):
+    xxt, ba_plus_caa = ops(fw)
+    with pytest.raises(ValueError, match=r"X must be a matrix.*got shape \(5,\)"):
+        xxt(fw.array(np.ones(5), "float32"))
+    with pytest.raises(ValueError, match="A must be square"):
+        ba_plus_caa(fw.array(np.ones((3, 4)), "float32"), alpha=1.0, beta=1.0)
+    with pytest.raises(ValueError, match="valid backends"):
+        xxt(fw.array(np.ones((3, 4)), "float32"), backend="blas")
+    with pytest.raises(ValueError, match="float64 input needs"):
+        xxt(fw.array(np.ones((3, 4)), "float64"), backend="native")
+
+
+@pytest.mark.parametrize("method", ["newton_schulz", "polar_express", "gram"])
+def test_auto_picks_native_on_cpu(fw, method):
+    """"auto" must give bit-for-bit the native result for fp32 CPU inputs."""
+    G = fw.array(np.random.default_rng(2).standard_normal((3, 20, 30)), "float32")
+    auto = fw.to_numpy(fw.orthogonalize(G, method=method))
+    native = fw.to_numpy(fw.orthogonalize(G, method=method, backend="native"))
+    np.testing.assert_array_equal(auto, native)
+
+
+def test_native_refuses_other_compute_dtypes(fw):
+    G = fw.array(np.ones((4, 6)), "float32")
+    with pytest.raises(ValueError, match="computes in float32"):
+        fw.orthogonalize(G, backend="native", dtype=fw.dtype("bfloat16"))
