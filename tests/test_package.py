@@ -33,4 +33,4 @@ def test_fastmuon_mlx_imports_only_mlx():
 
 def test_cli_without_command_prints_usage():
     out = subprocess.run([sys.executable, "-m", "fastmuon"], capture_output=True, text=True)
-    assert out.returncode == 2 and "usage: python -m fastmuon {bench}" in out.stderr
+    assert out.returncode == 2 and "usage: python -m fastmuon {bench,demo}" in out.stderr

@@ -1,0 +1,137 @@
+"""The demo's driver: train every (framework, optimizer), report, plot, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import platform
+import sys
+from typing import Dict, List, Optional
+
+from .config import FULL, OPTIMIZERS, QUICK, DemoConfig
+from .data import load_corpus
+
+# Best learning rates from bench/sweep_lr.py (recorded in bench/results/lr_sweep.json, which a
+# test keeps in step with this table): AdamW's alone, then Muon's / NorMuon's with their AdamW
+# part at AdamW's best.
+LEARNING_RATES: Dict[str, Dict[str, Dict[str, float]]] = {
+    "torch": {
+        "adamw": {"lr": 3e-3},
+        "muon": {"lr": 0.02, "adamw_lr": 3e-3},
+        "normuon": {"lr": 0.02, "adamw_lr": 3e-3},
+    },
+    "mlx": {
+        "adamw": {"lr": 3e-3},
+        "muon": {"lr": 0.02, "adamw_lr": 3e-3},
+        "normuon": {"lr": 0.02, "adamw_lr": 3e-3},
+    },
+}
+
+
+def available_frameworks() -> List[str]:
+    return [name for name in ("torch", "mlx") if importlib.util.find_spec(name) is not None]
+
+
+def trainer(framework: str):
+    if framework == "torch":
+        from . import torch_train
+
+        return torch_train.train
+    from . import mlx_train
+
+    return mlx_train.train
+
+
+def steps_to_reach(curve, target: float) -> Optional[int]:
+    """First evaluated step whose validation loss is at or below ``target``."""
+    return next((step for step, loss in curve if loss <= target), None)
+
+
+def run(cfg: DemoConfig, frameworks: List[str], optimizers=OPTIMIZERS, progress: bool = True) -> dict:
+    corpus = load_corpus()
+    results: dict = {}
+    bar = _bar(len(frameworks) * len(optimizers) * cfg.steps, progress)
+    for framework in frameworks:
+        train = trainer(framework)
+        results[framework] = {}
+        for name in optimizers:
+            rates = LEARNING_RATES[framework][name]
+            results[framework][name] = train(cfg, corpus, name, rates["lr"], rates.get("adamw_lr", 0.0), bar)
+        target = results[framework].get("adamw", {}).get("final_val_loss")
+        for res in results[framework].values():
+            res["steps_to_adamw_final"] = steps_to_reach(res["curve"], target) if target is not None else None
+    if bar is not None:
+        bar.close()
+    results["config"] = dataclasses.asdict(cfg)
+    results["corpus"] = {"files": list(corpus.files), "train_bytes": len(corpus.train), "val_bytes": len(corpus.val)}
+    results["python"] = platform.python_version()
+    return results
+
+
+def _bar(total: int, enabled: bool):
+    if enabled and importlib.util.find_spec("tqdm") is not None:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="step", leave=False, file=sys.stderr)
+    return None
+
+
+def format_report(results: dict, frameworks: List[str]) -> str:
+    lines = [f"{'framework':9s} {'optimizer':9s} {'lr':>8s} {'val loss':>9s} {'steps to AdamW final':>21s} {'time s':>7s}"]
+    for fw in frameworks:
+        for name, res in results[fw].items():
+            reach = res["steps_to_adamw_final"]
+            lines.append(
+                f"{fw:9s} {name:9s} {res['lr']:8.3g} {res['final_val_loss']:9.4f} "
+                f"{(str(reach) if reach is not None else 'not reached'):>21s} {res['seconds']:7.1f}"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: dict, frameworks: List[str], path: str) -> bool:
+    if importlib.util.find_spec("matplotlib") is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(frameworks), figsize=(5.5 * len(frameworks), 4), squeeze=False)
+    for ax, fw in zip(axes[0], frameworks):
+        for name, res in results[fw].items():
+            steps, losses = zip(*res["curve"])
+            ax.plot(steps, losses, label=f"{name} (lr {res['lr']:g})")
+        ax.set_title(f"{fw}: validation loss, stdlib bytes")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy (nats/byte)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastmuon demo", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK.steps} steps per run instead of {FULL.steps}")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PATH", default="demo_loss.png", help="loss-curve PNG (default: %(default)s)")
+    parser.add_argument("--frameworks", nargs="+", choices=["torch", "mlx"], default=None)
+    args = parser.parse_args(argv)
+    frameworks = args.frameworks or available_frameworks()
+    if not frameworks:
+        print("neither torch nor mlx is installed: pip install 'fastmuon[torch]' or 'fastmuon[mlx]'")
+        return 1
+    cfg = QUICK if args.quick else FULL
+    results = run(cfg, frameworks)
+    print(format_report(results, frameworks))
+    if args.plot and plot(results, frameworks, args.plot):
+        print(f"loss curves: {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"results: {args.json}")
+    return 0
