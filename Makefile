@@ -24,7 +24,7 @@ $(PY):
 
 $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(PIP) install --quiet ".[mlx,dev]"
+	$(PIP) install --quiet ".[mlx,torch,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -11,7 +13,13 @@ from .._native import blas_available
 from .._plan import DEFAULT_STEPS, Plan, check_backend, check_matrix_shape, make_plan
 from . import native
 
-BACKENDS = ("auto", "reference", "native")
+BACKENDS = ("auto", "reference", "native", "triton")
+
+_TRITON_HINT = (
+    'backend="triton" needs the triton package and torch >= 2.6: pip install "fastmuon[torch]" '
+    "(or pip install triton; Linux with a CUDA GPU)"
+)
+
 
 def default_compute_dtype(device: torch.device) -> torch.dtype:
     """bf16 on CUDA (as every public Muon does); fp32 elsewhere, since bf16 matmul on CPUs is
@@ -38,7 +46,9 @@ def orthogonalize(
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
             its normalization.
         backend: ``"reference"`` is plain torch; ``"native"`` the fused C++ iteration on the
-            BLAS (CPU tensors, fp32 compute); ``"auto"`` picks native where it applies.
+            BLAS (CPU tensors, fp32 compute); ``"triton"`` the symmetric Triton kernels (CUDA
+            tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks triton for CUDA tensors when
+            triton is installed, native for CPU tensors in fp32 when it is built, else reference.
         dtype: compute dtype; by default bf16 on CUDA and fp32 elsewhere.
 
     Returns:
@@ -50,8 +60,11 @@ def orthogonalize(
     compute_dtype = default_compute_dtype(G.device) if dtype is None else dtype
     if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if select_backend(backend, G, compute_dtype) == "native":
+    chosen = select_backend(backend, G, compute_dtype)
+    if chosen == "native":
         return native.orthogonalize(G, plan)
+    if chosen == "triton":
+        return triton_backend().orthogonalize(G, plan, compute_dtype)
     return orthogonalize_reference(G, plan, compute_dtype)
 
 
@@ -64,11 +77,17 @@ def check_tensor(t, name: str) -> None:
 
 
 def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) -> str:
-    """The one place that decides which backend runs: "auto" takes the native kernels for CPU
-    tensors computed in fp32 when they are built, else the reference."""
+    """The one place that decides which backend runs: "auto" takes the Triton kernels for CUDA
+    tensors (fp32/bf16/fp16 compute) when triton is installed, the native kernels for CPU tensors
+    computed in fp32 when they are built, else the reference."""
     if backend == "auto":
+        if t.device.type == "cuda":
+            triton_fits = compute_dtype in (torch.float32, torch.bfloat16, torch.float16)
+            return "triton" if triton_fits and triton_installed() else "reference"
         native_fits = t.device.type == "cpu" and compute_dtype == torch.float32
         return "native" if native_fits and blas_available() else "reference"
+    if backend == "triton":
+        triton_backend().check_input(t, "the input", compute_dtype)
     if backend == "native":
         native.check_native_input(t, "the input")
         if compute_dtype != torch.float32:
@@ -79,11 +98,30 @@ def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) ->
     return backend
 
 
+# Looked up once, without importing triton (which takes seconds and is needed only on use).
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
+def triton_installed() -> bool:
+    return _TRITON_FOUND
+
+
+def triton_backend():
+    """``fastmuon.torch.triton_backend``, imported on first use (it imports triton)."""
+    if not triton_installed():
+        raise ImportError(_TRITON_HINT)
+    try:
+        from . import triton_backend as module
+    except ImportError as exc:
+        raise ImportError(f"{_TRITON_HINT}; importing it failed: {exc}") from exc
+    return module
+
+
 def orthogonalize_reference(G: torch.Tensor, plan: Plan, compute_dtype: torch.dtype) -> torch.Tensor:
     """Plain-torch implementation; what every faster backend is tested against."""
     shape = G.shape
     m, n = shape[-2], shape[-1]
-    X = G.reshape(-1, m, n).to(compute_dtype)
+    X = as_batch(G).to(compute_dtype)
     tall = m > n
     if tall:  # iterate on the wide orientation: the Gram matrix is then the smaller one
         X = X.mT
@@ -92,6 +130,11 @@ def orthogonalize_reference(G: torch.Tensor, plan: Plan, compute_dtype: torch.dt
     if tall:
         X = X.mT
     return X.reshape(shape).to(G.dtype)
+
+
+def as_batch(t: torch.Tensor) -> torch.Tensor:
+    """(..., m, n) -> (batch, m, n); also for empty tensors, where reshape(-1, m, n) is ambiguous."""
+    return t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])
 
 
 def normalize(X: torch.Tensor, plan: Plan) -> torch.Tensor:

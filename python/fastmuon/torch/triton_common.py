@@ -1,0 +1,238 @@
+"""Pieces shared by the symmetric Triton kernels: which tiles run, the tile products and the
+mirrored store. Imports triton; ``fastmuon.torch`` imports this module only when a Triton path
+is asked for.
+
+Tile schedule. An (M, M) symmetric result is cut into T x T square tiles of BLOCK_M rows
+(T = ceil(M / BLOCK_M)). Only the T (T + 1) / 2 tiles (i, j) with i <= j are computed: program p
+of a matrix takes column j = floor((sqrt(8 p + 1) - 1) / 2) and row i = p - j (j + 1) / 2, so
+the programs walk the upper triangle column by column, (0,0), (0,1), (1,1), (0,2), ... Each
+program stores its tile and the tile's transpose in the mirror position. On a diagonal tile the
+entries on and above the diagonal come from the tile and those below from its transpose, so the
+whole result is exactly symmetric whatever order the dot product accumulates in.
+
+Interpreter (TRITON_INTERPRET=1, CPU tensors; for tests). It must be set before this package's
+kernel modules are imported, since ``@triton.jit`` picks the interpreter when it decorates.
+Two of its gaps are worked around here (both flags are compile-time constants, off on GPUs):
+bf16 ``tl.dot`` multiplies raw bits, so tiles are upcast to fp32 before the dot (products of
+16-bit numbers are exact in fp32, so the math is that of the GPU's 16-bit dot with fp32
+accumulation); and its fp32 -> bf16 cast truncates, so bf16 outputs are rounded to nearest even
+with integer arithmetic instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _kernels_interpreted() -> bool:
+    @triton.jit
+    def probe(x):
+        pass
+
+    return not isinstance(probe, triton.runtime.jit.JITFunction)
+
+
+# Whether the kernels of this package, decorated when their modules were imported, run under the
+# interpreter. Fixed at import, like triton's own choice.
+INTERPRETED = _kernels_interpreted()
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Block sizes for one launch: BLOCK_M x BLOCK_M output tiles, BLOCK_K along the reduction."""
+
+    block_m: int
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def meta(self) -> dict:
+        return dict(BLOCK_M=self.block_m, BLOCK_K=self.block_k, num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+# The interpreter costs a few ms per tile and reduction step whatever the tile size, so it runs one
+# large configuration (and autotuning, which needs a GPU timer, is off).
+INTERPRETER_CONFIG = TileConfig(block_m=64, block_k=64)
+
+# GPU candidates, tuned per (M, K) on first use. 128 x 128 fp32 accumulators over 8 warps use
+# 64 registers a thread; configurations that do not fit are skipped by the autotuner.
+GPU_CONFIGS = (
+    TileConfig(128, 64, num_warps=8, num_stages=3),
+    TileConfig(128, 32, num_warps=4, num_stages=4),
+    TileConfig(128, 32, num_warps=8, num_stages=4),
+    TileConfig(64, 64, num_warps=4, num_stages=4),
+    TileConfig(64, 32, num_warps=4, num_stages=5),
+    TileConfig(32, 64, num_warps=4, num_stages=4),
+)
+
+
+def triton_configs() -> list:
+    """GPU_CONFIGS as ``triton.Config`` for ``@triton.autotune``."""
+    return [
+        triton.Config(dict(BLOCK_M=c.block_m, BLOCK_K=c.block_k), num_warps=c.num_warps, num_stages=c.num_stages)
+        for c in GPU_CONFIGS
+    ]
+
+
+def upper_tile_count(tiles: int) -> int:
+    """Programs launched per matrix: T (T + 1) / 2 of the T^2 tiles."""
+    return tiles * (tiles + 1) // 2
+
+
+def tile_schedule(tiles: int) -> list[tuple[int, int]]:
+    """The (row, column) tile each program of one matrix computes, in program order (the
+    kernel's arithmetic, in exact integers)."""
+    pairs = []
+    for p in range(upper_tile_count(tiles)):
+        j = (math.isqrt(8 * p + 1) - 1) // 2
+        pairs.append((p - j * (j + 1) // 2, j))
+    return pairs
+
+
+def pick_config(config: "TileConfig | None", tile_map) -> "TileConfig | None":
+    """The fixed configuration a launch uses, or None to autotune (GPUs only)."""
+    if config is None and INTERPRETED:
+        return INTERPRETER_CONFIG
+    if config is None and tile_map is not None:
+        raise ValueError("tile_map needs an explicit config (autotuning launches the kernel several times)")
+    return config
+
+
+def grid_for(batch: int, m: int, config: "TileConfig | None"):
+    """Launch grid: one program per upper tile of every matrix, batch-major."""
+    if config is not None:
+        return (batch * upper_tile_count(triton.cdiv(m, config.block_m)),)
+    return lambda meta: (batch * upper_tile_count(triton.cdiv(m, meta["BLOCK_M"])),)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 products follow torch's own matmul setting: exact fp32 ("highest", torch's default)
+    or TF32 ("high"/"medium"), so the kernels round like the torch GEMMs beside them. 16-bit
+    inputs ignore it (their products are exact in the fp32 accumulator)."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def soft_bf16_rounding(dtype: torch.dtype) -> bool:
+    return INTERPRETED and dtype == torch.bfloat16
+
+
+def launch_meta(dtype: torch.dtype) -> dict:
+    """Compile-time flags of every kernel for an input/output ``dtype``."""
+    return dict(
+        UPCAST=INTERPRETED,
+        SOFT_BF16=soft_bf16_rounding(dtype),
+        DOT_PRECISION=dot_precision(dtype),
+    )
+
+
+# ---------------------------------------------------------------- device helpers
+
+
+@triton.jit
+def upper_tile(p):
+    """Program p of a matrix -> its tile (i, j), i <= j (see the module docstring). Works
+    elementwise on blocks of p too."""
+    q = p.to(tl.int64)
+    j = ((tl.sqrt(8.0 * p.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int64)
+    # the fp32 square root may be off by one either way for large p: correct in integers
+    j = tl.where(j * (j + 1) // 2 > q, j - 1, j)
+    j = tl.where((j + 1) * (j + 2) // 2 <= q, j + 1, j)
+    return (q - j * (j + 1) // 2).to(tl.int32), j.to(tl.int32)
+
+
+@triton.jit
+def rows_gram_tile(
+    base, rows_i, rows_j, M, K, stride_m, stride_k,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """sum over k of X[rows_i, k] X[rows_j, k]: one tile of X X^T, reading rows of X (a matrix
+    whose k axis has stride ``stride_k``) from ``base``; fp32 accumulator."""
+    ks = tl.arange(0, BLOCK_K)
+    ptr_i = base + rows_i[:, None].to(tl.int64) * stride_m + ks[None, :].to(tl.int64) * stride_k
+    ptr_j = base + rows_j[:, None].to(tl.int64) * stride_m + ks[None, :].to(tl.int64) * stride_k
+    in_i = rows_i[:, None] < M
+    in_j = rows_j[:, None] < M
+    step = BLOCK_K * tl.cast(stride_k, tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        in_k = ks[None, :] < K - k0
+        a = tl.load(ptr_i, mask=in_i & in_k, other=0.0)
+        b = tl.load(ptr_j, mask=in_j & in_k, other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION)
+        ptr_i += step
+        ptr_j += step
+    return acc
+
+
+@triton.jit
+def cols_gram_tile(
+    base, cols_i, cols_j, M, K, stride_k, stride_m,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """sum over k of X[k, cols_i] X[k, cols_j]: one tile of X^T X for a tall X (K, M), read as
+    (BLOCK_K, BLOCK_M) blocks along its rows; fp32 accumulator."""
+    ks = tl.arange(0, BLOCK_K)
+    ptr_i = base + ks[:, None].to(tl.int64) * stride_k + cols_i[None, :].to(tl.int64) * stride_m
+    ptr_j = base + ks[:, None].to(tl.int64) * stride_k + cols_j[None, :].to(tl.int64) * stride_m
+    in_i = cols_i[None, :] < M
+    in_j = cols_j[None, :] < M
+    step = BLOCK_K * tl.cast(stride_k, tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        in_k = ks[:, None] < K - k0
+        a = tl.load(ptr_i, mask=in_k & in_i, other=0.0)
+        b = tl.load(ptr_j, mask=in_k & in_j, other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
+        ptr_i += step
+        ptr_j += step
+    return acc
+
+
+@triton.jit
+def to_output(acc, dtype: tl.constexpr, SOFT_BF16: tl.constexpr):
+    """Round the fp32 accumulator to the output dtype (nearest even)."""
+    if SOFT_BF16:
+        bits = acc.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        rounded = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        out = tl.where(acc == acc, rounded, acc.to(tl.bfloat16))  # NaN stays NaN
+    else:
+        out = acc.to(dtype)
+    return out
+
+
+@triton.jit
+def store_mirrored(
+    out, value, ti, tj, M, stride_m, stride_n, BLOCK_M: tl.constexpr,
+):
+    """Store tile (ti, tj), ti <= tj, of a symmetric (M, M) result and its transpose at (tj, ti).
+    On the diagonal tile the upper part comes from ``value`` and the lower from its transpose."""
+    rows = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tj * BLOCK_M + tl.arange(0, BLOCK_M)
+    upper = (rows[:, None] <= cols[None, :]) & (cols[None, :] < M)
+    tl.store(out + rows[:, None].to(tl.int64) * stride_m + cols[None, :].to(tl.int64) * stride_n, value, mask=upper)
+    lower = (cols[:, None] > rows[None, :]) & (cols[:, None] < M)
+    tl.store(
+        out + cols[:, None].to(tl.int64) * stride_m + rows[None, :].to(tl.int64) * stride_n,
+        tl.trans(value),
+        mask=lower,
+    )
+
+
+@triton.jit
+def count_tile(tile_map, b, ti, tj, T):
+    """Debug: add one at tile_map[b, ti, tj] (int32, (batch, T, T))."""
+    tl.atomic_add(tile_map + (b.to(tl.int64) * T + ti) * T + tj, 1)

@@ -1,0 +1,84 @@
+"""Triton kernel C = X^T X for a batch of tall (K, M) matrices, with the symmetric-tile schedule
+and mirrored store of ``triton_xxt`` (see ``triton_common``).
+
+It reads X as (BLOCK_K, BLOCK_M) blocks along its rows and transposes them in registers, so a
+row-major tall X is read coalesced and never copied to its transpose. The orthogonalize driver
+uses it to keep a tall input in its own layout while iterating on the wide orientation X^T.
+fp32 accumulation; bf16, fp16 and fp32 inputs, output in X's dtype; 64-bit offsets.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from .triton_common import (
+    INTERPRETED,
+    TileConfig,
+    cols_gram_tile,
+    count_tile,
+    grid_for,
+    launch_meta,
+    pick_config,
+    store_mirrored,
+    to_output,
+    triton_configs,
+    upper_tile,
+)
+
+
+@triton.jit
+def xtx_kernel(
+    X, C, TILE_MAP, M, K,
+    stride_xb, stride_xk, stride_xm, stride_cb, stride_cm, stride_cn,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, SOFT_BF16: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, COUNT_TILES: tl.constexpr,
+):
+    T = tl.cdiv(M, BLOCK_M)
+    per_matrix = T * (T + 1) // 2
+    pid = tl.program_id(0)
+    b = pid // per_matrix
+    ti, tj = upper_tile(pid - b * per_matrix)
+    cols_i = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols_j = tj * BLOCK_M + tl.arange(0, BLOCK_M)
+    acc = cols_gram_tile(
+        X + b.to(tl.int64) * stride_xb, cols_i, cols_j, M, K, stride_xk, stride_xm,
+        BLOCK_M, BLOCK_K, UPCAST, DOT_PRECISION,
+    )
+    value = to_output(acc, C.dtype.element_ty, SOFT_BF16)
+    store_mirrored(C + b.to(tl.int64) * stride_cb, value, ti, tj, M, stride_cm, stride_cn, BLOCK_M)
+    if COUNT_TILES:
+        count_tile(TILE_MAP, b, ti, tj, T)
+
+
+xtx_kernel_tuned = None if INTERPRETED else triton.autotune(configs=triton_configs(), key=["M", "K"])(xtx_kernel)
+
+
+def xtx_ref(X: torch.Tensor) -> torch.Tensor:
+    """The float64 reference: X^T X over the last two axes."""
+    X = X.to(torch.float64)
+    return X.mT @ X
+
+
+def launch_xtx(
+    X: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    config: Optional[TileConfig] = None,
+    tile_map: Optional[torch.Tensor] = None,
+) -> None:
+    """Write X^T X of X (B, K, M) into out (B, M, M), which must not overlap X. ``config`` and
+    ``tile_map`` as for ``triton_xxt.launch_xxt``."""
+    B, K, M = X.shape
+    if out.numel() == 0:
+        return
+    config = pick_config(config, tile_map)
+    kernel = xtx_kernel if config is not None else xtx_kernel_tuned
+    meta = dict(launch_meta(X.dtype), COUNT_TILES=tile_map is not None)
+    if config is not None:
+        meta.update(config.meta())
+    wrap_triton(kernel)[grid_for(B, M, config)](X, out, tile_map, M, K, *X.stride(), *out.stride(), **meta)

@@ -1,0 +1,88 @@
+"""Triton kernel C = X X^T for a batch of (M, K) matrices, computing only the tiles on and above
+the diagonal and storing each one with its mirror (schedule and store: ``triton_common``).
+
+The kernel reads X through its strides (rows are coalesced when K is the contiguous axis; for
+X stored column-major use ``triton_xtx`` on its transpose) and accumulates in fp32; bf16, fp16
+and fp32 inputs, output in X's dtype. Offsets are 64-bit, so large batches are addressed
+correctly.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from .triton_common import (
+    INTERPRETED,
+    TileConfig,
+    count_tile,
+    grid_for,
+    launch_meta,
+    pick_config,
+    rows_gram_tile,
+    store_mirrored,
+    to_output,
+    triton_configs,
+    upper_tile,
+)
+
+
+@triton.jit
+def xxt_kernel(
+    X, C, TILE_MAP, M, K,
+    stride_xb, stride_xm, stride_xk, stride_cb, stride_cm, stride_cn,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, SOFT_BF16: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, COUNT_TILES: tl.constexpr,
+):
+    T = tl.cdiv(M, BLOCK_M)
+    per_matrix = T * (T + 1) // 2
+    pid = tl.program_id(0)
+    b = pid // per_matrix
+    ti, tj = upper_tile(pid - b * per_matrix)
+    rows_i = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_j = tj * BLOCK_M + tl.arange(0, BLOCK_M)
+    acc = rows_gram_tile(
+        X + b.to(tl.int64) * stride_xb, rows_i, rows_j, M, K, stride_xm, stride_xk,
+        BLOCK_M, BLOCK_K, UPCAST, DOT_PRECISION,
+    )
+    value = to_output(acc, C.dtype.element_ty, SOFT_BF16)
+    store_mirrored(C + b.to(tl.int64) * stride_cb, value, ti, tj, M, stride_cm, stride_cn, BLOCK_M)
+    if COUNT_TILES:
+        count_tile(TILE_MAP, b, ti, tj, T)
+
+
+xxt_kernel_tuned = None if INTERPRETED else triton.autotune(configs=triton_configs(), key=["M", "K"])(xxt_kernel)
+
+
+def xxt_ref(X: torch.Tensor) -> torch.Tensor:
+    """The float64 reference: X X^T over the last two axes."""
+    X = X.to(torch.float64)
+    return X @ X.mT
+
+
+def launch_xxt(
+    X: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    config: Optional[TileConfig] = None,
+    tile_map: Optional[torch.Tensor] = None,
+) -> None:
+    """Write X X^T of X (B, M, K) into out (B, M, M), which must not overlap X.
+
+    ``config`` fixes the block sizes (default: autotuned per (M, K) on GPUs, one configuration
+    under the interpreter). ``tile_map``, an int32 (B, T, T) tensor of zeros with
+    T = ceil(M / config.block_m), receives one count per computed tile (a test hook).
+    """
+    B, M, K = X.shape
+    if out.numel() == 0:
+        return
+    config = pick_config(config, tile_map)
+    kernel = xxt_kernel if config is not None else xxt_kernel_tuned
+    meta = dict(launch_meta(X.dtype), COUNT_TILES=tile_map is not None)
+    if config is not None:
+        meta.update(config.meta())
+    wrap_triton(kernel)[grid_for(B, M, config)](X, out, tile_map, M, K, *X.stride(), *out.stride(), **meta)

@@ -1,0 +1,527 @@
+"""Tests of the Triton backend: the symmetric kernels (X X^T, X^T X, alpha A A + beta A), their
+torch.library operators and ``orthogonalize(..., backend="triton")``.
+
+Without a CUDA device the kernels run on CPU tensors under the Triton interpreter
+(TRITON_INTERPRET=1, set here before any kernel module is imported; the other test modules do
+not use Triton). With one, the same tests run on the GPU. Under the interpreter:
+
+* fp32 dot products are numpy's fp32 matmul; on GPUs the kernels use exact-fp32 ("ieee") dots
+  while torch's fp32 matmul precision is "highest" (its default), so the fp32 bounds below hold
+  on both. 16-bit inputs: products are exact in the fp32 accumulator on both (the interpreter's
+  broken bf16 dot is avoided by upcasting tiles first; see ``triton_common``).
+* Kernel bounds are the derived dot-product bound of ``native_helpers`` (k u32 |X||X|^T, times
+  2) plus the output dtype's rounding; orthogonalize uses ``check_against_exact`` with the unit
+  roundoff of the compute dtype the run uses.
+* Autotuning is off (one configuration), and tl.device_assert and out-of-bounds checks are
+  inert: NaN-poisoned outputs and exact results are what show that every entry is written and
+  no masked lane leaks in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'fastmuon[torch]')")
+import triton.language as tl  # noqa: E402
+
+from fastmuon import coefficients as coef  # noqa: E402
+from fastmuon._plan import make_plan  # noqa: E402
+from fastmuon.torch import ba_plus_caa, orthogonalize, xxt  # noqa: E402
+from fastmuon.torch.orthogonalize import select_backend  # noqa: E402
+from fastmuon.torch import triton_backend, triton_common  # noqa: E402
+from fastmuon.torch.triton_ba_plus_caa import ba_plus_caa_ref, launch_ba_plus_caa  # noqa: E402
+from fastmuon.torch.triton_common import TileConfig, tile_schedule, upper_tile, upper_tile_count  # noqa: E402
+from fastmuon.torch.triton_xtx import launch_xtx, xtx_ref  # noqa: E402
+from fastmuon.torch.triton_xxt import launch_xxt, xxt_ref  # noqa: E402
+
+from frameworks import FRAMEWORKS  # noqa: E402
+from native_helpers import assert_exactly_symmetric, assert_within_dot_bound  # noqa: E402
+from spectral import SPECTRA, matrix_with_spectrum  # noqa: E402
+from test_orthogonalize import check_against_exact  # noqa: E402
+
+if not ON_GPU and not triton_common.INTERPRETED:
+    pytest.skip(
+        "no CUDA device, and fastmuon's Triton kernels were imported before TRITON_INTERPRET=1 was set",
+        allow_module_level=True,
+    )
+
+ortho = importlib.import_module("fastmuon.torch.orthogonalize")  # the module, not the function
+DEVICE = "cuda" if ON_GPU else "cpu"
+METHODS = ("newton_schulz", "polar_express", "gram")
+# (dtype, unit roundoff of the output, half the smallest subnormal spacing)
+DTYPES = [
+    (torch.float32, 0.0, 0.0),
+    (torch.bfloat16, 2.0**-8, 2.0**-134),
+    (torch.float16, 2.0**-11, 2.0**-25),
+]
+# Small tiles (several per matrix, ragged edges) next to the default configuration: one large
+# tile under the interpreter, autotuned on GPUs.
+CONFIGS = [None, TileConfig(block_m=32, block_k=32)]
+CONFIG_IDS = ["default", "32x32"]
+
+
+def _ids(shape):
+    return "x".join(map(str, shape))
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to(torch.float64).cpu().numpy()
+
+
+def _dtype_id(entry):
+    return str(entry[0]).removeprefix("torch.")
+
+
+def _symmetric(rng, shape, dtype=torch.float32) -> torch.Tensor:
+    """Exactly symmetric matrices in ``dtype`` (the mean of x and x^T rounds the same both ways)."""
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    return ((x + x.mT) / 2).to(dtype).to(DEVICE)
+
+
+def _assert_gram(c, x, k, u_out=0.0, eta_out=0.0, transpose=False):
+    """c == x x^T (or x^T x) within the dot-product bound for k terms, against the kernels'
+    float64 references (``scale`` is the same product of absolute values)."""
+    ref_fn = xtx_ref if transpose else xxt_ref
+    x = x.cpu()
+    ref, scale = ref_fn(x).numpy(), ref_fn(x.abs()).numpy()
+    assert_within_dot_bound(_np(c), ref, scale, k, u_out=u_out, eta_out=eta_out)
+
+
+def _assert_ba_plus_caa(c, a, alpha, beta, u_out=0.0, eta_out=0.0):
+    """c == alpha a a + beta a within the bound for k = m + 2 terms; alpha, beta in fp32."""
+    al, be = float(np.float32(alpha)), float(np.float32(beta))
+    a = a.cpu()
+    ref = ba_plus_caa_ref(a, al, be).numpy()
+    scale = ba_plus_caa_ref(a.abs(), abs(al), abs(be)).numpy()
+    assert_within_dot_bound(_np(c), ref, scale, a.shape[-1] + 2, u_out=u_out, eta_out=eta_out)
+
+
+# ------------------------------------------------------------- the tile schedule --
+
+
+@pytest.mark.parametrize("tiles", [1, 2, 3, 7, 40])
+def test_schedule_is_the_upper_triangle_once(tiles):
+    pairs = tile_schedule(tiles)
+    assert len(pairs) == upper_tile_count(tiles) == tiles * (tiles + 1) // 2
+    assert set(pairs) == {(i, j) for i in range(tiles) for j in range(i, tiles)}
+
+
+@triton.jit
+def _schedule_probe(P, I, J, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    i, j = upper_tile(tl.load(P + offs, mask=mask, other=0))
+    tl.store(I + offs, i, mask=mask)
+    tl.store(J + offs, j, mask=mask)
+
+
+def test_kernel_schedule_arithmetic_matches_exact_integers():
+    """The kernels' float square root plus integer correction gives the exact schedule, also
+    next to triangular numbers and for program ids up to ~2^31 (T ~ 65000 tiles)."""
+    t = np.unique(np.concatenate([np.arange(0, 300), np.geomspace(300, 65000, 400).astype(np.int64)]))
+    tri = t * (t + 1) // 2
+    p = np.unique(np.concatenate([tri, tri + 1, np.maximum(tri - 1, 0), tri + t]))
+    p = p[p < 2**31 - 1].astype(np.int32)
+    P = torch.from_numpy(p).to(DEVICE)
+    I, J = torch.empty_like(P), torch.empty_like(P)
+    _schedule_probe[(triton.cdiv(p.size, 1024),)](P, I, J, p.size, BLOCK=1024)
+    j_exact = np.array([(math.isqrt(8 * int(v) + 1) - 1) // 2 for v in p], dtype=np.int64)
+    i_exact = p.astype(np.int64) - j_exact * (j_exact + 1) // 2
+    np.testing.assert_array_equal(J.cpu().numpy(), j_exact)
+    np.testing.assert_array_equal(I.cpu().numpy(), i_exact)
+    assert np.all(i_exact <= j_exact)
+
+
+LAUNCHERS = {
+    "xxt": lambda x, out, **kw: launch_xxt(x, out, **kw),
+    "xtx": lambda x, out, **kw: launch_xtx(x, out, **kw),
+    "ba_plus_caa": lambda x, out, **kw: launch_ba_plus_caa(x, out, 0.5, -1.5, **kw),
+}
+
+
+@pytest.mark.parametrize("kernel", sorted(LAUNCHERS))
+@pytest.mark.parametrize("m,block", [(70, 16), (64, 16), (33, 32), (16, 32)], ids=str)
+def test_only_upper_tiles_are_computed(kernel, m, block, rng):
+    """Each kernel counts the tiles it computes: every tile on or above the diagonal exactly once,
+    none below: T (T + 1) / 2 of the T^2 tiles."""
+    batch = 2
+    shape = {"xxt": (batch, m, 24), "xtx": (batch, 24, m), "ba_plus_caa": (batch, m, m)}[kernel]
+    x = _symmetric(rng, shape) if kernel == "ba_plus_caa" else torch.randn(shape).to(DEVICE)
+    tiles = triton.cdiv(m, block)
+    counts = torch.zeros((batch, tiles, tiles), dtype=torch.int32, device=DEVICE)
+    out = torch.full((batch, m, m), float("nan"), device=DEVICE)
+    LAUNCHERS[kernel](x, out, config=TileConfig(block, 32), tile_map=counts)
+    expected = np.triu(np.ones((tiles, tiles), dtype=np.int32))
+    np.testing.assert_array_equal(counts.cpu().numpy(), np.broadcast_to(expected, counts.shape))
+    assert int(counts.sum()) == batch * tiles * (tiles + 1) // 2
+    assert not torch.isnan(out).any()
+    assert_exactly_symmetric(_np(out))
+
+
+# ------------------------------------------------------------------ X X^T kernel --
+
+XXT_SHAPES = [(1, 1, 1), (1, 70, 45), (1, 33, 100), (3, 45, 70), (2, 100, 33), (2, 5, 0)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("dtype,u_out,eta_out", DTYPES, ids=[_dtype_id(d) for d in DTYPES])
+@pytest.mark.parametrize("shape", XXT_SHAPES, ids=_ids)
+def test_xxt_kernel(shape, dtype, u_out, eta_out, config, rng):
+    x = torch.from_numpy(rng.standard_normal(shape)).to(dtype).to(DEVICE)
+    before = x.clone()
+    out = torch.full(shape[:2] + shape[1:2], float("nan"), dtype=dtype, device=DEVICE)  # poisoned
+    launch_xxt(x, out, config=config)
+    assert not torch.isnan(out).any(), "output not fully written"
+    assert torch.equal(x, before)
+    _assert_gram(out, x, shape[-1], u_out, eta_out)
+    assert_exactly_symmetric(_np(out))
+
+
+XTX_SHAPES = [(1, 45, 70), (2, 100, 33), (1, 20, 37)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("dtype,u_out,eta_out", DTYPES, ids=[_dtype_id(d) for d in DTYPES])
+@pytest.mark.parametrize("shape", XTX_SHAPES, ids=_ids)
+def test_xtx_kernel(shape, dtype, u_out, eta_out, config, rng):
+    x = torch.from_numpy(rng.standard_normal(shape)).to(dtype).to(DEVICE)  # (B, K, M)
+    b, _, m = shape
+    out = torch.full((b, m, m), float("nan"), dtype=dtype, device=DEVICE)
+    launch_xtx(x, out, config=config)
+    assert not torch.isnan(out).any(), "output not fully written"
+    _assert_gram(out, x, shape[1], u_out, eta_out, transpose=True)
+    assert_exactly_symmetric(_np(out))
+
+
+# ------------------------------------------------------- alpha A A + beta A kernel --
+
+# (alpha, beta): the Polar Express first step (c, b), Jordan's quintic, and pure terms.
+ALPHA_BETA = [(15.878769915207462, -22.48329292557795), (2.0315, -4.7750), (1.0, 0.0), (0.0, 1.0)]
+SQUARE_SHAPES = [(1, 1, 1), (1, 45, 45), (1, 70, 70), (3, 33, 33)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("alpha,beta", ALPHA_BETA, ids=str)
+@pytest.mark.parametrize("shape", SQUARE_SHAPES, ids=_ids)
+def test_ba_plus_caa_kernel(shape, alpha, beta, config, rng):
+    a = _symmetric(rng, shape)
+    before = a.clone()
+    out = torch.full(shape, float("nan"), device=DEVICE)
+    launch_ba_plus_caa(a, out, alpha, beta, config=config)
+    assert not torch.isnan(out).any(), "output not fully written"
+    assert torch.equal(a, before)
+    _assert_ba_plus_caa(out, a, alpha, beta)
+    assert_exactly_symmetric(_np(out))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("dtype,u_out,eta_out", DTYPES[1:], ids=[_dtype_id(d) for d in DTYPES[1:]])
+def test_ba_plus_caa_kernel_16bit(dtype, u_out, eta_out, config, rng):
+    a = _symmetric(rng, (2, 45, 45), dtype)
+    out = torch.full(a.shape, float("nan"), dtype=dtype, device=DEVICE)
+    launch_ba_plus_caa(a, out, 0.5, -1.5, config=config)
+    assert not torch.isnan(out).any()
+    _assert_ba_plus_caa(out, a, 0.5, -1.5, u_out, eta_out)
+    assert_exactly_symmetric(_np(out))
+
+
+# ------------------------------------------------------------------ public ops --
+
+
+def _views():
+    """Non-contiguous (..., m, k) views; builder(rng) -> tensor on DEVICE."""
+
+    def transposed(rng):  # column-major: runs the X^T X kernel on its transpose
+        return torch.randn(2, 45, 30).to(DEVICE).mT
+
+    def sliced_rows(rng):  # row stride larger than k
+        return torch.randn(30, 57).to(DEVICE)[:, :50]
+
+    def every_other_column(rng):  # k stride 2
+        return torch.randn(20, 62).to(DEVICE)[:, ::2]
+
+    def batch_swapped(rng):
+        return torch.randn(17, 3, 29).to(DEVICE).transpose(0, 1)
+
+    def broadcast(rng):
+        return torch.randn(1, 16, 28).to(DEVICE).expand(3, 16, 28)
+
+    def four_d_bf16(rng):
+        return torch.randn(2, 3, 20, 31).to(torch.bfloat16).to(DEVICE)
+
+    return [transposed, sliced_rows, every_other_column, batch_swapped, broadcast, four_d_bf16]
+
+
+@pytest.mark.parametrize("make_view", _views(), ids=lambda f: f.__name__)
+def test_public_xxt_on_views(make_view, rng):
+    x = make_view(rng)
+    before = x.clone()
+    c = xxt(x, backend="triton")
+    assert c.shape == (*x.shape[:-1], x.shape[-2]) and c.dtype == x.dtype
+    u_out, eta = {torch.float32: (0.0, 0.0), torch.bfloat16: (2.0**-8, 2.0**-134)}[x.dtype]
+    _assert_gram(c, x, x.shape[-1], u_out, eta)
+    assert_exactly_symmetric(_np(c))
+    assert torch.equal(x, before)
+
+
+def test_public_ba_plus_caa_batch_and_views(rng):
+    a = _symmetric(rng, (2, 3, 24, 24))
+    c = ba_plus_caa(a, alpha=2.0315, beta=-4.7750, backend="triton")
+    assert c.shape == a.shape
+    _assert_ba_plus_caa(c, a, 2.0315, -4.7750)
+    t = a.transpose(0, 1)  # batch axes swapped: not contiguous
+    c_t = ba_plus_caa(t, alpha=2.0315, beta=-4.7750, backend="triton")
+    assert torch.equal(c_t, c.transpose(0, 1))
+
+
+def test_public_ops_on_empty_inputs():
+    assert xxt(torch.zeros(0, 3, 4, device=DEVICE), backend="triton").shape == (0, 3, 3)
+    assert torch.equal(xxt(torch.zeros(2, 3, 0, device=DEVICE), backend="triton"), torch.zeros(2, 3, 3, device=DEVICE))
+    A = torch.zeros(2, 0, 3, 3, device=DEVICE)
+    assert ba_plus_caa(A, alpha=1.0, beta=1.0, backend="triton").shape == A.shape
+
+
+def test_public_ops_agree_with_the_reference_backend(rng):
+    x = torch.randn(3, 40, 56).to(DEVICE)
+    ref = xxt(x, backend="reference")
+    got = xxt(x, backend="triton")
+    _assert_gram(ref, x, 56)  # both within the same bound of the float64 product
+    _assert_gram(got, x, 56)
+
+
+# -------------------------------------------------------------- orthogonalize --
+
+ORTHO_SHAPES = [(48, 80), (80, 48), (3, 40, 56), (1, 37), (37, 1), (2, 2, 24, 16)]
+
+
+def _orthogonalize_and_check(G, method, compute, output, **kwargs):
+    dtype = getattr(torch, compute)
+    O = orthogonalize(G, method=method, backend="triton", dtype=dtype, **kwargs)
+    assert O.shape == G.shape and O.dtype == G.dtype and O.device == G.device
+    plan = make_plan(method, kwargs.get("steps", 5), kwargs.get("coefficients"))
+    return check_against_exact(FRAMEWORKS["torch"](), _np(G), _np(O), plan, compute, output)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", ORTHO_SHAPES, ids=str)
+def test_orthogonalize_fp32_matches_exact_iteration(method, shape):
+    rng = np.random.default_rng(abs(hash((method, shape))) % 2**32)
+    G = torch.from_numpy(matrix_with_spectrum(rng, shape, "sigma_min_1e-3")).float().to(DEVICE)
+    _orthogonalize_and_check(G, method, "float32", "float32")
+
+
+@pytest.mark.parametrize("kind", SPECTRA)
+@pytest.mark.parametrize("method", METHODS)
+def test_orthogonalize_spectra(method, kind):
+    rng = np.random.default_rng(17)
+    G = torch.from_numpy(matrix_with_spectrum(rng, (2, 40, 64), kind)).float().to(DEVICE)
+    _orthogonalize_and_check(G, method, "float32", "float32")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(40, 56), (56, 40)], ids=str)
+def test_orthogonalize_bf16_compute(method, shape):
+    """bf16 compute (the default on GPUs): kernels output bf16 (rounded to nearest even; in
+    software under the interpreter), GEMMs in bf16; the allowance uses bf16's unit roundoff."""
+    rng = np.random.default_rng(5)
+    G = torch.from_numpy(matrix_with_spectrum(rng, shape, "well_conditioned")).float().to(DEVICE)
+    _orthogonalize_and_check(G, method, "bfloat16", "float32")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_orthogonalize_16bit_inputs(method, dtype):
+    rng = np.random.default_rng(11)
+    G = torch.from_numpy(matrix_with_spectrum(rng, (2, 40, 56), "sigma_min_1e-3")).to(getattr(torch, dtype))
+    _orthogonalize_and_check(G.to(DEVICE), method, "float32", dtype)
+
+
+def test_orthogonalize_custom_coefficients_and_steps():
+    rng = np.random.default_rng(2)
+    G = torch.from_numpy(matrix_with_spectrum(rng, (40, 56), "sigma_min_1e-3")).float().to(DEVICE)
+    for method, kwargs in (
+        ("newton_schulz", dict(coefficients=coef.YOU_5STEP)),
+        ("polar_express", dict(steps=8)),
+        ("gram", dict(steps=7)),
+        ("gram", dict(steps=1)),
+    ):
+        _orthogonalize_and_check(G, method, "float32", "float32", **kwargs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_orthogonalize_views_equal_contiguous_copies(method):
+    """A view is copied once into the row-major layout of its shape, so it runs the same
+    kernels on the same data as a contiguous copy: equal bit for bit."""
+    rng = np.random.default_rng(3)
+    base = torch.from_numpy(matrix_with_spectrum(rng, (2, 56, 40), "sigma_min_1e-3")).float().to(DEVICE)
+    for view in (base.mT, torch.cat([base, base], dim=-1)[..., ::2], base[:, 3:50]):
+        O = orthogonalize(view, method=method, backend="triton", dtype=torch.float32)
+        dense = orthogonalize(view.contiguous(), method=method, backend="triton", dtype=torch.float32)
+        assert torch.equal(O, dense)
+    _orthogonalize_and_check(base.mT, method, "float32", "float32")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_orthogonalize_zero_and_empty(method):
+    for shape in [(5, 7), (7, 5), (6, 1), (2, 3, 4)]:
+        G = torch.zeros(shape, device=DEVICE)
+        assert torch.equal(orthogonalize(G, method=method, backend="triton"), G)
+    for shape in [(0, 4, 5), (2, 0, 5), (2, 4, 0)]:
+        G = torch.zeros(shape, device=DEVICE)
+        assert orthogonalize(G, method=method, backend="triton").shape == shape
+
+
+def test_triton_and_reference_agree():
+    rng = np.random.default_rng(9)
+    G = torch.from_numpy(matrix_with_spectrum(rng, (2, 36, 60), "sigma_min_1e-3")).float().to(DEVICE)
+    _, allowance = _orthogonalize_and_check(G, "polar_express", "float32", "float32")
+    a = orthogonalize(G, backend="triton", dtype=torch.float32)
+    b = orthogonalize(G, backend="reference", dtype=torch.float32)
+    assert np.max(np.linalg.norm(_np(a) - _np(b), ord=2, axis=(-2, -1))) <= 2 * allowance
+
+
+# ------------------------------------------------ backend choice and errors --
+
+
+def _fake_cuda_tensor(*shape):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        return torch.empty(*shape, device="cuda")
+
+
+def test_auto_picks_triton_for_cuda_tensors(monkeypatch):
+    t = _fake_cuda_tensor(4, 6)
+    assert select_backend("auto", t, torch.bfloat16) == "triton"
+    assert select_backend("auto", t, torch.float32) == "triton"
+    assert select_backend("auto", t, torch.float64) == "reference"
+    assert select_backend("auto", torch.ones(4, 6), torch.float32) != "triton"  # CPU: never auto
+    monkeypatch.setattr(ortho, "_TRITON_FOUND", False)
+    assert select_backend("auto", t, torch.bfloat16) == "reference"
+
+
+def test_missing_triton_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(ortho, "_TRITON_FOUND", False)
+    G = torch.ones(3, 4, device=DEVICE)
+    with pytest.raises(ImportError, match=r"pip install"):
+        orthogonalize(G, backend="triton")
+    with pytest.raises(ImportError, match=r"needs the triton package"):
+        xxt(G, backend="triton")
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    monkeypatch.setattr(triton_backend, "INTERPRETED", False)
+    G = torch.ones(3, 4)
+    for call in (
+        lambda: orthogonalize(G, backend="triton"),
+        lambda: xxt(G, backend="triton"),
+        lambda: ba_plus_caa(torch.eye(3), alpha=1.0, beta=0.0, backend="triton"),
+    ):
+        with pytest.raises(ValueError, match=r"runs on CUDA tensors.*CPU tensor.*TRITON_INTERPRET=1"):
+            call()
+
+
+def test_rejects_other_devices_and_float64():
+    with pytest.raises(ValueError, match=r"runs on CUDA tensors; the input is on meta"):
+        orthogonalize(torch.ones(3, 4, device="meta"), backend="triton")
+    G = torch.ones(3, 4, device=DEVICE)
+    with pytest.raises(ValueError, match=r"float32, bfloat16 or float16; torch.float64 needs"):
+        orthogonalize(G, backend="triton", dtype=torch.float64)
+    with pytest.raises(ValueError, match=r'backend="triton" computes in float32; float64 input'):
+        xxt(G.double(), backend="triton")
+    with pytest.raises(ValueError, match=r"valid backends: auto, reference, native, triton"):
+        orthogonalize(G, backend="cuda")
+
+
+# --------------------------------------------------- torch.library / torch.compile --
+
+
+def test_opcheck():
+    """Schema, fake (meta) implementation, autograd registration and AOT dispatch of both
+    operators (under the interpreter they are opaque custom ops; on GPUs triton_op)."""
+    x = torch.randn(2, 20, 30, device=DEVICE)
+    torch.library.opcheck(torch.ops.fastmuon.triton_xxt.default, (x,))
+    torch.library.opcheck(torch.ops.fastmuon.triton_xxt.default, (torch.randn(2, 30, 20, device=DEVICE).mT,))
+    a = triton_backend.xxt(x)
+    torch.library.opcheck(torch.ops.fastmuon.triton_ba_plus_caa.default, (a, 2.0, -1.0))
+
+
+def test_torch_compile_graph_with_the_ops():
+    """A compiled function calling orthogonalize(backend="triton") and xxt runs the operators
+    (fullgraph: no graph breaks) and matches eager bit for bit. Inductor on GPUs; the aot_eager
+    backend under the interpreter (it traces with fake tensors and functionalization exactly as
+    Inductor does, without Inductor's C++ compile of the surrounding ops)."""
+    compile_backend = "inductor" if ON_GPU else "aot_eager"
+    G = torch.randn(2, 24, 40, device=DEVICE)
+
+    def step(G):
+        O = orthogonalize(G, backend="triton", dtype=torch.float32)
+        return 2.0 * O + 1.0, xxt(O, backend="triton")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend=compile_backend, fullgraph=True)
+    got, eager = compiled(G), step(G)
+    if ON_GPU:  # Inductor may fuse the elementwise tail differently
+        torch.testing.assert_close(got, eager)
+    else:
+        for g, e in zip(got, eager):
+            assert torch.equal(g, e)
+
+
+# ------------------------------------------------- GPU code generation, no GPU --
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_kernels_compile_for_nvidia_gpus_with_pipelined_loops():
+    """Compile the kernels for sm_90 (and sm_80) the way a launch on contiguous, aligned tensors
+    would (unit strides as constants): the interpreter never type-checks that, and the main loop
+    must be software-pipelined (async copies) on tensor cores (wgmma / mma) for 16-bit inputs."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    done = subprocess.run(
+        [sys.executable, os.path.join(HERE, "triton_compile_check.py")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert {r["kernel"] for r in results} == {"xxt_kernel", "xtx_kernel", "ba_plus_caa_kernel"}
+    for r in results:
+        assert r["async_copies"] > 0, r
+        if r["dtype"] != "fp32":
+            assert (r["wgmma"] if r["arch"] == 90 else r["mma"]) > 0, r
+
+
+def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path):
+    if ON_GPU:
+        pytest.skip("a CUDA device is present: the benchmark would measure (run it by hand)")
+    script = os.path.join(HERE, os.pardir, "bench", "bench_triton_gpu.py")
+    out = tmp_path / "rows.jsonl"
+    done = subprocess.run([sys.executable, script, "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA device: nothing to measure" in done.stdout
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ GPU only --
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device: the batch spans more than 2^31 elements")
+def test_batch_offsets_beyond_int32():
+    m = 64
+    batch = 2**31 // (m * m) + 3  # the last matrices start past element 2^31
+    x = torch.empty((batch, m, m), dtype=torch.bfloat16, device="cuda")
+    x[-3:] = torch.randn(3, m, m, device="cuda").to(torch.bfloat16)
+    out = triton_backend.xxt(x)
+    _assert_gram(out[-3:], x[-3:], m, 2.0**-8, 2.0**-134)
