@@ -11,8 +11,16 @@ import math
 from typing import Iterable, Optional, Sequence, Tuple
 
 ADJUST_LR = ("original", "match_rms_adamw")
+# nGPT weights kept on the unit sphere: every row of the matrix view (the last axis; for a
+# torch nn.Linear weight (out, in), one unit vector per output feature) has norm 1. With the
+# step D = lr * scale * O, "project" sets W <- normalize_rows(W - D); "geodesic" normalizes the
+# rows of W, takes D_t = D - (D . w) w per row and theta = ||D_t||, and sets
+# W <- w cos(theta) - (D_t / theta) sin(theta).
 SPHERE_MODES = (None, "project", "geodesic")
 DEFAULT_EXCLUDE = ("embed", "lm_head", "head", "output")
+
+# NorMuon: floor on the per-neuron second moment before the division (algorithms.md).
+NORMUON_EPS = 1e-10
 
 
 def check_hyperparameters(
@@ -41,6 +49,11 @@ def check_hyperparameters(
         raise ValueError(f"ns_steps must be an int >= 1, got {ns_steps!r}")
     if sphere not in SPHERE_MODES:
         raise ValueError(f"sphere must be one of None, 'project', 'geodesic', got {sphere!r}")
+    if sphere is not None and weight_decay != 0:
+        raise ValueError(
+            f"weight_decay must be 0 with sphere={sphere!r} (rows are kept at unit norm, so a "
+            f"decay would only be undone), got {weight_decay!r}"
+        )
 
 
 def matrix_view(shape: Sequence[int], name: str = "parameter") -> Tuple[int, int, int]:
@@ -73,6 +86,18 @@ def shape_scale(rows: int, cols: int, adjust_lr: str) -> float:
     if adjust_lr == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
     raise ValueError(f"adjust_lr must be one of {', '.join(ADJUST_LR)}, got {adjust_lr!r}")
+
+
+def normuon_reduce_dim(rows: int, cols: int) -> int:
+    """Axis of a (..., rows, cols) orthogonalized update over which NorMuon averages O^2: the
+    smaller dimension, so -1 (one second moment per row) when rows >= cols, else -2 (one per
+    column)."""
+    return -1 if rows >= cols else -2
+
+
+def normuon_state_shape(batch: int, rows: int, cols: int) -> Tuple[int, int, int]:
+    """Shape of NorMuon's second-moment state for a (batch, rows, cols) matrix view."""
+    return (batch, rows, 1) if rows >= cols else (batch, 1, cols)
 
 
 def name_is_excluded(name: str, exclude: Iterable[str]) -> bool:

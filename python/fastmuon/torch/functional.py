@@ -1,0 +1,142 @@
+"""The functional core of the torch optimizers: pure per-step update rules.
+
+Each function takes tensors and hyperparameters and returns new tensors; nothing here touches
+optimizer state or a parameter in place. The Optimizer classes (``muon.py``, ``signsgd.py``)
+only gather tensors, call these, and commit the results (or keep the old values where a
+gradient was not finite). The rules are those of ../shared/reference/algorithms.md;
+``fastmuon.mlx`` implements the same ones, so both frameworks give the same weights.
+
+Matrix arguments named ``O``, ``s`` or ``W`` below are matrix views ``(batch, rows, cols)``
+(see ``fastmuon._optim_rules.matrix_view``); elementwise rules take any shape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+
+from .._optim_rules import NORMUON_EPS, normuon_reduce_dim
+
+
+def muon_momentum(M: torch.Tensor, G: torch.Tensor, momentum: float, nesterov: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """EMA momentum and the tensor to orthogonalize.
+
+    M' = beta M + (1 - beta) G; U = (1 - beta) G + beta M' with Nesterov, else U = M'.
+    Returns (M', U). Written with lerp, as torch.optim.Muon does.
+    """
+    M_new = torch.lerp(M, G, 1.0 - momentum)
+    U = torch.lerp(G, M_new, momentum) if nesterov else M_new
+    return M_new, U
+
+
+def normuon_normalize(O: torch.Tensor, s: torch.Tensor, beta2: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """NorMuon's per-neuron normalization of an orthogonalized update ``O`` (batch, R, C).
+
+    m = mean(O^2) over the smaller dimension (one value per row when R >= C, else per column);
+    s' = beta2 s + (1 - beta2) m; O' = O / sqrt(max(s', NORMUON_EPS)), rescaled to O's Frobenius
+    norm (per matrix). Computed in at least fp32, returned in O's and s's dtypes. A zero O gives
+    zeros (the rescale divides by max(||O'||, tiny) only to avoid 0/0).
+    Returns (O', s').
+    """
+    dim = normuon_reduce_dim(O.shape[-2], O.shape[-1])
+    work = torch.promote_types(O.dtype, torch.float32)
+    O32 = O.to(work)
+    m = (O32 * O32).mean(dim=dim, keepdim=True)
+    s_new = torch.lerp(s.to(work), m, 1.0 - beta2)
+    normalized = O32 / s_new.clamp(min=NORMUON_EPS).sqrt()
+    tiny = torch.finfo(work).tiny
+    norm_before = torch.linalg.matrix_norm(O32, keepdim=True)
+    norm_after = torch.linalg.matrix_norm(normalized, keepdim=True).clamp(min=tiny)
+    return (normalized * (norm_before / norm_after)).to(O.dtype), s_new.to(s.dtype)
+
+
+def decoupled_update(
+    W: torch.Tensor, O: torch.Tensor, *, lr: float, weight_decay: float, scale: float, cautious: bool
+) -> torch.Tensor:
+    """W (1 - lr wd) - lr scale O, decoupled weight decay.
+
+    With ``cautious`` the decay applies only where update and weight agree in sign,
+    mask = (O * W) >= 0: W - lr wd mask W - lr scale O.
+    """
+    if weight_decay == 0.0:
+        return W.add(O, alpha=-lr * scale)
+    if cautious:
+        mask = (O * W >= 0).to(W.dtype)
+        return W.addcmul(mask, W, value=-lr * weight_decay).add_(O, alpha=-lr * scale)
+    return W.mul(1.0 - lr * weight_decay).add_(O, alpha=-lr * scale)
+
+
+def normalize_rows(W: torch.Tensor) -> torch.Tensor:
+    """Each row (last axis) scaled to unit Euclidean norm; zero rows stay zero."""
+    norm = torch.linalg.vector_norm(W, dim=-1, keepdim=True)
+    return W / norm.clamp(min=torch.finfo(norm.dtype).tiny)
+
+
+def sphere_project_update(W: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """nGPT retraction: step W - D, then put each row back on the unit sphere."""
+    return normalize_rows(W - D)
+
+
+def sphere_geodesic_update(W: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Move each row w of W along the great circle in the direction of -D.
+
+    w is first normalized; D_t = D - (D . w) w is the part of the step tangent to the sphere at
+    w; with theta = ||D_t|| (the arc length equals the length of the tangent step, so for small
+    steps this agrees with the retraction to first order):
+        w' = w cos(theta) - (D_t / theta) sin(theta)
+    which stays on the sphere up to rounding. Rows with D_t = 0 stay where they are.
+    """
+    w = normalize_rows(W)
+    D_t = D - (D * w).sum(dim=-1, keepdim=True) * w
+    theta = torch.linalg.vector_norm(D_t, dim=-1, keepdim=True)
+    # sin(theta) / theta == sinc(theta / pi), and sinc(0) == 1 needs no special case.
+    return w * torch.cos(theta) - D_t * torch.sinc(theta / math.pi)
+
+
+def adamw_update(
+    W: torch.Tensor,
+    G: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    step: torch.Tensor,
+    *,
+    lr: float,
+    betas: Tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One AdamW step (decoupled decay, bias-corrected moments), as torch.optim.AdamW.
+
+    ``step`` is a 0-D tensor (steps taken before this one); the bias corrections are computed
+    from it with tensor ops, so no value is read back to the host.
+    Returns (W', exp_avg', exp_avg_sq', step').
+    """
+    beta1, beta2 = betas
+    step = step + 1
+    exp_avg = torch.lerp(exp_avg, G, 1.0 - beta1)
+    exp_avg_sq = exp_avg_sq.mul(beta2).addcmul_(G, G, value=1.0 - beta2)
+    # The corrections in at least fp32, and in float64 for float64 weights.
+    t = step.to(torch.promote_types(W.dtype, torch.float32))
+    bias_correction1 = 1.0 - torch.pow(beta1, t)
+    bias_correction2 = 1.0 - torch.pow(beta2, t)
+    denom = (exp_avg_sq.sqrt() / bias_correction2.sqrt()).add_(eps)
+    W = W.mul(1.0 - lr * weight_decay)
+    W = W - (lr / bias_correction1) * (exp_avg / denom)
+    return W, exp_avg, exp_avg_sq, step
+
+
+def signsgd_update(W: torch.Tensor, G: torch.Tensor, *, lr: float, weight_decay: float) -> torch.Tensor:
+    """W (1 - lr wd) - lr sign(G)."""
+    return W.mul(1.0 - lr * weight_decay).add_(torch.sign(G), alpha=-lr)
+
+
+def rows_touched(G: torch.Tensor) -> torch.Tensor:
+    """Boolean mask, broadcastable against G, of the rows (index along dim 0) holding any
+    non-zero entry. A row containing a NaN counts as touched."""
+    if G.ndim == 0:
+        return G != 0
+    flat = G.reshape(G.shape[0], -1)
+    touched = (flat != 0).any(dim=1)
+    return touched.reshape((G.shape[0],) + (1,) * (G.ndim - 1))

@@ -1,0 +1,495 @@
+"""Muon, NorMuon and MuonWithAdamW for PyTorch: thin Optimizer classes over ``functional.py``.
+
+All three share one step path (``_MuonFamily``): per parameter, the EMA momentum and the tensor
+to orthogonalize; then one batched ``orthogonalize`` call per stack of same-shape matrices
+(``_orthogonalize`` is the only place that calls the orthogonalizer); then, per parameter,
+NorMuon's normalization when the group has ``beta2``, and the decoupled (or sphere) update.
+MuonWithAdamW also steps AdamW groups (``use_muon=False``).
+
+Non-finite gradients. A parameter whose gradient holds a NaN or an Inf is skipped for that step:
+its weight and every state tensor stay bitwise unchanged, and its ``state["skipped_steps"]``
+(an int64 tensor) goes up by one. The test is a per-parameter ``isfinite(G).all()`` kept as a
+tensor and applied with ``torch.where``, so the step never reads a value back to the host (no
+device sync). The gradient is replaced by zeros before use, so a NaN cannot reach the batched
+orthogonalization of other matrices. The caller's gradients are never modified.
+
+Data parallel. When torch.distributed is initialized with more than one rank (or
+``distributed=True``), gradients are expected to be averaged already (DDP) so that every rank
+holds the same ones. Each rank then orthogonalizes a disjoint share of every stack (contiguous
+chunks, the chunk-to-rank assignment rotated from stack to stack) and one all-gather per stack
+shares the results; every rank applies every update itself, so weights and state stay
+replicated and equal those of a single process given the same gradients. In this mode every
+Muon parameter joins every step, with zeros standing in for a missing gradient, so no rank can
+deadlock. Each rank also shares whether it had a finite gradient for each matrix; a parameter
+is updated only if every rank had one (otherwise it is skipped everywhere, as above). AdamW
+parameters are elementwise and are updated locally without communication.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch.optim import Optimizer
+
+from .._optim_rules import check_hyperparameters, matrix_view, normuon_state_shape, shape_scale
+from .._plan import check_backend, make_plan
+from .functional import (
+    adamw_update,
+    decoupled_update,
+    muon_momentum,
+    normuon_normalize,
+    sphere_geodesic_update,
+    sphere_project_update,
+)
+from .orthogonalize import BACKENDS, orthogonalize
+
+__all__ = ["Muon", "NorMuon", "MuonWithAdamW"]
+
+
+def _muon_defaults(
+    lr, momentum, nesterov, weight_decay, method, ns_steps, adjust_lr, cautious_weight_decay, backend, ns_dtype, beta2, sphere
+) -> Dict[str, Any]:
+    return dict(
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        method=method,
+        ns_steps=ns_steps,
+        adjust_lr=adjust_lr,
+        cautious_weight_decay=cautious_weight_decay,
+        backend=backend,
+        ns_dtype=ns_dtype,
+        beta2=beta2,
+        sphere=sphere,
+    )
+
+
+def _param_name(group: dict, index: int, group_index: int) -> str:
+    names = group.get("param_names")
+    if names is not None and index < len(names):
+        return str(names[index])
+    return f"param_groups[{group_index}]['params'][{index}]"
+
+
+def _check_muon_group(group: dict, group_index: int) -> None:
+    lr = group["lr"]
+    if callable(lr) or isinstance(lr, torch.Tensor):
+        raise ValueError(
+            f"lr must be a float, got {type(lr).__name__}; schedule it with torch.optim.lr_scheduler "
+            "(e.g. LambdaLR with fastmuon.warmup_cosine)"
+        )
+    check_hyperparameters(
+        lr=lr,
+        momentum=group["momentum"],
+        weight_decay=group["weight_decay"],
+        adjust_lr=group["adjust_lr"],
+        beta2=group["beta2"],
+        ns_steps=group["ns_steps"],
+        sphere=group["sphere"],
+    )
+    make_plan(group["method"], group["ns_steps"], None)  # validates method and steps
+    check_backend(group["backend"], BACKENDS)
+    ns_dtype = group["ns_dtype"]
+    if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
+        raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
+    for i, p in enumerate(group["params"]):
+        matrix_view(p.shape, _param_name(group, i, group_index))
+        if p.is_complex():
+            raise ValueError(f"{_param_name(group, i, group_index)} is complex; Muon needs real weights")
+
+
+def _check_adamw_group(group: dict) -> None:
+    lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    check_hyperparameters(lr=lr, weight_decay=wd)
+    if callable(lr) or isinstance(lr, torch.Tensor):
+        raise ValueError(f"lr must be a float, got {type(lr).__name__}")
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        raise ValueError(f"betas must be in [0, 1), got {group['betas']!r}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+
+
+@dataclass
+class _Pending:
+    """One Muon parameter between the momentum step and the update."""
+
+    param: torch.Tensor
+    group: dict
+    state: dict
+    batch: int
+    rows: int
+    cols: int
+    has_grad: bool
+    finite: torch.Tensor  # 0-D bool: the local gradient exists and is finite
+    momentum: Optional[torch.Tensor]  # the new momentum if not committed yet (data parallel)
+    update: Optional[torch.Tensor]  # (batch, rows, cols), what gets orthogonalized
+
+    def stack_key(self) -> tuple:
+        g = self.group
+        return (self.rows, self.cols, self.update.dtype, self.update.device,
+                g["method"], g["ns_steps"], g["backend"], g["ns_dtype"])
+
+
+class _MuonFamily(Optimizer):
+    """Shared step of Muon, NorMuon and MuonWithAdamW (see the module docstring)."""
+
+    def __init__(self, params, defaults: dict, *, distributed: Optional[bool], process_group) -> None:
+        if distributed not in (None, True, False):
+            raise ValueError(f"distributed must be None, True or False, got {distributed!r}")
+        self._distributed = distributed
+        self._process_group = process_group
+        super().__init__(params, defaults)
+
+    # ----------------------------------------------------------------- groups
+    def _fill_group_defaults(self, group: dict) -> None:
+        """Fill a new group's per-kind defaults (before the base class adds ``self.defaults``)."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        self._fill_group_defaults(param_group)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            if group["use_muon"]:
+                _check_muon_group(group, len(self.param_groups) - 1)
+            else:
+                _check_adamw_group(group)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    # ------------------------------------------------------------------- step
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._muon_step([g for g in self.param_groups if g["use_muon"]])
+        for group in self.param_groups:
+            if not group["use_muon"]:
+                self._adamw_step(group)
+        return loss
+
+    def _world(self):
+        """(process_group, rank, world_size) when the step is data parallel, else None."""
+        if self._distributed is False:
+            return None
+        if not (dist.is_available() and dist.is_initialized()):
+            if self._distributed:
+                raise RuntimeError("distributed=True but torch.distributed is not initialized")
+            return None
+        world_size = dist.get_world_size(self._process_group)
+        if world_size == 1:
+            return None
+        return self._process_group, dist.get_rank(self._process_group), world_size
+
+    def _muon_step(self, groups: List[dict]) -> None:
+        world = self._world()
+        stacks: Dict[tuple, List[_Pending]] = defaultdict(list)
+        for group in groups:
+            for p in group["params"]:
+                # In data-parallel mode every parameter joins, so all ranks build the same stacks.
+                if p.grad is None and world is None:
+                    continue
+                # One process knows at once whether a step is kept (its gradient is finite) and
+                # commits the momentum now; data parallel waits for every rank's verdict.
+                item = self._momentum_phase(p, group, commit=world is None)
+                stacks[item.stack_key()].append(item)
+
+        jobs = []
+        for members in stacks.values():
+            U = torch.cat([m.update for m in members]) if len(members) > 1 else members[0].update
+            valid = torch.cat([m.finite.expand(m.batch) for m in members])
+            for m in members:
+                m.update = None  # the stack holds them now; free the per-parameter copies
+            jobs.append((U, valid, members[0].group))
+        results = self._orthogonalize_jobs(jobs, world)
+
+        for members, (O, ok) in zip(stacks.values(), results):
+            start = 0
+            for m in members:
+                stop = start + m.batch
+                self._update_phase(m, O[start:stop], ok[start:stop].all())
+                start = stop
+
+    def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
+        batch, rows, cols = matrix_view(p.shape)
+        state = self.state[p]
+        if not state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            state["skipped_steps"] = torch.zeros((), dtype=torch.int64, device=p.device)
+            if group["beta2"] is not None:
+                shape = normuon_state_shape(batch, rows, cols)
+                state["second_moment"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        if group["beta2"] is not None and "second_moment" not in state:
+            raise RuntimeError("a parameter's state has no second_moment: beta2 was set after it was stepped")
+        M = state["momentum_buffer"]
+        grad = p.grad
+        if grad is None:
+            G, finite = torch.zeros_like(M), torch.zeros((), dtype=torch.bool, device=p.device)
+        else:
+            if grad.is_sparse:
+                raise RuntimeError("Muon does not support sparse gradients (use SignSGD(sparse=True))")
+            finite = torch.isfinite(grad).all()
+            G = torch.where(finite, grad.to(M.dtype), 0.0)
+        M_new, U = muon_momentum(M, G, group["momentum"], group["nesterov"])
+        if commit and grad is not None:
+            M.copy_(torch.where(finite, M_new, M))
+            M_new = None
+        return _Pending(p, group, state, batch, rows, cols, grad is not None, finite, M_new,
+                        U.reshape(batch, rows, cols))
+
+    @staticmethod
+    def _orthogonalize(U: torch.Tensor, group: dict) -> torch.Tensor:
+        """The one call of the orthogonalizer: a (batch, rows, cols) stack at a time."""
+        return orthogonalize(U, method=group["method"], steps=group["ns_steps"],
+                             backend=group["backend"], dtype=group["ns_dtype"])
+
+    def _orthogonalize_jobs(self, jobs, world) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """For each stack (U, valid, group): the orthogonalized stack and which matrices may be
+        updated. Single process: one call per stack. Data parallel: see ``_sharded``."""
+        if world is None:
+            return [(self._orthogonalize(U, group), valid) for U, valid, group in jobs]
+        return self._sharded(jobs, *world)
+
+    def _sharded(self, jobs, process_group, rank: int, world_size: int):
+        """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod
+        world_size of stack k, so single-matrix stacks spread over the ranks), then one
+        all_gather per stack shares [chunk, valid flags of the whole stack]. Chunks are padded
+        to the same size with zeros. A matrix may be updated only if it was valid on every rank.
+        All gathers are started before any is waited on."""
+        pending = []
+        for k, (U, valid, group) in enumerate(jobs):
+            n, rows, cols = U.shape
+            size = -(-n // world_size)
+            lo = min(n, ((rank + k) % world_size) * size)
+            hi = min(n, lo + size)
+            chunk = U.new_zeros((size, rows, cols))
+            if hi > lo:
+                chunk[: hi - lo] = self._orthogonalize(U[lo:hi], group)
+            message = torch.cat([chunk.reshape(-1), valid.to(U.dtype)])
+            gathered = [torch.empty_like(message) for _ in range(world_size)]
+            work = dist.all_gather(gathered, message, group=process_group, async_op=True)
+            pending.append((work, gathered, n, size, rows, cols, k))
+        results = []
+        for work, gathered, n, size, rows, cols, k in pending:
+            work.wait()
+            chunks: List[Optional[torch.Tensor]] = [None] * world_size
+            for r, message in enumerate(gathered):
+                chunks[(r + k) % world_size] = message[: size * rows * cols].reshape(size, rows, cols)
+            O = torch.cat(chunks)[:n]
+            flags = torch.stack([message[size * rows * cols:] for message in gathered])
+            results.append((O, flags.amin(dim=0) > 0))
+        return results
+
+    def _update_phase(self, item: _Pending, O: torch.Tensor, ok: torch.Tensor) -> None:
+        """NorMuon normalization (if ``beta2``), the weight update, and the commit: new values
+        where ``ok`` (a 0-D bool tensor), old ones elsewhere."""
+        group, state, p = item.group, item.state, item.param
+        lr = group["lr"]
+        if group["beta2"] is not None:
+            O, s_new = normuon_normalize(O, state["second_moment"], group["beta2"])
+            state["second_moment"].copy_(torch.where(ok, s_new, state["second_moment"]))
+        scale = shape_scale(item.rows, item.cols, group["adjust_lr"])
+        W = p.detach()
+        if group["sphere"] is None:
+            W_new = decoupled_update(W, O.reshape(p.shape).to(p.dtype), lr=lr, weight_decay=group["weight_decay"],
+                                     scale=scale, cautious=group["cautious_weight_decay"])
+        else:
+            D = (lr * scale) * O.to(p.dtype)
+            W_view = W.reshape(item.batch, item.rows, item.cols)
+            move = sphere_project_update if group["sphere"] == "project" else sphere_geodesic_update
+            W_new = move(W_view, D).reshape(p.shape)
+        p.copy_(torch.where(ok, W_new, W))
+        if item.has_grad:
+            if item.momentum is not None:  # not committed yet (data parallel)
+                state["momentum_buffer"].copy_(torch.where(ok, item.momentum, state["momentum_buffer"]))
+            state["skipped_steps"].add_((~ok).to(torch.int64))
+
+    # ------------------------------------------------------------------ AdamW
+    def _adamw_step(self, group: dict) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            grad = p.grad
+            if grad.is_sparse:
+                raise RuntimeError("AdamW groups do not support sparse gradients (use SignSGD(sparse=True))")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["skipped_steps"] = torch.zeros((), dtype=torch.int64, device=p.device)
+            finite = torch.isfinite(grad).all()
+            G = torch.where(finite, grad.to(p.dtype), 0.0)
+            W_new, m, v, step = adamw_update(
+                p.detach(), G, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+            )
+            p.copy_(torch.where(finite, W_new, p))
+            state["exp_avg"].copy_(torch.where(finite, m, state["exp_avg"]))
+            state["exp_avg_sq"].copy_(torch.where(finite, v, state["exp_avg_sq"]))
+            state["step"].copy_(torch.where(finite, step, state["step"]))
+            state["skipped_steps"].add_((~finite).to(torch.int64))
+
+
+class Muon(_MuonFamily):
+    """Muon: orthogonalized momentum for 2-D (and 3-D stacked, 4-D conv) weights.
+
+    Per weight W with gradient G (algorithms.md):
+        M <- beta M + (1 - beta) G;  U = (1 - beta) G + beta M (nesterov) or M
+        O = orthogonalize(U)  on the matrix view: 2-D as is, 3-D (E, a, b) as E matrices,
+                              4-D conv (out, in, kh, kw) as (out, in*kh*kw)
+        W <- W (1 - lr wd) - lr scale O
+    scale is sqrt(max(1, rows/cols)) ("original") or 0.2 sqrt(max(rows, cols))
+    ("match_rms_adamw"), from the matrix view. ``cautious_weight_decay`` decays only where
+    O * W >= 0. Same-shape matrices are orthogonalized in one batched call per step. With
+    method="newton_schulz" this is torch.optim.Muon's rule (which computes NS in bf16 and
+    normalizes by max(||X||, 1e-7) instead of ||X|| + 1e-7).
+
+    Args:
+        params: parameters or param groups (names allowed, as for any torch optimizer). Every
+            parameter must be 2-D, 3-D or 4-D; 0-D/1-D ones raise ValueError naming them (route
+            them to AdamW: ``muon_param_groups`` and ``MuonWithAdamW``).
+        lr, momentum, nesterov, weight_decay: as above (lr is a float; schedule it with
+            torch.optim.lr_scheduler).
+        method, ns_steps, backend, ns_dtype: passed to ``fastmuon.torch.orthogonalize``
+            (``ns_dtype`` is its compute ``dtype``; None: bf16 on CUDA, fp32 elsewhere).
+        adjust_lr: "original" or "match_rms_adamw".
+        cautious_weight_decay: apply the decay only where update and weight agree in sign.
+        sphere: None, "project" or "geodesic": keep every row of the matrix view on the unit
+            sphere (nGPT). Rows are the last axis, i.e. one unit vector per output feature of an
+            nn.Linear weight (out, in); store a weight transposed if its unit vectors run along
+            the other axis. "project" steps and renormalizes the rows; "geodesic" moves each row
+            along its great circle by the arc length of the tangent part of lr * scale * O.
+            Needs weight_decay=0.
+        distributed: None (default) shards the orthogonalization when torch.distributed is
+            initialized with more than one rank; False never; True requires it.
+        process_group: the group to shard over (default: the world).
+
+    Non-finite gradients skip the parameter for that step, leaving weight and state bitwise
+    unchanged and counting ``state["skipped_steps"]``; no device sync is forced.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        method: str = "polar_express",
+        ns_steps: int = 5,
+        adjust_lr: str = "original",
+        cautious_weight_decay: bool = False,
+        backend: str = "auto",
+        ns_dtype: Optional[torch.dtype] = None,
+        *,
+        sphere: Optional[str] = None,
+        distributed: Optional[bool] = None,
+        process_group=None,
+    ) -> None:
+        defaults = _muon_defaults(lr, momentum, nesterov, weight_decay, method, ns_steps, adjust_lr,
+                                  cautious_weight_decay, backend, ns_dtype, None, sphere)
+        defaults["use_muon"] = True
+        super().__init__(params, defaults, distributed=distributed, process_group=process_group)
+
+    def _fill_group_defaults(self, group: dict) -> None:
+        if not group.setdefault("use_muon", True):
+            raise ValueError(f"{type(self).__name__} takes only Muon groups; use MuonWithAdamW for use_muon=False")
+
+
+class NorMuon(Muon):
+    """NorMuon (Li et al., arXiv 2510.05491): Muon plus a per-neuron second moment.
+
+    After orthogonalization O (R x C), m = mean(O^2) over the smaller dimension (one value per
+    row if R >= C, else per column), s <- beta2 s + (1 - beta2) m, O' = O / sqrt(max(s, 1e-10))
+    rescaled to ||O||_F; then Muon's scale and update. State: ``second_moment`` of shape
+    (batch, R, 1) or (batch, 1, C) on the matrix view. Other arguments as :class:`Muon`.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        method: str = "polar_express",
+        ns_steps: int = 5,
+        adjust_lr: str = "original",
+        cautious_weight_decay: bool = False,
+        backend: str = "auto",
+        ns_dtype: Optional[torch.dtype] = None,
+        beta2: float = 0.95,
+        *,
+        sphere: Optional[str] = None,
+        distributed: Optional[bool] = None,
+        process_group=None,
+    ) -> None:
+        if beta2 is None:  # None would silently make this plain Muon
+            raise ValueError("beta2 must be in [0, 1), got None")
+        defaults = _muon_defaults(lr, momentum, nesterov, weight_decay, method, ns_steps, adjust_lr,
+                                  cautious_weight_decay, backend, ns_dtype, beta2, sphere)
+        defaults["use_muon"] = True
+        _MuonFamily.__init__(self, params, defaults, distributed=distributed, process_group=process_group)
+
+
+class MuonWithAdamW(_MuonFamily):
+    """Muon for the groups marked ``use_muon=True``, AdamW for those marked ``use_muon=False``,
+    in one optimizer (one step, one state_dict, one set of lr schedulers).
+
+    Build the groups with :func:`fastmuon.torch.muon_param_groups`. Each group may set its own
+    options; missing ones come from the arguments here: Muon groups take ``lr``, ``momentum``,
+    ... as :class:`Muon` (``beta2`` set makes them NorMuon); AdamW groups take ``adamw_lr``,
+    ``adamw_betas``, ``adamw_eps`` and ``adamw_weight_decay`` (under the keys ``lr``, ``betas``,
+    ``eps``, ``weight_decay``). AdamW is torch.optim.AdamW's rule (decoupled decay, bias
+    correction), with the same non-finite policy as Muon.
+    """
+
+    def __init__(
+        self,
+        param_groups,
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        weight_decay: float = 0.0,
+        method: str = "polar_express",
+        ns_steps: int = 5,
+        adjust_lr: str = "original",
+        cautious_weight_decay: bool = False,
+        backend: str = "auto",
+        ns_dtype: Optional[torch.dtype] = None,
+        beta2: Optional[float] = None,
+        *,
+        adamw_lr: float = 1e-3,
+        adamw_betas: Tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-10,
+        adamw_weight_decay: float = 0.0,
+        sphere: Optional[str] = None,
+        distributed: Optional[bool] = None,
+        process_group=None,
+    ) -> None:
+        self.muon_defaults = _muon_defaults(lr, momentum, nesterov, weight_decay, method, ns_steps, adjust_lr,
+                                            cautious_weight_decay, backend, ns_dtype, beta2, sphere)
+        self.adamw_defaults = dict(lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps,
+                                   weight_decay=adamw_weight_decay)
+        # Kind-specific defaults are filled per group; ``defaults`` keeps only what all share.
+        super().__init__(param_groups, {}, distributed=distributed, process_group=process_group)
+
+    def _fill_group_defaults(self, group: dict) -> None:
+        if not isinstance(group, dict) or "use_muon" not in group:
+            raise ValueError(
+                "MuonWithAdamW takes param groups (dicts) that each set use_muon=True or False; "
+                "build them with fastmuon.torch.muon_param_groups(model)"
+            )
+        group["use_muon"] = bool(group["use_muon"])
+        for key, value in (self.muon_defaults if group["use_muon"] else self.adamw_defaults).items():
+            group.setdefault(key, value)

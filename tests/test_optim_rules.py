@@ -1,0 +1,140 @@
+"""The framework-neutral optimizer rules (``fastmuon._optim_rules``) and ``warmup_cosine``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import fastmuon
+from fastmuon import _optim_rules as rules
+from fastmuon.schedules import warmup_cosine
+
+
+# ----------------------------------------------------------------- warmup_cosine
+@pytest.mark.parametrize(
+    "step, expected",
+    [(0, 0.0), (1000, 5e-5), (2000, 1e-4), (6000, 5.5e-5), (10000, 1e-5)],
+)
+def test_warmup_cosine_seed_vectors(step, expected):
+    lr = fastmuon.warmup_cosine(step, base_lr=1e-4, warmup_steps=2000, total_steps=10000, min_ratio=0.1)
+    assert lr == pytest.approx(expected, rel=1e-12, abs=1e-20)
+
+
+def test_warmup_cosine_shape():
+    kw = dict(base_lr=2.0, warmup_steps=10, total_steps=110, min_ratio=0.25)
+    lrs = [warmup_cosine(s, **kw) for s in range(130)]
+    assert all(b > a for a, b in zip(lrs[:10], lrs[1:11]))  # warm-up rises linearly
+    assert lrs[5] == pytest.approx(1.0)
+    assert all(b <= a for a, b in zip(lrs[10:110], lrs[11:111]))  # cosine falls
+    assert lrs[60] == pytest.approx(2.0 * (0.25 + 0.75 * 0.5))  # half way: the mean
+    assert lrs[110:] == [pytest.approx(0.5)] * 20  # held at min_ratio * base afterwards
+
+
+def test_warmup_cosine_without_warmup_starts_at_base():
+    assert warmup_cosine(0, base_lr=3.0, warmup_steps=0, total_steps=5) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(step=0, warmup_steps=-1, total_steps=10), "warmup_steps"),
+        (dict(step=0, warmup_steps=10, total_steps=10), "total_steps"),
+        (dict(step=0, warmup_steps=1, total_steps=10, min_ratio=1.5), "min_ratio"),
+        (dict(step=-1, warmup_steps=1, total_steps=10), "step"),
+    ],
+)
+def test_warmup_cosine_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        warmup_cosine(base_lr=1.0, **kwargs)
+
+
+# ------------------------------------------------------------ check_hyperparameters
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr=-1.0), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(lr="0.1"), "lr"),
+        (dict(lr=0.1, momentum=1.0), "momentum"),
+        (dict(lr=0.1, momentum=-0.1), "momentum"),
+        (dict(lr=0.1, weight_decay=-1e-3), "weight_decay"),
+        (dict(lr=0.1, weight_decay=float("inf")), "weight_decay"),
+        (dict(lr=0.1, adjust_lr="spectral"), "adjust_lr"),
+        (dict(lr=0.1, beta2=1.0), "beta2"),
+        (dict(lr=0.1, ns_steps=0), "ns_steps"),
+        (dict(lr=0.1, ns_steps=2.0), "ns_steps"),
+        (dict(lr=0.1, ns_steps=True), "ns_steps"),
+        (dict(lr=0.1, sphere="exp"), "sphere"),
+        (dict(lr=0.1, sphere="project", weight_decay=0.1), "weight_decay"),
+    ],
+)
+def test_check_hyperparameters_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rules.check_hyperparameters(**kwargs)
+
+
+def test_check_hyperparameters_accepts_good_values_and_schedules():
+    rules.check_hyperparameters(lr=0.0, momentum=0.0, weight_decay=0.0, adjust_lr="original", beta2=0.0,
+                                ns_steps=1, sphere=None)
+    rules.check_hyperparameters(lr=lambda step: 0.1, adjust_lr="match_rms_adamw", sphere="geodesic")
+
+
+# ------------------------------------------------------------ matrix views and scale
+@pytest.mark.parametrize(
+    "shape, view",
+    [((5, 7), (1, 5, 7)), ((3, 5, 7), (3, 5, 7)), ((8, 4, 3, 3), (1, 8, 36))],
+)
+def test_matrix_view(shape, view):
+    assert rules.matrix_view(shape) == view
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (2, 3, 4, 5, 6)])
+def test_matrix_view_rejects_and_names(shape):
+    with pytest.raises(ValueError, match="layer.bias"):
+        rules.matrix_view(shape, "layer.bias")
+
+
+def test_shape_scale():
+    assert rules.shape_scale(64, 16, "original") == pytest.approx(2.0)
+    assert rules.shape_scale(16, 64, "original") == 1.0
+    assert rules.shape_scale(64, 16, "match_rms_adamw") == pytest.approx(1.6)
+    assert rules.shape_scale(16, 100, "match_rms_adamw") == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="adjust_lr"):
+        rules.shape_scale(4, 4, "none")
+
+
+def test_conv_scale_uses_flattened_view():
+    _, rows, cols = rules.matrix_view((32, 2, 2, 2))
+    assert rules.shape_scale(rows, cols, "original") == pytest.approx(2.0)  # 32 / 8, not 32 / 2
+
+
+def test_normuon_axis_and_state_shape():
+    assert rules.normuon_reduce_dim(10, 4) == -1 and rules.normuon_state_shape(2, 10, 4) == (2, 10, 1)
+    assert rules.normuon_reduce_dim(4, 10) == -2 and rules.normuon_state_shape(2, 4, 10) == (2, 1, 10)
+    assert rules.normuon_reduce_dim(6, 6) == -1
+
+
+@pytest.mark.parametrize(
+    "name, excluded",
+    [
+        ("output.weight", True),
+        ("lm_head.weight", True),
+        ("embed_tokens.weight", True),
+        ("model.embed_tokens.weight", True),
+        ("transformer.h.0.mlp.c_fc.weight", False),
+        ("encoder.layer.0.output.dense.weight", False),  # BERT's hidden "output" block
+        ("classifier.head.weight", True),
+        ("linear1.weight", False),
+        ("scale", False),
+    ],
+)
+def test_name_is_excluded(name, excluded):
+    assert rules.name_is_excluded(name, rules.DEFAULT_EXCLUDE) is excluded
+
+
+def test_sphere_modes_and_constants():
+    assert rules.SPHERE_MODES == (None, "project", "geodesic")
+    assert rules.ADJUST_LR == ("original", "match_rms_adamw")
+    assert rules.NORMUON_EPS == 1e-10
+    assert math.isclose(rules.shape_scale(9, 1, "original"), 3.0)

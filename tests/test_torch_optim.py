@@ -1,0 +1,794 @@
+"""fastmuon.torch optimizers, step by step against independent float64 re-implementations
+(numpy, written from ../shared/reference/algorithms.md) and against torch.optim.Muon.
+
+Tolerances. The float64 runs differ from the numpy reference only by rounding, and the
+orthogonalization is what amplifies it: ``spectral.rounding_allowance`` bounds one
+orthogonalization's spectral-norm error (4 u A, A the first-order amplification of the
+method's polynomials), so after t steps the weights may differ by at most
+sum_t lr * scale * allowance (spectral norm, which bounds every entry), plus the rounding of the
+elementwise update itself. NorMuon's row rescaling can stretch a relative error by the spread
+of its row factors, kappa = sqrt(max s / min s), which the reference measures (factor 2 kappa).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fastmuon
+import fastmuon.torch.muon as muon_module
+from fastmuon import coefficients as coef
+from fastmuon._plan import make_plan
+from fastmuon.torch import Muon, MuonWithAdamW, NorMuon, SignSGD, muon_param_groups
+from spectral import UNIT_ROUNDOFF, amplification, rounding_allowance
+
+# ------------------------------------------------------------------------------------------
+# Float64 reference (numpy)
+# ------------------------------------------------------------------------------------------
+
+MUON_HP = dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0, method="polar_express", ns_steps=5,
+               adjust_lr="original", cautious_weight_decay=False, beta2=None)
+
+
+def ref_view(shape):
+    """(batch, rows, cols): 2-D as is, 3-D a stack, 4-D conv flattened to (out, in*kh*kw)."""
+    if len(shape) == 2:
+        return (1,) + tuple(shape)
+    if len(shape) == 3:
+        return tuple(shape)
+    return (1, shape[0], int(np.prod(shape[1:])))
+
+
+def ref_orthogonalize(U, method, steps):
+    """The standard iteration in float64 (the Gram variant equals it in exact arithmetic)."""
+    plan = make_plan(method, steps, None)
+    tall = U.shape[-2] > U.shape[-1]
+    X = np.swapaxes(U, -1, -2) if tall else U
+    X = X / (np.linalg.norm(X, axis=(-2, -1), keepdims=True) * plan.norm_scale + plan.eps)
+    for a, b, c in plan.coefficients:
+        A = X @ np.swapaxes(X, -1, -2)
+        X = a * X + (b * A + c * A @ A) @ X
+    return np.swapaxes(X, -1, -2) if tall else X
+
+
+def ref_scale(rows, cols, adjust_lr):
+    return math.sqrt(max(1.0, rows / cols)) if adjust_lr == "original" else 0.2 * math.sqrt(max(rows, cols))
+
+
+def ref_muon_step(W, M, s, G, hp):
+    """One Muon / NorMuon step on float64 arrays. Returns (W, M, s, info)."""
+    beta, lr, wd = hp["momentum"], hp["lr"], hp["weight_decay"]
+    M = beta * M + (1 - beta) * G
+    U = (1 - beta) * G + beta * M if hp["nesterov"] else M
+    b, R, C = ref_view(W.shape)
+    O = ref_orthogonalize(U.reshape(b, R, C), hp["method"], hp["ns_steps"])
+    kappa = 1.0
+    if hp["beta2"] is not None:
+        axis = -1 if R >= C else -2
+        s = hp["beta2"] * s + (1 - hp["beta2"]) * np.mean(O * O, axis=axis, keepdims=True)
+        factor = 1.0 / np.sqrt(np.maximum(s, 1e-10))
+        On = O * factor
+        On = On * (np.linalg.norm(O, axis=(-2, -1), keepdims=True) / np.linalg.norm(On, axis=(-2, -1), keepdims=True))
+        kappa = float(factor.max() / factor.min())
+        O = On
+    scale = ref_scale(R, C, hp["adjust_lr"])
+    O = O.reshape(W.shape)
+    if hp["cautious_weight_decay"]:
+        W = W - lr * wd * (O * W >= 0) * W - lr * scale * O
+    else:
+        W = W * (1 - lr * wd) - lr * scale * O
+    return W, M, s, dict(scale=scale, kappa=kappa, rows=R, cols=C, U_norm=float(np.linalg.norm(U)))
+
+
+def ref_state(shape, beta2):
+    b, R, C = ref_view(shape)
+    s = None if beta2 is None else np.zeros((b, R, 1) if R >= C else (b, 1, C))
+    return np.zeros(shape), s
+
+
+def step_allowance(info, hp, compute, W_max):
+    """Largest entrywise deviation one step may add (see the module docstring)."""
+    plan = make_plan(hp["method"], hp["ns_steps"], None)
+    m = min(info["rows"], info["cols"])
+    ortho = rounding_allowance(plan.coefficients, 1.0 / plan.norm_scale, compute, compute, m)
+    normuon = 2 * info["kappa"] if hp["beta2"] is not None else 1.0
+    return hp["lr"] * info["scale"] * ortho * normuon + 4 * UNIT_ROUNDOFF[compute] * W_max
+
+
+def gradients(rng, shapes, steps):
+    return [[rng.standard_normal(shape) for shape in shapes] for _ in range(steps)]
+
+
+SHAPES = [(16, 24), (16, 24), (24, 16), (3, 12, 20), (32, 2, 2, 2)]
+
+
+def run_ours(optimizer_cls, shapes, W0, grads, dtype, **kwargs):
+    params = [nn.Parameter(torch.tensor(w, dtype=dtype)) for w in W0]
+    opt = optimizer_cls(params, **kwargs)
+    history = []
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = torch.tensor(g, dtype=dtype)
+        opt.step()
+        history.append([p.detach().to(torch.float64).numpy().copy() for p in params])
+    return params, opt, history
+
+
+@pytest.mark.parametrize(
+    "hp",
+    [
+        dict(),
+        dict(method="newton_schulz", nesterov=False, weight_decay=0.1),
+        dict(method="gram", adjust_lr="match_rms_adamw", weight_decay=0.05, cautious_weight_decay=True),
+        dict(beta2=0.95),
+        dict(beta2=0.9, method="newton_schulz", momentum=0.9, cautious_weight_decay=True, weight_decay=0.1,
+             adjust_lr="match_rms_adamw"),
+    ],
+    ids=["default", "ns-plain-momentum-wd", "gram-rms-cautious", "normuon", "normuon-ns-cautious"],
+)
+def test_float64_steps_match_reference(hp, rng):
+    hp = {**MUON_HP, "lr": 0.05, **hp}
+    steps = 5
+    W0 = [rng.standard_normal(shape) * 0.2 for shape in SHAPES]
+    grads = gradients(rng, SHAPES, steps)
+    cls = Muon if hp["beta2"] is None else NorMuon
+    kwargs = {k: v for k, v in hp.items() if k != "beta2" or v is not None}
+    params, opt, history = run_ours(cls, SHAPES, W0, grads, torch.float64, ns_dtype=torch.float64, **kwargs)
+
+    ref = [(w, *ref_state(w.shape, hp["beta2"])) for w in W0]
+    allowance = [0.0] * len(SHAPES)
+    for t in range(steps):
+        for i, (W, M, s) in enumerate(ref):
+            W, M, s, info = ref_muon_step(W, M, s, grads[t][i], hp)
+            ref[i] = (W, M, s)
+            allowance[i] += step_allowance(info, hp, "float64", np.abs(W).max())
+            deviation = np.abs(history[t][i] - W).max()
+            assert deviation <= allowance[i], f"step {t} param {i}: {deviation:.3e} > {allowance[i]:.3e}"
+    for p, (W, M, s) in zip(params, ref):
+        state = opt.state[p]
+        np.testing.assert_allclose(state["momentum_buffer"].numpy(), M, rtol=0, atol=1e-14)
+        if s is not None:
+            np.testing.assert_allclose(state["second_moment"].numpy(), s, rtol=1e-9, atol=0)
+        assert state["skipped_steps"].item() == 0
+
+
+def test_float32_default_matches_reference(rng):
+    """The default fp32 run (Polar Express, native backend where built) within the fp32
+    allowance; a run with Newton-Schulz's coefficients would be far outside it."""
+    hp = dict(MUON_HP)
+    steps = 4
+    W0 = [np.float32(rng.standard_normal(shape) * 0.2).astype(np.float64) for shape in SHAPES]
+    grads = [[np.float32(g).astype(np.float64) for g in gs] for gs in gradients(rng, SHAPES, steps)]
+    _, _, history = run_ours(Muon, SHAPES, W0, grads, torch.float32)
+    _, _, history_ns = run_ours(Muon, SHAPES, W0, grads, torch.float32, method="newton_schulz")
+    ref = [(w, *ref_state(w.shape, None)) for w in W0]
+    allowance = [0.0] * len(SHAPES)
+    for t in range(steps):
+        for i, (W, M, s) in enumerate(ref):
+            W, M, s, info = ref_muon_step(W, M, s, grads[t][i], hp)
+            ref[i] = (W, M, s)
+            # fp32 momentum perturbs the input by a few u: a second allowance covers it.
+            allowance[i] += 2 * step_allowance(info, hp, "float32", np.abs(W).max())
+            assert np.abs(history[t][i] - W).max() <= allowance[i]
+    assert max(np.abs(history_ns[-1][i] - ref[i][0]).max() - allowance[i] for i in range(len(SHAPES))) > 0
+
+
+# ------------------------------------------------------------------------------------------
+# torch.optim.Muon
+# ------------------------------------------------------------------------------------------
+
+TORCH_MUON_SHAPES = [(16, 24), (24, 16)]
+TORCH_MUON_EPS = 1e-7  # torch.optim.Muon normalizes by max(||X||_F, eps); fastmuon by ||X||_F + eps
+
+
+def torch_ns_float64(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim.Muon's Newton-Schulz exactly as in torch/optim/_muon.py, but in float64."""
+    a, b, c = ns_coefficients
+    X = grad.to(torch.float64)
+    if grad.size(0) > grad.size(1):
+        X = X.T
+    X = X / X.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    if grad.size(0) > grad.size(1):
+        X = X.T
+    return X
+
+
+def run_torch_muon(W0, grads, dtype, **kwargs):
+    params = [nn.Parameter(torch.tensor(w, dtype=dtype)) for w in W0]
+    opt = torch.optim.Muon(params, **kwargs)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = torch.tensor(g, dtype=dtype)
+        opt.step()
+    return [p.detach().to(torch.float64).numpy() for p in params]
+
+
+@pytest.mark.parametrize("adjust_lr", ["original", "match_rms_adamw"])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_rule_matches_torch_optim_muon_in_float64(monkeypatch, rng, adjust_lr, nesterov):
+    """torch.optim.Muon with its Newton-Schulz run in float64 (its bf16 cast removed, nothing else
+    changed) against fastmuon's Muon(method="newton_schulz") in float64: momentum, Nesterov,
+    decoupled decay and the lr adjustment agree. The only other difference is the normalization
+    eps, a relative change delta = 1e-7 / ||U||_F of the input, which the iteration amplifies by
+    at most A (``spectral.amplification``); the allowance per step is lr scale (A delta + 4 u A)."""
+    monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", torch_ns_float64)
+    hp = dict(MUON_HP, method="newton_schulz", weight_decay=0.1, nesterov=nesterov, adjust_lr=adjust_lr)
+    steps = 5
+    W0 = [rng.standard_normal(shape) * 0.2 for shape in TORCH_MUON_SHAPES]
+    grads = gradients(rng, TORCH_MUON_SHAPES, steps)
+    theirs = run_torch_muon(W0, grads, torch.float64, lr=hp["lr"], weight_decay=0.1, momentum=0.95,
+                            nesterov=nesterov, adjust_lr_fn=adjust_lr)
+    _, _, history = run_ours(Muon, TORCH_MUON_SHAPES, W0, grads, torch.float64, ns_dtype=torch.float64,
+                             method="newton_schulz", weight_decay=0.1, nesterov=nesterov, adjust_lr=adjust_lr)
+    A = amplification(make_plan("newton_schulz", 5, None).coefficients, 1.0)
+    for i, W in enumerate(W0):
+        M, allowance = np.zeros_like(W), 0.0
+        for t in range(steps):
+            W, M, _, info = ref_muon_step(W, M, None, grads[t][i], hp)
+            delta = TORCH_MUON_EPS / info["U_norm"]
+            allowance += hp["lr"] * info["scale"] * (A * delta + 4 * UNIT_ROUNDOFF["float64"] * A)
+        deviation = np.abs(history[-1][i] - theirs[i]).max()
+        assert deviation <= allowance, f"{deviation:.3e} > {allowance:.3e}"
+        assert np.abs(theirs[i] - W0[i]).max() > 1000 * allowance  # the steps did move the weights
+
+
+def test_matches_torch_optim_muon_bf16(rng):
+    """The real torch.optim.Muon (Newton-Schulz in bf16) against fastmuon's fp32 Muon.
+
+    Per step the weights may move apart by lr scale ||O_torch - O_ours||_2, and O_torch's error
+    is bf16 rounding in the iteration, which the first-order bound overstates (4 u A > 1 for
+    bf16). So the budget is the bf16 iteration's own measured error on these very inputs:
+    ||NS_torch(U_t) - NS_float64(U_t)||_2, doubled (its rounding on the slightly different U of
+    torch's run differs), plus the fp32 allowance of ours. A rule error (Nesterov off) is
+    checked to fall outside it."""
+    hp = dict(MUON_HP, method="newton_schulz", weight_decay=0.1)
+    steps = 3
+    W0 = [np.float32(rng.standard_normal(shape) * 0.2).astype(np.float64) for shape in TORCH_MUON_SHAPES]
+    grads = [[np.float32(g).astype(np.float64) for g in gs] for gs in gradients(rng, TORCH_MUON_SHAPES, steps)]
+    theirs = run_torch_muon(W0, grads, torch.float32, lr=hp["lr"], weight_decay=0.1, momentum=0.95)
+    _, _, ours = run_ours(Muon, TORCH_MUON_SHAPES, W0, grads, torch.float32, method="newton_schulz",
+                          weight_decay=0.1)
+    _, _, wrong = run_ours(Muon, TORCH_MUON_SHAPES, W0, grads, torch.float32, method="newton_schulz",
+                           weight_decay=0.1, nesterov=False)
+    plan = make_plan("newton_schulz", 5, None)
+    for i, W in enumerate(W0):
+        M, budget = np.zeros_like(W), 0.0
+        for t in range(steps):
+            M_next = 0.95 * M + 0.05 * grads[t][i]
+            U = 0.05 * grads[t][i] + 0.95 * M_next
+            O_bf16 = torch.optim._muon._zeropower_via_newtonschulz(
+                torch.tensor(U, dtype=torch.float32), coef.JORDAN_NEWTON_SCHULZ, 5, TORCH_MUON_EPS
+            ).double().numpy()
+            bf16_error = np.linalg.norm(O_bf16 - ref_orthogonalize(U[None], "newton_schulz", 5)[0], ord=2)
+            W, M, _, info = ref_muon_step(W, M, None, grads[t][i], hp)
+            fp32 = rounding_allowance(plan.coefficients, 1.0, "float32", "float32", min(W.shape))
+            budget += hp["lr"] * info["scale"] * (2 * bf16_error + fp32)
+        deviation = np.linalg.norm(ours[-1][i] - theirs[i], ord=2)
+        assert deviation <= budget, f"{deviation:.3e} > {budget:.3e}"
+        assert budget < 0.2 * hp["lr"] * info["scale"] * steps  # the budget is well below the steps
+        assert np.linalg.norm(wrong[-1][i] - theirs[i], ord=2) > budget
+
+
+# ------------------------------------------------------------------------------------------
+# Shapes, stacking, validation
+# ------------------------------------------------------------------------------------------
+
+
+def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
+    calls = []
+    real = muon_module.orthogonalize
+
+    def counting(U, **kwargs):
+        calls.append(tuple(U.shape))
+        return real(U, **kwargs)
+
+    shapes = [(16, 24), (24, 16), (16, 24), (4, 16, 24), (8, 3, 3, 3), (24, 16)]
+    params = [nn.Parameter(torch.tensor(rng.standard_normal(s), dtype=torch.float32)) for s in shapes]
+    grads = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    opt = Muon(params)
+    monkeypatch.setattr(muon_module, "orthogonalize", counting)
+    opt.step()
+    assert sorted(calls) == sorted([(6, 16, 24), (2, 24, 16), (1, 8, 27)])
+    monkeypatch.setattr(muon_module, "orthogonalize", real)
+
+    # Stacking changes nothing: each parameter stepped alone gives bitwise the same weights.
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
+    stacked = [nn.Parameter(w.clone()) for w in start]
+    for p, g in zip(stacked, grads):
+        p.grad = g.clone()
+    Muon(stacked).step()
+    for w, g, p in zip(start, grads, stacked):
+        alone = nn.Parameter(w.clone())
+        alone.grad = g.clone()
+        Muon([alone]).step()
+        assert torch.equal(alone, p)
+
+
+def test_3d_stack_is_each_matrix_on_its_own(rng):
+    w = torch.tensor(rng.standard_normal((3, 12, 20)), dtype=torch.float64)
+    g = torch.tensor(rng.standard_normal((3, 12, 20)), dtype=torch.float64)
+    stack = nn.Parameter(w.clone())
+    stack.grad = g.clone()
+    Muon([stack], ns_dtype=torch.float64).step()
+    for e in range(3):
+        q = nn.Parameter(w[e].clone())
+        q.grad = g[e].clone()
+        Muon([q], ns_dtype=torch.float64).step()
+        torch.testing.assert_close(stack[e], q, rtol=0, atol=1e-15)
+
+
+def test_conv_scale_uses_the_flattened_shape(rng):
+    """(32, 2, 2, 2) is orthogonalized as (32, 8): scale sqrt(32/8) = 2, not sqrt(32/2)."""
+    hp = dict(MUON_HP, lr=0.05)
+    w = rng.standard_normal((32, 2, 2, 2)) * 0.2
+    g = rng.standard_normal((32, 2, 2, 2))
+    _, _, history = run_ours(Muon, None, [w], [[g]], torch.float64, lr=0.05, ns_dtype=torch.float64)
+    W, _, _, info = ref_muon_step(w, np.zeros_like(w), None, g, hp)
+    assert info["scale"] == pytest.approx(2.0)
+    np.testing.assert_allclose(history[0][0], W, rtol=0, atol=1e-12)
+    wrong = w + (W - w) * (math.sqrt(32 / 2) / 2)  # the update with scale sqrt(out / in) = 4
+    assert np.abs(history[0][0] - wrong).max() > 1e-3
+
+
+def test_low_dimensional_params_are_rejected_by_name():
+    model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5))
+    with pytest.raises(ValueError, match=r"0\.bias.*AdamW"):
+        Muon(model.named_parameters())
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[1\]"):
+        Muon([nn.Parameter(torch.zeros(3, 3)), nn.Parameter(torch.zeros(()))])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr=-0.1), "lr"),
+        (dict(lr=lambda step: 0.1), "lr"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(method="svd"), "method"),
+        (dict(ns_steps=0), "steps"),
+        (dict(adjust_lr="spectral"), "adjust_lr"),
+        (dict(backend="cuda"), "backend"),
+        (dict(ns_dtype=torch.int32), "ns_dtype"),
+        (dict(sphere="exp"), "sphere"),
+        (dict(sphere="project", weight_decay=0.1), "weight_decay"),
+        (dict(distributed="yes"), "distributed"),
+    ],
+)
+def test_muon_rejects_bad_hyperparameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Muon([nn.Parameter(torch.zeros(4, 4))], **kwargs)
+
+
+def test_normuon_and_adamw_groups_reject_bad_hyperparameters():
+    p = nn.Parameter(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="beta2"):
+        NorMuon([p], beta2=1.0)
+    with pytest.raises(ValueError, match="beta2"):
+        NorMuon([p], beta2=None)
+    with pytest.raises(ValueError, match="use_muon"):
+        MuonWithAdamW([p])
+    with pytest.raises(ValueError, match="betas"):
+        MuonWithAdamW([{"params": [p], "use_muon": False, "betas": (0.9, 1.0)}])
+    with pytest.raises(ValueError, match="eps"):
+        MuonWithAdamW([{"params": [p], "use_muon": False}], adamw_eps=-1.0)
+    with pytest.raises(ValueError, match="MuonWithAdamW"):
+        Muon([{"params": [p], "use_muon": False}])
+    with pytest.raises(ValueError, match="lr"):
+        SignSGD([p], lr=-1.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        SignSGD([p], weight_decay=float("nan"))
+
+
+def test_add_param_group_validates_and_keeps_per_group_options(rng):
+    a, b = nn.Parameter(torch.ones(8, 8)), nn.Parameter(torch.ones(8, 8))
+    opt = Muon([a], lr=0.1)
+    with pytest.raises(ValueError, match="momentum"):
+        opt.add_param_group({"params": [b], "momentum": 2.0})
+    assert len(opt.param_groups) == 1
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[0\] has shape \(8,\)"):
+        opt.add_param_group({"params": [nn.Parameter(torch.ones(8))]})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [b], "lr": 0.01, "method": "newton_schulz"})
+    assert opt.param_groups[1]["lr"] == 0.01 and opt.param_groups[1]["momentum"] == 0.95
+    g = torch.tensor(rng.standard_normal((8, 8)), dtype=torch.float32)
+    a.grad, b.grad = g.clone(), g.clone()
+    opt.step()
+    # Same gradient, lr 10x apart (and different methods): both moved, by different amounts.
+    da, db = (1 - a).abs().max().item(), (1 - b).abs().max().item()
+    assert da > 5 * db > 0
+
+
+# ------------------------------------------------------------------------------------------
+# Non-finite gradients
+# ------------------------------------------------------------------------------------------
+
+
+def snapshot(opt, params):
+    return ([p.detach().clone() for p in params],
+            {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in params})
+
+
+@pytest.mark.parametrize("cls, kwargs", [(Muon, {}), (NorMuon, dict(cautious_weight_decay=True, weight_decay=0.1))])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_skips_the_parameter(rng, cls, kwargs, bad):
+    shapes = [(16, 24), (16, 24), (8, 3, 3, 3)]
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(3)]
+    poisoned = [g.clone() for g in grads[1]]
+    poisoned[0][3, 5] = bad  # parameter 0 shares its stack with parameter 1
+    poisoned[2][1, 0, 0, 0] = bad
+
+    def run(sequence):
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = cls(params, **kwargs)
+        snaps = []
+        for step_grads in sequence:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            before = snapshot(opt, params) if opt.state else None
+            opt.step()
+            snaps.append((before, snapshot(opt, params)))
+        return params, opt, snaps
+
+    params, opt, snaps = run([grads[0], poisoned, grads[2]])
+    (before_w, before_s), (after_w, after_s) = snaps[1]
+    for i in (0, 2):  # skipped: bitwise unchanged, counted
+        assert torch.equal(before_w[i], after_w[i])
+        for key, value in before_s[id(params[i])].items():
+            if key != "skipped_steps":
+                assert torch.equal(value, after_s[id(params[i])][key]), key
+    assert not torch.equal(before_w[1], after_w[1])  # its stack-mate still stepped
+    assert [opt.state[p]["skipped_steps"].item() for p in params] == [1, 0, 1]
+    assert all(torch.isfinite(p).all() for p in params)
+    # Later steps proceed: the skipped parameters end exactly where a run that never saw the
+    # poisoned step ends; the parameter sharing the stack matches a run without skips.
+    ref_skip, _, _ = run([grads[0], grads[2]])
+    ref_full, _, _ = run(grads)
+    assert torch.equal(params[0], ref_skip[0]) and torch.equal(params[2], ref_skip[2])
+    assert torch.equal(params[1], ref_full[1])
+
+
+def test_non_finite_gradient_in_adamw_and_signsgd_groups(rng):
+    emb = nn.Parameter(torch.tensor(rng.standard_normal((10, 4)), dtype=torch.float32))
+    w = nn.Parameter(torch.tensor(rng.standard_normal((4, 4)), dtype=torch.float32))
+    opt = MuonWithAdamW([{"params": [w], "use_muon": True}, {"params": [emb], "use_muon": False}])
+    emb.grad = torch.ones_like(emb)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    state = {k: v.clone() for k, v in opt.state[emb].items()}
+    before = emb.detach().clone()
+    emb.grad = torch.full_like(emb, float("nan"))
+    opt.step()
+    assert torch.equal(emb, before)
+    assert all(torch.equal(state[k], opt.state[emb][k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+    assert opt.state[emb]["skipped_steps"].item() == 1
+
+    sgd = SignSGD([emb])
+    emb.grad = torch.zeros_like(emb)
+    emb.grad[2, 1] = float("inf")
+    sgd.step()
+    assert torch.equal(emb, before)
+
+
+def test_callers_gradient_is_not_modified(rng):
+    p = nn.Parameter(torch.tensor(rng.standard_normal((8, 12)), dtype=torch.float32))
+    g = torch.tensor(rng.standard_normal((8, 12)), dtype=torch.float32)
+    g[0, 0] = float("nan")
+    p.grad = g
+    kept = g.clone()
+    NorMuon([p]).step()
+    assert p.grad is g and torch.allclose(g, kept, equal_nan=True)
+    q = nn.Parameter(torch.tensor(rng.standard_normal((8, 12)), dtype=torch.float32))
+    q.grad = torch.tensor(rng.standard_normal((8, 12)), dtype=torch.float32)
+    kept = q.grad.clone()
+    MuonWithAdamW([{"params": [q], "use_muon": False}]).step()
+    assert torch.equal(q.grad, kept)
+
+
+# ------------------------------------------------------------------------------------------
+# What users expect of a torch optimizer
+# ------------------------------------------------------------------------------------------
+
+
+class SeedModel(nn.Module):
+    """The seed's example: embedding -> linear1 -> linear2 -> output."""
+
+    def __init__(self, vocab=32, dim=16, hidden=24):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, dim)
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+        self.output = nn.Linear(dim, vocab)
+
+    def forward(self, x):
+        return self.output(self.linear2(torch.relu(self.linear1(self.embedding(x)))))
+
+
+def batches(n, seed=0, vocab=32):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, vocab, (4, 6), generator=g), torch.randint(0, vocab, (4, 6), generator=g))
+            for _ in range(n)]
+
+
+def loss_fn(model, x, y):
+    return nn.functional.cross_entropy(model(x).reshape(-1, 32), y.reshape(-1))
+
+
+def make_training(seed=0):
+    torch.manual_seed(seed)
+    model = SeedModel()
+    opt = MuonWithAdamW(muon_param_groups(model), lr=0.02, weight_decay=0.01, cautious_weight_decay=True,
+                        beta2=0.95, adamw_lr=1e-3, adamw_weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: fastmuon.warmup_cosine(s, base_lr=1.0, warmup_steps=2, total_steps=8))
+    return model, opt, sched
+
+
+def train(model, opt, sched, data):
+    for x, y in data:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model, x, y).backward()
+        opt.step()
+        sched.step()
+
+
+def test_seed_example_routing():
+    groups = muon_param_groups(SeedModel())
+    by_kind = {g["use_muon"]: g["param_names"] for g in groups}
+    assert by_kind[True] == ["linear1.weight", "linear2.weight"]
+    assert by_kind[False] == ["embedding.weight", "linear1.bias", "linear2.bias", "output.weight", "output.bias"]
+
+
+def test_routing_tied_weights_first_layer_norms_and_options():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3)
+            self.wte = nn.Embedding(20, 8)
+            self.block = nn.Linear(8, 8, bias=False)
+            self.norm = nn.LayerNorm(8)
+            self.gain = nn.Parameter(torch.ones(()))
+            self.decoder = nn.Linear(8, 20, bias=False)
+            self.decoder.weight = self.wte.weight  # tied
+            self.frozen = nn.Linear(8, 8, bias=False)
+            self.frozen.weight.requires_grad_(False)
+
+    model = Tied()
+    groups = muon_param_groups(model, muon_options={"lr": 0.05}, adamw_options={"lr": 1e-3})
+    muon, adamw = groups
+    assert muon["use_muon"] and muon["lr"] == 0.05 and adamw["lr"] == 1e-3
+    assert muon["param_names"] == ["stem.weight", "block.weight"]
+    # named_parameters order: the root's own parameters first
+    assert adamw["param_names"] == ["gain", "stem.bias", "wte.weight", "norm.weight", "norm.bias"]
+    assert sum(p is model.wte.weight for g in groups for p in g["params"]) == 1
+    first = {g["use_muon"]: g["param_names"] for g in muon_param_groups(model, exclude_first=True)}
+    assert first[True] == ["block.weight"] and "stem.weight" in first[False]
+    opt = MuonWithAdamW(groups)
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 1e-3]
+    assert opt.param_groups[1]["betas"] == (0.9, 0.95) and "momentum" not in opt.param_groups[1]
+
+
+def test_resume_is_bit_identical():
+    data = batches(8)
+    model, opt, sched = make_training()
+    train(model, opt, sched, data)
+
+    model2, opt2, sched2 = make_training()
+    train(model2, opt2, sched2, data[:4])
+    buffer = io.BytesIO()
+    torch.save({"model": model2.state_dict(), "opt": opt2.state_dict(), "sched": sched2.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    model3, opt3, sched3 = make_training(seed=123)  # different init, all of it overwritten
+    model3.load_state_dict(saved["model"])
+    opt3.load_state_dict(saved["opt"])
+    sched3.load_state_dict(saved["sched"])
+    train(model3, opt3, sched3, data[4:])
+    for (name, a), b in zip(model.named_parameters(), model3.parameters()):
+        assert torch.equal(a, b), name
+    assert opt3.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_lr_scheduler_drives_the_step(rng):
+    w0 = torch.tensor(rng.standard_normal((8, 12)), dtype=torch.float32)
+    g = torch.tensor(rng.standard_normal((8, 12)), dtype=torch.float32)
+    p = nn.Parameter(w0.clone())
+    opt = Muon([p], lr=0.1, momentum=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: fastmuon.warmup_cosine(s, base_lr=1.0, warmup_steps=4, total_steps=10))
+    assert opt.param_groups[0]["lr"] == 0.0
+    opt.step()  # no gradients yet: nothing happens
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    p.grad = g
+    opt.step()
+    q = nn.Parameter(w0.clone())
+    q.grad = g
+    Muon([q], lr=0.025, momentum=0.0).step()
+    assert torch.equal(p, q)
+
+
+def test_closure_zero_grad_and_params_without_grads(rng):
+    model = SeedModel()
+    opt = MuonWithAdamW(muon_param_groups(model))
+    x, y = batches(1)[0]
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(model, x, y)
+        loss.backward()
+        return loss
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and loss.requires_grad
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if n != "embedding.weight")
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    # Params without grads are skipped: nothing moves, no state is created for new ones.
+    extra = nn.Parameter(torch.ones(6, 6))
+    opt.add_param_group({"params": [extra], "param_names": ["extra"], "use_muon": True})
+    now = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt.step()
+    assert all(torch.equal(now[n], p) for n, p in model.named_parameters())
+    assert torch.equal(extra, torch.ones(6, 6)) and extra not in opt.state
+
+
+def test_grad_scaler(rng):
+    """Unscaling by a power of two is exact, so a GradScaler run is bitwise the plain run; a step
+    with an overflow is skipped by the scaler."""
+    data = batches(3)
+
+    def run(use_scaler):
+        torch.manual_seed(0)
+        model = SeedModel()
+        opt = MuonWithAdamW(muon_param_groups(model))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=use_scaler)
+        for x, y in data:
+            opt.zero_grad()
+            scaler.scale(loss_fn(model, x, y)).backward()
+            scaler.step(opt)
+            scaler.update()
+        return model, opt, scaler
+
+    plain, _, _ = run(False)
+    scaled, opt, scaler = run(True)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        assert torch.equal(a, b)
+    before = [p.detach().clone() for p in scaled.parameters()]
+    x, y = data[0]
+    opt.zero_grad()
+    scaler.scale(loss_fn(scaled, x, y) * float("inf")).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert scaler.get_scale() < 2.0**10
+    assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
+
+
+# ------------------------------------------------------------------------------------------
+# MuonWithAdamW's AdamW part, SignSGD, sphere
+# ------------------------------------------------------------------------------------------
+
+
+def test_adamw_groups_match_reference_and_torch_adamw(rng):
+    shape, steps = (6, 5), 5
+    lr, (b1, b2), eps, wd = 1e-2, (0.9, 0.99), 1e-8, 0.1
+    w0 = rng.standard_normal(shape)
+    grads = [rng.standard_normal(shape) for _ in range(steps)]
+    p64 = nn.Parameter(torch.tensor(w0))
+    opt = MuonWithAdamW([{"params": [p64], "use_muon": False}], adamw_lr=lr, adamw_betas=(b1, b2),
+                        adamw_eps=eps, adamw_weight_decay=wd)
+    p32 = nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    torch_adamw = torch.optim.AdamW([p32], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    q32 = nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    ours32 = MuonWithAdamW([{"params": [q32], "use_muon": False, "lr": lr, "betas": (b1, b2), "eps": eps,
+                             "weight_decay": wd}])
+    W, m, v = w0.copy(), np.zeros(shape), np.zeros(shape)
+    for t, g in enumerate(grads, start=1):
+        for p in (p64, p32, q32):
+            p.grad = torch.tensor(g, dtype=p.dtype)
+        opt.step(), torch_adamw.step(), ours32.step()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        W = W * (1 - lr * wd) - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        # float64 weights: state and bias corrections in float64 too.
+        np.testing.assert_allclose(p64.detach().numpy(), W, rtol=0, atol=1e-13)
+    # fp32: each step moves each entry by at most about lr, rounded to fp32 a few times.
+    np.testing.assert_allclose(q32.detach().numpy(), p32.detach().numpy(), rtol=0, atol=steps * 8 * 2.0**-24)
+
+
+def test_muon_part_of_muon_with_adamw_is_muon(rng):
+    w0 = torch.tensor(rng.standard_normal((12, 16)), dtype=torch.float32)
+    grads = [torch.tensor(rng.standard_normal((12, 16)), dtype=torch.float32) for _ in range(3)]
+    a, b = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
+    bias = nn.Parameter(torch.zeros(16))
+    opt_a = NorMuon([a], weight_decay=0.1, cautious_weight_decay=True)
+    opt_b = MuonWithAdamW([{"params": [b], "use_muon": True}, {"params": [bias], "use_muon": False}],
+                          beta2=0.95, weight_decay=0.1, cautious_weight_decay=True)
+    for g in grads:
+        a.grad, b.grad, bias.grad = g.clone(), g.clone(), torch.ones(16)
+        opt_a.step(), opt_b.step()
+    assert torch.equal(a, b)
+
+
+def test_signsgd_seed_vector():
+    p = nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    p.grad = torch.tensor([0.3, -5.0], dtype=torch.float64)
+    SignSGD([p], lr=0.1, weight_decay=0.01).step()
+    np.testing.assert_allclose(p.detach().numpy(), [0.899, 2.098], rtol=0, atol=1e-15)
+
+
+def test_signsgd_sparse_updates_only_touched_rows(rng):
+    torch.manual_seed(0)
+    dense_emb = nn.Embedding(12, 4)
+    sparse_emb = nn.Embedding(12, 4, sparse=True)
+    sparse_emb.weight.data.copy_(dense_emb.weight.data)
+    w0 = dense_emb.weight.detach().clone().numpy().astype(np.float64)
+    ids = torch.tensor([[1, 3, 3], [7, 1, 10]])
+    touched = sorted(set(ids.flatten().tolist()))
+    for emb in (dense_emb, sparse_emb):
+        emb(ids).pow(2).sum().backward()
+    assert sparse_emb.weight.grad.is_sparse
+    full = nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    full.grad = dense_emb.weight.grad.clone()
+    SignSGD([dense_emb.weight], lr=0.1, weight_decay=0.1, sparse=True).step()
+    SignSGD([sparse_emb.weight], lr=0.1, weight_decay=0.1, sparse=True).step()
+    SignSGD([full], lr=0.1, weight_decay=0.1, sparse=False).step()
+    expected = w0.copy()
+    g = full.grad.double().numpy()
+    expected[touched] = w0[touched] * (1 - 0.01) - 0.1 * np.sign(g[touched])
+    for got in (dense_emb.weight, sparse_emb.weight):
+        np.testing.assert_allclose(got.detach().double().numpy(), expected, rtol=0, atol=2e-7)
+        untouched = [r for r in range(12) if r not in touched]
+        assert torch.equal(got[untouched], torch.tensor(w0[untouched], dtype=torch.float32))
+    # sparse=False decays every row.
+    np.testing.assert_allclose(full.detach().double().numpy()[0], w0[0] * 0.99, rtol=0, atol=2e-7)
+
+
+@pytest.mark.parametrize("mode", ["project", "geodesic"])
+def test_sphere_modes_match_reference_and_stay_on_the_sphere(rng, mode):
+    shape, lr, steps = (12, 20), 0.1, 4
+    w0 = rng.standard_normal(shape)  # rows not yet unit: the first step puts them on the sphere
+    grads = gradients(rng, [shape], steps)
+    _, _, history = run_ours(Muon, None, [w0], grads, torch.float64, lr=lr, sphere=mode, ns_dtype=torch.float64)
+    _, _, h32 = run_ours(Muon, None, [w0], grads, torch.float32, lr=lr, sphere=mode)
+    W, M = w0.copy(), np.zeros(shape)
+    for t in range(steps):
+        M = 0.95 * M + 0.05 * grads[t][0]
+        U = 0.05 * grads[t][0] + 0.95 * M
+        D = lr * 1.0 * ref_orthogonalize(U[None], "polar_express", 5)[0]  # scale 1 for 12 x 20
+        if mode == "project":
+            W = W - D
+            W = W / np.linalg.norm(W, axis=-1, keepdims=True)
+        else:
+            w = W / np.linalg.norm(W, axis=-1, keepdims=True)
+            D_t = D - np.sum(D * w, axis=-1, keepdims=True) * w
+            theta = np.linalg.norm(D_t, axis=-1, keepdims=True)
+            W = w * np.cos(theta) - D_t / theta * np.sin(theta)
+        np.testing.assert_allclose(history[t][0], W, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(np.linalg.norm(history[t][0], axis=-1), 1.0, rtol=0, atol=1e-14)
+        np.testing.assert_allclose(np.linalg.norm(h32[t][0], axis=-1), 1.0, rtol=0, atol=1e-6)
+    assert np.abs(W - w0).max() > 0.05  # it moved
+
+
+def test_geodesic_and_projection_agree_to_first_order(rng):
+    w0 = rng.standard_normal((8, 16))
+    w0 /= np.linalg.norm(w0, axis=-1, keepdims=True)
+    g = rng.standard_normal((8, 16))
+    out = {}
+    for mode in ("project", "geodesic"):
+        _, _, h = run_ours(Muon, None, [w0], [[g]], torch.float64, lr=1e-3, sphere=mode, ns_dtype=torch.float64)
+        out[mode] = h[0][0]
+    step = np.abs(out["project"] - w0).max()
+    assert np.abs(out["project"] - out["geodesic"]).max() < 10 * step**2
