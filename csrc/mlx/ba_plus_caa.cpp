@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "cpu_kernels.h"
+#include "metal_dispatch.h"
 
 namespace fastmuon {
 
@@ -24,14 +25,15 @@ mx::array ba_plus_caa(const mx::array& a, double alpha, double beta,
   detail::check_float_dtype(a, "ba_plus_caa");
   const mx::Dtype in_dtype = a.dtype();
   auto stream = mx::to_stream(s);
-  auto a32 = in_dtype == mx::float32 ? a : mx::astype(a, mx::float32, stream);
+  const mx::Dtype dtype = detail::primitive_dtype(in_dtype, stream);
+  auto ain = in_dtype == dtype ? a : mx::astype(a, dtype, stream);
   auto out = mx::array(
       a.shape(),
-      mx::float32,
+      dtype,
       std::make_shared<BaPlusCaa>(
           stream, static_cast<float>(alpha), static_cast<float>(beta)),
-      {a32});
-  return in_dtype == mx::float32 ? out : mx::astype(out, in_dtype, stream);
+      {ain});
+  return in_dtype == dtype ? out : mx::astype(out, in_dtype, stream);
 }
 
 std::vector<mx::Shape> BaPlusCaa::output_shapes(
@@ -77,11 +79,16 @@ void BaPlusCaa::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
 }
 
 #ifdef _METAL_
-void BaPlusCaa::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  // TODO(metal): a Metal kernel lands in a later change.
-  throw std::runtime_error(
-      "[fastmuon.ba_plus_caa] no Metal kernel yet; run it on the CPU with "
-      "stream=mx.cpu");
+// metal/symmetric.metal: fastmuon_ba_plus_caa_<dtype> on the upper-triangle
+// tiles (reading a's upper triangle), mirrored.
+void BaPlusCaa::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  gpu::Launcher launch(stream());
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  if (out.size() == 0) {
+    return;
+  }
+  const mx::array a = launch.row_contiguous(inputs[0]);
+  launch.symmetric(a, out, /*axpby=*/true, alpha_, beta_);
 }
 #else
 void BaPlusCaa::eval_gpu(const std::vector<mx::array>&, mx::array&) {

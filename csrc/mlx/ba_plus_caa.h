@@ -24,7 +24,8 @@ namespace mx = mlx::core;
 mx::array ba_plus_caa(const mx::array& a, double alpha, double beta,
                       mx::StreamOrDevice s = {});
 
-// Primitive on float32 data; input and output (..., m, m).
+// Primitive on float32 data on the CPU, on the input's dtype on a GPU stream
+// (Metal kernels, float32 accumulation); input and output (..., m, m).
 class BaPlusCaa : public mx::UnaryPrimitive {
  public:
   BaPlusCaa(mx::Stream stream, float alpha, float beta)

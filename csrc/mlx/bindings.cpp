@@ -17,7 +17,7 @@ using namespace nb::literals;
 NB_MODULE(_mlx_ext, m) {
   m.doc() =
       "fastmuon._mlx_ext: MLX primitives backed by fastmuon's CPU kernels "
-      "(BLAS) and, on Apple silicon, Metal kernels.";
+      "(BLAS) and, on Apple silicon, Metal kernels (fastmuon.metallib).";
 
   m.def(
       "xxt",
@@ -39,8 +39,10 @@ vmap-able; works inside ``mx.compile``.
 Args:
     x (array): float32, float16 or bfloat16 array with ``ndim >= 2``.
         Any layout (transposed / sliced views are packed internally).
-    stream (Stream or Device, optional): where to run. Only the CPU is
-        implemented so far; a GPU stream raises at evaluation.
+    stream (Stream or Device, optional): where to run. On a GPU stream
+        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
+        the input's dtype, accumulating in float32 (not yet run on Apple
+        hardware); builds without Metal raise at evaluation.
 
 Returns:
     array: ``(..., m, m)`` array of ``x``'s dtype.
@@ -77,8 +79,10 @@ Args:
         Any layout (strided views are packed internally).
     alpha (float): coefficient of ``a @ a`` (rounded to float32).
     beta (float): coefficient of ``a`` (rounded to float32).
-    stream (Stream or Device, optional): where to run. Only the CPU is
-        implemented so far; a GPU stream raises at evaluation.
+    stream (Stream or Device, optional): where to run. On a GPU stream
+        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
+        the input's dtype, accumulating in float32 (not yet run on Apple
+        hardware); builds without Metal raise at evaluation.
 
 Returns:
     array: ``(..., m, m)`` array of ``a``'s dtype.
@@ -129,8 +133,10 @@ Args:
     gram (bool): iterate on the Gram matrix instead of ``X``.
     gram_restart_every (int): restart period (``>= 1``) of the Gram
         iteration; ignored when ``gram`` is false.
-    stream (Stream or Device, optional): where to run. Only the CPU is
-        implemented so far; a GPU stream raises at evaluation.
+    stream (Stream or Device, optional): where to run. On a GPU stream
+        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
+        the input's dtype, accumulating in float32 (not yet run on Apple
+        hardware); builds without Metal raise at evaluation.
 
 Returns:
     array: array of ``x``'s shape and dtype.

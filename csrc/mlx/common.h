@@ -11,6 +11,7 @@
 
 #include "mlx/allocator.h"
 #include "mlx/array.h"
+#include "mlx/stream.h"
 
 namespace fastmuon::detail {
 
@@ -37,6 +38,13 @@ inline void check_float_dtype(const mx::array& x, const char* op) {
        << "] expected a float32, float16 or bfloat16 array, got " << d;
     throw std::invalid_argument(os.str());
   }
+}
+
+// The dtype a primitive computes in: float32 on the CPU (the BLAS kernels),
+// the input's own float dtype on a GPU stream (the Metal kernels accumulate
+// in float32 and round once).
+inline mx::Dtype primitive_dtype(mx::Dtype in_dtype, const mx::Stream& stream) {
+  return stream.device.type == mx::Device::gpu ? in_dtype : mx::float32;
 }
 
 // Gather a strided (any layout) float32 array into a dense row-major buffer.

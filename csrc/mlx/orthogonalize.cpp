@@ -1,6 +1,7 @@
 // fastmuon/csrc/mlx/orthogonalize.cpp: see orthogonalize.h.
 #include "orthogonalize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -11,6 +12,7 @@
 
 #include "common.h"
 #include "cpu_kernels.h"
+#include "metal_dispatch.h"
 
 namespace fastmuon {
 
@@ -75,14 +77,15 @@ mx::array orthogonalize(
   check_parameters(coefficients, norm_scale, eps, gram, gram_restart_every);
   const mx::Dtype in_dtype = x.dtype();
   auto stream = mx::to_stream(s);
-  auto x32 = in_dtype == mx::float32 ? x : mx::astype(x, mx::float32, stream);
+  const mx::Dtype dtype = detail::primitive_dtype(in_dtype, stream);
+  auto xin = in_dtype == dtype ? x : mx::astype(x, dtype, stream);
   auto out = mx::array(
       x.shape(),
-      mx::float32,
+      dtype,
       std::make_shared<Orthogonalize>(
           stream, coefficients, norm_scale, eps, gram, gram_restart_every),
-      {x32});
-  return in_dtype == mx::float32 ? out : mx::astype(out, in_dtype, stream);
+      {xin});
+  return in_dtype == dtype ? out : mx::astype(out, in_dtype, stream);
 }
 
 std::vector<mx::Shape> Orthogonalize::output_shapes(
@@ -151,11 +154,88 @@ void Orthogonalize::eval_cpu(
 }
 
 #ifdef _METAL_
-void Orthogonalize::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  // TODO(metal): a Metal path lands in a later change.
-  throw std::runtime_error(
-      "[fastmuon.orthogonalize] no Metal kernel yet; run it on the CPU with "
-      "stream=mx.cpu");
+// The iteration of eval_cpu as a sequence of fastmuon.metallib kernels on
+// float32 working matrices in the wide orientation (m x n, m <= n): the norm
+// (fastmuon_sumsq, float32 accumulation), the normalized and, for tall
+// inputs, transposed copy (fastmuon_load_wide, any input layout), the
+// symmetric products (fastmuon_xxt / fastmuon_ba_plus_caa), the general
+// products (fastmuon_gemm) and the rounded, transposed-back result
+// (fastmuon_store_wide).
+void Orthogonalize::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    mx::array& out) {
+  const auto& x = inputs[0];
+  gpu::Launcher launch(stream());
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  if (out.size() == 0) {
+    return;
+  }
+  const int nd = x.ndim();
+  const int64_t rows = x.shape(nd - 2);
+  const int64_t cols = x.shape(nd - 1);
+  const int64_t batch = static_cast<int64_t>(x.size()) / (rows * cols);
+  const int64_t m = std::min(rows, cols);
+  const int64_t n = std::max(rows, cols);
+  const auto b = static_cast<mx::ShapeElem>(batch);
+  const auto mi = static_cast<mx::ShapeElem>(m);
+  const auto ni = static_cast<mx::ShapeElem>(n);
+
+  mx::array sumsq = launch.temporary({b}, mx::float32);
+  launch.sumsq(x, sumsq);
+  mx::array X = launch.temporary({b, mi, ni}, mx::float32);
+  mx::array X2 = launch.temporary({b, mi, ni}, mx::float32);
+  launch.load_wide(
+      x, sumsq, X, static_cast<float>(norm_scale_), static_cast<float>(eps_));
+  mx::array A = launch.temporary({b, mi, mi}, mx::float32);  // A, or R
+  mx::array B = launch.temporary({b, mi, mi}, mx::float32);  // B, or Z
+
+  if (!gram_) {
+    for (const auto& abc : coefficients_) {
+      launch.symmetric(X, A, false, 1.0f, 0.0f);  // A = X X^T
+      launch.symmetric(  // B = b A + c A A
+          A, B, true, static_cast<float>(abc[2]), static_cast<float>(abc[1]));
+      launch.gemm(  // X <- a X + B X
+          B, X, &X, X2, batch, m, n, m, 1.0f, static_cast<float>(abc[0]));
+      std::swap(X, X2);
+    }
+  } else {
+    // As gram_iteration in csrc/cpu_kernels.cpp.
+    mx::array& R = A;
+    mx::array& Z = B;
+    mx::array Q = launch.temporary({b, mi, mi}, mx::float32);
+    mx::array Q2 = launch.temporary({b, mi, mi}, mx::float32);
+    mx::array RZ = launch.temporary({b, mi, mi}, mx::float32);
+    launch.symmetric(X, R, false, 1.0f, 0.0f);
+    bool q_is_identity = true;
+    const auto steps = static_cast<int64_t>(coefficients_.size());
+    for (int64_t step = 1; step <= steps; ++step) {
+      const auto& abc = coefficients_[step - 1];
+      const auto a = static_cast<float>(abc[0]);
+      launch.symmetric(  // Z = b R + c R R
+          R, Z, true, static_cast<float>(abc[2]), static_cast<float>(abc[1]));
+      if (q_is_identity) {
+        launch.add_identity(Z, Q, a);  // Q = Z + a I
+        q_is_identity = false;
+      } else {
+        launch.gemm(Q, Z, &Q, Q2, batch, m, m, m, 1.0f, a);  // Q Z + a Q
+        std::swap(Q, Q2);
+      }
+      if (step == steps) {
+        break;
+      }
+      launch.gemm(R, Z, &R, RZ, batch, m, m, m, 1.0f, a);  // RZ = R Z + a R
+      launch.gemm(Z, RZ, &RZ, R, batch, m, m, m, 1.0f, a);  // R = Z RZ + a RZ
+      if (step % gram_restart_every_ == 0) {  // X <- Q X, R <- X X^T, Q <- I
+        launch.gemm(Q, X, nullptr, X2, batch, m, n, m, 1.0f, 0.0f);
+        std::swap(X, X2);
+        launch.symmetric(X, R, false, 1.0f, 0.0f);
+        q_is_identity = true;
+      }
+    }
+    launch.gemm(Q, X, nullptr, X2, batch, m, n, m, 1.0f, 0.0f);  // X <- Q X
+    std::swap(X, X2);
+  }
+  launch.store_wide(X, out);
 }
 #else
 void Orthogonalize::eval_gpu(const std::vector<mx::array>&, mx::array&) {

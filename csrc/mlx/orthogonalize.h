@@ -37,7 +37,9 @@ mx::array orthogonalize(
     int64_t gram_restart_every,
     mx::StreamOrDevice s = {});
 
-// Primitive on float32 data; input and output (..., rows, cols).
+// Primitive on float32 data on the CPU; on a GPU stream on the input's dtype,
+// iterating on float32 working matrices with fastmuon.metallib's kernels
+// (see eval_gpu); input and output (..., rows, cols).
 // Not differentiable (the iteration is used as an optimizer update).
 class Orthogonalize : public mx::UnaryPrimitive {
  public:

@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "cpu_kernels.h"
+#include "metal_dispatch.h"
 
 namespace fastmuon {
 
@@ -27,16 +28,16 @@ mx::array xxt(const mx::array& x, mx::StreamOrDevice s) {
   detail::check_float_dtype(x, "xxt");
   const mx::Dtype in_dtype = x.dtype();
   auto stream = mx::to_stream(s);
-  auto x32 = in_dtype == mx::float32 ? x : mx::astype(x, mx::float32, stream);
+  // The CPU kernels take float32; the Metal kernels take every float dtype
+  // (accumulating in float32) and need no casts.
+  const mx::Dtype dtype = detail::primitive_dtype(in_dtype, stream);
+  auto xin = in_dtype == dtype ? x : mx::astype(x, dtype, stream);
 
   mx::Shape out_shape = x.shape();
   out_shape.back() = x.shape(-2);
   auto out = mx::array(
-      std::move(out_shape),
-      mx::float32,
-      std::make_shared<Xxt>(stream),
-      {x32});
-  return in_dtype == mx::float32 ? out : mx::astype(out, in_dtype, stream);
+      std::move(out_shape), dtype, std::make_shared<Xxt>(stream), {xin});
+  return in_dtype == dtype ? out : mx::astype(out, in_dtype, stream);
 }
 
 std::vector<mx::Shape> Xxt::output_shapes(const std::vector<mx::array>& inputs) {
@@ -89,11 +90,16 @@ void Xxt::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
 }
 
 #ifdef _METAL_
-void Xxt::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  // TODO(metal): the Metal kernel (metal/xxt.metal) lands in a later change.
-  throw std::runtime_error(
-      "[fastmuon.xxt] no Metal kernel yet; run it on the CPU with "
-      "stream=mx.cpu");
+// metal/symmetric.metal: fastmuon_xxt_<dtype> on the upper-triangle tiles,
+// mirrored; a strided input is gathered to a dense copy first.
+void Xxt::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  gpu::Launcher launch(stream());
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  if (out.size() == 0) {
+    return;
+  }
+  const mx::array x = launch.row_contiguous(inputs[0]);
+  launch.symmetric(x, out, /*axpby=*/false, 1.0f, 0.0f);
 }
 #else
 void Xxt::eval_gpu(const std::vector<mx::array>&, mx::array&) {

@@ -19,8 +19,9 @@ namespace mx = mlx::core;
 // Throws std::invalid_argument (ValueError in Python) for bad input.
 mx::array xxt(const mx::array& x, mx::StreamOrDevice s = {});
 
-// Primitive on float32 data. Input (..., m, k), output (..., m, m), both
-// triangles written and exactly symmetric.
+// Primitive on float32 data on the CPU, on the input's dtype on a GPU stream
+// (Metal kernels, float32 accumulation). Input (..., m, k), output
+// (..., m, m), both triangles written and exactly symmetric.
 class Xxt : public mx::UnaryPrimitive {
  public:
   explicit Xxt(mx::Stream stream) : mx::UnaryPrimitive(stream) {}

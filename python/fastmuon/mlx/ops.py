@@ -5,36 +5,47 @@ from __future__ import annotations
 import mlx.core as mx
 
 from .._plan import check_backend
-from . import native
+from . import metal_kernels, native
 from .orthogonalize import BACKENDS, MlxOps, check_array, select_backend
 
 
 def _kernel_backend(backend: str, a: mx.array) -> str:
     check_backend(backend, BACKENDS)
     if a.dtype == mx.float64:  # the kernels compute in fp32
-        if backend == "native":
-            raise ValueError('backend="native" computes in float32; float64 input needs backend="reference"')
+        if backend in ("native", "metal"):
+            raise ValueError(
+                f'backend="{backend}" computes in float32; float64 input needs backend="reference"'
+            )
         return "reference"
-    return select_backend(backend, mx.float32)
+    # native: fp32 compute whatever the input; metal: the input's dtype, fp32 accumulation
+    return select_backend(backend, a.dtype if backend == "metal" else mx.float32)
 
 
 def xxt(X: mx.array, *, backend: str = "auto") -> mx.array:
     """X X^T over the last two axes: (..., m, k) -> (..., m, m), exactly symmetric on the
-    native backend (one syrk, mirrored). 16-bit inputs are computed in fp32 and rounded once."""
+    native backend (one syrk, mirrored) and the metal backend (half the tiles, mirrored).
+    16-bit inputs are computed in fp32 and rounded once."""
     check_array(X, "X")
-    if _kernel_backend(backend, X) == "native":
+    chosen = _kernel_backend(backend, X)
+    if chosen == "native":
         return native.xxt(X)
+    if chosen == "metal":
+        return metal_kernels.xxt(X)
     m, k = X.shape[-2:]
     return MlxOps.xxt(X.reshape(-1, m, k)).reshape(*X.shape[:-1], m)
 
 
 def ba_plus_caa(A: mx.array, *, alpha: float, beta: float, backend: str = "auto") -> mx.array:
     """alpha A A + beta A for symmetric A (..., m, m); the native backend reads only A's upper
-    triangle and forms A A = A A^T with one syrk."""
+    triangle and forms A A = A A^T with one syrk, the metal backend computes the upper tiles
+    (reading A's upper triangle for beta A) and mirrors them."""
     check_array(A, "A")
     if A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A must be square in its last two axes, got shape {tuple(A.shape)}")
-    if _kernel_backend(backend, A) == "native":
+    chosen = _kernel_backend(backend, A)
+    if chosen == "native":
         return native.ba_plus_caa(A, alpha, beta)
+    if chosen == "metal":
+        return metal_kernels.ba_plus_caa(A, alpha, beta)
     m = A.shape[-1]
     return MlxOps.ba_plus_caa(A.reshape(-1, m, m), alpha, beta).reshape(A.shape)

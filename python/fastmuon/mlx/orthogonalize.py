@@ -12,9 +12,9 @@ import mlx.core as mx
 from .._iteration import iterate
 from .._native import mlx_ext_available
 from .._plan import DEFAULT_STEPS, Plan, check_backend, check_matrix_shape, make_plan
-from . import native
+from . import metal_kernels, native
 
-BACKENDS = ("auto", "reference", "native")
+BACKENDS = ("auto", "reference", "native", "metal")
 
 def default_compute_dtype() -> mx.Dtype:
     """bf16 on an Apple GPU; fp32 on the CPU, where 16-bit matmul is far slower than fp32."""
@@ -40,7 +40,9 @@ def orthogonalize(
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
             its normalization.
         backend: ``"reference"`` is plain mlx; ``"native"`` the fused C++ iteration on the BLAS
-            (CPU stream, fp32 compute); ``"auto"`` picks native where it applies.
+            (CPU stream, fp32 compute); ``"metal"`` the iteration with fastmuon's Metal kernels
+            for the symmetric products (Apple GPU; float32, float16 or bfloat16 compute);
+            ``"auto"`` picks metal on an Apple GPU and native on the CPU where they apply.
         dtype: compute dtype; by default bf16 on an Apple GPU and fp32 on the CPU.
 
     Returns:
@@ -52,8 +54,12 @@ def orthogonalize(
     compute_dtype = default_compute_dtype() if dtype is None else dtype
     if not (isinstance(compute_dtype, mx.Dtype) and mx.issubdtype(compute_dtype, mx.floating)):
         raise ValueError(f"dtype must be a floating mlx dtype, got {dtype!r}")
-    if select_backend(backend, compute_dtype) == "native":
+    chosen = select_backend(backend, compute_dtype)
+    if chosen == "native":
         return native.orthogonalize(G, plan)
+    if chosen == "metal":
+        with mx.stream(metal_kernels.device()):  # the other products run on the GPU too
+            return orthogonalize_reference(G, plan, compute_dtype, MetalOps())
     return orthogonalize_reference(G, plan, compute_dtype)
 
 
@@ -66,21 +72,39 @@ def check_array(a, name: str) -> None:
 
 
 def select_backend(backend: str, compute_dtype: mx.Dtype) -> str:
-    """The one place that decides which backend runs: "auto" takes the native kernels when the
-    default device is the CPU, the compute dtype fp32 and the extension built; else the reference.
+    """The one place that decides which backend runs.
+
+    "auto": on a GPU default device, the Metal kernels when Metal is available and the compute
+    dtype is one they take (float32, float16, bfloat16); on the CPU, the native kernels when the
+    compute dtype is fp32 and the extension built; else the reference. An explicit backend that
+    cannot run raises: "native" with a non-fp32 dtype (ValueError), "metal" without Metal
+    (RuntimeError) or with float64 (ValueError).
     """
     if backend == "auto":
-        native_fits = mx.default_device().type == mx.DeviceType.cpu and compute_dtype == mx.float32
+        if mx.default_device().type == mx.DeviceType.gpu:
+            metal_fits = compute_dtype in metal_kernels.DTYPES
+            return "metal" if metal_fits and metal_kernels.metal_available() else "reference"
+        native_fits = compute_dtype == mx.float32
         return "native" if native_fits and mlx_ext_available() else "reference"
     if backend == "native" and compute_dtype != mx.float32:
         raise ValueError(
             f'backend="native" computes in float32; dtype={compute_dtype} needs backend="reference"'
         )
+    if backend == "metal":
+        if compute_dtype not in metal_kernels.DTYPES:
+            raise ValueError(
+                f'backend="metal" computes in float32, float16 or bfloat16 (Metal has no float64); '
+                f'dtype={compute_dtype} needs backend="reference"'
+            )
+        metal_kernels.require_metal()
     return backend
 
 
-def orthogonalize_reference(G: mx.array, plan: Plan, compute_dtype: mx.Dtype) -> mx.array:
-    """Plain-mlx implementation; what every faster backend is tested against."""
+def orthogonalize_reference(
+    G: mx.array, plan: Plan, compute_dtype: mx.Dtype, ops: Optional["MlxOps"] = None
+) -> mx.array:
+    """Plain-mlx implementation (``ops`` None); what every faster backend is tested against.
+    With ``ops=MetalOps()`` the same iteration runs the symmetric products on Metal kernels."""
     shape = G.shape
     m, n = shape[-2], shape[-1]
     X = G.reshape(-1, m, n).astype(compute_dtype)
@@ -88,7 +112,7 @@ def orthogonalize_reference(G: mx.array, plan: Plan, compute_dtype: mx.Dtype) ->
     if tall:  # iterate on the wide orientation: the Gram matrix is then the smaller one
         X = X.swapaxes(-1, -2)
     X = normalize(X, plan)
-    X = iterate(X, plan, MlxOps())
+    X = iterate(X, plan, MlxOps() if ops is None else ops)
     if tall:
         X = X.swapaxes(-1, -2)
     return X.reshape(shape).astype(G.dtype)
@@ -126,3 +150,17 @@ class MlxOps:
     @staticmethod
     def add_identity(Z, a):
         return Z + a * mx.eye(Z.shape[-1], dtype=Z.dtype)
+
+
+class MetalOps(MlxOps):
+    """MlxOps with the symmetric products on fastmuon's Metal kernels (``metal_kernels``): half
+    the tiles, mirrored, fp32 accumulation, in the arrays' own dtype. The general products
+    (``addmm``, ``matmul``) stay MLX's own GPU matmuls."""
+
+    @staticmethod
+    def xxt(X):
+        return metal_kernels.xxt(X)
+
+    @staticmethod
+    def ba_plus_caa(A, alpha, beta):
+        return metal_kernels.ba_plus_caa(A, alpha, beta)
