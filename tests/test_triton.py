@@ -402,14 +402,13 @@ def _fake_cuda_tensor(*shape):
         return torch.empty(*shape, device="cuda")
 
 
-def test_auto_picks_triton_for_cuda_tensors(monkeypatch):
+def test_auto_keeps_cuda_tensors_on_cublas_until_triton_is_faster():
+    """Measured on an H100, the Triton iteration is slower than cuBLAS at GPT-2 sizes, so
+    "auto" uses the reference there; "triton" must be asked for."""
     t = _fake_cuda_tensor(4, 6)
-    assert select_backend("auto", t, torch.bfloat16) == "triton"
-    assert select_backend("auto", t, torch.float32) == "triton"
-    assert select_backend("auto", t, torch.float64) == "reference"
-    assert select_backend("auto", torch.ones(4, 6), torch.float32) != "triton"  # CPU: never auto
-    monkeypatch.setattr(ortho, "_TRITON_FOUND", False)
-    assert select_backend("auto", t, torch.bfloat16) == "reference"
+    for dtype in (torch.bfloat16, torch.float32, torch.float64):
+        assert select_backend("auto", t, dtype) == "reference"
+    assert select_backend("triton", t, torch.bfloat16) == "triton"
 
 
 def test_missing_triton_says_how_to_install(monkeypatch):

@@ -311,3 +311,106 @@ def main(argv=None) -> int:
     if args.json:
         append_results(args.json, rows, env)
     return 0
+
+
+# ------------------------------------------------------------------ single ops
+def op_flops(op: str, shape: Sequence[int]) -> float:
+    """Dense flop count of one op on an (m, k) input (xxt) or (m, m) input (ba_plus_caa):
+    what a plain matmul does; the symmetric kernels do about half of it."""
+    m, k = shape[-2:]
+    return 2.0 * m * m * k if op == "xxt" else 2.0 * m**3 + m * m
+
+
+def op_providers(op: str) -> List[Provider]:
+    """The op on every installed backend, and the plain matmul users would write instead."""
+    from ._native import blas_available, mlx_ext_available
+
+    out: List[Provider] = []
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        from . import torch as fm_torch
+
+        to_np = lambda O: O.double().numpy()  # noqa: E731
+        plain = (lambda X: X @ X.T) if op == "xxt" else (lambda A: torch.addmm(A, A, A, beta=-4.775, alpha=2.0315))
+        out.append(Provider("torch/matmul", op, torch.from_numpy, plain, to_np))
+        for backend in ["reference"] + (["native"] if blas_available() else []):
+            fn = (
+                (lambda X, b=backend: fm_torch.xxt(X, backend=b))
+                if op == "xxt"
+                else (lambda A, b=backend: fm_torch.ba_plus_caa(A, alpha=2.0315, beta=-4.775, backend=b))
+            )
+            out.append(Provider(f"torch/{backend}", op, torch.from_numpy, fn, to_np))
+    if importlib.util.find_spec("mlx") is not None:
+        import mlx.core as mx
+
+        from . import mlx as fm_mlx
+
+        def evaluated(fn):
+            def run(a):
+                r = fn(a)
+                mx.eval(r)
+                return r
+
+            return run
+
+        for backend in ["reference"] + (["native"] if mlx_ext_available() else []):
+            fn = (
+                (lambda X, b=backend: fm_mlx.xxt(X, backend=b))
+                if op == "xxt"
+                else (lambda A, b=backend: fm_mlx.ba_plus_caa(A, alpha=2.0315, beta=-4.775, backend=b))
+            )
+            out.append(
+                Provider(
+                    f"mlx/{backend}",
+                    op,
+                    mx.array,
+                    evaluated(fn),
+                    lambda O: np.array(O, dtype=np.float64),
+                    slow=platform.system() == "Linux" and backend == "reference",
+                )
+            )
+    return out
+
+
+def measure_op(op: str, shapes: Sequence[tuple], *, repeats: int = 5, seed: int = 0) -> List[Dict[str, Any]]:
+    """Time and max relative error (vs float64) of ``op`` for every provider and shape."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for shape in shapes:
+        X = rng.standard_normal(shape).astype(np.float32)
+        if op == "ba_plus_caa":
+            X = ((X + X.T) / 2).astype(np.float32)
+        X64 = X.astype(np.float64)
+        ref = X64 @ X64.T if op == "xxt" else 2.0315 * X64 @ X64 - 4.775 * X64
+        for prov in op_providers(op):
+            data = prov.make_input(X)
+            seconds, out = median_time(lambda: prov.run(data), repeats)
+            err = float(np.max(np.abs(prov.to_numpy(out) - ref)) / np.max(np.abs(ref)))
+            rows.append(
+                {
+                    "op": op,
+                    "provider": prov.name,
+                    "shape": list(shape),
+                    "seconds": seconds,
+                    "gflops": op_flops(op, shape) / seconds / 1e9,
+                    "rel_err": err,
+                }
+            )
+    base = {tuple(r["shape"]): r["seconds"] for r in rows if r["provider"] == "torch/matmul"}
+    for r in rows:
+        b = base.get(tuple(r["shape"]))
+        r["vs_matmul"] = r["seconds"] / b if b else None
+    return rows
+
+
+def format_op_table(rows: List[Dict[str, Any]], peak: Optional[float] = None) -> str:
+    lines = [f"{'op':12s} {'provider':16s} {'shape':>10s} {'time ms':>9s} {'GFLOP/s':>8s} {'%peak':>6s} {'vs matmul':>9s} {'rel err':>9s}"]
+    for r in rows:
+        shape = "x".join(str(s) for s in r["shape"])
+        pct = f"{100 * r['gflops'] / peak:6.0f}" if peak else f"{'-':>6s}"
+        ratio = f"{r['vs_matmul']:9.2f}" if r.get("vs_matmul") else f"{'-':>9s}"
+        lines.append(
+            f"{r['op']:12s} {r['provider']:16s} {shape:>10s} {1e3 * r['seconds']:9.2f} {r['gflops']:8.1f} {pct} {ratio} {r['rel_err']:9.2e}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""One optimizer step on the four weight matrices of a GPT-2-small block (c_attn 768x2304,
+c_proj 768x768, c_fc 768x3072, mlp c_proj 3072x768, as (out, in) weights), fastmuon against
+what users would pick instead, in one run:
+
+  torch: fastmuon.torch.Muon (auto -> native on CPU), its reference backend,
+         torch.optim.Muon (Newton-Schulz in bf16 on every device);
+  mlx:   fastmuon.mlx.Muon (auto -> native on CPU), its reference backend,
+         mlx.optimizers.Muon (Newton-Schulz in the gradient dtype, here fp32).
+
+Median of --repeats steps after one warm-up step. Appends to bench/results/optimizer_step.jsonl.
+
+    python bench/bench_optimizer_step.py [--repeats 3] [--skip-slow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from fastmuon import bench
+
+SHAPES = ((2304, 768), (768, 768), (3072, 768), (768, 3072))
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "optimizer_step.jsonl")
+
+
+def time_steps(step, repeats: int) -> float:
+    step()  # warm-up: state creation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def torch_cases(grads, skip_slow: bool):
+    import torch
+
+    from fastmuon.torch import Muon
+
+    def make(factory):
+        params = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = torch.from_numpy(g)
+        opt = factory(params)
+        return opt.step
+
+    yield "torch fastmuon.Muon (auto)", make(lambda ps: Muon(ps, lr=0.02))
+    yield "torch fastmuon.Muon (reference)", make(lambda ps: Muon(ps, lr=0.02, backend="reference"))
+    if not skip_slow and hasattr(torch.optim, "Muon"):
+        yield "torch.optim.Muon (bf16 NS)", make(lambda ps: torch.optim.Muon(ps, lr=0.02, weight_decay=0.0))
+
+
+def mlx_cases(grads, skip_slow: bool):
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    from fastmuon.mlx import Muon
+
+    def make(opt):
+        params = {f"w{i}": mx.zeros(g.shape) for i, g in enumerate(grads)}
+        gtree = {f"w{i}": mx.array(g) for i, g in enumerate(grads)}
+
+        def step():
+            nonlocal params
+            params = opt.apply_gradients(gtree, params)
+            mx.eval(params, opt.state)
+
+        return step
+
+    yield "mlx fastmuon.Muon (auto)", make(Muon(0.02))
+    if not skip_slow:
+        yield "mlx fastmuon.Muon (reference)", make(Muon(0.02, backend="reference"))
+        yield "mlx.optimizers.Muon", make(optim.Muon(0.02, weight_decay=0.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-slow", action="store_true", help="skip the ~30-60 s a step baselines")
+    parser.add_argument("--out", default=RESULTS)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    rows = []
+    for cases in (torch_cases, mlx_cases):
+        try:
+            for name, step in cases(grads, args.skip_slow):
+                seconds = time_steps(step, args.repeats)
+                rows.append({"provider": name, "shapes": [list(s) for s in SHAPES], "seconds": seconds})
+                print(f"{name:34s} {seconds:9.3f} s/step", flush=True)
+        except ImportError as exc:
+            print(f"skipped: {exc}")
+    base = {r["provider"].split()[0]: r["seconds"] for r in rows if "(auto)" in r["provider"]}
+    print("\nspeed-up of fastmuon (auto) over each provider, same framework:")
+    for r in rows:
+        fw = r["provider"].split()[0].split(".")[0]
+        r["fastmuon_speedup"] = r["seconds"] / base[fw] if fw in base else None
+        print(f"  {r['provider']:34s} {r['fastmuon_speedup']:8.1f}x")
+    env = bench.environment()
+    bench.append_results(args.out, rows, env)
+    print(f"appended {len(rows)} rows to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
