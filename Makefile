@@ -34,6 +34,8 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m fastmuon bench --quick
+	mkdir -p bench/out
+	$(PY) -m fastmuon demo --json bench/out/demo.json --plot bench/out/demo_loss.png
 
 clean:
 	rm -rf build $(VENV)

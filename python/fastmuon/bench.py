@@ -414,3 +414,19 @@ def format_op_table(rows: List[Dict[str, Any]], peak: Optional[float] = None) ->
             f"{r['op']:12s} {r['provider']:16s} {shape:>10s} {1e3 * r['seconds']:9.2f} {r['gflops']:8.1f} {pct} {ratio} {r['rel_err']:9.2e}"
         )
     return "\n".join(lines)
+
+
+def op_main(op: str, shapes: Sequence[tuple], results_path: str, argv=None) -> None:
+    """Command line of bench/bench_<op>.py: measure, print, append to ``results_path``."""
+    parser = argparse.ArgumentParser(description=f"{op} on every backend against the plain matmul.")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=results_path)
+    args = parser.parse_args(argv)
+    rows = measure_op(op, shapes, repeats=args.repeats)
+    peak = sgemm_gflops()
+    env = environment()
+    env["sgemm_gflops"] = peak
+    print(f"{env['processor']}, {env['cores']} cores, {env['date']}; fp32 sgemm {peak:.0f} GFLOP/s")
+    print(format_op_table(rows, peak))
+    append_results(args.out, rows, env)
+    print(f"appended {len(rows)} rows to {args.out}")
