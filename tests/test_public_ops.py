@@ -87,3 +87,17 @@ def test_native_refuses_other_compute_dtypes(fw):
     G = fw.array(np.ones((4, 6)), "float32")
     with pytest.raises(ValueError, match="computes in float32"):
         fw.orthogonalize(G, backend="native", dtype=fw.dtype("bfloat16"))
+
+
+def test_mlx_ops_take_a_stream_and_compose_in_compile():
+    mx = pytest.importorskip("mlx.core")
+    require_native("mlx_ext")
+    from fastmuon.mlx import ba_plus_caa, xxt
+
+    X = mx.array(np.random.default_rng(3).standard_normal((3, 10, 14)).astype(np.float32))
+    eager = ba_plus_caa(xxt(X, stream=mx.cpu), alpha=2.0, beta=-1.0, stream=mx.cpu)
+    compiled = mx.compile(lambda x: ba_plus_caa(xxt(x), alpha=2.0, beta=-1.0))(X)
+    np.testing.assert_array_equal(np.array(eager), np.array(compiled))
+    for backend in ("reference", "native"):
+        out = xxt(X, backend=backend, stream=mx.cpu)
+        assert out.shape == (3, 10, 10)

@@ -12,12 +12,12 @@ from .._native import mlx_ext_module
 from .._plan import GRAM_RESTART_EVERY, Plan
 
 
-def xxt(X: mx.array) -> mx.array:
-    return mlx_ext_module().xxt(X, stream=mx.cpu)
+def xxt(X: mx.array, stream=None) -> mx.array:
+    return mlx_ext_module().xxt(X, stream=mx.cpu if stream is None else stream)
 
 
-def ba_plus_caa(A: mx.array, alpha: float, beta: float) -> mx.array:
-    return mlx_ext_module().ba_plus_caa(A, float(alpha), float(beta), stream=mx.cpu)
+def ba_plus_caa(A: mx.array, alpha: float, beta: float, stream=None) -> mx.array:
+    return mlx_ext_module().ba_plus_caa(A, float(alpha), float(beta), stream=mx.cpu if stream is None else stream)
 
 
 def orthogonalize(G: mx.array, plan: Plan) -> mx.array:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import mlx.core as mx
 
 from .._plan import check_backend
@@ -21,21 +23,28 @@ def _kernel_backend(backend: str, a: mx.array) -> str:
     return select_backend(backend, a.dtype if backend == "metal" else mx.float32)
 
 
-def xxt(X: mx.array, *, backend: str = "auto") -> mx.array:
+def _on(stream):
+    """Run mlx ops on ``stream`` (a Stream or Device) when one is given."""
+    return mx.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def xxt(X: mx.array, *, backend: str = "auto", stream=None) -> mx.array:
     """X X^T over the last two axes: (..., m, k) -> (..., m, m), exactly symmetric on the
     native backend (one syrk, mirrored) and the metal backend (half the tiles, mirrored).
-    16-bit inputs are computed in fp32 and rounded once."""
+    16-bit inputs are computed in fp32 and rounded once. ``stream``: where to run (the native
+    backend defaults to the CPU stream)."""
     check_array(X, "X")
     chosen = _kernel_backend(backend, X)
     if chosen == "native":
-        return native.xxt(X)
-    if chosen == "metal":
-        return metal_kernels.xxt(X)
-    m, k = X.shape[-2:]
-    return MlxOps.xxt(X.reshape(-1, m, k)).reshape(*X.shape[:-1], m)
+        return native.xxt(X, stream)
+    with _on(stream):
+        if chosen == "metal":
+            return metal_kernels.xxt(X)
+        m, k = X.shape[-2:]
+        return MlxOps.xxt(X.reshape(-1, m, k)).reshape(*X.shape[:-1], m)
 
 
-def ba_plus_caa(A: mx.array, *, alpha: float, beta: float, backend: str = "auto") -> mx.array:
+def ba_plus_caa(A: mx.array, *, alpha: float, beta: float, backend: str = "auto", stream=None) -> mx.array:
     """alpha A A + beta A for symmetric A (..., m, m); the native backend reads only A's upper
     triangle and forms A A = A A^T with one syrk, the metal backend computes the upper tiles
     (reading A's upper triangle for beta A) and mirrors them."""
@@ -44,8 +53,9 @@ def ba_plus_caa(A: mx.array, *, alpha: float, beta: float, backend: str = "auto"
         raise ValueError(f"A must be square in its last two axes, got shape {tuple(A.shape)}")
     chosen = _kernel_backend(backend, A)
     if chosen == "native":
-        return native.ba_plus_caa(A, alpha, beta)
-    if chosen == "metal":
-        return metal_kernels.ba_plus_caa(A, alpha, beta)
-    m = A.shape[-1]
-    return MlxOps.ba_plus_caa(A.reshape(-1, m, m), alpha, beta).reshape(A.shape)
+        return native.ba_plus_caa(A, alpha, beta, stream)
+    with _on(stream):
+        if chosen == "metal":
+            return metal_kernels.ba_plus_caa(A, alpha, beta)
+        m = A.shape[-1]
+        return MlxOps.ba_plus_caa(A.reshape(-1, m, m), alpha, beta).reshape(A.shape)
