@@ -6,10 +6,10 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import platform
 import sys
 from typing import Dict, List, Optional
 
+from ..bench import environment
 from .config import FULL, OPTIMIZERS, QUICK, DemoConfig
 from .data import load_corpus
 
@@ -18,14 +18,14 @@ from .data import load_corpus
 # part at AdamW's best.
 LEARNING_RATES: Dict[str, Dict[str, Dict[str, float]]] = {
     "torch": {
-        "adamw": {"lr": 3e-3},
-        "muon": {"lr": 0.02, "adamw_lr": 3e-3},
-        "normuon": {"lr": 0.02, "adamw_lr": 3e-3},
+        "adamw": {"lr": 0.03},
+        "muon": {"lr": 0.05, "adamw_lr": 0.03},
+        "normuon": {"lr": 0.05, "adamw_lr": 0.03},
     },
     "mlx": {
-        "adamw": {"lr": 3e-3},
-        "muon": {"lr": 0.02, "adamw_lr": 3e-3},
-        "normuon": {"lr": 0.02, "adamw_lr": 3e-3},
+        "adamw": {"lr": 0.003},
+        "muon": {"lr": 0.02, "adamw_lr": 0.003},
+        "normuon": {"lr": 0.02, "adamw_lr": 0.003},
     },
 }
 
@@ -66,7 +66,7 @@ def run(cfg: DemoConfig, frameworks: List[str], optimizers=OPTIMIZERS, progress:
         bar.close()
     results["config"] = dataclasses.asdict(cfg)
     results["corpus"] = {"files": list(corpus.files), "train_bytes": len(corpus.train), "val_bytes": len(corpus.val)}
-    results["python"] = platform.python_version()
+    results["environment"] = environment()
     return results
 
 
