@@ -163,7 +163,7 @@ def measure(
     rng = np.random.default_rng(seed)
     inputs = {shape: rng.standard_normal(shape).astype(np.float32) for shape in shapes}
     jobs = [(p, s) for p in provs for s in shapes if not (quick and p.slow and s[0] != s[1])]
-    bar = _progress(len(jobs), progress)
+    bar = progress_bar(len(jobs), progress)
     rows = []
     for prov, shape in jobs:
         G = prov.make_input(inputs[shape])
@@ -185,11 +185,12 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, unit: str = "case"):
+    """A tqdm bar on stderr when asked for and installed, else one that does nothing."""
     if enabled and importlib.util.find_spec("tqdm") is not None:
         from tqdm import tqdm
 
-        return tqdm(total=total, unit="case", leave=False)
+        return tqdm(total=total, unit=unit, leave=False)
     return _NoBar()
 
 

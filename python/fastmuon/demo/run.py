@@ -6,10 +6,9 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import sys
 from typing import Dict, List, Optional
 
-from ..bench import environment
+from ..bench import environment, progress_bar
 from .config import FULL, OPTIMIZERS, QUICK, DemoConfig
 from .data import load_corpus
 
@@ -52,7 +51,7 @@ def steps_to_reach(curve, target: float) -> Optional[int]:
 def run(cfg: DemoConfig, frameworks: List[str], optimizers=OPTIMIZERS, progress: bool = True) -> dict:
     corpus = load_corpus()
     results: dict = {}
-    bar = _bar(len(frameworks) * len(optimizers) * cfg.steps, progress)
+    bar = progress_bar(len(frameworks) * len(optimizers) * cfg.steps, progress, unit="step")
     for framework in frameworks:
         train = trainer(framework)
         results[framework] = {}
@@ -62,20 +61,11 @@ def run(cfg: DemoConfig, frameworks: List[str], optimizers=OPTIMIZERS, progress:
         target = results[framework].get("adamw", {}).get("final_val_loss")
         for res in results[framework].values():
             res["steps_to_adamw_final"] = steps_to_reach(res["curve"], target) if target is not None else None
-    if bar is not None:
-        bar.close()
+    bar.close()
     results["config"] = dataclasses.asdict(cfg)
     results["corpus"] = {"files": list(corpus.files), "train_bytes": len(corpus.train), "val_bytes": len(corpus.val)}
     results["environment"] = environment()
     return results
-
-
-def _bar(total: int, enabled: bool):
-    if enabled and importlib.util.find_spec("tqdm") is not None:
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit="step", leave=False, file=sys.stderr)
-    return None
 
 
 def format_report(results: dict, frameworks: List[str]) -> str:
