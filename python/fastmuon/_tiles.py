@@ -1,14 +1,15 @@
-"""The tile schedule of the Metal symmetric-product kernels, as pure Python.
+"""The tile schedule of every symmetric-product kernel (Metal and Triton), as pure Python.
 
-A symmetric (m x m) output (X X^T, or b A + c A A) is cut into T x T tiles of ``TILE`` x ``TILE``
-with T = ceil(m / TILE). Only the T (T + 1) / 2 tiles (i, j) with i <= j are computed, one
-threadgroup each; a tile also writes its mirror (j, i). Threadgroup t handles tile
-``upper_tile(t)``, the column-by-column enumeration t = j (j + 1) / 2 + i.
+A symmetric (m x m) output (X X^T, or b A + c A A) is cut into T x T tiles of ``tile`` x ``tile``
+with T = ceil(m / tile). Only the T (T + 1) / 2 tiles (i, j) with i <= j are computed, one
+threadgroup (Metal) or program (Triton) each; a tile also writes its mirror (j, i). Program t
+handles tile ``upper_tile(t)``, the column-by-column enumeration t = j (j + 1) / 2 + i.
 
-``metal/fastmuon_tiles.h`` (``fastmuon_upper_tile``) does the same index math in Metal, with
-a float32 square root; ``upper_tile`` takes the square root as a parameter so that tests can
-run it with float32 and deliberately wrong ones. The launch grids of the kernels are computed
-here, by the same functions the tests check against brute force. Needs neither numpy nor mlx.
+``metal/fastmuon_tiles.h`` (``fastmuon_upper_tile``) and the Triton kernels do the same index
+math on the device with a float32 square root; ``upper_tile`` takes the square root as a
+parameter so that tests can run it with float32 and deliberately wrong ones. The launch grids
+are computed here, by the same functions the tests check against brute force. Needs neither
+numpy nor a framework.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ THREADS = 128  # FASTMUON_THREADS: threads per threadgroup (four simdgroups of 3
 MAX_SYMMETRIC_DIM = TILE * 32768
 
 
-def tiles_per_side(m: int) -> int:
-    """T = ceil(m / TILE): tiles along one side of an (m x m) output."""
+def tiles_per_side(m: int, tile: int = TILE) -> int:
+    """T = ceil(m / tile): tiles along one side of an (m x m) output."""
     if m < 0:
         raise ValueError(f"m must be non-negative, got {m}")
-    return -(-m // TILE)
+    if tile < 1:
+        raise ValueError(f"tile must be positive, got {tile}")
+    return -(-m // tile)
 
 
-def upper_tile_count(m: int) -> int:
+def upper_tile_count(m: int, tile: int = TILE) -> int:
     """T (T + 1) / 2: the tiles launched for an (m x m) symmetric output."""
-    t = tiles_per_side(m)
+    t = tiles_per_side(m, tile)
     return t * (t + 1) // 2
 
 
@@ -50,6 +53,12 @@ def upper_tile(t: int, sqrt: Callable[[float], float] = math.sqrt) -> Tuple[int,
     while j * (j + 1) // 2 > t:
         j -= 1
     return t - j * (j + 1) // 2, j
+
+
+def tile_schedule(m: int, tile: int = TILE) -> list:
+    """The tile (i, j) of every program of one (m x m) output, in program order, in exact
+    integers."""
+    return [upper_tile(t, sqrt=lambda x: float(math.isqrt(int(x)))) for t in range(upper_tile_count(m, tile))]
 
 
 def symmetric_grid(m: int, batch: int) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
