@@ -2,9 +2,9 @@
 // the kernels of fastmuon.metallib (metal/*.metal) and the mx.fast.metal_kernel
 // path (python/fastmuon/mlx/metal_kernels.py).
 //
-// The block between the BEGIN/END markers is carried verbatim, as the kernels'
-// header, by metal_kernels.py; tests/test_metal_sources.py checks the two
-// copies are identical, so the tile schedule and the index math exist once.
+// The build installs this file with the package; metal_kernels.py reads the
+// block between the BEGIN/END markers from there as its kernels' header, so the
+// tile schedule and the index math exist once.
 #pragma once
 
 #include <metal_stdlib>
@@ -26,7 +26,7 @@
 //   t = j (j + 1) / 2 + i,  0 <= i <= j < T.
 // The inverse takes j from a float square root, then corrects it, so a
 // rounded or approximate sqrt cannot pick the wrong column.
-// fastmuon._tiles.upper_tile is the same function in Python.
+// fastmuon.tiles.upper_tile is the same function in Python.
 inline uint2 fastmuon_upper_tile(uint t) {
   uint j = uint((metal::sqrt(8.0f * float(t) + 1.0f) - 1.0f) * 0.5f);
   while ((j + 1) * (j + 2) / 2 <= t) {

@@ -40,9 +40,9 @@ def require_native(kind: str):
         raise ValueError(f"kind must be one of {_NATIVE_KINDS}, got {kind!r}")
     if kind == "mlx_ext" and importlib.util.find_spec("mlx") is None:
         pytest.skip("mlx is not installed (pip install 'fastmuon[mlx]')")
-    from fastmuon import _native
+    from fastmuon import native
 
-    loader = _native.blas_module if kind == "blas" else _native.mlx_ext_module
+    loader = native.blas_module if kind == "blas" else native.mlx_ext_module
     try:
         return loader()
     except ImportError as exc:

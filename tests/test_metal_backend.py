@@ -81,7 +81,7 @@ def test_auto_on_a_gpu_default_device(monkeypatch, metal, dtype, expected):
 
 
 def test_auto_on_the_cpu_is_unchanged():
-    from fastmuon._native import mlx_ext_available
+    from fastmuon.native import mlx_ext_available
 
     assert mx.default_device().type == mx.DeviceType.cpu
     assert orth.select_backend("auto", mx.float32) == ("native" if mlx_ext_available() else "reference")

@@ -29,7 +29,7 @@ import pytest
 
 import metal_tools as mt
 from native_helpers import assert_exactly_symmetric, assert_within_dot_bound
-from fastmuon import _tiles
+from fastmuon import tiles
 
 mx = pytest.importorskip("mlx.core")
 
@@ -98,7 +98,7 @@ def programs(tmp_path_factory):
 
 def run_symmetric(program, entry, x, alpha=1.0, beta=0.0):
     batch, m, k = x.shape
-    groups, group = _tiles.symmetric_grid(m, batch)
+    groups, group = tiles.symmetric_grid(m, batch)
     out = program.run(
         entry,
         {"x": x, "out": np.full((batch, m, m), np.nan), "rows": [m], "cols": [k],
@@ -332,7 +332,7 @@ def test_metal_kernel_xxt_through_the_public_op(emulated_metal, rng, shape, dtyp
     got = np.array(out.astype(mx.float32)).astype(np.float64).reshape(batch, m, m)
     check_xxt(got, x.reshape(batch, m, k), dtype)
     if x.size:
-        assert emulated_metal == [("fastmuon_xxt", dtype, (_tiles.upper_tile_count(m) * 128, batch, 1),
+        assert emulated_metal == [("fastmuon_xxt", dtype, (tiles.upper_tile_count(m) * 128, batch, 1),
                                    (128, 1, 1))]
 
 
@@ -372,7 +372,7 @@ def test_orthogonalize_backend_metal(emulated_metal, rng, method, shape, compute
     from spectral import matrix_with_spectrum
     from test_orthogonalize import check_against_exact
 
-    from fastmuon._plan import make_plan
+    from fastmuon.plan import make_plan
     from fastmuon.mlx import orthogonalize
 
     fw = MlxFramework()

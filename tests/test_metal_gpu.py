@@ -121,7 +121,7 @@ def test_orthogonalize_backend_metal_fp32(rng, method, shape):
     from spectral import matrix_with_spectrum
     from test_orthogonalize import check_against_exact
 
-    from fastmuon._plan import make_plan
+    from fastmuon.plan import make_plan
     from fastmuon.mlx import orthogonalize
 
     fw = MlxFramework()
@@ -138,7 +138,7 @@ def test_orthogonalize_backend_metal_16bit_compute(rng, method, compute):
     from spectral import matrix_with_spectrum
     from test_orthogonalize import check_against_exact
 
-    from fastmuon._plan import make_plan
+    from fastmuon.plan import make_plan
     from fastmuon.mlx import orthogonalize
 
     fw = MlxFramework()
@@ -206,7 +206,7 @@ def test_primitive_orthogonalize_on_gpu(metal_ext, rng, method, shape, dtype):
     from spectral import matrix_with_spectrum
     from test_orthogonalize import check_against_exact
 
-    from fastmuon._plan import GRAM_RESTART_EVERY, make_plan
+    from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
 
     fw = MlxFramework()
     plan = make_plan(method, 5, None)
@@ -220,7 +220,7 @@ def test_primitive_orthogonalize_on_gpu(metal_ext, rng, method, shape, dtype):
 
 
 def test_primitive_orthogonalize_zero_matrix_on_gpu(metal_ext):
-    from fastmuon._plan import GRAM_RESTART_EVERY, make_plan
+    from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
 
     plan = make_plan("polar_express", 5, None)
     O = metal_ext.orthogonalize(

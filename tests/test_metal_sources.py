@@ -100,15 +100,16 @@ def test_metal_kernel_source_compiles(generated, case):
     _assert_compiled(proc, f"the metal_kernel source of {name} ({dtype})")
 
 
-def test_metal_kernel_carries_the_shared_tile_routine():
-    """The header of the metal_kernel path is, byte for byte, the marked block of
-    metal/fastmuon_tiles.h that the .metal kernels include: the tile schedule and index math
-    exist once."""
+def test_metal_kernel_reads_the_installed_tile_header():
+    """The metal_kernel path takes its header from the installed copy of
+    metal/fastmuon_tiles.h (the file the .metal kernels include), which equals the source: the
+    tile schedule and index math exist once."""
     mk = pytest.importorskip("fastmuon.mlx.metal_kernels")
     text = (mt.METAL_DIR / "fastmuon_tiles.h").read_text()
-    begin = text.index("// BEGIN fastmuon shared core")
-    end = text.index("// END fastmuon shared core") + len("// END fastmuon shared core\n")
-    assert mk.SHARED_CORE == text[begin:end]
+    assert mk.tiles_header_path().read_text() == text
+    core = mk.shared_core()
+    assert core.startswith("// BEGIN fastmuon shared core") and core.endswith("// END fastmuon shared core\n")
+    assert core in text and "fastmuon_upper_tile" in core and "fastmuon_symmetric_tile" in core
 
 
 # ------------------------------------------------------------ the checks can fail --
@@ -131,10 +132,10 @@ BROKEN = {
 
 def _wrapped(body: str) -> str:
     """A kernel shaped like MLX's generated ones, with the shared core as its header."""
-    from fastmuon.mlx.metal_kernels import SHARED_CORE
+    from fastmuon.mlx.metal_kernels import shared_core
 
     return (
-        mt.MLX_UTILS_PREFIX + SHARED_CORE + "[[kernel]] void k(\n"
+        mt.MLX_UTILS_PREFIX + shared_core() + "[[kernel]] void k(\n"
         "  const device float* x [[buffer(0)]],\n  device float* out [[buffer(1)]],\n"
         "  uint3 thread_position_in_grid [[thread_position_in_grid]]) {\n" + body + "\n}\n"
     )

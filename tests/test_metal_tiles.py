@@ -1,4 +1,4 @@
-"""The tile schedule of the Metal symmetric kernels (``fastmuon._tiles``), against brute force.
+"""The tile schedule of the Metal symmetric kernels (``fastmuon.tiles``), against brute force.
 
 The Metal kernels compute the same map with a float32 square root (``fastmuon_upper_tile`` in
 metal/fastmuon_tiles.h); these tests run the Python function with float32 and with deliberately
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastmuon import _tiles
+from fastmuon import tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def float32_sqrt(v: float) -> float:
 def test_upper_tile_matches_brute_force(sqrt):
     T = 300  # 45150 tiles: m up to 9600
     expected = brute_force_schedule(T)
-    got = [_tiles.upper_tile(t, sqrt=sqrt) for t in range(len(expected))]
+    got = [tiles.upper_tile(t, sqrt=sqrt) for t in range(len(expected))]
     assert got == expected
 
 
@@ -48,16 +48,16 @@ def test_upper_tile_float32_at_large_indices():
     for j in list(range(30000, 32768, 97)) + [32767]:
         start = j * (j + 1) // 2
         for t, want in ((start - 1, (j - 1, j - 1)), (start, (0, j)), (start + j, (j, j))):
-            assert _tiles.upper_tile(t, sqrt=float32_sqrt) == want
+            assert tiles.upper_tile(t, sqrt=float32_sqrt) == want
 
 
 def test_schedule_covers_every_tile_once():
     """Each launched tile plus its mirror cover the T x T grid exactly once."""
     for m in (1, 31, 32, 33, 64, 70, 257):
-        T = _tiles.tiles_per_side(m)
+        T = tiles.tiles_per_side(m)
         covered = np.zeros((T, T), dtype=int)
-        for t in range(_tiles.upper_tile_count(m)):
-            i, j = _tiles.upper_tile(t)
+        for t in range(tiles.upper_tile_count(m)):
+            i, j = tiles.upper_tile(t)
             assert 0 <= i <= j < T
             covered[i, j] += 1
             if i != j:
@@ -67,29 +67,29 @@ def test_schedule_covers_every_tile_once():
 
 @pytest.mark.parametrize("m,count", [(0, 0), (1, 1), (32, 1), (33, 3), (64, 3), (65, 6), (768, 300)])
 def test_upper_tile_count(m, count):
-    assert _tiles.upper_tile_count(m) == count
+    assert tiles.upper_tile_count(m) == count
 
 
 def test_symmetric_grid():
-    groups, threads = _tiles.symmetric_grid(70, 3)
-    assert groups == (6, 3, 1) and threads == (_tiles.THREADS, 1, 1)
+    groups, threads = tiles.symmetric_grid(70, 3)
+    assert groups == (6, 3, 1) and threads == (tiles.THREADS, 1, 1)
     with pytest.raises(ValueError):
-        _tiles.symmetric_grid(-1, 1)
+        tiles.symmetric_grid(-1, 1)
     with pytest.raises(ValueError):
-        _tiles.upper_tile(-1)
+        tiles.upper_tile(-1)
 
 
 def test_constants_agree_with_the_metal_and_cpp_sources():
     """TILE and THREADS are stated in three languages; they must be the same numbers."""
     header = (ROOT / "metal" / "fastmuon_tiles.h").read_text()
-    assert re.search(r"#define FASTMUON_TILE (\d+)", header).group(1) == str(_tiles.TILE)
-    assert re.search(r"#define FASTMUON_THREADS (\d+)", header).group(1) == str(_tiles.THREADS)
+    assert re.search(r"#define FASTMUON_TILE (\d+)", header).group(1) == str(tiles.TILE)
+    assert re.search(r"#define FASTMUON_THREADS (\d+)", header).group(1) == str(tiles.THREADS)
     dispatch = (ROOT / "csrc" / "mlx" / "metal_dispatch.h").read_text()
-    assert re.search(r"kTile = (\d+);", dispatch).group(1) == str(_tiles.TILE)
-    assert re.search(r"kTileThreads = (\d+);", dispatch).group(1) == str(_tiles.THREADS)
+    assert re.search(r"kTile = (\d+);", dispatch).group(1) == str(tiles.TILE)
+    assert re.search(r"kTileThreads = (\d+);", dispatch).group(1) == str(tiles.THREADS)
     reduce_threads = re.search(
         r"#define FASTMUON_REDUCE_THREADS (\d+)", (ROOT / "metal" / "orthogonalize.metal").read_text()
     ).group(1)
     assert re.search(r"kReduceThreads = (\d+);", dispatch).group(1) == reduce_threads
     # four simdgroups of 32, each a 16 x 16 quarter of the tile
-    assert _tiles.THREADS == 4 * 32 and _tiles.TILE == 2 * 16
+    assert tiles.THREADS == 4 * 32 and tiles.TILE == 2 * 16

@@ -24,8 +24,8 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 import fastmuon.mlx as fm  # noqa: E402
 from fastmuon import schedules as pure_schedules  # noqa: E402
-from fastmuon._optim_rules import matrix_view, normuon_reduce_dim, shape_scale  # noqa: E402
-from fastmuon._plan import make_plan  # noqa: E402
+from fastmuon.rules import matrix_view, normuon_reduce_dim, shape_scale  # noqa: E402
+from fastmuon.plan import make_plan  # noqa: E402
 from conftest import require_native  # noqa: E402
 from spectral import UNIT_ROUNDOFF  # noqa: E402
 
@@ -355,7 +355,7 @@ def test_compiled_step_matches_reference(backend):
 
 
 def test_same_shape_matrices_are_orthogonalized_in_one_call(monkeypatch):
-    import fastmuon.mlx.optim as optim_module
+    import fastmuon.mlx.optimizers as optim_module
 
     calls = []
     original = optim_module.orthogonalize

@@ -27,7 +27,7 @@ from native_helpers import (
 from spectral import SPECTRA, exact_iteration, matrix_with_spectrum, rounding_allowance
 from test_orthogonalize import check_against_exact
 
-from fastmuon._plan import GRAM_RESTART_EVERY, make_plan
+from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
 
 METHODS = ("newton_schulz", "polar_express", "gram")
 

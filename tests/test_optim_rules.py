@@ -1,4 +1,4 @@
-"""The framework-neutral optimizer rules (``fastmuon._optim_rules``) and ``warmup_cosine``."""
+"""The framework-neutral optimizer rules (``fastmuon.rules``) and ``warmup_cosine``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 import fastmuon
-from fastmuon import _optim_rules as rules
+from fastmuon import rules
 from fastmuon.schedules import warmup_cosine
 
 

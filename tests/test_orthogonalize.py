@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastmuon import coefficients as coef
-from fastmuon._plan import make_plan
+from fastmuon.plan import make_plan
 from conftest import require_native
 from frameworks import FRAMEWORKS
 from spectral import (

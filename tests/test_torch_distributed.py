@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-import fastmuon.torch.muon as muon_module
+import fastmuon.torch.optimizers as muon_module
 from fastmuon.torch import Muon, MuonWithAdamW
 
 WORLD = 2

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 import fastmuon
-import fastmuon.torch.muon as muon_module
+import fastmuon.torch.optimizers as muon_module
 from fastmuon import coefficients as coef
-from fastmuon._plan import make_plan
+from fastmuon.plan import make_plan
 from fastmuon.torch import Muon, MuonWithAdamW, NorMuon, SignSGD, muon_param_groups
 from spectral import UNIT_ROUNDOFF, amplification, rounding_allowance
 

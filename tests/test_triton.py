@@ -37,7 +37,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed (pip inst
 import triton.language as tl  # noqa: E402
 
 from fastmuon import coefficients as coef  # noqa: E402
-from fastmuon._plan import make_plan  # noqa: E402
+from fastmuon.plan import make_plan  # noqa: E402
 from fastmuon.torch import ba_plus_caa, orthogonalize, xxt  # noqa: E402
 from fastmuon.torch.orthogonalize import select_backend  # noqa: E402
 from fastmuon.torch import triton_backend, triton_common  # noqa: E402

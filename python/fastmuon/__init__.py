@@ -5,7 +5,7 @@ and ``fastmuon.mlx`` (imports mlx); the compiled kernels are loaded on first use
 """
 
 from . import coefficients
-from ._plan import METHODS
+from .plan import METHODS
 from .schedules import warmup_cosine
 
 __version__ = "0.1.0"

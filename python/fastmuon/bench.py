@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ._plan import METHODS
+from .plan import METHODS
 from .coefficients import JORDAN_NEWTON_SCHULZ
 
 GPT2_SMALL_BLOCK = ((2304, 768), (768, 768), (3072, 768), (768, 3072))
@@ -62,7 +62,7 @@ def torch_newton_schulz_addmm(G, steps: int = 5):
 
 def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]] = None) -> List[Provider]:
     """Every installed framework x backend x method, plus the torch baseline."""
-    from ._native import blas_available, mlx_ext_available
+    from .native import blas_available, mlx_ext_available
 
     wanted = (lambda b: True) if backends is None else (lambda b: b in backends)
     out: List[Provider] = []
@@ -324,7 +324,7 @@ def op_flops(op: str, shape: Sequence[int]) -> float:
 
 def op_providers(op: str) -> List[Provider]:
     """The op on every installed backend, and the plain matmul users would write instead."""
-    from ._native import blas_available, mlx_ext_available
+    from .native import blas_available, mlx_ext_available
 
     out: List[Provider] = []
     if importlib.util.find_spec("torch") is not None:

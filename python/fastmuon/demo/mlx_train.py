@@ -8,7 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 
-from .._optim_rules import DEFAULT_EXCLUDE
+from ..rules import DEFAULT_EXCLUDE
 from ..mlx.schedules import warmup_cosine
 from .config import NORMUON_BETA2, DemoConfig
 from .data import Corpus, batches, eval_windows

@@ -18,7 +18,7 @@ def make_optimizer(name: str, model: torch.nn.Module, lr: float, adamw_lr: float
     on embeddings, head, norms and the position table, routed by fastmuon."""
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    from .._optim_rules import DEFAULT_EXCLUDE
+    from ..rules import DEFAULT_EXCLUDE
     from ..torch import MuonWithAdamW, muon_param_groups
 
     # the learned position table is an embedding too: AdamW, like the token embedding

@@ -1,19 +1,35 @@
-"""fastmuon for MLX: ``from fastmuon.mlx import orthogonalize``. Imports only mlx."""
+"""fastmuon for MLX: ``from fastmuon.mlx import orthogonalize``, the optimizers ``Muon``,
+``NorMuon``, ``MuonWithAdamW`` (with ``muon_filter``) and ``SignSGD``, and ``warmup_cosine``.
+
+Imports only mlx. The modules mirror ``fastmuon.torch``: orthogonalize (checks and dispatch),
+reference / native / metal_backend (the backends), ops, functional (update rules), optimizers,
+routing, schedules.
+"""
 
 from .ops import ba_plus_caa, xxt
+from .optimizers import (
+    Muon,
+    MuonWithAdamW,
+    NorMuon,
+    SignSGD,
+    TreeMismatchError,
+    embedding_signsgd_with_adamw,
+)
 from .orthogonalize import BACKENDS, orthogonalize
-from .optim import Muon, NorMuon, SignSGD, TreeMismatchError
-from .routing import MuonWithAdamW, embedding_signsgd_with_adamw, muon_filter
+from .routing import muon_filter
 from .schedules import warmup_cosine
 
-__all__ = ["BACKENDS", "ba_plus_caa", "orthogonalize", "xxt"]
-__all__ += [
+__all__ = [
+    "BACKENDS",
     "Muon",
     "MuonWithAdamW",
     "NorMuon",
     "SignSGD",
     "TreeMismatchError",
+    "ba_plus_caa",
     "embedding_signsgd_with_adamw",
     "muon_filter",
+    "orthogonalize",
     "warmup_cosine",
+    "xxt",
 ]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .._native import mlx_ext_module
-from .._plan import GRAM_RESTART_EVERY, Plan
+from ..native import mlx_ext_module
+from ..plan import GRAM_RESTART_EVERY, Plan
 
 
 def xxt(X: mx.array, stream=None) -> mx.array:

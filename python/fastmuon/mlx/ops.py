@@ -6,9 +6,10 @@ import contextlib
 
 import mlx.core as mx
 
-from .._plan import check_backend
+from ..plan import check_backend
 from . import metal_kernels, native
-from .orthogonalize import BACKENDS, MlxOps, check_array, select_backend
+from .orthogonalize import BACKENDS, check_array, select_backend
+from .reference import MlxOps
 
 
 def _kernel_backend(backend: str, a: mx.array) -> str:

@@ -1,6 +1,8 @@
-"""Orthogonalization of MLX arrays: the public entry point and the plain-mlx reference.
+"""Orthogonalization of MLX arrays: argument checks and the one choice of backend.
 
-Same signature, defaults and errors as ``fastmuon.torch.orthogonalize``.
+Same signature, defaults and errors as ``fastmuon.torch.orthogonalize``. The backends are
+drivers of their own: ``reference.py`` (plain mlx), ``native.py`` (the C++ primitives on the
+BLAS, CPU) and ``metal_backend.py`` (Apple GPU).
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from typing import Optional, Sequence
 
 import mlx.core as mx
 
-from .._iteration import iterate
-from .._native import mlx_ext_available
-from .._plan import DEFAULT_STEPS, Plan, check_backend, check_matrix_shape, make_plan
-from . import metal_kernels, native
+from ..native import mlx_ext_available
+from ..plan import DEFAULT_STEPS, check_backend, check_matrix_shape, make_plan
+from . import metal_backend, metal_kernels, native, reference
 
 BACKENDS = ("auto", "reference", "native", "metal")
+
 
 def default_compute_dtype() -> mx.Dtype:
     """bf16 on an Apple GPU; fp32 on the CPU, where 16-bit matmul is far slower than fp32."""
@@ -58,9 +60,8 @@ def orthogonalize(
     if chosen == "native":
         return native.orthogonalize(G, plan)
     if chosen == "metal":
-        with mx.stream(metal_kernels.device()):  # the other products run on the GPU too
-            return orthogonalize_reference(G, plan, compute_dtype, MetalOps())
-    return orthogonalize_reference(G, plan, compute_dtype)
+        return metal_backend.orthogonalize(G, plan, compute_dtype)
+    return reference.orthogonalize(G, plan, compute_dtype)
 
 
 def check_array(a, name: str) -> None:
@@ -98,69 +99,3 @@ def select_backend(backend: str, compute_dtype: mx.Dtype) -> str:
             )
         metal_kernels.require_metal()
     return backend
-
-
-def orthogonalize_reference(
-    G: mx.array, plan: Plan, compute_dtype: mx.Dtype, ops: Optional["MlxOps"] = None
-) -> mx.array:
-    """Plain-mlx implementation (``ops`` None); what every faster backend is tested against.
-    With ``ops=MetalOps()`` the same iteration runs the symmetric products on Metal kernels."""
-    shape = G.shape
-    m, n = shape[-2], shape[-1]
-    X = G.reshape(-1, m, n).astype(compute_dtype)
-    tall = m > n
-    if tall:  # iterate on the wide orientation: the Gram matrix is then the smaller one
-        X = X.swapaxes(-1, -2)
-    X = normalize(X, plan)
-    X = iterate(X, plan, MlxOps() if ops is None else ops)
-    if tall:
-        X = X.swapaxes(-1, -2)
-    return X.reshape(shape).astype(G.dtype)
-
-
-def normalize(X: mx.array, plan: Plan) -> mx.array:
-    """X / (||X||_F * scale + eps) per matrix, the norm taken in at least fp32."""
-    wide = mx.float64 if X.dtype == mx.float64 else mx.float32
-    Xw = X.astype(wide)
-    norm = mx.sqrt(mx.sum(Xw * Xw, axis=(-2, -1), keepdims=True))
-    return (Xw / (norm * plan.norm_scale + plan.eps)).astype(X.dtype)
-
-
-class MlxOps:
-    """Plain-mlx matrix operations on (batch, m, n) arrays."""
-
-    @staticmethod
-    def xxt(X):
-        return X @ X.swapaxes(-1, -2)
-
-    @classmethod
-    def ba_plus_caa(cls, A, alpha, beta):
-        return cls.addmm(A, A, A, alpha, beta)
-
-    @staticmethod
-    def addmm(C, A, B, alpha, beta):
-        if C.dtype == mx.float64:  # mx.addmm takes alpha and beta as C++ floats
-            return alpha * (A @ B) + beta * C
-        return mx.addmm(C, A, B, alpha=alpha, beta=beta)
-
-    @staticmethod
-    def matmul(A, B):
-        return A @ B
-
-    @staticmethod
-    def add_identity(Z, a):
-        return Z + a * mx.eye(Z.shape[-1], dtype=Z.dtype)
-
-
-class MetalOps(MlxOps):
-    """MlxOps with the symmetric products on fastmuon's Metal kernels (``metal_kernels``): half
-    the tiles, mirrored, fp32 accumulation, in the arrays' own dtype. The general products
-    (``addmm``, ``matmul``) stay MLX's own GPU matmuls."""
-
-    @staticmethod
-    def xxt(X):
-        return metal_kernels.xxt(X)
-
-    @staticmethod
-    def ba_plus_caa(A, alpha, beta):
-        return metal_kernels.ba_plus_caa(A, alpha, beta)

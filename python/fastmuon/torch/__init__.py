@@ -1,14 +1,17 @@
-"""fastmuon for PyTorch: ``from fastmuon.torch import orthogonalize``, and the optimizers
-``Muon``, ``NorMuon``, ``MuonWithAdamW`` (with ``muon_param_groups``) and ``SignSGD``.
+"""fastmuon for PyTorch: ``from fastmuon.torch import orthogonalize``, the optimizers ``Muon``,
+``NorMuon``, ``MuonWithAdamW`` (with ``muon_param_groups``) and ``SignSGD``, and
+``warmup_cosine``.
 
-Imports only torch (Triton is imported lazily by the CUDA kernels).
+Imports only torch (Triton is imported lazily by the CUDA kernels). The modules mirror
+``fastmuon.mlx``: orthogonalize (checks and dispatch), reference / native / triton_backend (the
+backends), ops, functional (update rules), optimizers, routing, schedules.
 """
 
 from .ops import ba_plus_caa, xxt
+from .optimizers import Muon, MuonWithAdamW, NorMuon, SignSGD
 from .orthogonalize import BACKENDS, orthogonalize
-from .muon import Muon, MuonWithAdamW, NorMuon
 from .routing import muon_param_groups
-from .signsgd import SignSGD
+from .schedules import warmup_cosine
 
 __all__ = [
     "BACKENDS",
@@ -19,5 +22,6 @@ __all__ = [
     "ba_plus_caa",
     "muon_param_groups",
     "orthogonalize",
+    "warmup_cosine",
     "xxt",
 ]

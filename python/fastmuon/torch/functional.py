@@ -7,7 +7,7 @@ gradient was not finite). The rules are those of ../shared/reference/algorithms.
 ``fastmuon.mlx`` implements the same ones, so both frameworks give the same weights.
 
 Matrix arguments named ``O``, ``s`` or ``W`` below are matrix views ``(batch, rows, cols)``
-(see ``fastmuon._optim_rules.matrix_view``); elementwise rules take any shape.
+(see ``fastmuon.rules.matrix_view``); elementwise rules take any shape.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Tuple
 
 import torch
 
-from .._optim_rules import NORMUON_EPS, normuon_reduce_dim
+from ..rules import NORMUON_EPS, normuon_reduce_dim
 
 
 def muon_momentum(M: torch.Tensor, G: torch.Tensor, momentum: float, nesterov: bool) -> Tuple[torch.Tensor, torch.Tensor]:

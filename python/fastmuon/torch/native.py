@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._native import blas_module
-from .._plan import GRAM_RESTART_EVERY, Plan
+from ..native import blas_module
+from ..plan import GRAM_RESTART_EVERY, Plan
 
 
 def check_native_input(t: torch.Tensor, name: str) -> None:

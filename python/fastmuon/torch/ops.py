@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .._plan import check_backend
+from ..plan import check_backend
 from . import native
-from .orthogonalize import BACKENDS, TorchOps, as_batch, check_tensor, select_backend, triton_backend
+from .orthogonalize import BACKENDS, check_tensor, select_backend, triton_backend
+from .reference import TorchOps, as_batch
 
 
 def _kernel_backend(backend: str, t: torch.Tensor) -> str:

@@ -1,17 +1,19 @@
-"""Orthogonalization of PyTorch tensors: the public entry point and the plain-torch reference."""
+"""Orthogonalization of PyTorch tensors: argument checks and the one choice of backend.
+
+The backends are drivers of their own: ``reference.py`` (plain torch), ``native.py`` (the C++
+kernels on the BLAS, CPU) and ``triton_backend.py`` (CUDA; imported on first use).
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import math
 from typing import Optional, Sequence
 
 import torch
 
-from .._iteration import iterate
-from .._native import blas_available
-from .._plan import DEFAULT_STEPS, Plan, check_backend, check_matrix_shape, make_plan
-from . import native
+from ..native import blas_available
+from ..plan import DEFAULT_STEPS, check_backend, check_matrix_shape, make_plan
+from . import native, reference
 
 BACKENDS = ("auto", "reference", "native", "triton")
 
@@ -47,8 +49,9 @@ def orthogonalize(
             its normalization.
         backend: ``"reference"`` is plain torch; ``"native"`` the fused C++ iteration on the
             BLAS (CPU tensors, fp32 compute); ``"triton"`` the symmetric Triton kernels (CUDA
-            tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks triton for CUDA tensors when
-            triton is installed, native for CPU tensors in fp32 when it is built, else reference.
+            tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks native for CPU tensors computed
+            in fp32 when it is built, else the reference (cuBLAS on CUDA, where the Triton
+            kernels are not faster yet).
         dtype: compute dtype; by default bf16 on CUDA and fp32 elsewhere.
 
     Returns:
@@ -65,7 +68,7 @@ def orthogonalize(
         return native.orthogonalize(G, plan)
     if chosen == "triton":
         return triton_backend().orthogonalize(G, plan, compute_dtype)
-    return orthogonalize_reference(G, plan, compute_dtype)
+    return reference.orthogonalize(G, plan, compute_dtype)
 
 
 def check_tensor(t, name: str) -> None:
@@ -116,54 +119,3 @@ def triton_backend():
     except ImportError as exc:
         raise ImportError(f"{_TRITON_HINT}; importing it failed: {exc}") from exc
     return module
-
-
-def orthogonalize_reference(G: torch.Tensor, plan: Plan, compute_dtype: torch.dtype) -> torch.Tensor:
-    """Plain-torch implementation; what every faster backend is tested against."""
-    shape = G.shape
-    m, n = shape[-2], shape[-1]
-    X = as_batch(G).to(compute_dtype)
-    tall = m > n
-    if tall:  # iterate on the wide orientation: the Gram matrix is then the smaller one
-        X = X.mT
-    X = normalize(X, plan)
-    X = iterate(X, plan, TorchOps())
-    if tall:
-        X = X.mT
-    return X.reshape(shape).to(G.dtype)
-
-
-def as_batch(t: torch.Tensor) -> torch.Tensor:
-    """(..., m, n) -> (batch, m, n); also for empty tensors, where reshape(-1, m, n) is ambiguous."""
-    return t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])
-
-
-def normalize(X: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """X / (||X||_F * scale + eps) per matrix, the norm taken in at least fp32."""
-    norm_dtype = torch.promote_types(X.dtype, torch.float32)
-    norm = torch.linalg.matrix_norm(X.to(norm_dtype), keepdim=True)
-    return (X.to(norm_dtype) / (norm * plan.norm_scale + plan.eps)).to(X.dtype)
-
-
-class TorchOps:
-    """Plain-torch matrix operations on (batch, m, n) tensors."""
-
-    @staticmethod
-    def xxt(X):
-        return X @ X.mT
-
-    @staticmethod
-    def ba_plus_caa(A, alpha, beta):
-        return torch.baddbmm(A, A, A, alpha=alpha, beta=beta)
-
-    @staticmethod
-    def addmm(C, A, B, alpha, beta):
-        return torch.baddbmm(C, A, B, alpha=alpha, beta=beta)
-
-    @staticmethod
-    def matmul(A, B):
-        return A @ B
-
-    @staticmethod
-    def add_identity(Z, a):
-        return Z + a * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)

@@ -7,7 +7,7 @@ from typing import Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import nn
 
-from .._optim_rules import DEFAULT_EXCLUDE, name_is_excluded
+from ..rules import DEFAULT_EXCLUDE, name_is_excluded
 
 __all__ = ["muon_param_groups"]
 
@@ -27,7 +27,7 @@ def muon_param_groups(
     Hidden weights with two or more dimensions go to Muon. To AdamW go: parameters of
     embedding modules (``nn.Embedding``, ``nn.EmbeddingBag``), parameters whose name has a word
     of ``exclude`` in its top-level module or in the module that owns it (heads and outputs, see
-    ``fastmuon._optim_rules.name_is_excluded``), and every 0-D/1-D parameter (biases, norms,
+    ``fastmuon.rules.name_is_excluded``), and every 0-D/1-D parameter (biases, norms,
     scalars). With ``exclude_first`` the first parameter of two or more dimensions in
     registration order (the input layer, e.g. a CNN's stem conv) goes to AdamW too; it changes
     nothing when that parameter is an embedding already.

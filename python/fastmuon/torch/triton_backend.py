@@ -12,7 +12,7 @@ interpreter; both with a fake implementation that only allocates the output):
   tall matrix) goes to the X^T X kernel on its transpose, so no transposed copy is made.
 * ``triton_ba_plus_caa(A, alpha, beta) -> alpha A A + beta A`` for symmetric A (B, M, M).
 
-The driver iterates with ``fastmuon._iteration.iterate`` over ``TritonOps``: the two symmetric
+The driver iterates with ``fastmuon.iteration.iterate`` over ``TritonOps``: the two symmetric
 steps are the kernels above and a X + B X is one batched GEMM with beta (``torch.baddbmm``, a
 single cuBLAS call on GPUs). A tall input (m > n) is iterated on its wide orientation X^T
 without copying it: X^T X comes from the X^T X kernel, and a X^T + B X^T is computed as the
@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op
 
-from .._iteration import iterate
-from .._plan import Plan
-from .orthogonalize import as_batch, normalize
+from ..iteration import orthogonalize_with
+from ..plan import Plan
+from .reference import TorchOps, as_batch
 from .triton_ba_plus_caa import launch_ba_plus_caa
 from .triton_common import INTERPRETED
 from .triton_xtx import launch_xtx
@@ -125,8 +125,8 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
 # ---------------------------------------------------------------- driver
 
 
-class TritonOps:
-    """``fastmuon._iteration.MatrixOps`` on (batch, m, n) tensors with the Triton kernels.
+class TritonOps(TorchOps):
+    """``fastmuon.iteration.MatrixOps`` on (batch, m, n) tensors with the Triton kernels.
 
     X operands may be column-major views (see the module docstring); products with them are
     computed transposed so that the result keeps that layout.
@@ -153,21 +153,12 @@ class TritonOps:
         return A @ B
 
     @staticmethod
-    def add_identity(Z, a):
-        return Z + a * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
+    def to_batch(G, dtype):
+        # One dense copy at most (none for a contiguous input already in dtype); a tall X is
+        # then transposed to a column-major view, which the kernels and GEMMs read in place.
+        return as_batch(G.detach()).to(dtype).contiguous()
 
 
 def orthogonalize(G: torch.Tensor, plan: Plan, compute_dtype: torch.dtype) -> torch.Tensor:
     """The plan's iteration on ``G`` (..., m, n) with the Triton kernels, in ``compute_dtype``."""
-    shape = G.shape
-    m, n = shape[-2], shape[-1]
-    # One dense copy at most (none for a contiguous input already in compute_dtype).
-    X = as_batch(G.detach()).to(compute_dtype).contiguous()
-    tall = m > n
-    if tall:
-        X = X.mT  # a column-major view: the kernels and GEMMs read it in place
-    X = normalize(X, plan)
-    X = iterate(X, plan, TritonOps())
-    if tall:
-        X = X.mT
-    return X.reshape(shape).to(G.dtype)
+    return orthogonalize_with(G, plan, TritonOps(), compute_dtype)

@@ -1,14 +1,16 @@
 """The polynomial iterations, written once for every framework and backend.
 
 Each backend supplies the few matrix operations below (plain framework ops for the reference,
-symmetric kernels for the fast paths); the order of operations lives only here.
+symmetric kernels for the fast paths); the order of operations, and the wrapper around it (batch,
+cast, wide orientation, normalization), live only here. The native CPU path runs the same order
+in C++ (``csrc/``), where it is tested against this one.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ._plan import Plan
+from .plan import Plan
 
 
 class MatrixOps(Protocol):
@@ -28,6 +30,36 @@ class MatrixOps(Protocol):
 
     def add_identity(self, Z: Any, a: float) -> Any:
         """Z + a I."""
+
+    def to_batch(self, G: Any, dtype: Any) -> Any:
+        """G (..., m, n) as a (batch, m, n) array in the compute ``dtype``."""
+
+    def transpose(self, X: Any) -> Any:
+        """X^T of every matrix of the batch."""
+
+    def normalize(self, X: Any, scale: float, eps: float) -> Any:
+        """X / (||X||_F * scale + eps) per matrix, the norm taken in at least fp32."""
+
+    def restore(self, X: Any, G: Any) -> Any:
+        """X (batch, m, n) back to G's shape and dtype."""
+
+
+def orthogonalize_with(G: Any, plan: Plan, ops: MatrixOps, compute_dtype: Any) -> Any:
+    """The plan's orthogonalization of G (..., m, n) with ``ops``, computed in ``compute_dtype``.
+
+    Tall matrices are iterated in their wide orientation, where the Gram matrix is the smaller
+    one; the result has G's shape and dtype.
+    """
+    m, n = G.shape[-2], G.shape[-1]
+    X = ops.to_batch(G, compute_dtype)
+    tall = m > n
+    if tall:
+        X = ops.transpose(X)
+    X = ops.normalize(X, plan.norm_scale, plan.eps)
+    X = iterate(X, plan, ops)
+    if tall:
+        X = ops.transpose(X)
+    return ops.restore(X, G)
 
 
 def iterate(X: Any, plan: Plan, ops: MatrixOps) -> Any:

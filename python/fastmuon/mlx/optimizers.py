@@ -1,6 +1,7 @@
-"""Muon, NorMuon and SignSGD as ``mlx.optimizers.Optimizer`` subclasses.
+"""Muon, NorMuon, SignSGD and MuonWithAdamW as ``mlx.optimizers.Optimizer`` subclasses, thin
+classes over ``functional.py``.
 
-Semantics, defaults and errors follow ``fastmuon.torch`` (both use ``fastmuon._optim_rules``);
+Semantics, defaults and errors follow ``fastmuon.torch`` (both use ``fastmuon.rules``);
 the update rules are written out in each class docstring. What MLX adds:
 
 * Learning rates may be schedules (``step -> lr``), evaluated at the step count before it is
@@ -22,22 +23,28 @@ counter (and so the schedule) still advances.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
-from mlx.optimizers import Optimizer
-from mlx.utils import tree_map_with_path
+import mlx.nn as nn
+from mlx.optimizers import AdamW, MultiOptimizer, Optimizer
+from mlx.utils import tree_flatten, tree_map_with_path
 
-from .._optim_rules import (
-    NORMUON_EPS,
+from ..rules import (
+    ADAMW_DEFAULTS,
+    DEFAULT_EXCLUDE,
+    MUON_DEFAULTS,
+    NORMUON_BETA2,
     check_hyperparameters,
+    check_muon_options,
     matrix_view,
-    normuon_reduce_dim,
+    muon_options,
     normuon_state_shape,
     shape_scale,
 )
-from .._plan import check_backend, make_plan
+from .functional import decoupled_update, muon_momentum, normuon_normalize, rows_touched, signsgd_update
 from .orthogonalize import BACKENDS, orthogonalize
+from .routing import embedding_paths, muon_filter, under
 
 LearningRate = Union[float, Callable[[mx.array], mx.array]]
 
@@ -219,39 +226,34 @@ class Muon(_TreeOptimizer):
 
     def __init__(
         self,
-        learning_rate: LearningRate = 0.02,
+        learning_rate: LearningRate = MUON_DEFAULTS["lr"],
         *,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        method: str = "polar_express",
-        ns_steps: int = 5,
-        adjust_lr: str = "original",
-        cautious_weight_decay: bool = False,
-        backend: str = "auto",
-        ns_dtype: Optional[mx.Dtype] = None,
+        momentum: float = MUON_DEFAULTS["momentum"],
+        nesterov: bool = MUON_DEFAULTS["nesterov"],
+        weight_decay: float = MUON_DEFAULTS["weight_decay"],
+        method: str = MUON_DEFAULTS["method"],
+        ns_steps: int = MUON_DEFAULTS["ns_steps"],
+        adjust_lr: str = MUON_DEFAULTS["adjust_lr"],
+        cautious_weight_decay: bool = MUON_DEFAULTS["cautious_weight_decay"],
+        backend: str = MUON_DEFAULTS["backend"],
+        ns_dtype: Optional[mx.Dtype] = MUON_DEFAULTS["ns_dtype"],
     ):
         _check_learning_rate(learning_rate)
-        check_hyperparameters(
-            lr=0.0, momentum=momentum, weight_decay=weight_decay, adjust_lr=adjust_lr, ns_steps=ns_steps
-        )
-        make_plan(method, ns_steps, None)
-        check_backend(backend, BACKENDS)
+        options = muon_options(dict(
+            momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, method=method, ns_steps=ns_steps,
+            adjust_lr=adjust_lr, cautious_weight_decay=cautious_weight_decay, backend=backend, ns_dtype=ns_dtype,
+        ))
+        check_muon_options(options, BACKENDS)
         if ns_dtype is not None and not (
             isinstance(ns_dtype, mx.Dtype) and mx.issubdtype(ns_dtype, mx.floating)
         ):
             raise ValueError(f"ns_dtype must be None or a floating mlx dtype, got {ns_dtype!r}")
         super().__init__()
         self._maybe_schedule("learning_rate", learning_rate)
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
-        self.method = method
-        self.ns_steps = int(ns_steps)
-        self.adjust_lr = adjust_lr
-        self.cautious_weight_decay = bool(cautious_weight_decay)
-        self.backend = backend
-        self.ns_dtype = ns_dtype
+        del options["lr"]
+        for name, value in options.items():
+            default = MUON_DEFAULTS[name]
+            setattr(self, name, type(default)(value) if isinstance(default, (bool, int, float)) else value)
 
     def init_single(self, parameter: mx.array, state: dict):
         super().init_single(parameter, state)
@@ -271,7 +273,6 @@ class Muon(_TreeOptimizer):
         )
 
     def _apply_all(self, items) -> List[mx.array]:
-        beta = self.momentum
         prepared = []
         groups: dict = {}
         for index, (path, grad, param, state) in enumerate(items):
@@ -281,8 +282,7 @@ class Muon(_TreeOptimizer):
             ok = mx.all(mx.isfinite(G))  # one flag per parameter, kept on the device
             G = mx.where(ok, G, mx.zeros_like(G))  # NaN/Inf never enter the arithmetic
             M_old = state["momentum"].reshape(view)
-            M = beta * M_old + (1.0 - beta) * G
-            U = (1.0 - beta) * G + beta * M if self.nesterov else M
+            M, U = muon_momentum(M_old, G, self.momentum, self.nesterov)
             prepared.append((view, ok, M_old, M))
             groups.setdefault((view[1], view[2], U.dtype), []).append((index, U))
 
@@ -304,15 +304,9 @@ class Muon(_TreeOptimizer):
             work = _work_dtype(param.dtype)
             O = self._transform(orthogonal[index].astype(work), ok, state)
             W = param.reshape(view).astype(work)
-            lr = self._lr(work)
-            step = (lr * shape_scale(view[1], view[2], self.adjust_lr)) * O
-            if self.weight_decay == 0.0:
-                W_new = W - step
-            elif self.cautious_weight_decay:
-                agree = (O * W) >= 0
-                W_new = W - (lr * self.weight_decay) * mx.where(agree, W, mx.zeros_like(W)) - step
-            else:
-                W_new = W * (1.0 - lr * self.weight_decay) - step
+            W_new = decoupled_update(W, O, lr=self._lr(work), weight_decay=self.weight_decay,
+                                     scale=shape_scale(view[1], view[2], self.adjust_lr),
+                                     cautious=self.cautious_weight_decay)
             W_new = mx.where(ok, W_new, W).astype(param.dtype).reshape(param.shape)
             state["momentum"] = mx.where(ok, M, M_old).reshape(param.shape)
             state["skipped_steps"] = state["skipped_steps"] + (1 - ok.astype(mx.int32))
@@ -354,34 +348,9 @@ class NorMuon(Muon):
     (0.95, the paper's code; modded-nanogpt uses 0.9).
     """
 
-    def __init__(
-        self,
-        learning_rate: LearningRate = 0.02,
-        *,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        method: str = "polar_express",
-        ns_steps: int = 5,
-        adjust_lr: str = "original",
-        cautious_weight_decay: bool = False,
-        backend: str = "auto",
-        ns_dtype: Optional[mx.Dtype] = None,
-        beta2: float = 0.95,
-    ):
+    def __init__(self, learning_rate: LearningRate = MUON_DEFAULTS["lr"], *, beta2: float = NORMUON_BETA2, **options):
         check_hyperparameters(lr=0.0, beta2=beta2)
-        super().__init__(
-            learning_rate,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            method=method,
-            ns_steps=ns_steps,
-            adjust_lr=adjust_lr,
-            cautious_weight_decay=cautious_weight_decay,
-            backend=backend,
-            ns_dtype=ns_dtype,
-        )
+        super().__init__(learning_rate, **options)
         self.beta2 = float(beta2)
 
     def init_single(self, parameter: mx.array, state: dict):
@@ -393,16 +362,10 @@ class NorMuon(Muon):
         return {**super()._expected_state(param), "second_moment": normuon_state_shape(*matrix_view(param.shape))}
 
     def _transform(self, O: mx.array, ok: mx.array, state: dict) -> mx.array:
-        axis = normuon_reduce_dim(O.shape[-2], O.shape[-1])
         v_old = state["second_moment"]
-        m = mx.mean(O * O, axis=axis, keepdims=True)
-        v = (self.beta2 * v_old + (1.0 - self.beta2) * m).astype(v_old.dtype)
+        O, v = normuon_normalize(O, v_old, self.beta2)
         state["second_moment"] = mx.where(ok, v, v_old)
-        normalized = O / mx.sqrt(mx.maximum(v, NORMUON_EPS)).astype(O.dtype)
-        norm = mx.sqrt(mx.sum(O * O, axis=(1, 2), keepdims=True))
-        norm_normalized = mx.sqrt(mx.sum(normalized * normalized, axis=(1, 2), keepdims=True))
-        tiny = mx.finfo(O.dtype).smallest_normal  # a zero O stays zero instead of 0/0
-        return normalized * (norm / mx.maximum(norm_normalized, tiny))
+        return O
 
 
 class SignSGD(_TreeOptimizer):
@@ -432,10 +395,164 @@ class SignSGD(_TreeOptimizer):
         W = parameter.astype(work)
         ok = mx.all(mx.isfinite(gradient))
         G = mx.where(ok, gradient, mx.zeros_like(gradient))
-        W_new = W * (1.0 - lr * self.weight_decay) - lr * mx.sign(G).astype(work)
-        if self.sparse:  # rows along axis 0 holding a non-zero entry (a 0-D one: itself)
-            reduce_axes = tuple(range(1, parameter.ndim))
-            touched = mx.any(G != 0, axis=reduce_axes, keepdims=True) if reduce_axes else G != 0
-            W_new = mx.where(touched, W_new, W)
+        W_new = signsgd_update(W, G, lr=lr, weight_decay=self.weight_decay)
+        if self.sparse:
+            W_new = mx.where(rows_touched(G), W_new, W)
         state["skipped_steps"] = state["skipped_steps"] + (1 - ok.astype(mx.int32))
         return mx.where(ok, W_new, W).astype(parameter.dtype)
+
+
+class _FiniteAdamW(AdamW):
+    """mlx's AdamW (bias-corrected here, as ``torch.optim.AdamW``), with the fastmuon
+    non-finite policy: a parameter whose gradient holds a NaN or Inf keeps its value and its
+    moments for the step (counted in ``skipped_steps``)."""
+
+    def init_single(self, parameter: mx.array, state: dict):
+        super().init_single(parameter, state)
+        state["skipped_steps"] = mx.array(0, mx.int32)
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
+        ok = mx.all(mx.isfinite(gradient))
+        moments = {key: state[key] for key in ("m", "v")}
+        updated = super().apply_single(mx.where(ok, gradient, mx.zeros_like(gradient)), parameter, state)
+        for key, old in moments.items():
+            state[key] = mx.where(ok, state[key], old)
+        state["skipped_steps"] = state["skipped_steps"] + (1 - ok.astype(mx.int32))
+        return mx.where(ok, updated, parameter)
+
+
+class _CheckedMultiOptimizer(MultiOptimizer):
+    """``MultiOptimizer`` that checks the gradient tree first (naming the path) and returns the
+    gradients' own structure. (``mlx.utils.tree_merge``, which MultiOptimizer uses to join the
+    parts, fails on a parameter-less module inside a list, such as an activation in
+    ``nn.Sequential``, when only one part reaches past it.)"""
+
+    def apply_gradients(self, gradients, parameters):
+        leaves = check_gradient_tree(gradients, parameters)
+        self._prepare(leaves, parameters)
+        updated: dict = {}
+        for optimizer, part in zip(self.optimizers, self._split_dictionary(gradients)):
+            tree_flatten(optimizer.apply_gradients(part, parameters), destination=updated)
+        return tree_map_with_path(lambda path, _: updated[path], gradients)
+
+    def _prepare(self, leaves, parameters) -> None:
+        """Hook run after the checks, before the split."""
+
+
+class MuonWithAdamW(_CheckedMultiOptimizer):
+    """Muon (or NorMuon) for hidden matrices, AdamW for everything else, as one optimizer.
+
+    Routing: ``filter(path, array)`` (default :func:`muon_filter` with ``exclude``) picks Muon's
+    parameters, and parameters of ``nn.Embedding``/``nn.QuantizedEmbedding`` modules always go
+    to AdamW whatever their names (recognised when ``update(model, grads)`` or
+    ``apply_gradients(grads, model)`` is given the module). State is
+    ``{"states": [muon_state, adamw_state]}``; learning rates may be schedules.
+
+    Muon keyword arguments (``momentum``, ``nesterov``, ``weight_decay``, ``method``,
+    ``ns_steps``, ``adjust_lr``, ``cautious_weight_decay``, ``backend``, ``ns_dtype``) are those
+    of :class:`~fastmuon.mlx.Muon`; setting ``beta2`` makes it :class:`~fastmuon.mlx.NorMuon`
+    (as in ``fastmuon.torch.MuonWithAdamW``). The AdamW is ``torch.optim.AdamW``'s rule
+    (decoupled decay, bias correction; mlx's AdamW without bias correction by default) with
+    ``adamw_betas`` (0.9, 0.95), ``adamw_eps`` 1e-10 and ``adamw_weight_decay`` 0, the defaults of
+    ``fastmuon.torch.MuonWithAdamW``, and the same non-finite policy as Muon.
+    """
+
+    def __init__(
+        self,
+        lr_muon: LearningRate = MUON_DEFAULTS["lr"],
+        lr_adamw: LearningRate = ADAMW_DEFAULTS["lr"],
+        *,
+        beta2: Optional[float] = None,
+        adamw_betas: Tuple[float, float] = ADAMW_DEFAULTS["betas"],
+        adamw_eps: float = ADAMW_DEFAULTS["eps"],
+        adamw_weight_decay: float = ADAMW_DEFAULTS["weight_decay"],
+        exclude: Iterable[str] = DEFAULT_EXCLUDE,
+        filter: Optional[Callable[[str, mx.array], bool]] = None,
+        **muon_kwargs,
+    ):
+        muon = Muon(lr_muon, **muon_kwargs) if beta2 is None else NorMuon(lr_muon, beta2=beta2, **muon_kwargs)
+        adamw = _make_adamw(lr_adamw, adamw_betas, adamw_eps, adamw_weight_decay)
+        exclude = tuple(exclude)
+        self._muon_filter = filter if filter is not None else (lambda path, a: muon_filter(path, a, exclude))
+        self._embedding_paths: Tuple[str, ...] = ()
+        super().__init__([muon, adamw], [self._routes_to_muon])
+
+    def _routes_to_muon(self, path: str, array: mx.array) -> bool:
+        return not under(path, self._embedding_paths) and bool(self._muon_filter(path, array))
+
+    def _prepare(self, leaves, parameters) -> None:
+        if isinstance(parameters, nn.Module):
+            self._embedding_paths = embedding_paths(parameters)
+
+    @property
+    def muon(self) -> Muon:
+        return self.optimizers[0]
+
+    @property
+    def adamw(self) -> AdamW:
+        return self.optimizers[1]
+
+
+def _make_adamw(learning_rate, betas, eps, weight_decay) -> AdamW:
+    _check_learning_rate(learning_rate)
+    check_hyperparameters(lr=0.0, weight_decay=weight_decay)
+    if len(betas) != 2:
+        raise ValueError(f"AdamW betas must be a pair, got {betas!r}")
+    return _FiniteAdamW(learning_rate, betas=list(betas), eps=eps, weight_decay=weight_decay, bias_correction=True)
+
+
+class _NamedSplit(_CheckedMultiOptimizer):
+    """MultiOptimizer([first, rest]) sending the parameters under the named modules to the first;
+    raises if a step's gradients contain none of them (a misspelt name would otherwise silently
+    hand the embedding to the second optimizer)."""
+
+    def __init__(self, first, rest, names: Tuple[str, ...]):
+        self.names = names
+        super().__init__([first, rest], [lambda path, _: under(path, names)])
+
+    def _prepare(self, leaves, parameters) -> None:
+        if not any(under(path, self.names) for path, *_ in leaves):
+            raise ValueError(
+                f"no gradient under {', '.join(repr(n) for n in self.names)}; gradient paths "
+                f"start with {sorted({path.split('.')[0] for path, *_ in leaves})}"
+            )
+
+
+def embedding_signsgd_with_adamw(
+    learning_rate: LearningRate,
+    embedding: Union[str, Sequence[str]],
+    *,
+    embedding_lr_ratio: float = 100.0,
+    embedding_weight_decay: float = 0.1,
+    sparse: bool = True,
+    betas: Tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    weight_decay: float = 0.1,
+) -> MultiOptimizer:
+    """The seed's two-optimizer set-up: :class:`SignSGD` for the named sparse embedding(s) at
+    ``embedding_lr_ratio`` (100) times ``learning_rate``, AdamW with betas (0.9, 0.95) and weight
+    decay 0.1 (bias-corrected, as ``torch.optim.AdamW``) for every other parameter.
+
+    ``embedding`` is the module path of the embedding (``"tok_embeddings"``; ``"encoder.embed"``
+    for a nested one), or several. A schedule for ``learning_rate`` drives both optimizers.
+
+    Example::
+
+        opt = embedding_signsgd_with_adamw(3e-4, "tok_embeddings")
+        loss, grads = nn.value_and_grad(model, loss_fn)(model, x, y)
+        opt.update(model, grads)
+    """
+    names = (embedding,) if isinstance(embedding, str) else tuple(embedding)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"embedding must name one or more modules, got {embedding!r}")
+    if not (embedding_lr_ratio > 0):
+        raise ValueError(f"embedding_lr_ratio must be > 0, got {embedding_lr_ratio!r}")
+    if callable(learning_rate):
+        schedule = learning_rate
+        embedding_lr = lambda step: embedding_lr_ratio * schedule(step)  # noqa: E731
+    else:
+        _check_learning_rate(learning_rate)
+        embedding_lr = embedding_lr_ratio * learning_rate
+    signsgd = SignSGD(embedding_lr, weight_decay=embedding_weight_decay, sparse=sparse)
+    adamw = _make_adamw(learning_rate, betas, eps, weight_decay)
+    return _NamedSplit(signsgd, adamw, names)

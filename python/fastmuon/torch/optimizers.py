@@ -1,4 +1,5 @@
-"""Muon, NorMuon and MuonWithAdamW for PyTorch: thin Optimizer classes over ``functional.py``.
+"""Muon, NorMuon, MuonWithAdamW and SignSGD for PyTorch: thin Optimizer classes over
+``functional.py``.
 
 All three share one step path (``_MuonFamily``): per parameter, the EMA momentum and the tensor
 to orthogonalize; then one batched ``orthogonalize`` call per stack of same-shape matrices
@@ -30,44 +31,47 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
 
-from .._optim_rules import check_hyperparameters, matrix_view, normuon_state_shape, shape_scale
-from .._plan import check_backend, make_plan
+from ..rules import (
+    ADAMW_DEFAULTS,
+    MUON_DEFAULTS,
+    NORMUON_BETA2,
+    check_hyperparameters,
+    check_muon_options,
+    matrix_view,
+    muon_options,
+    normuon_state_shape,
+    shape_scale,
+)
 from .functional import (
     adamw_update,
     decoupled_update,
     muon_momentum,
     normuon_normalize,
+    rows_touched,
+    signsgd_update,
     sphere_geodesic_update,
     sphere_project_update,
 )
 from .orthogonalize import BACKENDS, orthogonalize
 
-__all__ = ["Muon", "NorMuon", "MuonWithAdamW"]
+__all__ = ["Muon", "NorMuon", "MuonWithAdamW", "SignSGD"]
+
+# Muon group options besides MUON_DEFAULTS: NorMuon's beta2 (None: plain Muon) and nGPT's sphere.
+_GROUP_EXTRAS = dict(beta2=None, sphere=None)
 
 
-def _muon_defaults(
-    lr, momentum, nesterov, weight_decay, method, ns_steps, adjust_lr, cautious_weight_decay, backend, ns_dtype, beta2, sphere
-) -> Dict[str, Any]:
-    return dict(
-        lr=lr,
-        momentum=momentum,
-        nesterov=nesterov,
-        weight_decay=weight_decay,
-        method=method,
-        ns_steps=ns_steps,
-        adjust_lr=adjust_lr,
-        cautious_weight_decay=cautious_weight_decay,
-        backend=backend,
-        ns_dtype=ns_dtype,
-        beta2=beta2,
-        sphere=sphere,
-    )
+def _float_lr(lr, what: str = "lr") -> None:
+    if callable(lr) or isinstance(lr, torch.Tensor):
+        raise ValueError(
+            f"{what} must be a float, got {type(lr).__name__}; schedule it with torch.optim.lr_scheduler "
+            "(e.g. LambdaLR with fastmuon.warmup_cosine)"
+        )
 
 
 def _param_name(group: dict, index: int, group_index: int) -> str:
@@ -78,23 +82,9 @@ def _param_name(group: dict, index: int, group_index: int) -> str:
 
 
 def _check_muon_group(group: dict, group_index: int) -> None:
-    lr = group["lr"]
-    if callable(lr) or isinstance(lr, torch.Tensor):
-        raise ValueError(
-            f"lr must be a float, got {type(lr).__name__}; schedule it with torch.optim.lr_scheduler "
-            "(e.g. LambdaLR with fastmuon.warmup_cosine)"
-        )
-    check_hyperparameters(
-        lr=lr,
-        momentum=group["momentum"],
-        weight_decay=group["weight_decay"],
-        adjust_lr=group["adjust_lr"],
-        beta2=group["beta2"],
-        ns_steps=group["ns_steps"],
-        sphere=group["sphere"],
-    )
-    make_plan(group["method"], group["ns_steps"], None)  # validates method and steps
-    check_backend(group["backend"], BACKENDS)
+    _float_lr(group["lr"])
+    check_hyperparameters(lr=group["lr"])
+    check_muon_options(group, BACKENDS)
     ns_dtype = group["ns_dtype"]
     if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
         raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
@@ -106,9 +96,8 @@ def _check_muon_group(group: dict, group_index: int) -> None:
 
 def _check_adamw_group(group: dict) -> None:
     lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    _float_lr(lr)
     check_hyperparameters(lr=lr, weight_decay=wd)
-    if callable(lr) or isinstance(lr, torch.Tensor):
-        raise ValueError(f"lr must be a float, got {type(lr).__name__}")
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
         raise ValueError(f"betas must be in [0, 1), got {group['betas']!r}")
     if not (math.isfinite(eps) and eps >= 0):
@@ -136,7 +125,27 @@ class _Pending:
                 g["method"], g["ns_steps"], g["backend"], g["ns_dtype"])
 
 
-class _MuonFamily(Optimizer):
+class _CheckedOptimizer(Optimizer):
+    """An Optimizer whose ``add_param_group`` fills per-kind defaults and validates the group
+    (raising ValueError, with the optimizer left as it was)."""
+
+    def _fill_group_defaults(self, group: dict) -> None:
+        """Fill a new group's per-kind defaults (before the base class adds ``self.defaults``)."""
+
+    def _check_group(self, group: dict, index: int) -> None:
+        """Raise ValueError naming the first bad option or parameter of ``group``."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        self._fill_group_defaults(param_group)
+        super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[-1], len(self.param_groups) - 1)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+
+class _MuonFamily(_CheckedOptimizer):
     """Shared step of Muon, NorMuon and MuonWithAdamW (see the module docstring)."""
 
     def __init__(self, params, defaults: dict, *, distributed: Optional[bool], process_group) -> None:
@@ -146,22 +155,11 @@ class _MuonFamily(Optimizer):
         self._process_group = process_group
         super().__init__(params, defaults)
 
-    # ----------------------------------------------------------------- groups
-    def _fill_group_defaults(self, group: dict) -> None:
-        """Fill a new group's per-kind defaults (before the base class adds ``self.defaults``)."""
-
-    def add_param_group(self, param_group: dict) -> None:
-        self._fill_group_defaults(param_group)
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        try:
-            if group["use_muon"]:
-                _check_muon_group(group, len(self.param_groups) - 1)
-            else:
-                _check_adamw_group(group)
-        except ValueError:
-            self.param_groups.pop()
-            raise
+    def _check_group(self, group: dict, index: int) -> None:
+        if group["use_muon"]:
+            _check_muon_group(group, index)
+        else:
+            _check_adamw_group(group)
 
     # ------------------------------------------------------------------- step
     @torch.no_grad()
@@ -378,27 +376,30 @@ class Muon(_MuonFamily):
     unchanged and counting ``state["skipped_steps"]``; no device sync is forced.
     """
 
+    _beta2: Optional[float] = None  # NorMuon sets it
+
     def __init__(
         self,
         params,
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        method: str = "polar_express",
-        ns_steps: int = 5,
-        adjust_lr: str = "original",
-        cautious_weight_decay: bool = False,
-        backend: str = "auto",
-        ns_dtype: Optional[torch.dtype] = None,
+        lr: float = MUON_DEFAULTS["lr"],
+        momentum: float = MUON_DEFAULTS["momentum"],
+        nesterov: bool = MUON_DEFAULTS["nesterov"],
+        weight_decay: float = MUON_DEFAULTS["weight_decay"],
+        method: str = MUON_DEFAULTS["method"],
+        ns_steps: int = MUON_DEFAULTS["ns_steps"],
+        adjust_lr: str = MUON_DEFAULTS["adjust_lr"],
+        cautious_weight_decay: bool = MUON_DEFAULTS["cautious_weight_decay"],
+        backend: str = MUON_DEFAULTS["backend"],
+        ns_dtype: Optional[torch.dtype] = MUON_DEFAULTS["ns_dtype"],
         *,
         sphere: Optional[str] = None,
         distributed: Optional[bool] = None,
         process_group=None,
     ) -> None:
-        defaults = _muon_defaults(lr, momentum, nesterov, weight_decay, method, ns_steps, adjust_lr,
-                                  cautious_weight_decay, backend, ns_dtype, None, sphere)
-        defaults["use_muon"] = True
+        options = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, method=method,
+                       ns_steps=ns_steps, adjust_lr=adjust_lr, cautious_weight_decay=cautious_weight_decay,
+                       backend=backend, ns_dtype=ns_dtype)
+        defaults = dict(muon_options(options), beta2=self._beta2, sphere=sphere, use_muon=True)
         super().__init__(params, defaults, distributed=distributed, process_group=process_group)
 
     def _fill_group_defaults(self, group: dict) -> None:
@@ -412,34 +413,15 @@ class NorMuon(Muon):
     After orthogonalization O (R x C), m = mean(O^2) over the smaller dimension (one value per
     row if R >= C, else per column), s <- beta2 s + (1 - beta2) m, O' = O / sqrt(max(s, 1e-10))
     rescaled to ||O||_F; then Muon's scale and update. State: ``second_moment`` of shape
-    (batch, R, 1) or (batch, 1, C) on the matrix view. Other arguments as :class:`Muon`.
+    (batch, R, 1) or (batch, 1, C) on the matrix view. Other arguments (keywords after ``lr``)
+    as :class:`Muon`.
     """
 
-    def __init__(
-        self,
-        params,
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        method: str = "polar_express",
-        ns_steps: int = 5,
-        adjust_lr: str = "original",
-        cautious_weight_decay: bool = False,
-        backend: str = "auto",
-        ns_dtype: Optional[torch.dtype] = None,
-        beta2: float = 0.95,
-        *,
-        sphere: Optional[str] = None,
-        distributed: Optional[bool] = None,
-        process_group=None,
-    ) -> None:
+    def __init__(self, params, lr: float = MUON_DEFAULTS["lr"], *, beta2: float = NORMUON_BETA2, **options) -> None:
         if beta2 is None:  # None would silently make this plain Muon
             raise ValueError("beta2 must be in [0, 1), got None")
-        defaults = _muon_defaults(lr, momentum, nesterov, weight_decay, method, ns_steps, adjust_lr,
-                                  cautious_weight_decay, backend, ns_dtype, beta2, sphere)
-        defaults["use_muon"] = True
-        _MuonFamily.__init__(self, params, defaults, distributed=distributed, process_group=process_group)
+        self._beta2 = beta2
+        super().__init__(params, lr, **options)
 
 
 class MuonWithAdamW(_MuonFamily):
@@ -447,38 +429,27 @@ class MuonWithAdamW(_MuonFamily):
     in one optimizer (one step, one state_dict, one set of lr schedulers).
 
     Build the groups with :func:`fastmuon.torch.muon_param_groups`. Each group may set its own
-    options; missing ones come from the arguments here: Muon groups take ``lr``, ``momentum``,
-    ... as :class:`Muon` (``beta2`` set makes them NorMuon); AdamW groups take ``adamw_lr``,
-    ``adamw_betas``, ``adamw_eps`` and ``adamw_weight_decay`` (under the keys ``lr``, ``betas``,
-    ``eps``, ``weight_decay``). AdamW is torch.optim.AdamW's rule (decoupled decay, bias
-    correction), with the same non-finite policy as Muon.
+    options; missing ones come from the arguments here: Muon groups take ``lr`` and the keyword
+    options of :class:`Muon` (``beta2`` set makes them NorMuon; ``sphere`` as Muon); AdamW
+    groups take ``adamw_lr``, ``adamw_betas``, ``adamw_eps`` and ``adamw_weight_decay`` (under
+    the keys ``lr``, ``betas``, ``eps``, ``weight_decay``). AdamW is torch.optim.AdamW's rule
+    (decoupled decay, bias correction), with the same non-finite policy as Muon.
     """
 
     def __init__(
         self,
         param_groups,
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        weight_decay: float = 0.0,
-        method: str = "polar_express",
-        ns_steps: int = 5,
-        adjust_lr: str = "original",
-        cautious_weight_decay: bool = False,
-        backend: str = "auto",
-        ns_dtype: Optional[torch.dtype] = None,
-        beta2: Optional[float] = None,
+        lr: float = MUON_DEFAULTS["lr"],
         *,
-        adamw_lr: float = 1e-3,
-        adamw_betas: Tuple[float, float] = (0.9, 0.95),
-        adamw_eps: float = 1e-10,
-        adamw_weight_decay: float = 0.0,
-        sphere: Optional[str] = None,
+        adamw_lr: float = ADAMW_DEFAULTS["lr"],
+        adamw_betas: Tuple[float, float] = ADAMW_DEFAULTS["betas"],
+        adamw_eps: float = ADAMW_DEFAULTS["eps"],
+        adamw_weight_decay: float = ADAMW_DEFAULTS["weight_decay"],
         distributed: Optional[bool] = None,
         process_group=None,
+        **muon_options,
     ) -> None:
-        self.muon_defaults = _muon_defaults(lr, momentum, nesterov, weight_decay, method, ns_steps, adjust_lr,
-                                            cautious_weight_decay, backend, ns_dtype, beta2, sphere)
+        self.muon_defaults = muon_options_with_extras(dict(muon_options, lr=lr))
         self.adamw_defaults = dict(lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps,
                                    weight_decay=adamw_weight_decay)
         # Kind-specific defaults are filled per group; ``defaults`` keeps only what all share.
@@ -493,3 +464,68 @@ class MuonWithAdamW(_MuonFamily):
         group["use_muon"] = bool(group["use_muon"])
         for key, value in (self.muon_defaults if group["use_muon"] else self.adamw_defaults).items():
             group.setdefault(key, value)
+
+
+def muon_options_with_extras(given: dict) -> dict:
+    """Muon group defaults: MUON_DEFAULTS, NorMuon's ``beta2`` and ``sphere``, updated with
+    ``given`` (an unknown name raises TypeError)."""
+    return {**_GROUP_EXTRAS, **muon_options(given, extra=_GROUP_EXTRAS)}
+
+
+class SignSGD(_CheckedOptimizer):
+    """W <- W (1 - lr wd) - lr sign(G); no state (algorithms.md, the seed's embedding optimizer).
+
+    Args:
+        params: parameters or param groups, any shape.
+        lr: learning rate (default 1e-2).
+        weight_decay: decoupled weight decay (default 0.1).
+        sparse: if True, only rows (index along dim 0, e.g. embedding rows) whose gradient has a
+            non-zero entry are decayed and updated; rows the batch did not touch stay exactly as
+            they are. Sparse COO gradients (``nn.Embedding(sparse=True)``) are read directly
+            with ``sparse=True`` and densified otherwise.
+
+    A parameter whose gradient holds a NaN or Inf is left unchanged for that step (checked with
+    tensor ops, no device sync). The caller's gradients are never modified.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.1, sparse: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, sparse=bool(sparse)))
+
+    def _check_group(self, group: dict, index: int) -> None:
+        _float_lr(group["lr"])
+        check_hyperparameters(lr=group["lr"], weight_decay=group["weight_decay"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, sparse = group["lr"], group["weight_decay"], group["sparse"]
+            for p in group["params"]:
+                G = p.grad
+                if G is None:
+                    continue
+                if G.is_sparse:
+                    G = G.coalesce()
+                    if sparse and G.sparse_dim() == 1:
+                        self._sparse_rows_step(p, G, lr, wd)
+                        continue
+                    G = G.to_dense()
+                finite = torch.isfinite(G).all()
+                W_new = signsgd_update(p.detach(), G.to(p.dtype), lr=lr, weight_decay=wd)
+                keep = finite & rows_touched(G) if sparse else finite
+                p.copy_(torch.where(keep, W_new, p))
+        return loss
+
+    @staticmethod
+    def _sparse_rows_step(p: torch.Tensor, G: torch.Tensor, lr: float, wd: float) -> None:
+        """Update only the rows a coalesced COO gradient lists (and that hold a non-zero)."""
+        rows, values = G.indices()[0], G.values()
+        finite = torch.isfinite(values).all()
+        W_rows = p.detach().index_select(0, rows)
+        W_new = signsgd_update(W_rows, values.to(p.dtype), lr=lr, weight_decay=wd)
+        keep = finite & rows_touched(values)
+        p.index_copy_(0, rows, torch.where(keep, W_new, W_rows))

@@ -1,14 +1,18 @@
-"""Framework-neutral parts of the Muon-family optimizers: hyperparameter checks, how a weight
-is viewed as matrices, the learning-rate shape scale and the routing of parameters by name.
+"""Framework-neutral parts of the Muon-family optimizers: defaults, hyperparameter checks, how
+a weight is viewed as matrices, the learning-rate shape scale and the routing of parameters by
+name.
 
 ``fastmuon.torch`` and ``fastmuon.mlx`` optimizers both use these, so their defaults, errors and
-semantics cannot drift apart. Update rules themselves: ../shared/reference/algorithms.md.
+semantics cannot drift apart. The update rules themselves are each framework's
+``functional.py``.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Iterable, Optional, Sequence, Tuple
+
+from .plan import check_backend, make_plan
 
 ADJUST_LR = ("original", "match_rms_adamw")
 # nGPT weights kept on the unit sphere: every row of the matrix view (the last axis; for a
@@ -19,8 +23,54 @@ ADJUST_LR = ("original", "match_rms_adamw")
 SPHERE_MODES = (None, "project", "geodesic")
 DEFAULT_EXCLUDE = ("embed", "lm_head", "head", "output")
 
-# NorMuon: floor on the per-neuron second moment before the division (algorithms.md).
+# NorMuon: floor on the per-neuron second moment before the division.
 NORMUON_EPS = 1e-10
+NORMUON_BETA2 = 0.95  # the NorMuon paper's code; modded-nanogpt uses 0.9
+
+# Muon's options and their defaults, for both frameworks. ``lr`` is "learning_rate" in MLX;
+# ``ns_dtype`` None means orthogonalize's default compute dtype.
+MUON_DEFAULTS = dict(
+    lr=0.02,
+    momentum=0.95,
+    nesterov=True,
+    weight_decay=0.0,
+    method="polar_express",
+    ns_steps=5,
+    adjust_lr="original",
+    cautious_weight_decay=False,
+    backend="auto",
+    ns_dtype=None,
+)
+
+# The AdamW half of MuonWithAdamW (torch.optim.AdamW's rule), for both frameworks.
+ADAMW_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
+
+
+def muon_options(given: dict, extra: Iterable[str] = ()) -> dict:
+    """MUON_DEFAULTS updated with ``given``; a name that is neither a Muon option nor in
+    ``extra`` raises TypeError naming it (as a misspelt keyword argument would)."""
+    allowed = set(MUON_DEFAULTS) | set(extra)
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise TypeError(
+            f"unexpected Muon option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(allowed))}"
+        )
+    return {**MUON_DEFAULTS, **given}
+
+
+def check_muon_options(options: dict, backends: Sequence[str]) -> None:
+    """Raise ValueError naming the first bad Muon option (``lr`` is checked by the caller)."""
+    check_hyperparameters(
+        lr=0.0,
+        momentum=options["momentum"],
+        weight_decay=options["weight_decay"],
+        adjust_lr=options["adjust_lr"],
+        beta2=options.get("beta2"),
+        ns_steps=options["ns_steps"],
+        sphere=options.get("sphere"),
+    )
+    make_plan(options["method"], options["ns_steps"], None)  # validates method and steps
+    check_backend(options["backend"], backends)
 
 
 def check_hyperparameters(

@@ -1,0 +1,67 @@
+"""The plain-torch orthogonalization: what every faster torch backend is tested against.
+
+``TorchOps`` supplies the matrix operations of ``fastmuon.iteration`` with plain torch calls
+(cuBLAS on CUDA, MKL/oneDNN on CPUs); the Triton driver subclasses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..iteration import orthogonalize_with
+from ..plan import Plan
+
+
+def as_batch(t: torch.Tensor) -> torch.Tensor:
+    """(..., m, n) -> (batch, m, n); also for empty tensors, where reshape(-1, m, n) is ambiguous."""
+    return t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])
+
+
+class TorchOps:
+    """Plain-torch matrix operations on (batch, m, n) tensors."""
+
+    @staticmethod
+    def xxt(X):
+        return X @ X.mT
+
+    @staticmethod
+    def ba_plus_caa(A, alpha, beta):
+        return torch.baddbmm(A, A, A, alpha=alpha, beta=beta)
+
+    @staticmethod
+    def addmm(C, A, B, alpha, beta):
+        return torch.baddbmm(C, A, B, alpha=alpha, beta=beta)
+
+    @staticmethod
+    def matmul(A, B):
+        return A @ B
+
+    @staticmethod
+    def add_identity(Z, a):
+        return Z + a * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
+
+    @staticmethod
+    def to_batch(G, dtype):
+        return as_batch(G).to(dtype)
+
+    @staticmethod
+    def transpose(X):
+        return X.mT
+
+    @staticmethod
+    def normalize(X, scale, eps):
+        norm_dtype = torch.promote_types(X.dtype, torch.float32)
+        X_wide = X.to(norm_dtype)
+        norm = torch.linalg.matrix_norm(X_wide, keepdim=True)
+        return (X_wide / (norm * scale + eps)).to(X.dtype)
+
+    @staticmethod
+    def restore(X, G):
+        return X.reshape(G.shape).to(G.dtype)
+
+
+def orthogonalize(G: torch.Tensor, plan: Plan, compute_dtype: torch.dtype) -> torch.Tensor:
+    """The plan's iteration on G (..., m, n) with plain torch ops, in ``compute_dtype``."""
+    return orthogonalize_with(G, plan, TorchOps(), compute_dtype)
