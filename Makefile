@@ -35,7 +35,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m fastmuon bench --quick
 	mkdir -p bench/out
-	$(PY) -m fastmuon demo --json bench/out/demo.json --plot bench/out/demo_loss.png
+	PYTHONPATH=bench $(PY) -m demo --json bench/out/demo.json --plot bench/out/demo_loss.png
 
 clean:
 	rm -rf build $(VENV)

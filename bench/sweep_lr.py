@@ -1,8 +1,8 @@
-"""Learning-rate sweep behind the demo's LEARNING_RATES (python/fastmuon/demo/run.py).
+"""Learning-rate sweep behind the demo's LEARNING_RATES (bench/demo/run.py).
 
 For each framework: AdamW alone over ADAMW_GRID; then Muon and NorMuon over MUON_GRID with
 their AdamW part (embeddings, head, norms) at AdamW's best lr. Same model, data, seed and step
-budget as `python -m fastmuon demo` (the full config), so the baseline gets the same care as
+budget as the demo (`make demo`) (the full config), so the baseline gets the same care as
 the optimizers it is compared with. Writes bench/results/lr_sweep.json.
 
     python bench/sweep_lr.py [--frameworks torch mlx]
@@ -14,10 +14,11 @@ import argparse
 import json
 import os
 
+from demo.config import FULL
+from demo.data import load_corpus
+from demo.run import available_frameworks, train
+
 from fastmuon.bench import environment
-from fastmuon.demo.config import FULL
-from fastmuon.demo.data import load_corpus
-from fastmuon.demo.run import available_frameworks, trainer
 
 ADAMW_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 MUON_GRID = (0.01, 0.02, 0.05, 0.1)
@@ -25,15 +26,14 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "l
 
 
 def sweep(framework: str, corpus) -> dict:
-    train = trainer(framework)
     runs = {"adamw": {}, "muon": {}, "normuon": {}}
     for lr in ADAMW_GRID:
-        runs["adamw"][lr] = train(FULL, corpus, "adamw", lr, 0.0)["final_val_loss"]
+        runs["adamw"][lr] = train(framework, FULL, corpus, "adamw", lr, 0.0)["final_val_loss"]
         print(f"{framework} adamw lr={lr:g}: {runs['adamw'][lr]:.4f}", flush=True)
     adamw_best = min(runs["adamw"], key=runs["adamw"].get)
     for name in ("muon", "normuon"):
         for lr in MUON_GRID:
-            runs[name][lr] = train(FULL, corpus, name, lr, adamw_best)["final_val_loss"]
+            runs[name][lr] = train(framework, FULL, corpus, name, lr, adamw_best)["final_val_loss"]
             print(f"{framework} {name} lr={lr:g}: {runs[name][lr]:.4f}", flush=True)
     best = {"adamw": {"lr": adamw_best}}
     for name in ("muon", "normuon"):

@@ -6,13 +6,18 @@ import json
 import math
 import os
 
+import sys
+
 import pytest
 
-from fastmuon.demo.config import OPTIMIZERS, QUICK
-from fastmuon.demo.data import STDLIB_FILES, load_corpus
-from fastmuon.demo.run import LEARNING_RATES, available_frameworks, run, steps_to_reach
+BENCH = os.path.join(os.path.dirname(__file__), "..", "bench")
+sys.path.insert(0, BENCH)  # the demo lives in bench/demo, outside the package
 
-SWEEP = os.path.join(os.path.dirname(__file__), "..", "bench", "results", "lr_sweep.json")
+from demo.config import OPTIMIZERS, QUICK  # noqa: E402
+from demo.data import STDLIB_FILES, load_corpus  # noqa: E402
+from demo.run import LEARNING_RATES, available_frameworks, run, steps_to_reach  # noqa: E402
+
+SWEEP = os.path.join(BENCH, "results", "lr_sweep.json")
 
 
 def test_learning_rates_are_the_sweeps_best():

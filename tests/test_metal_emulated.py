@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import metal_tools as mt
-from native_helpers import assert_exactly_symmetric, assert_within_dot_bound
+from support import metal_tools as mt
+from support.native_helpers import assert_exactly_symmetric, assert_within_dot_bound
 from fastmuon import tiles
 
 mx = pytest.importorskip("mlx.core")
@@ -368,8 +368,8 @@ def test_metal_kernel_transposed_input(emulated_metal, rng):
 def test_orthogonalize_backend_metal(emulated_metal, rng, method, shape, compute):
     """The whole iteration on the metal backend meets the same bound as every other backend
     computing in that dtype (test_orthogonalize.check_against_exact)."""
-    from frameworks import MlxFramework
-    from spectral import matrix_with_spectrum
+    from support.frameworks import MlxFramework
+    from support.spectral import matrix_with_spectrum
     from test_orthogonalize import check_against_exact
 
     from fastmuon.plan import make_plan

@@ -21,8 +21,8 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from conftest import require_native  # noqa: E402
-from native_helpers import MLX_DTYPES, assert_exactly_symmetric, assert_within_dot_bound, mx_to_np  # noqa: E402
+from support.native_helpers import require_native  # noqa: E402
+from support.native_helpers import MLX_DTYPES, assert_exactly_symmetric, assert_within_dot_bound, mx_to_np  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not mx.metal.is_available(),
@@ -117,8 +117,8 @@ def test_metal_kernel_strided_inputs(rng):
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(64, 64), (48, 80), (80, 48), (1, 37), (3, 40, 56), (300, 500)], ids=str)
 def test_orthogonalize_backend_metal_fp32(rng, method, shape):
-    from frameworks import MlxFramework
-    from spectral import matrix_with_spectrum
+    from support.frameworks import MlxFramework
+    from support.spectral import matrix_with_spectrum
     from test_orthogonalize import check_against_exact
 
     from fastmuon.plan import make_plan
@@ -134,8 +134,8 @@ def test_orthogonalize_backend_metal_fp32(rng, method, shape):
 @pytest.mark.parametrize("compute", ["bfloat16", "float16"])
 @pytest.mark.parametrize("method", METHODS)
 def test_orthogonalize_backend_metal_16bit_compute(rng, method, compute):
-    from frameworks import MlxFramework
-    from spectral import matrix_with_spectrum
+    from support.frameworks import MlxFramework
+    from support.spectral import matrix_with_spectrum
     from test_orthogonalize import check_against_exact
 
     from fastmuon.plan import make_plan
@@ -202,8 +202,8 @@ def test_primitive_strided_input_on_gpu(metal_ext, rng):
 @pytest.mark.parametrize("shape", [(64, 64), (48, 80), (80, 48), (3, 40, 56), (1, 37)], ids=str)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_primitive_orthogonalize_on_gpu(metal_ext, rng, method, shape, dtype):
-    from frameworks import MlxFramework
-    from spectral import matrix_with_spectrum
+    from support.frameworks import MlxFramework
+    from support.spectral import matrix_with_spectrum
     from test_orthogonalize import check_against_exact
 
     from fastmuon.plan import GRAM_RESTART_EVERY, make_plan

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-import metal_tools as mt
+from support import metal_tools as mt
 
 METAL_FILES = sorted(mt.METAL_DIR.glob("*.metal"))
 CSRC_METAL_FILES = [

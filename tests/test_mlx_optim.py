@@ -24,10 +24,10 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 import fastmuon.mlx as fm  # noqa: E402
 from fastmuon import schedules as pure_schedules  # noqa: E402
-from fastmuon.rules import matrix_view, normuon_reduce_dim, shape_scale  # noqa: E402
 from fastmuon.plan import make_plan  # noqa: E402
-from conftest import require_native  # noqa: E402
-from spectral import UNIT_ROUNDOFF  # noqa: E402
+from support.native_helpers import require_native  # noqa: E402
+from support import reference_optim as reference  # noqa: E402
+from support.spectral import UNIT_ROUNDOFF  # noqa: E402
 
 U32 = UNIT_ROUNDOFF["float32"]
 LR = 0.02
@@ -106,34 +106,6 @@ CONFIGS = {
 }
 
 
-def reference_orthogonalize(U: np.ndarray, plan) -> np.ndarray:
-    """The polynomial iteration on (b, r, c), written from algorithms.md, in U's dtype: wide
-    orientation, X / (||X||_F s + eps), X <- a X + (b A + c A A) X with A = X X^T. For
-    ``plan.uses_gram`` the Gram-space form (Q, R = X X^T, restart after every second step),
-    the same map in exact arithmetic with its own rounding, so the float32 baseline has it."""
-    tall = U.shape[-2] > U.shape[-1]
-    X = np.swapaxes(U, -1, -2) if tall else U
-    X = X / (np.linalg.norm(X, axis=(-2, -1), keepdims=True) * plan.norm_scale + plan.eps)
-    T = lambda A: np.swapaxes(A, -1, -2)  # noqa: E731
-    if not plan.uses_gram:
-        for a, b, c in plan.coefficients:
-            A = X @ T(X)
-            X = a * X + (b * A + c * A @ A) @ X
-    else:
-        eye = np.eye(X.shape[-2], dtype=X.dtype)
-        R, Q = X @ T(X), eye
-        for step, (a, b, c) in enumerate(plan.coefficients, start=1):
-            Z = b * R + c * R @ R
-            Q = Q @ Z + a * Q
-            RZ = R @ Z + a * R
-            R = Z @ RZ + a * RZ
-            if step % 2 == 0 and step < len(plan.coefficients):
-                X, Q = Q @ X, eye
-                R = X @ T(X)
-        X = Q @ X
-    return T(X) if tall else X
-
-
 class Reference:
     """Muon / NorMuon on matrix views, written from algorithms.md in numpy, in float64 (the
     reference) or float32 (the baseline: a plain implementation of the same rule)."""
@@ -142,16 +114,11 @@ class Reference:
         self.cfg, self.dtype = cfg, dtype
         self.lr = float(np.float32(lr))  # the optimizers hold lr in float32
         self.plan = make_plan(cfg.method, cfg.ns_steps, None)
-        self.views = {k: matrix_view(p.shape, k) for k, p in params.items()}
+        self.views = {k: reference.matrix_view(p.shape) for k, p in params.items()}
         self.W = {k: to64(p).reshape(self.views[k]).astype(dtype) for k, p in params.items()}
         self.M = {k: np.zeros_like(w) for k, w in self.W.items()}
-        self.v = {k: np.zeros(self._v_shape(w.shape), dtype) for k, w in self.W.items()}
+        self.v = {k: reference.normuon_state(w.shape, dtype) for k, w in self.W.items()}
         self.O = {}
-
-    @staticmethod
-    def _v_shape(view):
-        b, r, c = view
-        return (b, r, 1) if r >= c else (b, 1, c)
 
     def load(self, params: dict, state: dict):
         for k, view in self.views.items():
@@ -165,29 +132,13 @@ class Reference:
             self._step_one(k, to64(g).reshape(self.views[k]).astype(self.dtype))
 
     def _step_one(self, k, G):
-        cfg, lr = self.cfg, self.lr
-        beta = cfg.momentum
-        M = beta * self.M[k] + (1 - beta) * G
-        U = (1 - beta) * G + beta * M if cfg.nesterov else M
-        O = reference_orthogonalize(U, self.plan)
-        rows, cols = O.shape[-2:]
+        cfg = self.cfg
+        hp = dict(lr=self.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
+                  adjust_lr=cfg.adjust_lr, cautious_weight_decay=cfg.cautious,
+                  beta2=cfg.beta2 if cfg.normuon else None)
+        self.W[k], self.M[k], v, self.O[k], _ = reference.muon_step(self.W[k], self.M[k], self.v[k], G, hp, self.plan)
         if cfg.normuon:
-            m = np.mean(O * O, axis=normuon_reduce_dim(rows, cols), keepdims=True)
-            v = cfg.beta2 * self.v[k] + (1 - cfg.beta2) * m
-            normalized = O / np.sqrt(np.maximum(v, 1e-10))
-            O = normalized * (
-                np.linalg.norm(O, axis=(-2, -1), keepdims=True) / np.linalg.norm(normalized, axis=(-2, -1), keepdims=True)
-            )
-            self.v[k] = v
-        W = self.W[k]
-        step = lr * shape_scale(rows, cols, cfg.adjust_lr) * O
-        if cfg.weight_decay == 0:
-            W = W - step
-        elif cfg.cautious:
-            W = W - lr * cfg.weight_decay * ((O * W) >= 0) * W - step
-        else:
-            W = W * (1 - lr * cfg.weight_decay) - step
-        self.M[k], self.W[k], self.O[k] = M, W, O
+            self.v[k] = v.astype(self.dtype)
 
 
 class Checker:

@@ -18,13 +18,13 @@ import types
 
 import numpy as np
 import pytest
-from native_helpers import (
+from support.native_helpers import (
     MLX_DTYPES,
     assert_exactly_symmetric,
     assert_within_dot_bound,
     mx_to_np,
 )
-from spectral import SPECTRA, exact_iteration, matrix_with_spectrum, rounding_allowance
+from support.spectral import SPECTRA, exact_iteration, matrix_with_spectrum, rounding_allowance
 from test_orthogonalize import check_against_exact
 
 from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
@@ -314,7 +314,7 @@ def _plan_args(plan, restart_every=GRAM_RESTART_EVERY):
 
 def _run_native(api, G32: np.ndarray, plan, restart_every=GRAM_RESTART_EVERY) -> np.ndarray:
     """Orthogonalize the float32 array G32 with the native kernel through ``api``."""
-    from conftest import require_native
+    from support.native_helpers import require_native
 
     shape = G32.shape
     if api == "mlx":

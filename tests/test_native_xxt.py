@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from native_helpers import MLX_DTYPES, assert_exactly_symmetric, assert_within_dot_bound, mx_to_np
+from support.native_helpers import MLX_DTYPES, assert_exactly_symmetric, assert_within_dot_bound, mx_to_np
 
 # (batch, m, k): 1x1, 1xn, odd rectangular both ways, a batch, k == 0.
 BLAS_SHAPES = [(1, 1, 1), (1, 1, 37), (1, 70, 45), (1, 33, 100), (3, 70, 45), (2, 4, 0)]

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from fastmuon import coefficients as coef
 from fastmuon.plan import make_plan
-from conftest import require_native
-from frameworks import FRAMEWORKS
-from spectral import (
+from support.native_helpers import require_native
+from support.frameworks import FRAMEWORKS
+from support.spectral import (
     SPECTRA,
     amplification,
     exact_iteration,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import require_native
-from frameworks import FRAMEWORKS
-from native_helpers import assert_exactly_symmetric, assert_within_dot_bound
+from support.native_helpers import require_native
+from support.frameworks import FRAMEWORKS
+from support.native_helpers import assert_exactly_symmetric, assert_within_dot_bound
 
 
 @pytest.fixture(params=sorted(FRAMEWORKS))

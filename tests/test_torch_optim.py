@@ -25,7 +25,8 @@ import fastmuon.torch.optimizers as muon_module
 from fastmuon import coefficients as coef
 from fastmuon.plan import make_plan
 from fastmuon.torch import Muon, MuonWithAdamW, NorMuon, SignSGD, muon_param_groups
-from spectral import UNIT_ROUNDOFF, amplification, rounding_allowance
+from support import reference_optim as reference
+from support.spectral import UNIT_ROUNDOFF, amplification, rounding_allowance
 
 # ------------------------------------------------------------------------------------------
 # Float64 reference (numpy)
@@ -35,59 +36,18 @@ MUON_HP = dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0, method="
                adjust_lr="original", cautious_weight_decay=False, beta2=None)
 
 
-def ref_view(shape):
-    """(batch, rows, cols): 2-D as is, 3-D a stack, 4-D conv flattened to (out, in*kh*kw)."""
-    if len(shape) == 2:
-        return (1,) + tuple(shape)
-    if len(shape) == 3:
-        return tuple(shape)
-    return (1, shape[0], int(np.prod(shape[1:])))
-
-
 def ref_orthogonalize(U, method, steps):
-    """The standard iteration in float64 (the Gram variant equals it in exact arithmetic)."""
-    plan = make_plan(method, steps, None)
-    tall = U.shape[-2] > U.shape[-1]
-    X = np.swapaxes(U, -1, -2) if tall else U
-    X = X / (np.linalg.norm(X, axis=(-2, -1), keepdims=True) * plan.norm_scale + plan.eps)
-    for a, b, c in plan.coefficients:
-        A = X @ np.swapaxes(X, -1, -2)
-        X = a * X + (b * A + c * A @ A) @ X
-    return np.swapaxes(X, -1, -2) if tall else X
-
-
-def ref_scale(rows, cols, adjust_lr):
-    return math.sqrt(max(1.0, rows / cols)) if adjust_lr == "original" else 0.2 * math.sqrt(max(rows, cols))
+    return reference.orthogonalize(U, make_plan(method, steps, None))
 
 
 def ref_muon_step(W, M, s, G, hp):
     """One Muon / NorMuon step on float64 arrays. Returns (W, M, s, info)."""
-    beta, lr, wd = hp["momentum"], hp["lr"], hp["weight_decay"]
-    M = beta * M + (1 - beta) * G
-    U = (1 - beta) * G + beta * M if hp["nesterov"] else M
-    b, R, C = ref_view(W.shape)
-    O = ref_orthogonalize(U.reshape(b, R, C), hp["method"], hp["ns_steps"])
-    kappa = 1.0
-    if hp["beta2"] is not None:
-        axis = -1 if R >= C else -2
-        s = hp["beta2"] * s + (1 - hp["beta2"]) * np.mean(O * O, axis=axis, keepdims=True)
-        factor = 1.0 / np.sqrt(np.maximum(s, 1e-10))
-        On = O * factor
-        On = On * (np.linalg.norm(O, axis=(-2, -1), keepdims=True) / np.linalg.norm(On, axis=(-2, -1), keepdims=True))
-        kappa = float(factor.max() / factor.min())
-        O = On
-    scale = ref_scale(R, C, hp["adjust_lr"])
-    O = O.reshape(W.shape)
-    if hp["cautious_weight_decay"]:
-        W = W - lr * wd * (O * W >= 0) * W - lr * scale * O
-    else:
-        W = W * (1 - lr * wd) - lr * scale * O
-    return W, M, s, dict(scale=scale, kappa=kappa, rows=R, cols=C, U_norm=float(np.linalg.norm(U)))
+    W, M, s, _, info = reference.muon_step(W, M, s, G, hp, make_plan(hp["method"], hp["ns_steps"], None))
+    return W, M, s, info
 
 
 def ref_state(shape, beta2):
-    b, R, C = ref_view(shape)
-    s = None if beta2 is None else np.zeros((b, R, 1) if R >= C else (b, 1, C))
+    s = None if beta2 is None else reference.normuon_state(reference.matrix_view(shape))
     return np.zeros(shape), s
 
 

@@ -46,9 +46,9 @@ from fastmuon.torch.triton_common import TileConfig, tile_schedule, upper_tile, 
 from fastmuon.torch.triton_xtx import launch_xtx, xtx_ref  # noqa: E402
 from fastmuon.torch.triton_xxt import launch_xxt, xxt_ref  # noqa: E402
 
-from frameworks import FRAMEWORKS  # noqa: E402
-from native_helpers import assert_exactly_symmetric, assert_within_dot_bound  # noqa: E402
-from spectral import SPECTRA, matrix_with_spectrum  # noqa: E402
+from support.frameworks import FRAMEWORKS  # noqa: E402
+from support.native_helpers import assert_exactly_symmetric, assert_within_dot_bound  # noqa: E402
+from support.spectral import SPECTRA, matrix_with_spectrum  # noqa: E402
 from test_orthogonalize import check_against_exact  # noqa: E402
 
 if not ON_GPU and not triton_common.INTERPRETED:
@@ -490,7 +490,7 @@ def test_kernels_compile_for_nvidia_gpus_with_pipelined_loops():
     must be software-pipelined (async copies) on tensor cores (wgmma / mma) for 16-bit inputs."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     done = subprocess.run(
-        [sys.executable, os.path.join(HERE, "triton_compile_check.py")],
+        [sys.executable, os.path.join(HERE, "support", "triton_compile_check.py")],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

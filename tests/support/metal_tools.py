@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METAL_DIR = ROOT / "metal"
 STUB_DIR = Path(__file__).resolve().parent / "metal_stub"
 

@@ -1,4 +1,10 @@
-"""The demo's driver: train every (framework, optimizer), report, plot, write JSON."""
+"""The demo: a small byte-level transformer trained on the Python standard library's own sources,
+in PyTorch and MLX, with AdamW, Muon and NorMuon (Muon+AdamW routing), the same step budget each,
+each at its best learning rate from bench/sweep_lr.py. Trains every (framework, optimizer),
+reports, plots and writes JSON. Uses only fastmuon's public API.
+
+    PYTHONPATH=bench python -m demo [--quick] [--json PATH] [--plot PATH]
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,13 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import time
 from typing import Dict, List, Optional
 
-from ..bench import environment, progress_bar
+from fastmuon.bench import environment, progress_bar
+
 from .config import FULL, OPTIMIZERS, QUICK, DemoConfig
-from .data import load_corpus
+from .data import Corpus, batches, eval_windows, load_corpus
 
 # Best learning rates from bench/sweep_lr.py (recorded in bench/results/lr_sweep.json, which a
 # test keeps in step with this table): AdamW's alone, then Muon's / NorMuon's with their AdamW
@@ -34,13 +42,41 @@ def available_frameworks() -> List[str]:
 
 
 def trainer(framework: str):
+    """The framework's Trainer class: ``Trainer(cfg, optimizer, lr, adamw_lr, val_windows)``
+    with ``evaluate() -> val loss`` and ``step(inputs, targets) -> train loss``."""
     if framework == "torch":
         from . import torch_train
 
-        return torch_train.train
+        return torch_train.Trainer
     from . import mlx_train
 
-    return mlx_train.train
+    return mlx_train.Trainer
+
+
+def train(framework: str, cfg: DemoConfig, corpus: Corpus, optimizer: str, lr: float, adamw_lr: float,
+          progress=None) -> dict:
+    """Train one (framework, optimizer) for ``cfg.steps`` steps; the validation curve and the
+    wall time of the steps and evaluations."""
+    windows = eval_windows(corpus.val, cfg.eval_windows, cfg.context)
+    run = trainer(framework)(cfg, optimizer, lr, adamw_lr, windows)
+    data = batches(corpus.train, cfg.batch_size, cfg.context, seed=cfg.seed)
+    curve, loss, start = [], float("nan"), time.perf_counter()
+    for step in range(cfg.steps + 1):
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            curve.append((step, run.evaluate()))
+        if step == cfg.steps:
+            break
+        loss = run.step(*next(data))
+        if progress is not None:
+            progress.update(1)
+    return {
+        "final_val_loss": curve[-1][1],
+        "curve": curve,
+        "seconds": time.perf_counter() - start,
+        "lr": lr,
+        "adamw_lr": adamw_lr if optimizer != "adamw" else None,
+        "train_loss_last": loss,
+    }
 
 
 def steps_to_reach(curve, target: float) -> Optional[int]:
@@ -53,11 +89,11 @@ def run(cfg: DemoConfig, frameworks: List[str], optimizers=OPTIMIZERS, progress:
     results: dict = {}
     bar = progress_bar(len(frameworks) * len(optimizers) * cfg.steps, progress, unit="step")
     for framework in frameworks:
-        train = trainer(framework)
         results[framework] = {}
         for name in optimizers:
             rates = LEARNING_RATES[framework][name]
-            results[framework][name] = train(cfg, corpus, name, rates["lr"], rates.get("adamw_lr", 0.0), bar)
+            results[framework][name] = train(framework, cfg, corpus, name, rates["lr"], rates.get("adamw_lr", 0.0),
+                                             bar)
         target = results[framework].get("adamw", {}).get("final_val_loss")
         for res in results[framework].values():
             res["steps_to_adamw_final"] = steps_to_reach(res["curve"], target) if target is not None else None
@@ -105,7 +141,7 @@ def plot(results: dict, frameworks: List[str], path: str) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastmuon demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK.steps} steps per run instead of {FULL.steps}")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", default="demo_loss.png", help="loss-curve PNG (default: %(default)s)")

@@ -20,7 +20,6 @@ class DemoConfig:
 
 
 OPTIMIZERS = ("adamw", "muon", "normuon")
-NORMUON_BETA2 = 0.95
 
 FULL = DemoConfig()
 # The Linux mlx-cpu wheel multiplies with a reference BLAS (~0.4 s a step for this model), which

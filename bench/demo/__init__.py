@@ -1,0 +1,1 @@
+"""The training demo (``PYTHONPATH=bench python -m demo``); see ``run.py``."""
