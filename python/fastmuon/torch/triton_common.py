@@ -2,13 +2,12 @@
 mirrored store. Imports triton; ``fastmuon.torch`` imports this module only when a Triton path
 is asked for.
 
-Tile schedule. An (M, M) symmetric result is cut into T x T square tiles of BLOCK_M rows
-(T = ceil(M / BLOCK_M)). Only the T (T + 1) / 2 tiles (i, j) with i <= j are computed: program p
-of a matrix takes column j = floor((sqrt(8 p + 1) - 1) / 2) and row i = p - j (j + 1) / 2, so
-the programs walk the upper triangle column by column, (0,0), (0,1), (1,1), (0,2), ... Each
-program stores its tile and the tile's transpose in the mirror position. On a diagonal tile the
-entries on and above the diagonal come from the tile and those below from its transpose, so the
-whole result is exactly symmetric whatever order the dot product accumulates in.
+Tile schedule: that of ``fastmuon._tiles`` with tiles of BLOCK_M rows. Program p of a matrix
+computes tile ``upper_tile(p)`` (i, j), i <= j, walking the upper triangle column by column; the
+launch grid is ``fastmuon._tiles.upper_tile_count`` programs a matrix. Each program stores its
+tile and the tile's transpose in the mirror position. On a diagonal tile the entries on and above
+the diagonal come from the tile and those below from its transpose, so the whole result is
+exactly symmetric whatever order the dot product accumulates in.
 
 Interpreter (TRITON_INTERPRET=1, CPU tensors; for tests). It must be set before this package's
 kernel modules are imported, since ``@triton.jit`` picks the interpreter when it decorates.
@@ -21,12 +20,13 @@ with integer arithmetic instead.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from .._tiles import upper_tile_count
 
 
 def _kernels_interpreted() -> bool:
@@ -79,21 +79,6 @@ def triton_configs() -> list:
     ]
 
 
-def upper_tile_count(tiles: int) -> int:
-    """Programs launched per matrix: T (T + 1) / 2 of the T^2 tiles."""
-    return tiles * (tiles + 1) // 2
-
-
-def tile_schedule(tiles: int) -> list[tuple[int, int]]:
-    """The (row, column) tile each program of one matrix computes, in program order (the
-    kernel's arithmetic, in exact integers)."""
-    pairs = []
-    for p in range(upper_tile_count(tiles)):
-        j = (math.isqrt(8 * p + 1) - 1) // 2
-        pairs.append((p - j * (j + 1) // 2, j))
-    return pairs
-
-
 def pick_config(config: "TileConfig | None", tile_map) -> "TileConfig | None":
     """The fixed configuration a launch uses, or None to autotune (GPUs only)."""
     if config is None and INTERPRETED:
@@ -106,8 +91,8 @@ def pick_config(config: "TileConfig | None", tile_map) -> "TileConfig | None":
 def grid_for(batch: int, m: int, config: "TileConfig | None"):
     """Launch grid: one program per upper tile of every matrix, batch-major."""
     if config is not None:
-        return (batch * upper_tile_count(triton.cdiv(m, config.block_m)),)
-    return lambda meta: (batch * upper_tile_count(triton.cdiv(m, meta["BLOCK_M"])),)
+        return (batch * upper_tile_count(m, config.block_m),)
+    return lambda meta: (batch * upper_tile_count(m, meta["BLOCK_M"]),)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -137,8 +122,8 @@ def launch_meta(dtype: torch.dtype) -> dict:
 
 @triton.jit
 def upper_tile(p):
-    """Program p of a matrix -> its tile (i, j), i <= j (see the module docstring). Works
-    elementwise on blocks of p too."""
+    """Program p of a matrix -> its tile (i, j), i <= j: ``fastmuon._tiles.upper_tile`` with an
+    fp32 square root. Works elementwise on blocks of p too."""
     q = p.to(tl.int64)
     j = ((tl.sqrt(8.0 * p.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int64)
     # the fp32 square root may be off by one either way for large p: correct in integers
