@@ -1,6 +1,6 @@
-"""Pieces shared by the symmetric Triton kernels: which tiles run, the tile products and the
-mirrored store. Imports triton; ``fastmuon.torch`` imports this module only when a Triton path
-is asked for.
+"""Pieces shared by the symmetric Triton kernels: the launch, which tile a program computes, the
+tile products and the mirrored store. Imports triton; ``fastmuon.torch`` imports this module only
+when a Triton path is asked for.
 
 Tile schedule: that of ``fastmuon._tiles`` with tiles of BLOCK_M rows. Program p of a matrix
 computes tile ``upper_tile(p)`` (i, j), i <= j, walking the upper triangle column by column; the
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from .._tiles import upper_tile_count
 
@@ -79,6 +80,12 @@ def triton_configs() -> list:
     ]
 
 
+def autotuned(kernel, key: list):
+    """``kernel`` autotuned over GPU_CONFIGS per value of the arguments named in ``key``; None
+    under the interpreter, which launches INTERPRETER_CONFIG only."""
+    return None if INTERPRETED else triton.autotune(configs=triton_configs(), key=key)(kernel)
+
+
 def pick_config(config: "TileConfig | None", tile_map) -> "TileConfig | None":
     """The fixed configuration a launch uses, or None to autotune (GPUs only)."""
     if config is None and INTERPRETED:
@@ -117,6 +124,22 @@ def launch_meta(dtype: torch.dtype) -> dict:
     )
 
 
+def launch_symmetric(kernel, tuned, x, out, batch, m, *scalars, config, tile_map) -> None:
+    """Run ``kernel`` over the upper tiles of ``out`` (batch, m, m) with the arguments every
+    symmetric kernel takes: (x, out, tile_map, m, *scalars, x's strides, out's strides), then the
+    compile-time flags for x's dtype. ``tuned`` (``autotuned(kernel)``) runs when no configuration
+    is fixed; ``config`` and ``tile_map`` as for ``triton_xxt.launch_xxt``."""
+    if out.numel() == 0:
+        return
+    config = pick_config(config, tile_map)
+    meta = dict(launch_meta(x.dtype), COUNT_TILES=tile_map is not None)
+    if config is not None:
+        meta.update(config.meta())
+    wrap_triton(kernel if config is not None else tuned)[grid_for(batch, m, config)](
+        x, out, tile_map, m, *scalars, *x.stride(), *out.stride(), **meta
+    )
+
+
 # ---------------------------------------------------------------- device helpers
 
 
@@ -130,6 +153,18 @@ def upper_tile(p):
     j = tl.where(j * (j + 1) // 2 > q, j - 1, j)
     j = tl.where((j + 1) * (j + 2) // 2 <= q, j + 1, j)
     return (q - j * (j + 1) // 2).to(tl.int32), j.to(tl.int32)
+
+
+@triton.jit
+def program_tile(M, BLOCK_M: tl.constexpr):
+    """This program's matrix b of the batch and its tile (ti, tj) of that matrix's (M, M) result
+    (programs are batch-major, ``grid_for``)."""
+    T = tl.cdiv(M, BLOCK_M)
+    per_matrix = T * (T + 1) // 2
+    pid = tl.program_id(0)
+    b = pid // per_matrix
+    ti, tj = upper_tile(pid - b * per_matrix)
+    return b, ti, tj
 
 
 @triton.jit
@@ -221,3 +256,16 @@ def store_mirrored(
 def count_tile(tile_map, b, ti, tj, T):
     """Debug: add one at tile_map[b, ti, tj] (int32, (batch, T, T))."""
     tl.atomic_add(tile_map + (b.to(tl.int64) * T + ti) * T + tj, 1)
+
+
+@triton.jit
+def finish_tile(
+    C, acc, b, ti, tj, M, stride_cb, stride_cm, stride_cn, TILE_MAP,
+    BLOCK_M: tl.constexpr, SOFT_BF16: tl.constexpr, COUNT_TILES: tl.constexpr,
+):
+    """Every kernel's epilogue: round the fp32 tile (ti, tj) of matrix b to C's dtype, store it and
+    its mirror in C (batch, M, M), and count it in TILE_MAP when COUNT_TILES."""
+    value = to_output(acc, C.dtype.element_ty, SOFT_BF16)
+    store_mirrored(C + b.to(tl.int64) * stride_cb, value, ti, tj, M, stride_cm, stride_cn, BLOCK_M)
+    if COUNT_TILES:
+        count_tile(TILE_MAP, b, ti, tj, tl.cdiv(M, BLOCK_M))
