@@ -28,10 +28,10 @@ def ba_plus_caa_kernel(
     DOT_PRECISION: tl.constexpr, COUNT_TILES: tl.constexpr,
 ):
     b, ti, tj = program_tile(M, BLOCK_M)
+    base = A + b.to(tl.int64) * stride_ab
+    acc = rows_gram_tile(base, ti, tj, M, M, stride_am, stride_an, BLOCK_M, BLOCK_K, UPCAST, DOT_PRECISION)
     rows = ti * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tj * BLOCK_M + tl.arange(0, BLOCK_M)
-    base = A + b.to(tl.int64) * stride_ab
-    acc = rows_gram_tile(base, rows, cols, M, M, stride_am, stride_an, BLOCK_M, BLOCK_K, UPCAST, DOT_PRECISION)
     a_tile = tl.load(
         base + rows[:, None].to(tl.int64) * stride_am + cols[None, :].to(tl.int64) * stride_an,
         mask=(rows[:, None] < M) & (cols[None, :] < M),

@@ -168,12 +168,24 @@ def program_tile(M, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def load_operand(ptr, mask, UPCAST: tl.constexpr):
+    """One block of a dot operand, zero outside ``mask``; fp32 when UPCAST (the interpreter's
+    16-bit dot, see the module docstring)."""
+    x = tl.load(ptr, mask=mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def rows_gram_tile(
-    base, rows_i, rows_j, M, K, stride_m, stride_k,
+    base, ti, tj, M, K, stride_m, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """sum over k of X[rows_i, k] X[rows_j, k]: one tile of X X^T, reading rows of X (a matrix
-    whose k axis has stride ``stride_k``) from ``base``; fp32 accumulator."""
+    """Tile (ti, tj) of X X^T: sum over k of X[rows_i, k] X[rows_j, k], reading rows of X (a
+    matrix whose k axis has stride ``stride_k``) from ``base``; fp32 accumulator."""
+    rows_i = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_j = tj * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     ptr_i = base + rows_i[:, None].to(tl.int64) * stride_m + ks[None, :].to(tl.int64) * stride_k
     ptr_j = base + rows_j[:, None].to(tl.int64) * stride_m + ks[None, :].to(tl.int64) * stride_k
@@ -183,11 +195,8 @@ def rows_gram_tile(
     acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         in_k = ks[None, :] < K - k0
-        a = tl.load(ptr_i, mask=in_i & in_k, other=0.0)
-        b = tl.load(ptr_j, mask=in_j & in_k, other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        a = load_operand(ptr_i, in_i & in_k, UPCAST)
+        b = load_operand(ptr_j, in_j & in_k, UPCAST)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION)
         ptr_i += step
         ptr_j += step
@@ -196,11 +205,13 @@ def rows_gram_tile(
 
 @triton.jit
 def cols_gram_tile(
-    base, cols_i, cols_j, M, K, stride_k, stride_m,
+    base, ti, tj, M, K, stride_k, stride_m,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """sum over k of X[k, cols_i] X[k, cols_j]: one tile of X^T X for a tall X (K, M), read as
-    (BLOCK_K, BLOCK_M) blocks along its rows; fp32 accumulator."""
+    """Tile (ti, tj) of X^T X for a tall X (K, M): sum over k of X[k, cols_i] X[k, cols_j], read
+    as (BLOCK_K, BLOCK_M) blocks along its rows; fp32 accumulator."""
+    cols_i = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols_j = tj * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     ptr_i = base + ks[:, None].to(tl.int64) * stride_k + cols_i[None, :].to(tl.int64) * stride_m
     ptr_j = base + ks[:, None].to(tl.int64) * stride_k + cols_j[None, :].to(tl.int64) * stride_m
@@ -210,11 +221,8 @@ def cols_gram_tile(
     acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         in_k = ks[:, None] < K - k0
-        a = tl.load(ptr_i, mask=in_k & in_i, other=0.0)
-        b = tl.load(ptr_j, mask=in_k & in_j, other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        a = load_operand(ptr_i, in_k & in_i, UPCAST)
+        b = load_operand(ptr_j, in_k & in_j, UPCAST)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
         ptr_i += step
         ptr_j += step

@@ -26,10 +26,8 @@ def xxt_kernel(
     DOT_PRECISION: tl.constexpr, COUNT_TILES: tl.constexpr,
 ):
     b, ti, tj = program_tile(M, BLOCK_M)
-    rows_i = ti * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows_j = tj * BLOCK_M + tl.arange(0, BLOCK_M)
     acc = rows_gram_tile(
-        X + b.to(tl.int64) * stride_xb, rows_i, rows_j, M, K, stride_xm, stride_xk,
+        X + b.to(tl.int64) * stride_xb, ti, tj, M, K, stride_xm, stride_xk,
         BLOCK_M, BLOCK_K, UPCAST, DOT_PRECISION,
     )
     finish_tile(C, acc, b, ti, tj, M, stride_cb, stride_cm, stride_cn, TILE_MAP, BLOCK_M, SOFT_BF16, COUNT_TILES)
