@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -36,13 +35,14 @@ if not ON_GPU:
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'fastmuon[torch]')")
 import triton.language as tl  # noqa: E402
 
+from fastmuon import _tiles  # noqa: E402
 from fastmuon import coefficients as coef  # noqa: E402
 from fastmuon.plan import make_plan  # noqa: E402
 from fastmuon.torch import ba_plus_caa, orthogonalize, xxt  # noqa: E402
 from fastmuon.torch.orthogonalize import select_backend  # noqa: E402
 from fastmuon.torch import triton_backend, triton_common  # noqa: E402
 from fastmuon.torch.triton_ba_plus_caa import ba_plus_caa_ref, launch_ba_plus_caa  # noqa: E402
-from fastmuon.torch.triton_common import TileConfig, tile_schedule, upper_tile, upper_tile_count  # noqa: E402
+from fastmuon.torch.triton_common import GPU_CONFIGS, INTERPRETER_CONFIG, TileConfig, grid_for, upper_tile  # noqa: E402
 from fastmuon.torch.triton_xtx import launch_xtx, xtx_ref  # noqa: E402
 from fastmuon.torch.triton_xxt import launch_xxt, xxt_ref  # noqa: E402
 
@@ -111,11 +111,30 @@ def _assert_ba_plus_caa(c, a, alpha, beta, u_out=0.0, eta_out=0.0):
 # ------------------------------------------------------------- the tile schedule --
 
 
+def _brute_force_schedule(tiles):
+    """Every tile (i, j), i <= j < tiles, column by column: what program p must compute."""
+    return [(i, j) for j in range(tiles) for i in range(j + 1)]
+
+
+# The tile sizes the Triton kernels launch with (interpreter and GPU autotuning candidates).
+BLOCK_MS = sorted({INTERPRETER_CONFIG.block_m} | {c.block_m for c in GPU_CONFIGS})
+
+
+@pytest.mark.parametrize("block", BLOCK_MS)
 @pytest.mark.parametrize("tiles", [1, 2, 3, 7, 40])
-def test_schedule_is_the_upper_triangle_once(tiles):
-    pairs = tile_schedule(tiles)
-    assert len(pairs) == upper_tile_count(tiles) == tiles * (tiles + 1) // 2
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
+def test_schedule_is_the_upper_triangle_once(tiles, block, ragged):
+    """The schedule and launch grid of ``fastmuon._tiles`` at the Triton tile sizes, against
+    brute force; a ragged m has a last tile row of one entry."""
+    m = (tiles - 1) * block + 1 if ragged else tiles * block
+    assert _tiles.tiles_per_side(m, block) == tiles
+    pairs = _tiles.tile_schedule(m, block)
+    assert len(pairs) == _tiles.upper_tile_count(m, block) == tiles * (tiles + 1) // 2
     assert set(pairs) == {(i, j) for i in range(tiles) for j in range(i, tiles)}
+    assert pairs == _brute_force_schedule(tiles)
+    programs = 3 * tiles * (tiles + 1) // 2  # a batch of 3
+    assert grid_for(3, m, TileConfig(block, 32)) == (programs,)
+    assert grid_for(3, m, None)(dict(BLOCK_M=block)) == (programs,)
 
 
 @triton.jit
@@ -128,20 +147,26 @@ def _schedule_probe(P, I, J, n, BLOCK: tl.constexpr):
 
 
 def test_kernel_schedule_arithmetic_matches_exact_integers():
-    """The kernels' float square root plus integer correction gives the exact schedule, also
-    next to triangular numbers and for program ids up to ~2^31 (T ~ 65000 tiles)."""
+    """The kernels' float square root plus integer correction gives the exact schedule: every
+    program of a 300 x 300 tile grid against brute force, then program ids next to triangular
+    numbers up to ~2^31 (T ~ 65000 tiles) against ``fastmuon._tiles.upper_tile``, whose integer
+    correction makes it exact whatever the square root."""
+    brute = _brute_force_schedule(300)
     t = np.unique(np.concatenate([np.arange(0, 300), np.geomspace(300, 65000, 400).astype(np.int64)]))
     tri = t * (t + 1) // 2
-    p = np.unique(np.concatenate([tri, tri + 1, np.maximum(tri - 1, 0), tri + t]))
+    p = np.unique(np.concatenate([np.arange(len(brute)), tri, tri + 1, np.maximum(tri - 1, 0), tri + t]))
     p = p[p < 2**31 - 1].astype(np.int32)
     P = torch.from_numpy(p).to(DEVICE)
     I, J = torch.empty_like(P), torch.empty_like(P)
     _schedule_probe[(triton.cdiv(p.size, 1024),)](P, I, J, p.size, BLOCK=1024)
-    j_exact = np.array([(math.isqrt(8 * int(v) + 1) - 1) // 2 for v in p], dtype=np.int64)
-    i_exact = p.astype(np.int64) - j_exact * (j_exact + 1) // 2
+    exact = np.array([_tiles.upper_tile(int(v)) for v in p], dtype=np.int64)
+    i_exact, j_exact = exact[:, 0], exact[:, 1]
     np.testing.assert_array_equal(J.cpu().numpy(), j_exact)
     np.testing.assert_array_equal(I.cpu().numpy(), i_exact)
-    assert np.all(i_exact <= j_exact)
+    assert np.all((0 <= i_exact) & (i_exact <= j_exact))
+    np.testing.assert_array_equal(p.astype(np.int64), j_exact * (j_exact + 1) // 2 + i_exact)
+    dense = p < len(brute)  # p is sorted and holds every id below len(brute)
+    np.testing.assert_array_equal(np.stack([I.cpu().numpy()[dense], J.cpu().numpy()[dense]], axis=1), brute)
 
 
 LAUNCHERS = {
@@ -159,7 +184,7 @@ def test_only_upper_tiles_are_computed(kernel, m, block, rng):
     batch = 2
     shape = {"xxt": (batch, m, 24), "xtx": (batch, 24, m), "ba_plus_caa": (batch, m, m)}[kernel]
     x = _symmetric(rng, shape) if kernel == "ba_plus_caa" else torch.randn(shape).to(DEVICE)
-    tiles = triton.cdiv(m, block)
+    tiles = _tiles.tiles_per_side(m, block)
     counts = torch.zeros((batch, tiles, tiles), dtype=torch.int32, device=DEVICE)
     out = torch.full((batch, m, m), float("nan"), device=DEVICE)
     LAUNCHERS[kernel](x, out, config=TileConfig(block, 32), tile_map=counts)

@@ -16,21 +16,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from .triton_common import (
-    INTERPRETED,
-    TileConfig,
-    count_tile,
-    grid_for,
-    launch_meta,
-    pick_config,
-    rows_gram_tile,
-    store_mirrored,
-    to_output,
-    triton_configs,
-    upper_tile,
-)
+from .triton_common import TileConfig, autotuned, finish_tile, launch_symmetric, program_tile, rows_gram_tile
 
 
 @triton.jit
@@ -40,30 +27,21 @@ def ba_plus_caa_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, SOFT_BF16: tl.constexpr,
     DOT_PRECISION: tl.constexpr, COUNT_TILES: tl.constexpr,
 ):
-    T = tl.cdiv(M, BLOCK_M)
-    per_matrix = T * (T + 1) // 2
-    pid = tl.program_id(0)
-    b = pid // per_matrix
-    ti, tj = upper_tile(pid - b * per_matrix)
+    b, ti, tj = program_tile(M, BLOCK_M)
+    base = A + b.to(tl.int64) * stride_ab
+    acc = rows_gram_tile(base, ti, tj, M, M, stride_am, stride_an, BLOCK_M, BLOCK_K, UPCAST, DOT_PRECISION)
     rows = ti * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tj * BLOCK_M + tl.arange(0, BLOCK_M)
-    base = A + b.to(tl.int64) * stride_ab
-    acc = rows_gram_tile(base, rows, cols, M, M, stride_am, stride_an, BLOCK_M, BLOCK_K, UPCAST, DOT_PRECISION)
     a_tile = tl.load(
         base + rows[:, None].to(tl.int64) * stride_am + cols[None, :].to(tl.int64) * stride_an,
         mask=(rows[:, None] < M) & (cols[None, :] < M),
         other=0.0,
     ).to(tl.float32)
     acc = alpha * acc + beta * a_tile
-    value = to_output(acc, C.dtype.element_ty, SOFT_BF16)
-    store_mirrored(C + b.to(tl.int64) * stride_cb, value, ti, tj, M, stride_cm, stride_cn, BLOCK_M)
-    if COUNT_TILES:
-        count_tile(TILE_MAP, b, ti, tj, T)
+    finish_tile(C, acc, b, ti, tj, M, stride_cb, stride_cm, stride_cn, TILE_MAP, BLOCK_M, SOFT_BF16, COUNT_TILES)
 
 
-ba_plus_caa_kernel_tuned = (
-    None if INTERPRETED else triton.autotune(configs=triton_configs(), key=["M"])(ba_plus_caa_kernel)
-)
+ba_plus_caa_kernel_tuned = autotuned(ba_plus_caa_kernel, key=["M"])
 
 
 def ba_plus_caa_ref(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -84,13 +62,7 @@ def launch_ba_plus_caa(
     """Write alpha A A + beta A of symmetric A (B, M, M) into out (B, M, M), which must not
     overlap A. ``config`` and ``tile_map`` as for ``triton_xxt.launch_xxt``."""
     B, M, _ = A.shape
-    if out.numel() == 0:
-        return
-    config = pick_config(config, tile_map)
-    kernel = ba_plus_caa_kernel if config is not None else ba_plus_caa_kernel_tuned
-    meta = dict(launch_meta(A.dtype), COUNT_TILES=tile_map is not None)
-    if config is not None:
-        meta.update(config.meta())
-    wrap_triton(kernel)[grid_for(B, M, config)](
-        A, out, tile_map, M, float(alpha), float(beta), *A.stride(), *out.stride(), **meta
+    launch_symmetric(
+        ba_plus_caa_kernel, ba_plus_caa_kernel_tuned, A, out, B, M, float(alpha), float(beta),
+        config=config, tile_map=tile_map,
     )

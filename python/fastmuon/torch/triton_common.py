@@ -1,14 +1,13 @@
-"""Pieces shared by the symmetric Triton kernels: which tiles run, the tile products and the
-mirrored store. Imports triton; ``fastmuon.torch`` imports this module only when a Triton path
-is asked for.
+"""Pieces shared by the symmetric Triton kernels: the launch, which tile a program computes, the
+tile products and the mirrored store. Imports triton; ``fastmuon.torch`` imports this module only
+when a Triton path is asked for.
 
-Tile schedule. An (M, M) symmetric result is cut into T x T square tiles of BLOCK_M rows
-(T = ceil(M / BLOCK_M)). Only the T (T + 1) / 2 tiles (i, j) with i <= j are computed: program p
-of a matrix takes column j = floor((sqrt(8 p + 1) - 1) / 2) and row i = p - j (j + 1) / 2, so
-the programs walk the upper triangle column by column, (0,0), (0,1), (1,1), (0,2), ... Each
-program stores its tile and the tile's transpose in the mirror position. On a diagonal tile the
-entries on and above the diagonal come from the tile and those below from its transpose, so the
-whole result is exactly symmetric whatever order the dot product accumulates in.
+Tile schedule: that of ``fastmuon._tiles`` with tiles of BLOCK_M rows. Program p of a matrix
+computes tile ``upper_tile(p)`` (i, j), i <= j, walking the upper triangle column by column; the
+launch grid is ``fastmuon._tiles.upper_tile_count`` programs a matrix. Each program stores its
+tile and the tile's transpose in the mirror position. On a diagonal tile the entries on and above
+the diagonal come from the tile and those below from its transpose, so the whole result is
+exactly symmetric whatever order the dot product accumulates in.
 
 Interpreter (TRITON_INTERPRET=1, CPU tensors; for tests). It must be set before this package's
 kernel modules are imported, since ``@triton.jit`` picks the interpreter when it decorates.
@@ -21,12 +20,14 @@ with integer arithmetic instead.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
+
+from .._tiles import upper_tile_count
 
 
 def _kernels_interpreted() -> bool:
@@ -79,19 +80,10 @@ def triton_configs() -> list:
     ]
 
 
-def upper_tile_count(tiles: int) -> int:
-    """Programs launched per matrix: T (T + 1) / 2 of the T^2 tiles."""
-    return tiles * (tiles + 1) // 2
-
-
-def tile_schedule(tiles: int) -> list[tuple[int, int]]:
-    """The (row, column) tile each program of one matrix computes, in program order (the
-    kernel's arithmetic, in exact integers)."""
-    pairs = []
-    for p in range(upper_tile_count(tiles)):
-        j = (math.isqrt(8 * p + 1) - 1) // 2
-        pairs.append((p - j * (j + 1) // 2, j))
-    return pairs
+def autotuned(kernel, key: list):
+    """``kernel`` autotuned over GPU_CONFIGS per value of the arguments named in ``key``; None
+    under the interpreter, which launches INTERPRETER_CONFIG only."""
+    return None if INTERPRETED else triton.autotune(configs=triton_configs(), key=key)(kernel)
 
 
 def pick_config(config: "TileConfig | None", tile_map) -> "TileConfig | None":
@@ -106,8 +98,8 @@ def pick_config(config: "TileConfig | None", tile_map) -> "TileConfig | None":
 def grid_for(batch: int, m: int, config: "TileConfig | None"):
     """Launch grid: one program per upper tile of every matrix, batch-major."""
     if config is not None:
-        return (batch * upper_tile_count(triton.cdiv(m, config.block_m)),)
-    return lambda meta: (batch * upper_tile_count(triton.cdiv(m, meta["BLOCK_M"])),)
+        return (batch * upper_tile_count(m, config.block_m),)
+    return lambda meta: (batch * upper_tile_count(m, meta["BLOCK_M"]),)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -132,13 +124,29 @@ def launch_meta(dtype: torch.dtype) -> dict:
     )
 
 
+def launch_symmetric(kernel, tuned, x, out, batch, m, *scalars, config, tile_map) -> None:
+    """Run ``kernel`` over the upper tiles of ``out`` (batch, m, m) with the arguments every
+    symmetric kernel takes: (x, out, tile_map, m, *scalars, x's strides, out's strides), then the
+    compile-time flags for x's dtype. ``tuned`` (``autotuned(kernel)``) runs when no configuration
+    is fixed; ``config`` and ``tile_map`` as for ``triton_xxt.launch_xxt``."""
+    if out.numel() == 0:
+        return
+    config = pick_config(config, tile_map)
+    meta = dict(launch_meta(x.dtype), COUNT_TILES=tile_map is not None)
+    if config is not None:
+        meta.update(config.meta())
+    wrap_triton(kernel if config is not None else tuned)[grid_for(batch, m, config)](
+        x, out, tile_map, m, *scalars, *x.stride(), *out.stride(), **meta
+    )
+
+
 # ---------------------------------------------------------------- device helpers
 
 
 @triton.jit
 def upper_tile(p):
-    """Program p of a matrix -> its tile (i, j), i <= j (see the module docstring). Works
-    elementwise on blocks of p too."""
+    """Program p of a matrix -> its tile (i, j), i <= j: ``fastmuon._tiles.upper_tile`` with an
+    fp32 square root. Works elementwise on blocks of p too."""
     q = p.to(tl.int64)
     j = ((tl.sqrt(8.0 * p.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int64)
     # the fp32 square root may be off by one either way for large p: correct in integers
@@ -148,12 +156,36 @@ def upper_tile(p):
 
 
 @triton.jit
+def program_tile(M, BLOCK_M: tl.constexpr):
+    """This program's matrix b of the batch and its tile (ti, tj) of that matrix's (M, M) result
+    (programs are batch-major, ``grid_for``)."""
+    T = tl.cdiv(M, BLOCK_M)
+    per_matrix = T * (T + 1) // 2
+    pid = tl.program_id(0)
+    b = pid // per_matrix
+    ti, tj = upper_tile(pid - b * per_matrix)
+    return b, ti, tj
+
+
+@triton.jit
+def load_operand(ptr, mask, UPCAST: tl.constexpr):
+    """One block of a dot operand, zero outside ``mask``; fp32 when UPCAST (the interpreter's
+    16-bit dot, see the module docstring)."""
+    x = tl.load(ptr, mask=mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def rows_gram_tile(
-    base, rows_i, rows_j, M, K, stride_m, stride_k,
+    base, ti, tj, M, K, stride_m, stride_k,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """sum over k of X[rows_i, k] X[rows_j, k]: one tile of X X^T, reading rows of X (a matrix
-    whose k axis has stride ``stride_k``) from ``base``; fp32 accumulator."""
+    """Tile (ti, tj) of X X^T: sum over k of X[rows_i, k] X[rows_j, k], reading rows of X (a
+    matrix whose k axis has stride ``stride_k``) from ``base``; fp32 accumulator."""
+    rows_i = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows_j = tj * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     ptr_i = base + rows_i[:, None].to(tl.int64) * stride_m + ks[None, :].to(tl.int64) * stride_k
     ptr_j = base + rows_j[:, None].to(tl.int64) * stride_m + ks[None, :].to(tl.int64) * stride_k
@@ -163,11 +195,8 @@ def rows_gram_tile(
     acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         in_k = ks[None, :] < K - k0
-        a = tl.load(ptr_i, mask=in_i & in_k, other=0.0)
-        b = tl.load(ptr_j, mask=in_j & in_k, other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        a = load_operand(ptr_i, in_i & in_k, UPCAST)
+        b = load_operand(ptr_j, in_j & in_k, UPCAST)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=DOT_PRECISION)
         ptr_i += step
         ptr_j += step
@@ -176,11 +205,13 @@ def rows_gram_tile(
 
 @triton.jit
 def cols_gram_tile(
-    base, cols_i, cols_j, M, K, stride_k, stride_m,
+    base, ti, tj, M, K, stride_k, stride_m,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """sum over k of X[k, cols_i] X[k, cols_j]: one tile of X^T X for a tall X (K, M), read as
-    (BLOCK_K, BLOCK_M) blocks along its rows; fp32 accumulator."""
+    """Tile (ti, tj) of X^T X for a tall X (K, M): sum over k of X[k, cols_i] X[k, cols_j], read
+    as (BLOCK_K, BLOCK_M) blocks along its rows; fp32 accumulator."""
+    cols_i = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols_j = tj * BLOCK_M + tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
     ptr_i = base + ks[:, None].to(tl.int64) * stride_k + cols_i[None, :].to(tl.int64) * stride_m
     ptr_j = base + ks[:, None].to(tl.int64) * stride_k + cols_j[None, :].to(tl.int64) * stride_m
@@ -190,11 +221,8 @@ def cols_gram_tile(
     acc = tl.zeros((BLOCK_M, BLOCK_M), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         in_k = ks[:, None] < K - k0
-        a = tl.load(ptr_i, mask=in_k & in_i, other=0.0)
-        b = tl.load(ptr_j, mask=in_k & in_j, other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        a = load_operand(ptr_i, in_k & in_i, UPCAST)
+        b = load_operand(ptr_j, in_k & in_j, UPCAST)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=DOT_PRECISION)
         ptr_i += step
         ptr_j += step
@@ -236,3 +264,16 @@ def store_mirrored(
 def count_tile(tile_map, b, ti, tj, T):
     """Debug: add one at tile_map[b, ti, tj] (int32, (batch, T, T))."""
     tl.atomic_add(tile_map + (b.to(tl.int64) * T + ti) * T + tj, 1)
+
+
+@triton.jit
+def finish_tile(
+    C, acc, b, ti, tj, M, stride_cb, stride_cm, stride_cn, TILE_MAP,
+    BLOCK_M: tl.constexpr, SOFT_BF16: tl.constexpr, COUNT_TILES: tl.constexpr,
+):
+    """Every kernel's epilogue: round the fp32 tile (ti, tj) of matrix b to C's dtype, store it and
+    its mirror in C (batch, M, M), and count it in TILE_MAP when COUNT_TILES."""
+    value = to_output(acc, C.dtype.element_ty, SOFT_BF16)
+    store_mirrored(C + b.to(tl.int64) * stride_cb, value, ti, tj, M, stride_cm, stride_cn, BLOCK_M)
+    if COUNT_TILES:
+        count_tile(TILE_MAP, b, ti, tj, tl.cdiv(M, BLOCK_M))

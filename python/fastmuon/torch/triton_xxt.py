@@ -14,21 +14,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from .triton_common import (
-    INTERPRETED,
-    TileConfig,
-    count_tile,
-    grid_for,
-    launch_meta,
-    pick_config,
-    rows_gram_tile,
-    store_mirrored,
-    to_output,
-    triton_configs,
-    upper_tile,
-)
+from .triton_common import TileConfig, autotuned, finish_tile, launch_symmetric, program_tile, rows_gram_tile
 
 
 @triton.jit
@@ -38,24 +25,15 @@ def xxt_kernel(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, SOFT_BF16: tl.constexpr,
     DOT_PRECISION: tl.constexpr, COUNT_TILES: tl.constexpr,
 ):
-    T = tl.cdiv(M, BLOCK_M)
-    per_matrix = T * (T + 1) // 2
-    pid = tl.program_id(0)
-    b = pid // per_matrix
-    ti, tj = upper_tile(pid - b * per_matrix)
-    rows_i = ti * BLOCK_M + tl.arange(0, BLOCK_M)
-    rows_j = tj * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, ti, tj = program_tile(M, BLOCK_M)
     acc = rows_gram_tile(
-        X + b.to(tl.int64) * stride_xb, rows_i, rows_j, M, K, stride_xm, stride_xk,
+        X + b.to(tl.int64) * stride_xb, ti, tj, M, K, stride_xm, stride_xk,
         BLOCK_M, BLOCK_K, UPCAST, DOT_PRECISION,
     )
-    value = to_output(acc, C.dtype.element_ty, SOFT_BF16)
-    store_mirrored(C + b.to(tl.int64) * stride_cb, value, ti, tj, M, stride_cm, stride_cn, BLOCK_M)
-    if COUNT_TILES:
-        count_tile(TILE_MAP, b, ti, tj, T)
+    finish_tile(C, acc, b, ti, tj, M, stride_cb, stride_cm, stride_cn, TILE_MAP, BLOCK_M, SOFT_BF16, COUNT_TILES)
 
 
-xxt_kernel_tuned = None if INTERPRETED else triton.autotune(configs=triton_configs(), key=["M", "K"])(xxt_kernel)
+xxt_kernel_tuned = autotuned(xxt_kernel, key=["M", "K"])
 
 
 def xxt_ref(X: torch.Tensor) -> torch.Tensor:
@@ -78,11 +56,4 @@ def launch_xxt(
     T = ceil(M / config.block_m), receives one count per computed tile (a test hook).
     """
     B, M, K = X.shape
-    if out.numel() == 0:
-        return
-    config = pick_config(config, tile_map)
-    kernel = xxt_kernel if config is not None else xxt_kernel_tuned
-    meta = dict(launch_meta(X.dtype), COUNT_TILES=tile_map is not None)
-    if config is not None:
-        meta.update(config.meta())
-    wrap_triton(kernel)[grid_for(B, M, config)](X, out, tile_map, M, K, *X.stride(), *out.stride(), **meta)
+    launch_symmetric(xxt_kernel, xxt_kernel_tuned, X, out, B, M, K, config=config, tile_map=tile_map)
