@@ -35,7 +35,7 @@ if not ON_GPU:
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'fastmuon[torch]')")
 import triton.language as tl  # noqa: E402
 
-from fastmuon import _tiles  # noqa: E402
+from fastmuon import tiles as host_tiles  # noqa: E402
 from fastmuon import coefficients as coef  # noqa: E402
 from fastmuon.plan import make_plan  # noqa: E402
 from fastmuon.torch import ba_plus_caa, orthogonalize, xxt  # noqa: E402
@@ -127,9 +127,9 @@ def test_schedule_is_the_upper_triangle_once(tiles, block, ragged):
     """The schedule and launch grid of ``fastmuon._tiles`` at the Triton tile sizes, against
     brute force; a ragged m has a last tile row of one entry."""
     m = (tiles - 1) * block + 1 if ragged else tiles * block
-    assert _tiles.tiles_per_side(m, block) == tiles
-    pairs = _tiles.tile_schedule(m, block)
-    assert len(pairs) == _tiles.upper_tile_count(m, block) == tiles * (tiles + 1) // 2
+    assert host_tiles.tiles_per_side(m, block) == tiles
+    pairs = host_tiles.tile_schedule(m, block)
+    assert len(pairs) == host_tiles.upper_tile_count(m, block) == tiles * (tiles + 1) // 2
     assert set(pairs) == {(i, j) for i in range(tiles) for j in range(i, tiles)}
     assert pairs == _brute_force_schedule(tiles)
     programs = 3 * tiles * (tiles + 1) // 2  # a batch of 3
@@ -149,7 +149,7 @@ def _schedule_probe(P, I, J, n, BLOCK: tl.constexpr):
 def test_kernel_schedule_arithmetic_matches_exact_integers():
     """The kernels' float square root plus integer correction gives the exact schedule: every
     program of a 300 x 300 tile grid against brute force, then program ids next to triangular
-    numbers up to ~2^31 (T ~ 65000 tiles) against ``fastmuon._tiles.upper_tile``, whose integer
+    numbers up to ~2^31 (T ~ 65000 tiles) against ``fastmuon.tiles.upper_tile``, whose integer
     correction makes it exact whatever the square root."""
     brute = _brute_force_schedule(300)
     t = np.unique(np.concatenate([np.arange(0, 300), np.geomspace(300, 65000, 400).astype(np.int64)]))
@@ -159,7 +159,7 @@ def test_kernel_schedule_arithmetic_matches_exact_integers():
     P = torch.from_numpy(p).to(DEVICE)
     I, J = torch.empty_like(P), torch.empty_like(P)
     _schedule_probe[(triton.cdiv(p.size, 1024),)](P, I, J, p.size, BLOCK=1024)
-    exact = np.array([_tiles.upper_tile(int(v)) for v in p], dtype=np.int64)
+    exact = np.array([host_tiles.upper_tile(int(v)) for v in p], dtype=np.int64)
     i_exact, j_exact = exact[:, 0], exact[:, 1]
     np.testing.assert_array_equal(J.cpu().numpy(), j_exact)
     np.testing.assert_array_equal(I.cpu().numpy(), i_exact)
@@ -184,7 +184,7 @@ def test_only_upper_tiles_are_computed(kernel, m, block, rng):
     batch = 2
     shape = {"xxt": (batch, m, 24), "xtx": (batch, 24, m), "ba_plus_caa": (batch, m, m)}[kernel]
     x = _symmetric(rng, shape) if kernel == "ba_plus_caa" else torch.randn(shape).to(DEVICE)
-    tiles = _tiles.tiles_per_side(m, block)
+    tiles = host_tiles.tiles_per_side(m, block)
     counts = torch.zeros((batch, tiles, tiles), dtype=torch.int32, device=DEVICE)
     out = torch.full((batch, m, m), float("nan"), device=DEVICE)
     LAUNCHERS[kernel](x, out, config=TileConfig(block, 32), tile_map=counts)

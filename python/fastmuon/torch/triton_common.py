@@ -2,9 +2,9 @@
 tile products and the mirrored store. Imports triton; ``fastmuon.torch`` imports this module only
 when a Triton path is asked for.
 
-Tile schedule: that of ``fastmuon._tiles`` with tiles of BLOCK_M rows. Program p of a matrix
+Tile schedule: that of ``fastmuon.tiles`` with tiles of BLOCK_M rows. Program p of a matrix
 computes tile ``upper_tile(p)`` (i, j), i <= j, walking the upper triangle column by column; the
-launch grid is ``fastmuon._tiles.upper_tile_count`` programs a matrix. Each program stores its
+launch grid is ``fastmuon.tiles.upper_tile_count`` programs a matrix. Each program stores its
 tile and the tile's transpose in the mirror position. On a diagonal tile the entries on and above
 the diagonal come from the tile and those below from its transpose, so the whole result is
 exactly symmetric whatever order the dot product accumulates in.
@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .._tiles import upper_tile_count
+from ..tiles import upper_tile_count
 
 
 def _kernels_interpreted() -> bool:
@@ -145,7 +145,7 @@ def launch_symmetric(kernel, tuned, x, out, batch, m, *scalars, config, tile_map
 
 @triton.jit
 def upper_tile(p):
-    """Program p of a matrix -> its tile (i, j), i <= j: ``fastmuon._tiles.upper_tile`` with an
+    """Program p of a matrix -> its tile (i, j), i <= j: ``fastmuon.tiles.upper_tile`` with an
     fp32 square root. Works elementwise on blocks of p too."""
     q = p.to(tl.int64)
     j = ((tl.sqrt(8.0 * p.to(tl.float32) + 1.0) - 1.0) * 0.5).to(tl.int64)
