@@ -153,29 +153,24 @@ inline void fastmuon_symmetric_tile(
   }
   metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);
 
-  if (kAxpby) {  // alpha C + beta x on the entries written below
-    for (uint e = tid; e < FASTMUON_TILE * FASTMUON_TILE; e += FASTMUON_THREADS) {
-      const uint r = e / FASTMUON_TILE;
-      const uint c = e % FASTMUON_TILE;
-      const uint gr = row0 + r;
-      const uint gc = col0 + c;
-      if (gr < rows && gc < rows && !(diag && r > c)) {
-        const float xv = static_cast<float>(x[ulong(gr) * cols + gc]);
-        As[r * FASTMUON_LDS + c] = alpha * As[r * FASTMUON_LDS + c] + beta * xv;
-      }
-    }
-    metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);
-  }
-
-  // The tile, row by row (on the diagonal its upper half)...
+  // The tile, row by row (on the diagonal its upper half); with kAxpby the
+  // value is alpha C + beta x, kept in As for the mirror...
   for (uint e = tid; e < FASTMUON_TILE * FASTMUON_TILE; e += FASTMUON_THREADS) {
     const uint r = e / FASTMUON_TILE;
     const uint c = e % FASTMUON_TILE;
     const uint gr = row0 + r;
     const uint gc = col0 + c;
     if (gr < rows && gc < rows && !(diag && r > c)) {
-      out[ulong(gr) * rows + gc] = static_cast<T>(As[r * FASTMUON_LDS + c]);
+      float v = As[r * FASTMUON_LDS + c];
+      if (kAxpby) {
+        v = alpha * v + beta * static_cast<float>(x[ulong(gr) * cols + gc]);
+        As[r * FASTMUON_LDS + c] = v;
+      }
+      out[ulong(gr) * rows + gc] = static_cast<T>(v);
     }
+  }
+  if (kAxpby) {  // the mirror reads values other threads just wrote
+    metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);
   }
   // ...and its mirror, also row by row in the output (on the diagonal the
   // strictly lower half, from the upper values).

@@ -27,6 +27,7 @@ from fastmuon import schedules as pure_schedules  # noqa: E402
 from fastmuon.plan import make_plan  # noqa: E402
 from support.native_helpers import require_native  # noqa: E402
 from support import reference_optim as reference  # noqa: E402
+from support.bad_options import BAD_MUON_OPTIONS  # noqa: E402
 from support.spectral import UNIT_ROUNDOFF  # noqa: E402
 
 U32 = UNIT_ROUNDOFF["float32"]
@@ -726,15 +727,9 @@ def test_empty_subtrees_are_tolerated():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [
+    BAD_MUON_OPTIONS + [
         (dict(learning_rate=-1.0), "lr"),
         (dict(learning_rate=float("nan")), "lr"),
-        (dict(momentum=1.0), "momentum"),
-        (dict(weight_decay=-0.1), "weight_decay"),
-        (dict(adjust_lr="rms"), "adjust_lr"),
-        (dict(ns_steps=0), "ns_steps"),
-        (dict(method="svd"), "method"),
-        (dict(backend="cuda"), "backend"),
         (dict(ns_dtype="float32"), "ns_dtype"),
     ],
     ids=str,

@@ -26,6 +26,7 @@ from fastmuon import coefficients as coef
 from fastmuon.plan import make_plan
 from fastmuon.torch import Muon, MuonWithAdamW, NorMuon, SignSGD, muon_param_groups
 from support import reference_optim as reference
+from support.bad_options import BAD_MUON_OPTIONS
 from support.spectral import UNIT_ROUNDOFF, amplification, rounding_allowance
 
 # ------------------------------------------------------------------------------------------
@@ -310,15 +311,9 @@ def test_low_dimensional_params_are_rejected_by_name():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [
+    BAD_MUON_OPTIONS + [
         (dict(lr=-0.1), "lr"),
         (dict(lr=lambda step: 0.1), "lr"),
-        (dict(momentum=1.0), "momentum"),
-        (dict(weight_decay=-1.0), "weight_decay"),
-        (dict(method="svd"), "method"),
-        (dict(ns_steps=0), "steps"),
-        (dict(adjust_lr="spectral"), "adjust_lr"),
-        (dict(backend="cuda"), "backend"),
         (dict(ns_dtype=torch.int32), "ns_dtype"),
         (dict(sphere="exp"), "sphere"),
         (dict(sphere="project", weight_decay=0.1), "weight_decay"),

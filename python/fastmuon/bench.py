@@ -64,7 +64,20 @@ def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]
     """Every installed framework x backend x method, plus the torch baseline."""
     from .native import blas_available, mlx_ext_available
 
-    wanted = (lambda b: True) if backends is None else (lambda b: b in backends)
+    def framework_providers(framework, native_built, orthogonalize, make_input, to_numpy, evaluate, slow_reference):
+        for backend in ["reference"] + (["native"] if native_built else []):
+            if backends is not None and backend not in backends:
+                continue
+            for method in methods:
+                yield Provider(
+                    f"{framework}/{backend}",
+                    method,
+                    make_input,
+                    lambda G, m=method, b=backend: evaluate(orthogonalize(G, method=m, backend=b)),
+                    to_numpy,
+                    slow=slow_reference and backend == "reference",
+                )
+
     out: List[Provider] = []
     if importlib.util.find_spec("torch") is not None:
         import torch
@@ -73,45 +86,21 @@ def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]
 
         to_np = lambda O: O.double().numpy()  # noqa: E731
         out.append(Provider(BASELINE, "newton_schulz", torch.from_numpy, torch_newton_schulz_addmm, to_np))
-        for backend in ["reference"] + (["native"] if blas_available() else []):
-            if not wanted(backend):
-                continue
-            for method in methods:
-                out.append(
-                    Provider(
-                        f"torch/{backend}",
-                        method,
-                        torch.from_numpy,
-                        lambda G, m=method, b=backend: torch_orth(G, method=m, backend=b),
-                        to_np,
-                    )
-                )
+        out += framework_providers("torch", blas_available(), torch_orth, torch.from_numpy, to_np,
+                                   evaluate=lambda O: O, slow_reference=False)
     if importlib.util.find_spec("mlx") is not None:
         import mlx.core as mx
 
         from .mlx import orthogonalize as mlx_orth
 
-        def evaluated(G, method, backend):
-            O = mlx_orth(G, method=method, backend=backend)
+        def evaluated(O):
             mx.eval(O)
             return O
 
         # The Linux mlx-cpu wheel multiplies with a reference BLAS (~4 GFLOP/s).
-        slow_reference = platform.system() == "Linux"
-        for backend in ["reference"] + (["native"] if mlx_ext_available() else []):
-            if not wanted(backend):
-                continue
-            for method in methods:
-                out.append(
-                    Provider(
-                        f"mlx/{backend}",
-                        method,
-                        mx.array,
-                        lambda G, m=method, b=backend: evaluated(G, m, b),
-                        lambda O: np.array(O.astype(mx.float32), dtype=np.float64),
-                        slow=slow_reference and backend == "reference",
-                    )
-                )
+        out += framework_providers("mlx", mlx_ext_available(), mlx_orth, mx.array,
+                                   lambda O: np.array(O.astype(mx.float32), dtype=np.float64),
+                                   evaluate=evaluated, slow_reference=platform.system() == "Linux")
     return out
 
 
@@ -257,14 +246,20 @@ def block_totals(rows: List[Dict[str, Any]], shapes: Sequence[tuple]) -> List[Di
     return totals
 
 
+def _common_cells(row: Dict[str, Any], peak: Optional[float], ratio_key: str, ratio_width: int):
+    """The shape, % of peak and ratio cells of a result row."""
+    shape = "x".join(str(s) for s in row["shape"])
+    pct = f"{100 * row['gflops'] / peak:6.0f}" if peak else f"{'-':>6s}"
+    ratio = f"{row[ratio_key]:{ratio_width}.2f}" if row.get(ratio_key) else "-".rjust(ratio_width)
+    return shape, pct, ratio
+
+
 def format_table(rows: List[Dict[str, Any]], peak: Optional[float] = None) -> str:
     head = f"{'provider':20s} {'method':14s} {'shape':>10s} {'time s':>8s} {'GFLOP/s':>8s}"
     head += f" {'%peak':>6s} {'vs base':>8s} {'polar_err':>9s} {'orth_err':>8s}"
     lines = [head]
     for r in rows:
-        shape = "x".join(str(s) for s in r["shape"])
-        pct = f"{100 * r['gflops'] / peak:6.0f}" if peak else f"{'-':>6s}"
-        ratio = f"{r['vs_baseline']:8.2f}" if r.get("vs_baseline") else f"{'-':>8s}"
+        shape, pct, ratio = _common_cells(r, peak, "vs_baseline", 8)
         lines.append(
             f"{r['provider']:20s} {r['method']:14s} {shape:>10s} {r['seconds']:8.3f} "
             f"{r['gflops']:8.1f} {pct} {ratio} {r['polar_err']:9.4f} {r['orth_err']:8.4f}"
@@ -408,9 +403,7 @@ def measure_op(op: str, shapes: Sequence[tuple], *, repeats: int = 5, seed: int 
 def format_op_table(rows: List[Dict[str, Any]], peak: Optional[float] = None) -> str:
     lines = [f"{'op':12s} {'provider':16s} {'shape':>10s} {'time ms':>9s} {'GFLOP/s':>8s} {'%peak':>6s} {'vs matmul':>9s} {'rel err':>9s}"]
     for r in rows:
-        shape = "x".join(str(s) for s in r["shape"])
-        pct = f"{100 * r['gflops'] / peak:6.0f}" if peak else f"{'-':>6s}"
-        ratio = f"{r['vs_matmul']:9.2f}" if r.get("vs_matmul") else f"{'-':>9s}"
+        shape, pct, ratio = _common_cells(r, peak, "vs_matmul", 9)
         lines.append(
             f"{r['op']:12s} {r['provider']:16s} {shape:>10s} {1e3 * r['seconds']:9.2f} {r['gflops']:8.1f} {pct} {ratio} {r['rel_err']:9.2e}"
         )

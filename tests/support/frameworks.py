@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
 
-class TorchFramework:
-    name = "torch"
+class Framework:
+    """A framework module (``lib``, skipped when missing) and its ``fastmuon`` subpackage's
+    ``orthogonalize``; subclasses say how arrays go in and out."""
+
+    name: str
+    module: str
 
     def __init__(self):
-        self.torch = pytest.importorskip("torch")
-        from fastmuon.torch import orthogonalize
-
-        self.orthogonalize = orthogonalize
+        self.lib = pytest.importorskip(self.module)
+        self.orthogonalize = importlib.import_module(f"fastmuon.{self.name}").orthogonalize
 
     def dtype(self, name: str):
-        return getattr(self.torch, name)
+        return getattr(self.lib, name)
+
+
+class TorchFramework(Framework):
+    name, module = "torch", "torch"
 
     def array(self, values: np.ndarray, dtype: str):
-        return self.torch.tensor(np.asarray(values, dtype=np.float64)).to(self.dtype(dtype))
+        return self.lib.tensor(np.asarray(values, dtype=np.float64)).to(self.dtype(dtype))
 
     def to_numpy(self, t) -> np.ndarray:
-        return t.detach().to(self.torch.float64).cpu().numpy()
+        return t.detach().to(self.lib.float64).cpu().numpy()
 
     def dtype_name(self, t) -> str:
         return str(t.dtype).removeprefix("torch.")
@@ -31,25 +39,15 @@ class TorchFramework:
         return t.mT
 
 
-class MlxFramework:
-    name = "mlx"
-
-    def __init__(self):
-        self.mx = pytest.importorskip("mlx.core")
-        from fastmuon.mlx import orthogonalize
-
-        self.orthogonalize = orthogonalize
-
-    def dtype(self, name: str):
-        return getattr(self.mx, name)
+class MlxFramework(Framework):
+    name, module = "mlx", "mlx.core"
 
     def array(self, values: np.ndarray, dtype: str):
-        return self.mx.array(np.asarray(values, dtype=np.float64), dtype=self.mx.float64).astype(
-            self.dtype(dtype)
-        )
+        values = self.lib.array(np.asarray(values, dtype=np.float64), dtype=self.lib.float64)
+        return values.astype(self.dtype(dtype))
 
     def to_numpy(self, a) -> np.ndarray:
-        return np.array(a.astype(self.mx.float64))
+        return np.array(a.astype(self.lib.float64))
 
     def dtype_name(self, a) -> str:
         return str(a.dtype).removeprefix("mlx.core.")

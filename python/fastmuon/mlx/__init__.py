@@ -20,16 +20,6 @@ from .routing import muon_filter
 from .schedules import warmup_cosine
 
 __all__ = [
-    "BACKENDS",
-    "Muon",
-    "MuonWithAdamW",
-    "NorMuon",
-    "SignSGD",
-    "TreeMismatchError",
-    "ba_plus_caa",
-    "embedding_signsgd_with_adamw",
-    "muon_filter",
-    "orthogonalize",
-    "warmup_cosine",
-    "xxt",
+    "BACKENDS", "Muon", "MuonWithAdamW", "NorMuon", "SignSGD", "TreeMismatchError", "ba_plus_caa",
+    "embedding_signsgd_with_adamw", "muon_filter", "orthogonalize", "warmup_cosine", "xxt",
 ]

@@ -14,14 +14,6 @@ from .routing import muon_param_groups
 from .schedules import warmup_cosine
 
 __all__ = [
-    "BACKENDS",
-    "Muon",
-    "MuonWithAdamW",
-    "NorMuon",
-    "SignSGD",
-    "ba_plus_caa",
-    "muon_param_groups",
-    "orthogonalize",
-    "warmup_cosine",
-    "xxt",
+    "BACKENDS", "Muon", "MuonWithAdamW", "NorMuon", "SignSGD", "ba_plus_caa", "muon_param_groups",
+    "orthogonalize", "warmup_cosine", "xxt",
 ]

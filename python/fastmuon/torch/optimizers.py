@@ -127,7 +127,8 @@ class _Pending:
 
 class _CheckedOptimizer(Optimizer):
     """An Optimizer whose ``add_param_group`` fills per-kind defaults and validates the group
-    (raising ValueError, with the optimizer left as it was)."""
+    (raising ValueError, with the optimizer left as it was), and whose ``step`` evaluates the
+    closure and then runs the subclass's ``_step``."""
 
     def _fill_group_defaults(self, group: dict) -> None:
         """Fill a new group's per-kind defaults (before the base class adds ``self.defaults``)."""
@@ -143,6 +144,20 @@ class _CheckedOptimizer(Optimizer):
         except ValueError:
             self.param_groups.pop()
             raise
+
+    def _step(self) -> None:
+        """Update every parameter that has a gradient (under torch.no_grad)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step()
+        return loss
 
 
 class _MuonFamily(_CheckedOptimizer):
@@ -162,18 +177,11 @@ class _MuonFamily(_CheckedOptimizer):
             _check_adamw_group(group)
 
     # ------------------------------------------------------------------- step
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _step(self) -> None:
         self._muon_step([g for g in self.param_groups if g["use_muon"]])
         for group in self.param_groups:
             if not group["use_muon"]:
                 self._adamw_step(group)
-        return loss
 
     def _world(self):
         """(process_group, rank, world_size) when the step is data parallel, else None."""
@@ -495,13 +503,7 @@ class SignSGD(_CheckedOptimizer):
         _float_lr(group["lr"])
         check_hyperparameters(lr=group["lr"], weight_decay=group["weight_decay"])
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform one step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _step(self) -> None:
         for group in self.param_groups:
             lr, wd, sparse = group["lr"], group["weight_decay"], group["sparse"]
             for p in group["params"]:
@@ -518,7 +520,6 @@ class SignSGD(_CheckedOptimizer):
                 W_new = signsgd_update(p.detach(), G.to(p.dtype), lr=lr, weight_decay=wd)
                 keep = finite & rows_touched(G) if sparse else finite
                 p.copy_(torch.where(keep, W_new, p))
-        return loss
 
     @staticmethod
     def _sparse_rows_step(p: torch.Tensor, G: torch.Tensor, lr: float, wd: float) -> None:
