@@ -253,18 +253,14 @@ void orthogonalize(nb::handle x_obj, nb::handle coef_obj, double norm_scale,
             .c_str());
   }
   check_contiguous(coef, fn, "coefficients");
-  if (overlaps(x, coef)) {
-    throw nb::value_error(
-        "orthogonalize(): `coefficients` must not overlap `x`");
-  }
 
-  fastmuon::cpu::OrthogonalizePlan plan{};
-  plan.coefficients = static_cast<const double*>(coef.data());
-  plan.steps = static_cast<int64_t>(coef.shape(0));
-  plan.norm_scale = norm_scale;
-  plan.eps = eps;
-  plan.gram = gram;
-  plan.gram_restart_every = gram_restart_every;
+  // The plan owns a copy of the (steps x 3) coefficients.
+  fastmuon::OrthogonalizePlan plan{
+      {}, norm_scale, eps, gram, gram_restart_every};
+  const auto* c = static_cast<const double*>(coef.data());
+  for (size_t i = 0; i < coef.shape(0); ++i) {
+    plan.coefficients.push_back({c[3 * i], c[3 * i + 1], c[3 * i + 2]});
+  }
 
   const int64_t batch = nd == 3 ? static_cast<int64_t>(x.shape(0)) : 1;
   const auto rows = static_cast<int64_t>(x.shape(nd - 2));

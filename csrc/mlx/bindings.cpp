@@ -7,6 +7,10 @@
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
+#include <array>
+#include <cstdint>
+#include <vector>
+
 #include "ba_plus_caa.h"
 #include "orthogonalize.h"
 #include "xxt.h"
@@ -94,7 +98,17 @@ Raises:
 
   m.def(
       "orthogonalize",
-      &fastmuon::orthogonalize,
+      [](const mlx::core::array& x,
+         std::vector<std::array<double, 3>> coefficients,
+         double norm_scale,
+         double eps,
+         bool gram,
+         int64_t gram_restart_every,
+         mlx::core::StreamOrDevice s) {
+        fastmuon::OrthogonalizePlan plan{
+            std::move(coefficients), norm_scale, eps, gram, gram_restart_every};
+        return fastmuon::orthogonalize(x, std::move(plan), s);
+      },
       "x"_a,
       "coefficients"_a,
       "norm_scale"_a,
