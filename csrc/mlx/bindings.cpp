@@ -18,6 +18,13 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
+// The `stream` argument of every op below.
+#define FASTMUON_STREAM_DOC                                                  \
+  "    stream (Stream or Device, optional): where to run. On a GPU stream\n" \
+  "        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in\n" \
+  "        the input's dtype, accumulating in float32 (not yet run on Apple\n" \
+  "        hardware); builds without Metal raise at evaluation.\n"
+
 NB_MODULE(_mlx_ext, m) {
   m.doc() =
       "fastmuon._mlx_ext: MLX primitives backed by fastmuon's CPU kernels "
@@ -43,11 +50,7 @@ vmap-able; works inside ``mx.compile``.
 Args:
     x (array): float32, float16 or bfloat16 array with ``ndim >= 2``.
         Any layout (transposed / sliced views are packed internally).
-    stream (Stream or Device, optional): where to run. On a GPU stream
-        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
-        the input's dtype, accumulating in float32 (not yet run on Apple
-        hardware); builds without Metal raise at evaluation.
-
+)doc" FASTMUON_STREAM_DOC R"doc(
 Returns:
     array: ``(..., m, m)`` array of ``x``'s dtype.
 
@@ -83,11 +86,7 @@ Args:
         Any layout (strided views are packed internally).
     alpha (float): coefficient of ``a @ a`` (rounded to float32).
     beta (float): coefficient of ``a`` (rounded to float32).
-    stream (Stream or Device, optional): where to run. On a GPU stream
-        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
-        the input's dtype, accumulating in float32 (not yet run on Apple
-        hardware); builds without Metal raise at evaluation.
-
+)doc" FASTMUON_STREAM_DOC R"doc(
 Returns:
     array: ``(..., m, m)`` array of ``a``'s dtype.
 
@@ -147,11 +146,7 @@ Args:
     gram (bool): iterate on the Gram matrix instead of ``X``.
     gram_restart_every (int): restart period (``>= 1``) of the Gram
         iteration; ignored when ``gram`` is false.
-    stream (Stream or Device, optional): where to run. On a GPU stream
-        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
-        the input's dtype, accumulating in float32 (not yet run on Apple
-        hardware); builds without Metal raise at evaluation.
-
+)doc" FASTMUON_STREAM_DOC R"doc(
 Returns:
     array: array of ``x``'s shape and dtype.
 

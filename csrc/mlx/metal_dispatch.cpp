@@ -123,6 +123,24 @@ mx::array Launcher::temporary(const mx::Shape& shape, mx::Dtype dtype) {
   return t;
 }
 
+void Launcher::start(const char* base, mx::Dtype dtype, const mx::array& in,
+                     mx::array& out) {
+  encoder_.set_compute_pipeline_state(kernel(base, dtype));
+  encoder_.set_input_array(in, 0);
+  encoder_.set_output_array(out, 1);
+}
+
+void Launcher::dispatch_elementwise(int64_t cols, int64_t rows, int64_t batch) {
+  encoder_.dispatch_threads(
+      size3(cols, rows, batch), elementwise_group(cols, rows));
+}
+
+void Launcher::set_layout(const mx::array& x, int index) {
+  encoder_.set_vector_bytes(x.shape(), index);
+  encoder_.set_vector_bytes(x.strides(), index + 1);
+  encoder_.set_bytes(static_cast<int>(x.ndim()), index + 2);
+}
+
 mx::array Launcher::row_contiguous(const mx::array& x) {
   if (x.flags().row_contiguous && x.data_size() == x.size()) {
     return x;
@@ -132,12 +150,8 @@ mx::array Launcher::row_contiguous(const mx::array& x) {
   if (size == 0) {
     return out;
   }
-  encoder_.set_compute_pipeline_state(kernel("fastmuon_gather", x.dtype()));
-  encoder_.set_input_array(x, 0);
-  encoder_.set_output_array(out, 1);
-  encoder_.set_vector_bytes(x.shape(), 2);
-  encoder_.set_vector_bytes(x.strides(), 3);
-  encoder_.set_bytes(static_cast<int>(x.ndim()), 4);
+  start("fastmuon_gather", x.dtype(), x, out);
+  set_layout(x, 2);
   encoder_.set_bytes(size, 5);
   const int64_t width = std::min<int64_t>(size, int64_t{1} << 30);
   const int64_t height = (size + width - 1) / width;
@@ -177,12 +191,10 @@ void Launcher::symmetric(const mx::array& x, mx::array& out, bool axpby,
         "[fastmuon] the Metal symmetric kernels take up to " +
         std::to_string(kMaxSymmetricDim) + " rows, got " + std::to_string(m));
   }
-  encoder_.set_compute_pipeline_state(
-      kernel(axpby ? "fastmuon_ba_plus_caa" : "fastmuon_xxt", out.dtype()));
   // With k == 0 the kernel reads nothing and writes zeros; any bound buffer
   // will do for x.
-  encoder_.set_input_array(x.size() == 0 ? out : x, 0);
-  encoder_.set_output_array(out, 1);
+  start(axpby ? "fastmuon_ba_plus_caa" : "fastmuon_xxt", out.dtype(),
+        x.size() == 0 ? out : x, out);
   encoder_.set_bytes(to_int(m, "rows"), 2);
   encoder_.set_bytes(to_int(k, "columns"), 3);
   encoder_.set_bytes(alpha, 4);
@@ -218,12 +230,8 @@ void Launcher::gemm(const mx::array& a, const mx::array& b, const mx::array* c,
 }
 
 void Launcher::sumsq(const mx::array& x, mx::array& sumsq) {
-  encoder_.set_compute_pipeline_state(kernel("fastmuon_sumsq", x.dtype()));
-  encoder_.set_input_array(x, 0);
-  encoder_.set_output_array(sumsq, 1);
-  encoder_.set_vector_bytes(x.shape(), 2);
-  encoder_.set_vector_bytes(x.strides(), 3);
-  encoder_.set_bytes(static_cast<int>(x.ndim()), 4);
+  start("fastmuon_sumsq", x.dtype(), x, sumsq);
+  set_layout(x, 2);
   encoder_.dispatch_threadgroups(
       size3(detail::matrix_batch(x), 1, 1), size3(kReduceThreads, 1, 1));
 }
@@ -236,38 +244,27 @@ void Launcher::load_wide(const mx::array& x, const mx::array& sumsq,
   encoder_.set_input_array(x, 0);
   encoder_.set_input_array(sumsq, 1);
   encoder_.set_output_array(w, 2);
-  encoder_.set_vector_bytes(x.shape(), 3);
-  encoder_.set_vector_bytes(x.strides(), 4);
-  encoder_.set_bytes(static_cast<int>(x.ndim()), 5);
+  set_layout(x, 3);
   encoder_.set_bytes(norm_scale, 6);
   encoder_.set_bytes(eps, 7);
-  encoder_.dispatch_threads(
-      size3(n, m, detail::matrix_batch(x)), elementwise_group(n, m));
+  dispatch_elementwise(n, m, detail::matrix_batch(x));
 }
 
 void Launcher::store_wide(const mx::array& w, mx::array& out) {
   const int64_t rows = out.shape(-2);
   const int64_t cols = out.shape(-1);
-  encoder_.set_compute_pipeline_state(
-      kernel("fastmuon_store_wide", out.dtype()));
-  encoder_.set_input_array(w, 0);
-  encoder_.set_output_array(out, 1);
+  start("fastmuon_store_wide", out.dtype(), w, out);
   encoder_.set_bytes(to_int(rows, "rows"), 2);
   encoder_.set_bytes(to_int(cols, "columns"), 3);
-  encoder_.dispatch_threads(size3(cols, rows, detail::matrix_batch(out)),
-                            elementwise_group(cols, rows));
+  dispatch_elementwise(cols, rows, detail::matrix_batch(out));
 }
 
 void Launcher::add_identity(const mx::array& z, mx::array& out, float a) {
   const int64_t m = z.shape(-1);
-  encoder_.set_compute_pipeline_state(
-      kernel("fastmuon_add_identity", out.dtype()));
-  encoder_.set_input_array(z, 0);
-  encoder_.set_output_array(out, 1);
+  start("fastmuon_add_identity", out.dtype(), z, out);
   encoder_.set_bytes(to_int(m, "rows"), 2);
   encoder_.set_bytes(a, 3);
-  encoder_.dispatch_threads(
-      size3(m, m, detail::matrix_batch(z)), elementwise_group(m, m));
+  dispatch_elementwise(m, m, detail::matrix_batch(z));
 }
 
 } // namespace fastmuon::gpu

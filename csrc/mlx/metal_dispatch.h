@@ -97,6 +97,14 @@ class Launcher {
   // out = alpha a b + beta c (c null: beta ignored); sizes from the shapes.
   void gemm(const mx::array& a, const mx::array& b, const mx::array* c,
             mx::array& out, float alpha, float beta);
+  // Selects kernel `base` for `dtype` and binds in (buffer 0) and out (1).
+  void start(const char* base, mx::Dtype dtype, const mx::array& in,
+             mx::array& out);
+  // Threads over (cols, rows, batch), for the element-wise kernels.
+  void dispatch_elementwise(int64_t cols, int64_t rows, int64_t batch);
+  // x's shape, strides and ndim at buffer indices index .. index + 2, as the
+  // kernels that read any layout take them.
+  void set_layout(const mx::array& x, int index);
 
   mx::Stream stream_;
   mx::metal::Device& device_;
