@@ -5,6 +5,7 @@
 // only the BLAS, never libmlx, so PyTorch users do not need MLX installed.
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -16,14 +17,13 @@ using namespace nb::literals;
 
 namespace {
 
-using ROArray = nb::ndarray<nb::ro>;  // any dtype/shape/device, read-only ok
-using RWArray = nb::ndarray<>;        // any dtype/shape/device, writable
+// What the kernels take: C-contiguous CPU arrays of T, viewed without a copy
+// (DLPack or the buffer protocol); const T accepts read-only arrays too.
+template <typename T>
+using CpuArray = nb::ndarray<T, nb::c_contig, nb::device::cpu>;
 
-std::string obj_type_name(nb::handle h) {
-  return nb::type_name(h.type()).c_str();
-}
-
-std::string shape_str(const nb::ndarray<nb::ro>& a) {
+template <typename A>
+std::string shape_str(const A& a) {
   std::string s = "(";
   for (size_t i = 0; i < a.ndim(); ++i) {
     s += std::to_string(a.shape(i));
@@ -48,230 +48,176 @@ std::string dtype_str(nb::dlpack::dtype dt) {
   return std::string(kind) + std::to_string(dt.bits);
 }
 
-// C-contiguity in the numpy sense: extents of size 1 may carry any stride,
-// and empty arrays are contiguous.
-bool is_c_contiguous(const ROArray& a) {
-  if (a.size() == 0) {
-    return true;  // exporters may report any strides for empty arrays
-  }
-  int64_t expected = 1;
-  for (size_t i = a.ndim(); i-- > 0;) {
-    const auto n = static_cast<int64_t>(a.shape(i));
-    if (n != 1 && a.stride(i) != expected) {
-      return false;
-    }
-    expected *= n;
-  }
-  return true;
+// Every argument error reads "fn(): `name` <what is wrong>".
+std::string arg_error(const char* fn, const char* name,
+                      const std::string& what) {
+  return std::string(fn) + "(): `" + name + "` " + what;
 }
 
-// "fn(): `name` " -- every argument error starts like this.
-std::string arg_prefix(const char* fn, const char* name) {
-  return std::string(fn) + "(): `" + name + "` ";
+[[noreturn]] void bad_value(const char* fn, const char* name,
+                            const std::string& what) {
+  throw nb::value_error(arg_error(fn, name, what).c_str());
 }
 
-// Convert `obj` to a read-only ndarray view without copying, or raise
-// TypeError naming the argument.
-ROArray as_array(nb::handle obj, const char* fn, const char* name) {
-  ROArray arr;
-  if (!nb::try_cast(obj, arr, /*convert=*/false)) {
-    throw nb::type_error(
-        (arg_prefix(fn, name) +
-         "must be a CPU array that supports DLPack or the buffer protocol "
-         "(numpy.ndarray, torch CPU tensor without requires_grad, ...); got " +
-         obj_type_name(obj))
-            .c_str());
-  }
-  return arr;
+[[noreturn]] void bad_type(const char* fn, const char* name,
+                           const std::string& what) {
+  throw nb::type_error(arg_error(fn, name, what).c_str());
 }
 
-// Convert `obj` to a writable ndarray view, or raise naming the argument
-// (ValueError if it is an array but read-only, TypeError otherwise).
-RWArray as_writable_array(nb::handle obj, const char* fn, const char* name) {
-  RWArray arr;
-  if (!nb::try_cast(obj, arr, /*convert=*/false)) {
-    ROArray probe;
-    if (nb::try_cast(obj, probe, /*convert=*/false)) {
-      throw nb::value_error(
-          (arg_prefix(fn, name) + "is read-only; pass a writable array").c_str());
-    }
-    as_array(obj, fn, name);  // raises the TypeError naming the argument
+// `obj` as a CpuArray<T>, or raise naming the argument and the first of:
+// not an array (TypeError), read-only where T is writable, not in CPU memory
+// (ValueError), another dtype (TypeError), another layout (ValueError).
+// nanobind's typed cast decides; the untyped views below only explain a
+// refusal.
+template <typename T>
+CpuArray<T> as_array(nb::handle obj, const char* fn, const char* name) {
+  CpuArray<T> arr;
+  if (nb::try_cast(obj, arr, /*convert=*/false)) {
+    return arr;
   }
-  return arr;
+  nb::ndarray<nb::ro> any;
+  if (!nb::try_cast(obj, any, /*convert=*/false)) {
+    bad_type(fn, name,
+             "must be a CPU array that supports DLPack or the buffer protocol "
+             "(numpy.ndarray, torch CPU tensor without requires_grad, ...); "
+             "got " + std::string(nb::type_name(obj.type()).c_str()));
+  }
+  nb::ndarray<> writable;
+  if (!std::is_const_v<T> && !nb::try_cast(obj, writable, /*convert=*/false)) {
+    bad_value(fn, name, "is read-only; pass a writable array");
+  }
+  if (any.device_type() != nb::device::cpu::value) {
+    bad_value(fn, name, "must live in CPU memory (DLPack device type " +
+                            std::to_string(any.device_type()) + ")");
+  }
+  using Scalar = std::remove_const_t<T>;
+  if (any.dtype() != nb::dtype<Scalar>()) {
+    bad_type(fn, name,
+             std::string("must have dtype ") +
+                 (std::is_same_v<Scalar, float> ? "float32" : "float64") +
+                 ", got " + dtype_str(any.dtype()));
+  }
+  bad_value(fn, name,
+            "must be C-contiguous (row-major, no gaps); got a strided view of "
+            "shape " + shape_str(any) +
+                ". Pass a contiguous copy (np.ascontiguousarray / "
+                "tensor.contiguous()).");
 }
 
-void check_cpu_dtype(const ROArray& a, const char* fn, const char* name,
-                     nb::dlpack::dtype want, const char* want_name) {
-  if (a.device_type() != nb::device::cpu::value) {
-    throw nb::value_error(
-        (arg_prefix(fn, name) + "must live in CPU memory (DLPack device type " +
-         std::to_string(a.device_type()) + ")")
-            .c_str());
-  }
-  if (a.dtype() != want) {
-    throw nb::type_error((arg_prefix(fn, name) + "must have dtype " +
-                          want_name + ", got " + dtype_str(a.dtype()))
-                             .c_str());
-  }
+// The kernels take (batch, r, c) or one (r, c) matrix.
+template <typename A>
+bool is_matrix_batch(const A& a) {
+  return a.ndim() == 2 || a.ndim() == 3;
 }
 
-void check_contiguous(const ROArray& a, const char* fn, const char* name) {
-  if (!is_c_contiguous(a)) {
-    throw nb::value_error(
-        (arg_prefix(fn, name) +
-         "must be C-contiguous (row-major, no gaps); got a strided view of "
-         "shape " +
-         shape_str(a) + ". Pass a contiguous copy (np.ascontiguousarray / "
-                        "tensor.contiguous()).")
-            .c_str());
-  }
+template <typename A>
+int64_t dim(const A& a, size_t i) {
+  return static_cast<int64_t>(a.shape(i));
 }
 
-// CPU, float32, `ndim` dimensions, C-contiguous (checked in this order).
-void check_float32_cpu(const ROArray& a, const char* fn, const char* name,
-                       size_t ndim) {
-  check_cpu_dtype(a, fn, name, nb::dtype<float>(), "float32");
-  if (a.ndim() != ndim) {
-    throw nb::value_error(
-        (arg_prefix(fn, name) + "must have " + std::to_string(ndim) +
-         " dimensions, got shape " + shape_str(a))
-            .c_str());
-  }
-  check_contiguous(a, fn, name);
+template <typename A>
+int64_t batch_of(const A& a) {
+  return a.ndim() == 3 ? dim(a, 0) : 1;
 }
 
-bool overlaps(const ROArray& a, const ROArray& b) {
-  const auto* a_lo = static_cast<const char*>(a.data());
-  const auto* b_lo = static_cast<const char*>(b.data());
+template <typename A, typename B>
+bool overlaps(const A& a, const B& b) {
+  const auto* a_lo = reinterpret_cast<const char*>(a.data());
+  const auto* b_lo = reinterpret_cast<const char*>(b.data());
   return a.nbytes() > 0 && b.nbytes() > 0 && a_lo < b_lo + b.nbytes() &&
       b_lo < a_lo + a.nbytes();
 }
 
-void xxt(nb::handle x_obj, nb::handle out_obj) {
-  constexpr const char* fn = "xxt";
-  ROArray x = as_array(x_obj, fn, "x");
-  const size_t nd = x.ndim();
-  if (nd != 2 && nd != 3) {
-    throw nb::value_error(
-        ("xxt(): `x` must have shape (m, k) or (batch, m, k), got shape " +
-         shape_str(x))
-            .c_str());
+// `out` is compared with the shape of an input of `ndim` dimensions.
+template <typename A>
+void check_out_ndim(const A& out, const char* fn, size_t ndim) {
+  if (out.ndim() != ndim) {
+    bad_value(fn, "out", "must have " + std::to_string(ndim) +
+                             " dimensions, got shape " + shape_str(out));
   }
-  check_float32_cpu(x, fn, "x", nd);
-
-  RWArray out_rw = as_writable_array(out_obj, fn, "out");
-  ROArray out(out_rw);
-  check_float32_cpu(out, fn, "out", nd);
-
-  const int64_t batch = nd == 3 ? static_cast<int64_t>(x.shape(0)) : 1;
-  const auto m = static_cast<int64_t>(x.shape(nd - 2));
-  const auto k = static_cast<int64_t>(x.shape(nd - 1));
-  const bool shape_ok = (nd == 2 || static_cast<int64_t>(out.shape(0)) == batch) &&
-      static_cast<int64_t>(out.shape(nd - 2)) == m &&
-      static_cast<int64_t>(out.shape(nd - 1)) == m;
-  if (!shape_ok) {
-    std::string want = nd == 3 ? "(" + std::to_string(batch) + ", " : "(";
-    want += std::to_string(m) + ", " + std::to_string(m) + ")";
-    throw nb::value_error(("xxt(): `out` must have shape " + want +
-                           " for `x` of shape " + shape_str(x) + ", got " +
-                           shape_str(out))
-                              .c_str());
-  }
-  if (overlaps(x, out)) {
-    throw nb::value_error("xxt(): `out` must not overlap `x`");
-  }
-
-  const auto* xp = static_cast<const float*>(x.data());
-  auto* op = static_cast<float*>(out_rw.data());
-  nb::gil_scoped_release release;
-  fastmuon::cpu::xxt_f32(xp, op, batch, m, k);
 }
 
-void ba_plus_caa(nb::handle a_obj, nb::handle out_obj, double alpha, double beta) {
-  constexpr const char* fn = "ba_plus_caa";
-  ROArray a = as_array(a_obj, fn, "a");
-  const size_t nd = a.ndim();
-  if ((nd != 2 && nd != 3) || a.shape(nd - 1) != a.shape(nd - 2)) {
-    throw nb::value_error(
-        ("ba_plus_caa(): `a` must have shape (m, m) or (batch, m, m), got "
-         "shape " +
-         shape_str(a))
-            .c_str());
+void xxt(nb::handle x_obj, nb::handle out_obj) {
+  constexpr const char* fn = "xxt";
+  auto x = as_array<const float>(x_obj, fn, "x");
+  if (!is_matrix_batch(x)) {
+    bad_value(fn, "x", "must have shape (m, k) or (batch, m, k), got shape " +
+                           shape_str(x));
   }
-  check_float32_cpu(a, fn, "a", nd);
+  auto out = as_array<float>(out_obj, fn, "out");
+  const size_t nd = x.ndim();
+  check_out_ndim(out, fn, nd);
+  const int64_t batch = batch_of(x);
+  const int64_t m = dim(x, nd - 2);
+  const int64_t k = dim(x, nd - 1);
+  if (batch_of(out) != batch || dim(out, nd - 2) != m ||
+      dim(out, nd - 1) != m) {
+    std::string want = nd == 3 ? "(" + std::to_string(batch) + ", " : "(";
+    want += std::to_string(m) + ", " + std::to_string(m) + ")";
+    bad_value(fn, "out", "must have shape " + want + " for `x` of shape " +
+                             shape_str(x) + ", got " + shape_str(out));
+  }
+  if (overlaps(x, out)) {
+    bad_value(fn, "out", "must not overlap `x`");
+  }
+  nb::gil_scoped_release release;
+  fastmuon::cpu::xxt_f32(x.data(), out.data(), batch, m, k);
+}
 
-  RWArray out_rw = as_writable_array(out_obj, fn, "out");
-  ROArray out(out_rw);
-  check_float32_cpu(out, fn, "out", nd);
-  bool shape_ok = true;
-  for (size_t i = 0; i < nd; ++i) {
-    shape_ok = shape_ok && out.shape(i) == a.shape(i);
+void ba_plus_caa(nb::handle a_obj, nb::handle out_obj, double alpha,
+                 double beta) {
+  constexpr const char* fn = "ba_plus_caa";
+  auto a = as_array<const float>(a_obj, fn, "a");
+  const size_t nd = a.ndim();
+  if (!is_matrix_batch(a) || a.shape(nd - 1) != a.shape(nd - 2)) {
+    bad_value(fn, "a", "must have shape (m, m) or (batch, m, m), got shape " +
+                           shape_str(a));
   }
-  if (!shape_ok) {
-    throw nb::value_error(("ba_plus_caa(): `out` must have the shape of `a`, " +
-                           shape_str(a) + ", got " + shape_str(out))
-                              .c_str());
+  auto out = as_array<float>(out_obj, fn, "out");
+  check_out_ndim(out, fn, nd);
+  for (size_t i = 0; i < nd; ++i) {
+    if (out.shape(i) != a.shape(i)) {
+      bad_value(fn, "out", "must have the shape of `a`, " + shape_str(a) +
+                               ", got " + shape_str(out));
+    }
   }
   // In place (the very same buffer) is supported; any other overlap is not.
   if (out.data() != a.data() && overlaps(a, out)) {
-    throw nb::value_error(
-        "ba_plus_caa(): `out` must be `a` itself or not overlap it");
+    bad_value(fn, "out", "must be `a` itself or not overlap it");
   }
-
-  const int64_t batch = nd == 3 ? static_cast<int64_t>(a.shape(0)) : 1;
-  const auto m = static_cast<int64_t>(a.shape(nd - 1));
-  const auto* ap = static_cast<const float*>(a.data());
-  auto* op = static_cast<float*>(out_rw.data());
   const auto alpha32 = static_cast<float>(alpha);
   const auto beta32 = static_cast<float>(beta);
   nb::gil_scoped_release release;
-  fastmuon::cpu::ba_plus_caa_f32(ap, op, batch, m, alpha32, beta32);
+  fastmuon::cpu::ba_plus_caa_f32(a.data(), out.data(), batch_of(a),
+                                 dim(a, nd - 1), alpha32, beta32);
 }
 
 void orthogonalize(nb::handle x_obj, nb::handle coef_obj, double norm_scale,
                    double eps, bool gram, int64_t gram_restart_every) {
   constexpr const char* fn = "orthogonalize";
-  RWArray x_rw = as_writable_array(x_obj, fn, "x");
-  ROArray x(x_rw);
-  const size_t nd = x.ndim();
-  if (nd != 2 && nd != 3) {
-    throw nb::value_error(
-        ("orthogonalize(): `x` must have shape (rows, cols) or (batch, rows, "
-         "cols), got shape " +
-         shape_str(x))
-            .c_str());
+  auto x = as_array<float>(x_obj, fn, "x");
+  if (!is_matrix_batch(x)) {
+    bad_value(fn, "x",
+              "must have shape (rows, cols) or (batch, rows, cols), got "
+              "shape " + shape_str(x));
   }
-  check_float32_cpu(x, fn, "x", nd);
-
-  ROArray coef = as_array(coef_obj, fn, "coefficients");
-  check_cpu_dtype(coef, fn, "coefficients", nb::dtype<double>(), "float64");
+  auto coef = as_array<const double>(coef_obj, fn, "coefficients");
   if (coef.ndim() != 2 || coef.shape(1) != 3 || coef.shape(0) < 1) {
-    throw nb::value_error(
-        ("orthogonalize(): `coefficients` must have shape (steps, 3) with "
-         "steps >= 1, got shape " +
-         shape_str(coef))
-            .c_str());
+    bad_value(fn, "coefficients",
+              "must have shape (steps, 3) with steps >= 1, got shape " +
+                  shape_str(coef));
   }
-  check_contiguous(coef, fn, "coefficients");
-  if (overlaps(x, coef)) {
-    throw nb::value_error(
-        "orthogonalize(): `coefficients` must not overlap `x`");
+  // The plan owns a copy of the (steps x 3) coefficients.
+  fastmuon::OrthogonalizePlan plan{
+      {}, norm_scale, eps, gram, gram_restart_every};
+  const double* c = coef.data();
+  for (size_t i = 0; i < coef.shape(0); ++i) {
+    plan.coefficients.push_back({c[3 * i], c[3 * i + 1], c[3 * i + 2]});
   }
-
-  fastmuon::cpu::OrthogonalizePlan plan{};
-  plan.coefficients = static_cast<const double*>(coef.data());
-  plan.steps = static_cast<int64_t>(coef.shape(0));
-  plan.norm_scale = norm_scale;
-  plan.eps = eps;
-  plan.gram = gram;
-  plan.gram_restart_every = gram_restart_every;
-
-  const int64_t batch = nd == 3 ? static_cast<int64_t>(x.shape(0)) : 1;
-  const auto rows = static_cast<int64_t>(x.shape(nd - 2));
-  const auto cols = static_cast<int64_t>(x.shape(nd - 1));
-  auto* xp = static_cast<float*>(x_rw.data());
+  const size_t nd = x.ndim();
   nb::gil_scoped_release release;
-  fastmuon::cpu::orthogonalize_f32(xp, batch, rows, cols, plan);
+  fastmuon::cpu::orthogonalize_f32(x.data(), batch_of(x), dim(x, nd - 2),
+                                   dim(x, nd - 1), plan);
 }
 
 } // namespace

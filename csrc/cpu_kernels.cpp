@@ -7,7 +7,6 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "blas.h"
@@ -170,36 +169,6 @@ void ba_plus_caa_f32(const float* a, float* out, int64_t batch, int64_t m,
 
 namespace {
 
-void check_plan(const OrthogonalizePlan& plan) {
-  if (plan.steps < 1 || plan.coefficients == nullptr) {
-    throw std::invalid_argument(
-        "[fastmuon.orthogonalize] coefficients must hold at least one step, "
-        "got " + std::to_string(plan.steps));
-  }
-  for (int64_t i = 0; i < 3 * plan.steps; ++i) {
-    if (!std::isfinite(plan.coefficients[i])) {
-      throw std::invalid_argument(
-          "[fastmuon.orthogonalize] coefficients must be finite; step " +
-          std::to_string(i / 3) + " has " + std::to_string(plan.coefficients[i]));
-    }
-  }
-  if (!(std::isfinite(plan.norm_scale) && plan.norm_scale > 0.0)) {
-    throw std::invalid_argument(
-        "[fastmuon.orthogonalize] norm_scale must be finite and positive, got " +
-        std::to_string(plan.norm_scale));
-  }
-  if (!(std::isfinite(plan.eps) && plan.eps >= 0.0)) {
-    throw std::invalid_argument(
-        "[fastmuon.orthogonalize] eps must be finite and non-negative, got " +
-        std::to_string(plan.eps));
-  }
-  if (plan.gram && plan.gram_restart_every < 1) {
-    throw std::invalid_argument(
-        "[fastmuon.orthogonalize] gram_restart_every must be >= 1, got " +
-        std::to_string(plan.gram_restart_every));
-  }
-}
-
 // X / (||X||_F * norm_scale + eps). The sum of squares runs in double (four
 // partial sums, so the loop is not one long dependency chain): a float
 // accumulator loses digits over millions of terms. A zero matrix gives
@@ -223,127 +192,71 @@ void normalize(float* x, int64_t n, double norm_scale, double eps) {
   }
 }
 
-void add_to_diagonal(float* c, int64_t m, float a) {
-  for (int64_t i = 0; i < m; ++i) {
-    c[i * m + i] += a;
-  }
-}
-
-// One matrix in the wide orientation W (m x n, m <= n). W is stored either
-// as itself (row-major m x n, tall == false) or as its transpose (row-major
-// n x m, tall == true), so a tall input needs no transposed copy: every
-// product with W is rewritten on the stored matrix X = W^T:
+// The operations of fastmuon::iterate on the BLAS, for one matrix in the wide
+// orientation W (m x n, m <= n). W is stored either as itself (row-major
+// m x n, tall == false) or as its transpose (row-major n x m, tall == true),
+// so a tall input needs no transposed copy: every product with W is
+// rewritten on the stored matrix X = W^T:
 //   W W^T   -> X^T X          (ssyrk, Trans)
 //   P W     -> X P^T          (sgemm with the small factor on the right)
-// The two (m x n) buffers x and x2 alternate as "current X"; the caller
-// copies back if the result ends in x2.
-class WideMatrix {
+class BlasOps {
  public:
-  WideMatrix(float* x, float* x2, int64_t m, int64_t n, bool tall)
-      : cur_(x), other_(x2), m_(m), n_(n), tall_(tall) {}
+  struct Wide {
+    float* data;
+  };
+  struct Square {
+    float* data;
+  };
 
-  float* data() const { return cur_; }
+  BlasOps(int64_t m, int64_t n, bool tall) : m_(m), n_(n), tall_(tall) {}
 
-  // c = W W^T (c is m x m, exactly symmetric).
-  void gram(float* c) const {
-    syrk_full(cur_, c, m_, n_, 1.0f, 0.0f, tall_);
+  void xxt(Wide x, Square out) const {
+    syrk_full(x.data, out.data, m_, n_, 1.0f, 0.0f, tall_);
   }
 
-  // W <- a W + P W for an (m x m) matrix P (stored W: a X + X P^T).
-  void apply(const float* p, float a) {
-    copy_floats(other_, cur_, m_ * n_);
-    multiply_into_other(p, a);
+  // a is exactly symmetric here (every square of the iteration is), so
+  // ssyrk reads it in full as its own transpose.
+  void ba_plus_caa(Square a, Square out, float alpha, float beta) const {
+    copy_floats(out.data, a.data, m_ * m_);  // beta A enters through ssyrk's C
+    syrk_full(a.data, out.data, m_, m_, alpha, beta, false);
   }
 
-  // W <- P W.
-  void apply(const float* p) {
-    multiply_into_other(p, 0.0f);
+  void addmm(Wide c, Square a, Wide b, Wide out, float alpha,
+             float beta) const {
+    copy_floats(out.data, c.data, m_ * n_);
+    times_wide(a, b, out, alpha, beta);
+  }
+
+  void addmm(Square c, Square a, Square b, Square out, float alpha,
+             float beta) const {
+    copy_floats(out.data, c.data, m_ * m_);
+    symmetric_product(a.data, b.data, m_, alpha, beta, out.data);
+  }
+
+  void matmul(Square a, Wide b, Wide out) const {
+    times_wide(a, b, out, 1.0f, 0.0f);
+  }
+
+  void add_identity(Square z, Square out, float a) const {
+    copy_floats(out.data, z.data, m_ * m_);
+    for (int64_t i = 0; i < m_; ++i) {
+      out.data[i * m_ + i] += a;
+    }
   }
 
  private:
-  void multiply_into_other(const float* p, float beta) {
+  // out = alpha P W + beta out (stored W: alpha X P^T + beta out).
+  void times_wide(Square p, Wide w, Wide out, float alpha, float beta) const {
     if (tall_) {
-      gemm(false, true, n_, m_, m_, 1.0f, cur_, p, beta, other_);
+      gemm(false, true, n_, m_, m_, alpha, w.data, p.data, beta, out.data);
     } else {
-      gemm(false, false, m_, n_, m_, 1.0f, p, cur_, beta, other_);
+      gemm(false, false, m_, n_, m_, alpha, p.data, w.data, beta, out.data);
     }
-    std::swap(cur_, other_);
   }
 
-  float* cur_;
-  float* other_;
   int64_t m_, n_;
   bool tall_;
 };
-
-// Scratch for one call, sized once and reused by every matrix of the batch.
-struct Workspace {
-  std::vector<float> x2;       // second (m x n) buffer for X updates
-  std::vector<float> s1, s2;   // (m x m): A, B (standard) or R, Z (gram)
-  std::vector<float> s3, s4;   // (m x m): Q, RZ (gram only)
-};
-
-// Standard iteration: per step A = X X^T, B = b A + c A A, X <- a X + B X.
-void standard_iteration(WideMatrix& w, const OrthogonalizePlan& plan,
-                        Workspace& ws, int64_t m) {
-  float* A = ws.s1.data();
-  float* B = ws.s2.data();
-  for (int64_t step = 0; step < plan.steps; ++step) {
-    const double* abc = plan.coefficients + 3 * step;
-    w.gram(A);
-    copy_floats(B, A, m * m);  // b A enters through ssyrk's C
-    syrk_full(A, B, m, m, static_cast<float>(abc[2]), static_cast<float>(abc[1]), false);
-    w.apply(B, static_cast<float>(abc[0]));
-  }
-}
-
-// Gram-space iteration (see _gram_iterations in python/fastmuon/_iteration.py):
-// X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so the steps run on
-// (m x m) matrices; X is touched at the start, at restarts and at the end.
-void gram_iteration(WideMatrix& w, const OrthogonalizePlan& plan, Workspace& ws,
-                    int64_t m) {
-  float* R = ws.s1.data();
-  float* Z = ws.s2.data();
-  float* Q = ws.s3.data();
-  float* RZ = ws.s4.data();
-  const int64_t mm = m * m;
-  w.gram(R);
-  bool q_is_identity = true;  // Q = I is kept implicit until a step needs it
-  for (int64_t step = 1; step <= plan.steps; ++step) {
-    const double* abc = plan.coefficients + 3 * (step - 1);
-    const auto a = static_cast<float>(abc[0]);
-    // Z = b R + c R R (R is kept exactly symmetric, so R R = R R^T).
-    copy_floats(Z, R, mm);
-    syrk_full(R, Z, m, m, static_cast<float>(abc[2]), static_cast<float>(abc[1]), false);
-    if (q_is_identity) {  // Q = Z + a I
-      copy_floats(Q, Z, mm);
-      add_to_diagonal(Q, m, a);
-      q_is_identity = false;
-    } else {  // Q <- Q Z + a Q, formed in RZ (free until below) then swapped
-      copy_floats(RZ, Q, mm);
-      symmetric_product(Q, Z, m, 1.0f, a, RZ);
-      std::swap(Q, RZ);
-    }
-    if (step == plan.steps) {
-      break;
-    }
-    // RZ = R Z + a R, then R = Z RZ + a RZ = (a I + Z) R (a I + Z). Q, R, Z
-    // and RZ are polynomials in R_0, so every product here is symmetric and
-    // kept exactly so (the next ssyrk reads R in full to form R R).
-    copy_floats(RZ, R, mm);
-    symmetric_product(R, Z, m, 1.0f, a, RZ);
-    copy_floats(R, RZ, mm);
-    symmetric_product(Z, RZ, m, 1.0f, a, R);
-    if (step % plan.gram_restart_every == 0) {
-      // Restart: X <- Q X, R <- X X^T, Q <- I. Bounds the drift of R away
-      // from X_k X_k^T (the Gram matrix squares the condition number).
-      w.apply(Q);
-      w.gram(R);
-      q_is_identity = true;
-    }
-  }
-  w.apply(Q);  // the last step always leaves an explicit Q
-}
 
 } // namespace
 
@@ -361,28 +274,26 @@ void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
   const int64_t n = tall ? rows : cols;
   const int64_t size = m * n;
 
-  Workspace ws;
-  ws.x2.resize(static_cast<size_t>(size));
-  ws.s1.resize(static_cast<size_t>(m * m));
-  ws.s2.resize(static_cast<size_t>(m * m));
-  if (plan.gram) {
-    ws.s3.resize(static_cast<size_t>(m * m));
-    ws.s4.resize(static_cast<size_t>(m * m));
+  // Scratch for the whole call, reused by every matrix of the batch.
+  const int nsq = square_buffers(plan);
+  std::vector<float> x2(static_cast<size_t>(size));
+  std::vector<float> sq(static_cast<size_t>(nsq * m * m));
+  std::vector<BlasOps::Square> squares;  // handles into sq, in any order
+  for (int i = 0; i < nsq; ++i) {
+    squares.push_back({sq.data() + i * m * m});
   }
+  BlasOps ops(m, n, tall);
 
   // Matrices run one after another, each BLAS call on the BLAS thread pool;
   // threading over the batch as well would oversubscribe the cores.
   for (int64_t b = 0; b < batch; ++b) {
     float* xb = x + b * size;
     normalize(xb, size, plan.norm_scale, plan.eps);
-    WideMatrix w(xb, ws.x2.data(), m, n, tall);
-    if (plan.gram) {
-      gram_iteration(w, plan, ws, m);
-    } else {
-      standard_iteration(w, plan, ws, m);
-    }
-    if (w.data() != xb) {
-      copy_floats(xb, w.data(), size);
+    BlasOps::Wide cur{xb};
+    BlasOps::Wide other{x2.data()};
+    iterate(ops, plan, cur, other, squares);
+    if (cur.data != xb) {
+      copy_floats(xb, cur.data, size);
     }
   }
 }

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "iteration.h"
+
 namespace fastmuon::cpu {
 
 // out[b] = x[b] @ x[b]^T for every b in [0, batch).
@@ -30,25 +32,14 @@ void xxt_f32(const float* x, float* out, int64_t batch, int64_t m, int64_t k);
 void ba_plus_caa_f32(const float* a, float* out, int64_t batch, int64_t m,
                      float alpha, float beta);
 
-// One polynomial iteration plan, as fastmuon._plan.Plan describes it.
-struct OrthogonalizePlan {
-  const double* coefficients;  // steps x 3: (a, b, c) per step, row-major
-  int64_t steps;
-  double norm_scale;            // X / (||X||_F * norm_scale + eps)
-  double eps;
-  bool gram;                    // iterate on the Gram matrix (fastmuon "gram")
-  int64_t gram_restart_every;   // recompute X and R after every k-th step (gram)
-};
-
 // In place: x[b] <- the plan's orthogonalization of x[b], for row-major
 // C-contiguous (batch, rows, cols) float32 x. Tall matrices (rows > cols) are
 // iterated in the wide orientation without a transposed copy (X^T X and
-// X B products). Same operation order as python/fastmuon/_iteration.py.
-// Works matrix by matrix on the BLAS thread pool; scratch is allocated once
-// per call. A zero matrix stays zero. Throws std::invalid_argument for
-// negative sizes, sizes beyond the BLAS integer range, or an invalid plan (no
-// steps, non-finite coefficients, norm_scale <= 0, eps < 0, or
-// gram_restart_every < 1 with gram).
+// X B products). The iteration is fastmuon::iterate (iteration.h) on BLAS
+// operations. Works matrix by matrix on the BLAS thread pool; scratch is
+// allocated once per call. A zero matrix stays zero. Throws
+// std::invalid_argument for negative sizes, sizes beyond the BLAS integer
+// range, or an invalid plan (check_plan).
 void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
                        const OrthogonalizePlan& plan);
 

@@ -7,12 +7,23 @@
 #include <nanobind/stl/variant.h>
 #include <nanobind/stl/vector.h>
 
+#include <array>
+#include <cstdint>
+#include <vector>
+
 #include "ba_plus_caa.h"
 #include "orthogonalize.h"
 #include "xxt.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
+
+// The `stream` argument of every op below.
+#define FASTMUON_STREAM_DOC                                                  \
+  "    stream (Stream or Device, optional): where to run. On a GPU stream\n" \
+  "        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in\n" \
+  "        the input's dtype, accumulating in float32 (not yet run on Apple\n" \
+  "        hardware); builds without Metal raise at evaluation.\n"
 
 NB_MODULE(_mlx_ext, m) {
   m.doc() =
@@ -39,11 +50,7 @@ vmap-able; works inside ``mx.compile``.
 Args:
     x (array): float32, float16 or bfloat16 array with ``ndim >= 2``.
         Any layout (transposed / sliced views are packed internally).
-    stream (Stream or Device, optional): where to run. On a GPU stream
-        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
-        the input's dtype, accumulating in float32 (not yet run on Apple
-        hardware); builds without Metal raise at evaluation.
-
+)doc" FASTMUON_STREAM_DOC R"doc(
 Returns:
     array: ``(..., m, m)`` array of ``x``'s dtype.
 
@@ -79,11 +86,7 @@ Args:
         Any layout (strided views are packed internally).
     alpha (float): coefficient of ``a @ a`` (rounded to float32).
     beta (float): coefficient of ``a`` (rounded to float32).
-    stream (Stream or Device, optional): where to run. On a GPU stream
-        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
-        the input's dtype, accumulating in float32 (not yet run on Apple
-        hardware); builds without Metal raise at evaluation.
-
+)doc" FASTMUON_STREAM_DOC R"doc(
 Returns:
     array: ``(..., m, m)`` array of ``a``'s dtype.
 
@@ -94,7 +97,17 @@ Raises:
 
   m.def(
       "orthogonalize",
-      &fastmuon::orthogonalize,
+      [](const mlx::core::array& x,
+         std::vector<std::array<double, 3>> coefficients,
+         double norm_scale,
+         double eps,
+         bool gram,
+         int64_t gram_restart_every,
+         mlx::core::StreamOrDevice s) {
+        fastmuon::OrthogonalizePlan plan{
+            std::move(coefficients), norm_scale, eps, gram, gram_restart_every};
+        return fastmuon::orthogonalize(x, std::move(plan), s);
+      },
       "x"_a,
       "coefficients"_a,
       "norm_scale"_a,
@@ -133,11 +146,7 @@ Args:
     gram (bool): iterate on the Gram matrix instead of ``X``.
     gram_restart_every (int): restart period (``>= 1``) of the Gram
         iteration; ignored when ``gram`` is false.
-    stream (Stream or Device, optional): where to run. On a GPU stream
-        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in
-        the input's dtype, accumulating in float32 (not yet run on Apple
-        hardware); builds without Metal raise at evaluation.
-
+)doc" FASTMUON_STREAM_DOC R"doc(
 Returns:
     array: array of ``x``'s shape and dtype.
 

@@ -1,21 +1,78 @@
-// fastmuon/csrc/mlx/common.h: small helpers shared by the MLX primitives
-// (argument checks, packing strided views, output-buffer donation).
+// fastmuon/csrc/mlx/common.h: what the MLX primitives share: their base
+// class and declarations, building an op, argument checks, packing strided
+// views, output-buffer donation, the CPU task dispatch and vmap's axis move.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mlx/allocator.h"
 #include "mlx/array.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
 #include "mlx/stream.h"
 
-namespace fastmuon::detail {
+namespace fastmuon {
 
 namespace mx = mlx::core;
+
+// The overrides every fastmuon primitive declares beside those of
+// ParamPrimitive, defined in its .cpp; NAME is its name in MLX graphs.
+#define FASTMUON_PRIMITIVE_OVERRIDES(NAME)                                    \
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out)         \
+      override;                                                               \
+  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out)         \
+      override;                                                               \
+  std::vector<mx::array> jvp(                                                 \
+      const std::vector<mx::array>& primals,                                  \
+      const std::vector<mx::array>& tangents,                                 \
+      const std::vector<int>& argnums) override;                              \
+  std::vector<mx::array> vjp(                                                 \
+      const std::vector<mx::array>& primals,                                  \
+      const std::vector<mx::array>& cotangents,                               \
+      const std::vector<int>& argnums,                                        \
+      const std::vector<mx::array>& outputs) override;                        \
+  std::pair<std::vector<mx::array>, std::vector<int>> vmap(                   \
+      const std::vector<mx::array>& inputs, const std::vector<int>& axes)     \
+      override;                                                               \
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs)  \
+      override;                                                               \
+  const char* name() const override {                                         \
+    return NAME;                                                              \
+  }
+
+// Base of the primitives: one input, one output, and parameters (a struct
+// with ==) that fix the function computed, so that equal parameters make
+// equivalent primitives (mx.compile merges them).
+template <class Params>
+class ParamPrimitive : public mx::UnaryPrimitive {
+ public:
+  ParamPrimitive(mx::Stream stream, Params params)
+      : mx::UnaryPrimitive(stream), params_(std::move(params)) {}
+
+  // MLX compares only primitives of the same type.
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return params_ == static_cast<const ParamPrimitive&>(other).params_;
+  }
+
+  const Params& params() const {
+    return params_;
+  }
+
+ protected:
+  Params params_;
+};
+
+} // namespace fastmuon
+
+namespace fastmuon::detail {
 
 inline std::string shape_str(const mx::Shape& shape) {
   std::ostringstream os;
@@ -38,6 +95,18 @@ inline void check_float_dtype(const mx::array& x, const char* op) {
        << "] expected a float32, float16 or bfloat16 array, got " << d;
     throw std::invalid_argument(os.str());
   }
+}
+
+// An op's checks of its input x: shape_ok (else "expected <expected>, got
+// shape ...") and a float dtype.
+inline void check_input(const mx::array& x, const char* op, bool shape_ok,
+                        const char* expected) {
+  if (!shape_ok) {
+    throw std::invalid_argument(std::string("[fastmuon.") + op +
+                                "] expected " + expected + ", got shape " +
+                                shape_str(x.shape()));
+  }
+  check_float_dtype(x, op);
 }
 
 // The dtype a primitive computes in: float32 on the CPU (the BLAS kernels),
@@ -134,6 +203,92 @@ inline InputCopy prepare_inplace_output(const mx::array& x, mx::array& out) {
     copy.strides = x.strides();
   }
   return copy;
+}
+
+// The op of primitive P on x: P computes in primitive_dtype, so x is cast to
+// it and the result back (once each) where that differs from x's dtype.
+template <class P, class Params>
+mx::array make_op(const mx::array& x, mx::Shape out_shape, Params params,
+                  mx::StreamOrDevice s) {
+  const mx::Dtype in_dtype = x.dtype();
+  const mx::Stream stream = mx::to_stream(s);
+  const mx::Dtype dtype = primitive_dtype(in_dtype, stream);
+  auto out = mx::array(
+      std::move(out_shape),
+      dtype,
+      std::make_shared<P>(stream, std::move(params)),
+      {in_dtype == dtype ? x : mx::astype(x, dtype, stream)});
+  return in_dtype == dtype ? out : mx::astype(out, in_dtype, stream);
+}
+
+// Number of matrices in x (..., rows, cols): the product of the leading axes.
+inline int64_t matrix_batch(const mx::array& x) {
+  int64_t batch = 1;
+  for (int i = 0; i + 2 < static_cast<int>(x.ndim()); ++i) {
+    batch *= x.shape(i);
+  }
+  return batch;
+}
+
+// The CPU kernels take float32 only (the ops cast to it, see make_op).
+inline void check_cpu_float32(const char* primitive, const mx::array& x,
+                              const mx::array& out) {
+  if (x.dtype() != mx::float32 || out.dtype() != mx::float32) {
+    throw std::runtime_error(std::string("[fastmuon.") + primitive +
+                             "] eval_cpu expects float32 data");
+  }
+}
+
+// The stream's CPU encoder, with x and out registered (it keeps x's buffer
+// alive until the tasks dispatched for the primitive have run, so tasks may
+// hold raw pointers into it).
+inline mx::cpu::CommandEncoder& cpu_encoder(const mx::Stream& stream,
+                                            const mx::array& x,
+                                            mx::array& out) {
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  encoder.set_input_array(x);
+  encoder.set_output_array(out);
+  return encoder;
+}
+
+// eval_cpu of a primitive whose CPU kernel overwrites a row-major float32
+// copy of its input x (..., rows, cols) in place: out receives x's values
+// (prepare_inplace_output), then kernel(out data, batch, rows, cols) runs in
+// the dispatched task, which owns the kernel (it may run after this returns).
+template <class Kernel>
+void eval_cpu_in_place(const char* primitive, const mx::Stream& stream,
+                       const mx::array& x, mx::array& out, Kernel kernel) {
+  check_cpu_float32(primitive, x, out);
+  auto fill = prepare_inplace_output(x, out);
+  auto& encoder = cpu_encoder(stream, x, out);
+  encoder.dispatch([fill = std::move(fill),
+                    kernel = std::move(kernel),
+                    out_ptr = out.data<float>(),
+                    batch = matrix_batch(x),
+                    rows = int64_t{x.shape(-2)},
+                    cols = int64_t{x.shape(-1)}]() {
+    fill();
+    kernel(out_ptr, batch, rows, cols);
+  });
+}
+
+// eval_gpu where MLX has no Metal back-end (_METAL_ unset).
+[[noreturn]] inline void throw_no_gpu(const char* op) {
+  throw std::runtime_error(
+      std::string("[fastmuon.") + op +
+      "] this build has no GPU support; run it on the CPU with stream=mx.cpu");
+}
+
+// vmap: the primitives batch over every leading axis, so a mapped axis among
+// the matrix axes (the last two) is moved to the front. Returns the axis the
+// result is mapped over (negative: none).
+inline int move_mapped_axis_to_front(mx::array& x, int axis,
+                                     const mx::Stream& stream) {
+  if (axis >= 0 && axis >= static_cast<int>(x.ndim()) - 2) {
+    x = mx::moveaxis(x, axis, 0, stream);
+    return 0;
+  }
+  return axis;
 }
 
 } // namespace fastmuon::detail

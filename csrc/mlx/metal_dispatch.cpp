@@ -15,6 +15,8 @@
 
 #include "mlx/allocator.h"
 
+#include "common.h"
+
 namespace fastmuon::gpu {
 
 namespace {
@@ -45,14 +47,6 @@ int to_int(int64_t v, const char* what) {
         " up to 2**31 - 1, got " + std::to_string(v));
   }
   return static_cast<int>(v);
-}
-
-int64_t batch_of(const mx::array& x) {
-  int64_t batch = 1;
-  for (int i = 0; i + 2 < static_cast<int>(x.ndim()); ++i) {
-    batch *= x.shape(i);
-  }
-  return batch;
 }
 
 MTL::Size size3(int64_t x, int64_t y, int64_t z) {
@@ -117,11 +111,34 @@ MTL::ComputePipelineState* Launcher::kernel(
   return device_.get_kernel(base + "_" + dtype_suffix(dtype), library);
 }
 
+bool Launcher::allocate(mx::array& out) {
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  return out.size() != 0;
+}
+
 mx::array Launcher::temporary(const mx::Shape& shape, mx::Dtype dtype) {
   mx::array t(shape, dtype, nullptr, {});
   t.set_data(mx::allocator::malloc(t.nbytes()));
   temporaries_.push_back(t);
   return t;
+}
+
+void Launcher::start(const char* base, mx::Dtype dtype, const mx::array& in,
+                     mx::array& out) {
+  encoder_.set_compute_pipeline_state(kernel(base, dtype));
+  encoder_.set_input_array(in, 0);
+  encoder_.set_output_array(out, 1);
+}
+
+void Launcher::dispatch_elementwise(int64_t cols, int64_t rows, int64_t batch) {
+  encoder_.dispatch_threads(
+      size3(cols, rows, batch), elementwise_group(cols, rows));
+}
+
+void Launcher::set_layout(const mx::array& x, int index) {
+  encoder_.set_vector_bytes(x.shape(), index);
+  encoder_.set_vector_bytes(x.strides(), index + 1);
+  encoder_.set_bytes(static_cast<int>(x.ndim()), index + 2);
 }
 
 mx::array Launcher::row_contiguous(const mx::array& x) {
@@ -133,12 +150,8 @@ mx::array Launcher::row_contiguous(const mx::array& x) {
   if (size == 0) {
     return out;
   }
-  encoder_.set_compute_pipeline_state(kernel("fastmuon_gather", x.dtype()));
-  encoder_.set_input_array(x, 0);
-  encoder_.set_output_array(out, 1);
-  encoder_.set_vector_bytes(x.shape(), 2);
-  encoder_.set_vector_bytes(x.strides(), 3);
-  encoder_.set_bytes(static_cast<int>(x.ndim()), 4);
+  start("fastmuon_gather", x.dtype(), x, out);
+  set_layout(x, 2);
   encoder_.set_bytes(size, 5);
   const int64_t width = std::min<int64_t>(size, int64_t{1} << 30);
   const int64_t height = (size + width - 1) / width;
@@ -147,51 +160,58 @@ mx::array Launcher::row_contiguous(const mx::array& x) {
   return out;
 }
 
-void Launcher::symmetric(
-    const mx::array& x,
-    mx::array& out,
-    bool axpby,
-    float alpha,
-    float beta) {
+void Launcher::xxt(const mx::array& x, mx::array& out) {
+  symmetric(x, out, /*axpby=*/false, 1.0f, 0.0f);
+}
+
+void Launcher::ba_plus_caa(const mx::array& a, mx::array& out, float alpha,
+                           float beta) {
+  symmetric(a, out, /*axpby=*/true, alpha, beta);
+}
+
+void Launcher::addmm(const mx::array& c, const mx::array& a,
+                     const mx::array& b, mx::array& out, float alpha,
+                     float beta) {
+  gemm(a, b, &c, out, alpha, beta);
+}
+
+void Launcher::matmul(const mx::array& a, const mx::array& b, mx::array& out) {
+  gemm(a, b, nullptr, out, 1.0f, 0.0f);
+}
+
+void Launcher::symmetric(const mx::array& x, mx::array& out, bool axpby,
+                         float alpha, float beta) {
   if (out.size() == 0) {
     return;
   }
   const int64_t m = x.shape(-2);
   const int64_t k = x.shape(-1);
-  const int64_t batch = batch_of(x);
   if (m > kMaxSymmetricDim) {
     throw std::invalid_argument(
         "[fastmuon] the Metal symmetric kernels take up to " +
         std::to_string(kMaxSymmetricDim) + " rows, got " + std::to_string(m));
   }
-  encoder_.set_compute_pipeline_state(
-      kernel(axpby ? "fastmuon_ba_plus_caa" : "fastmuon_xxt", out.dtype()));
   // With k == 0 the kernel reads nothing and writes zeros; any bound buffer
   // will do for x.
-  encoder_.set_input_array(x.size() == 0 ? out : x, 0);
-  encoder_.set_output_array(out, 1);
+  start(axpby ? "fastmuon_ba_plus_caa" : "fastmuon_xxt", out.dtype(),
+        x.size() == 0 ? out : x, out);
   encoder_.set_bytes(to_int(m, "rows"), 2);
   encoder_.set_bytes(to_int(k, "columns"), 3);
   encoder_.set_bytes(alpha, 4);
   encoder_.set_bytes(beta, 5);
   encoder_.dispatch_threadgroups(
-      size3(upper_tile_count(m), batch, 1), size3(kTileThreads, 1, 1));
+      size3(upper_tile_count(m), detail::matrix_batch(x), 1),
+      size3(kTileThreads, 1, 1));
 }
 
-void Launcher::gemm(
-    const mx::array& a,
-    const mx::array& b,
-    const mx::array* c,
-    mx::array& out,
-    int64_t batch,
-    int64_t M,
-    int64_t N,
-    int64_t K,
-    float alpha,
-    float beta) {
+void Launcher::gemm(const mx::array& a, const mx::array& b, const mx::array* c,
+                    mx::array& out, float alpha, float beta) {
   if (out.size() == 0) {
     return;
   }
+  const int64_t M = a.shape(-2);
+  const int64_t K = a.shape(-1);
+  const int64_t N = b.shape(-1);
   encoder_.set_compute_pipeline_state(kernel("fastmuon_gemm", out.dtype()));
   encoder_.set_input_array(a, 0);
   encoder_.set_input_array(b, 1);
@@ -204,64 +224,47 @@ void Launcher::gemm(
   encoder_.set_bytes(beta, 8);
   encoder_.set_bytes(c != nullptr ? 1 : 0, 9);
   encoder_.dispatch_threadgroups(
-      size3((N + kTile - 1) / kTile, (M + kTile - 1) / kTile, batch),
+      size3((N + kTile - 1) / kTile, (M + kTile - 1) / kTile,
+            detail::matrix_batch(out)),
       size3(kTileThreads, 1, 1));
 }
 
 void Launcher::sumsq(const mx::array& x, mx::array& sumsq) {
-  encoder_.set_compute_pipeline_state(kernel("fastmuon_sumsq", x.dtype()));
-  encoder_.set_input_array(x, 0);
-  encoder_.set_output_array(sumsq, 1);
-  encoder_.set_vector_bytes(x.shape(), 2);
-  encoder_.set_vector_bytes(x.strides(), 3);
-  encoder_.set_bytes(static_cast<int>(x.ndim()), 4);
+  start("fastmuon_sumsq", x.dtype(), x, sumsq);
+  set_layout(x, 2);
   encoder_.dispatch_threadgroups(
-      size3(batch_of(x), 1, 1), size3(kReduceThreads, 1, 1));
+      size3(detail::matrix_batch(x), 1, 1), size3(kReduceThreads, 1, 1));
 }
 
-void Launcher::load_wide(
-    const mx::array& x,
-    const mx::array& sumsq,
-    mx::array& w,
-    float norm_scale,
-    float eps) {
+void Launcher::load_wide(const mx::array& x, const mx::array& sumsq,
+                         mx::array& w, float norm_scale, float eps) {
   const int64_t m = w.shape(-2);
   const int64_t n = w.shape(-1);
   encoder_.set_compute_pipeline_state(kernel("fastmuon_load_wide", x.dtype()));
   encoder_.set_input_array(x, 0);
   encoder_.set_input_array(sumsq, 1);
   encoder_.set_output_array(w, 2);
-  encoder_.set_vector_bytes(x.shape(), 3);
-  encoder_.set_vector_bytes(x.strides(), 4);
-  encoder_.set_bytes(static_cast<int>(x.ndim()), 5);
+  set_layout(x, 3);
   encoder_.set_bytes(norm_scale, 6);
   encoder_.set_bytes(eps, 7);
-  encoder_.dispatch_threads(
-      size3(n, m, batch_of(x)), elementwise_group(n, m));
+  dispatch_elementwise(n, m, detail::matrix_batch(x));
 }
 
 void Launcher::store_wide(const mx::array& w, mx::array& out) {
   const int64_t rows = out.shape(-2);
   const int64_t cols = out.shape(-1);
-  encoder_.set_compute_pipeline_state(
-      kernel("fastmuon_store_wide", out.dtype()));
-  encoder_.set_input_array(w, 0);
-  encoder_.set_output_array(out, 1);
+  start("fastmuon_store_wide", out.dtype(), w, out);
   encoder_.set_bytes(to_int(rows, "rows"), 2);
   encoder_.set_bytes(to_int(cols, "columns"), 3);
-  encoder_.dispatch_threads(
-      size3(cols, rows, batch_of(out)), elementwise_group(cols, rows));
+  dispatch_elementwise(cols, rows, detail::matrix_batch(out));
 }
 
 void Launcher::add_identity(const mx::array& z, mx::array& out, float a) {
   const int64_t m = z.shape(-1);
-  encoder_.set_compute_pipeline_state(
-      kernel("fastmuon_add_identity", out.dtype()));
-  encoder_.set_input_array(z, 0);
-  encoder_.set_output_array(out, 1);
+  start("fastmuon_add_identity", out.dtype(), z, out);
   encoder_.set_bytes(to_int(m, "rows"), 2);
   encoder_.set_bytes(a, 3);
-  encoder_.dispatch_threads(size3(m, m, batch_of(z)), elementwise_group(m, m));
+  dispatch_elementwise(m, m, detail::matrix_batch(z));
 }
 
 } // namespace fastmuon::gpu

@@ -39,12 +39,22 @@ const char* dtype_suffix(mx::Dtype dtype);
 // The kernels of one eval_gpu call on one Metal stream. Temporaries made here
 // are handed to the command encoder when the Launcher goes out of scope, which
 // keeps them alive until the GPU is done with them.
+//
+// Its xxt, ba_plus_caa, addmm, matmul and add_identity are the operations
+// fastmuon::iterate (iteration.h) runs on, on dense batched arrays
+// (batch, rows, cols) of one dtype; each `out` must not alias an operand.
 class Launcher {
  public:
+  using Wide = mx::array;
+  using Square = mx::array;
+
   explicit Launcher(const mx::Stream& stream);
   ~Launcher();
   Launcher(const Launcher&) = delete;
   Launcher& operator=(const Launcher&) = delete;
+
+  // Gives out its buffer; false if out is empty (nothing to encode).
+  bool allocate(mx::array& out);
 
   // A new dense row-major array with no contents yet.
   mx::array temporary(const mx::Shape& shape, mx::Dtype dtype);
@@ -52,49 +62,49 @@ class Launcher {
   // x itself when dense and row-major, else a gathered dense copy.
   mx::array row_contiguous(const mx::array& x);
 
-  // out (..., m, m) = x x^T (axpby false) or alpha x x + beta x (x symmetric
-  // square), for dense x (..., m, k); both of x's dtype.
-  void symmetric(
-      const mx::array& x,
-      mx::array& out,
-      bool axpby,
-      float alpha,
-      float beta);
+  // out (..., m, m) = x x^T for x (..., m, k).
+  void xxt(const mx::array& x, mx::array& out);
 
-  // out = alpha a b + beta c, batched (batch of M x K, K x N, M x N), dense;
-  // c may be null (beta ignored), must not alias out.
-  void gemm(
-      const mx::array& a,
-      const mx::array& b,
-      const mx::array* c,
-      mx::array& out,
-      int64_t batch,
-      int64_t M,
-      int64_t N,
-      int64_t K,
-      float alpha,
-      float beta);
+  // out = alpha a a + beta a for symmetric square a (upper triangle read).
+  void ba_plus_caa(const mx::array& a, mx::array& out, float alpha, float beta);
+
+  // out = alpha a b + beta c.
+  void addmm(const mx::array& c, const mx::array& a, const mx::array& b,
+             mx::array& out, float alpha, float beta);
+
+  // out = a b.
+  void matmul(const mx::array& a, const mx::array& b, mx::array& out);
+
+  // out = z + a I, batched (m x m), float32.
+  void add_identity(const mx::array& z, mx::array& out, float a);
 
   // sumsq[b] = sum of squares of matrix b of x (any layout), float32.
   void sumsq(const mx::array& x, mx::array& sumsq);
 
   // w (batch, m, n) float32 = the wide orientation of x / (sqrt(sumsq) *
   // norm_scale + eps); x any layout.
-  void load_wide(
-      const mx::array& x,
-      const mx::array& sumsq,
-      mx::array& w,
-      float norm_scale,
-      float eps);
+  void load_wide(const mx::array& x, const mx::array& sumsq, mx::array& w,
+                 float norm_scale, float eps);
 
   // out (x's shape, dense, out's dtype) = w transposed back when tall.
   void store_wide(const mx::array& w, mx::array& out);
 
-  // out = z + a I, batched (m x m), float32.
-  void add_identity(const mx::array& z, mx::array& out, float a);
-
  private:
   MTL::ComputePipelineState* kernel(const std::string& base, mx::Dtype dtype);
+  // fastmuon_xxt (axpby false) or fastmuon_ba_plus_caa (see xxt, ba_plus_caa).
+  void symmetric(const mx::array& x, mx::array& out, bool axpby, float alpha,
+                 float beta);
+  // out = alpha a b + beta c (c null: beta ignored); sizes from the shapes.
+  void gemm(const mx::array& a, const mx::array& b, const mx::array* c,
+            mx::array& out, float alpha, float beta);
+  // Selects kernel `base` for `dtype` and binds in (buffer 0) and out (1).
+  void start(const char* base, mx::Dtype dtype, const mx::array& in,
+             mx::array& out);
+  // Threads over (cols, rows, batch), for the element-wise kernels.
+  void dispatch_elementwise(int64_t cols, int64_t rows, int64_t batch);
+  // x's shape, strides and ndim at buffer indices index .. index + 2, as the
+  // kernels that read any layout take them.
+  void set_layout(const mx::array& x, int index);
 
   mx::Stream stream_;
   mx::metal::Device& device_;

@@ -2,12 +2,7 @@
 #include "xxt.h"
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 #include <vector>
-
-#include "mlx/allocator.h"
-#include "mlx/backend/cpu/encoder.h"
 
 #include "common.h"
 #include "cpu_kernels.h"
@@ -15,32 +10,16 @@
 
 namespace fastmuon {
 
-using detail::gather_row_major;
-using detail::shape_str;
-
 mx::array xxt(const mx::array& x, mx::StreamOrDevice s) {
-  if (x.ndim() < 2) {
-    throw std::invalid_argument(
-        "[fastmuon.xxt] expected an array with at least 2 dimensions "
-        "(..., m, k), got shape " +
-        shape_str(x.shape()));
-  }
-  detail::check_float_dtype(x, "xxt");
-  const mx::Dtype in_dtype = x.dtype();
-  auto stream = mx::to_stream(s);
-  // The CPU kernels take float32; the Metal kernels take every float dtype
-  // (accumulating in float32) and need no casts.
-  const mx::Dtype dtype = detail::primitive_dtype(in_dtype, stream);
-  auto xin = in_dtype == dtype ? x : mx::astype(x, dtype, stream);
-
+  detail::check_input(x, "xxt", x.ndim() >= 2,
+                      "an array with at least 2 dimensions (..., m, k)");
   mx::Shape out_shape = x.shape();
   out_shape.back() = x.shape(-2);
-  auto out = mx::array(
-      std::move(out_shape), dtype, std::make_shared<Xxt>(stream), {xin});
-  return in_dtype == dtype ? out : mx::astype(out, in_dtype, stream);
+  return detail::make_op<Xxt>(x, std::move(out_shape), std::monostate{}, s);
 }
 
-std::vector<mx::Shape> Xxt::output_shapes(const std::vector<mx::array>& inputs) {
+std::vector<mx::Shape> Xxt::output_shapes(
+    const std::vector<mx::array>& inputs) {
   mx::Shape shape = inputs[0].shape();
   shape.back() = inputs[0].shape(-2);
   return {std::move(shape)};
@@ -48,25 +27,12 @@ std::vector<mx::Shape> Xxt::output_shapes(const std::vector<mx::array>& inputs) 
 
 void Xxt::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   const auto& x = inputs[0];
-  if (x.dtype() != mx::float32 || out.dtype() != mx::float32) {
-    throw std::runtime_error("[fastmuon.Xxt] eval_cpu expects float32 data");
-  }
+  detail::check_cpu_float32("Xxt", x, out);
   out.set_data(mx::allocator::malloc(out.nbytes()));
-
-  const int nd = x.ndim();
-  const int64_t m = x.shape(nd - 2);
-  const int64_t k = x.shape(nd - 1);
-  int64_t batch = 1;
-  for (int i = 0; i < nd - 2; ++i) {
-    batch *= x.shape(i);
-  }
-
-  auto& encoder = mx::cpu::get_command_encoder(stream());
-  encoder.set_input_array(x);
-  encoder.set_output_array(out);
-
-  // Raw pointers are safe in the task: the CPU eval keeps the input buffers
-  // alive until every task dispatched for this primitive has run.
+  auto& encoder = detail::cpu_encoder(stream(), x, out);
+  const int64_t batch = detail::matrix_batch(x);
+  const int64_t m = x.shape(-2);
+  const int64_t k = x.shape(-1);
   const float* x_ptr = x.data<float>();
   float* out_ptr = out.data<float>();
   if (x.flags().row_contiguous) {
@@ -83,7 +49,7 @@ void Xxt::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
                       shape = x.shape(),
                       strides = x.strides()]() {
       std::vector<float> packed(static_cast<size_t>(batch * m * k));
-      gather_row_major(x_ptr, shape, strides, packed.data());
+      detail::gather_row_major(x_ptr, shape, strides, packed.data());
       cpu::xxt_f32(packed.data(), out_ptr, batch, m, k);
     });
   }
@@ -94,18 +60,13 @@ void Xxt::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
 // mirrored; a strided input is gathered to a dense copy first.
 void Xxt::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   gpu::Launcher launch(stream());
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  if (out.size() == 0) {
-    return;
+  if (launch.allocate(out)) {
+    launch.xxt(launch.row_contiguous(inputs[0]), out);
   }
-  const mx::array x = launch.row_contiguous(inputs[0]);
-  launch.symmetric(x, out, /*axpby=*/false, 1.0f, 0.0f);
 }
 #else
 void Xxt::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  throw std::runtime_error(
-      "[fastmuon.xxt] this build has no GPU support; run it on the CPU with "
-      "stream=mx.cpu");
+  detail::throw_no_gpu("xxt");
 }
 #endif
 
@@ -114,8 +75,8 @@ std::vector<mx::array> Xxt::jvp(
     const std::vector<mx::array>& primals,
     const std::vector<mx::array>& tangents,
     const std::vector<int>&) {
-  const auto& x = primals[0];
-  auto p = mx::matmul(tangents[0], mx::swapaxes(x, -1, -2, stream()), stream());
+  auto p = mx::matmul(
+      tangents[0], mx::swapaxes(primals[0], -1, -2, stream()), stream());
   return {mx::add(p, mx::swapaxes(p, -1, -2, stream()), stream())};
 }
 
@@ -130,20 +91,12 @@ std::vector<mx::array> Xxt::vjp(
   return {mx::matmul(sym, primals[0], stream())};
 }
 
-// Move the mapped axis in front of the matrix axes; Xxt batches over it.
 std::pair<std::vector<mx::array>, std::vector<int>> Xxt::vmap(
     const std::vector<mx::array>& inputs,
     const std::vector<int>& axes) {
   auto x = inputs[0];
-  int ax = axes[0];
-  if (ax < 0) {
-    return {{xxt(x, stream())}, {-1}};
-  }
-  if (ax >= static_cast<int>(x.ndim()) - 2) {
-    x = mx::moveaxis(x, ax, 0, stream());
-    ax = 0;
-  }
-  return {{xxt(x, stream())}, {ax}};
+  const int axis = detail::move_mapped_axis_to_front(x, axes[0], stream());
+  return {{xxt(x, stream())}, {axis}};
 }
 
 } // namespace fastmuon

@@ -2,15 +2,11 @@
 // two axes, and the `xxt` op that builds it.
 #pragma once
 
-#include <utility>
-#include <vector>
+#include <variant>
 
-#include "mlx/ops.h"
-#include "mlx/primitives.h"
+#include "common.h"
 
 namespace fastmuon {
-
-namespace mx = mlx::core;
 
 // Gram matrix of the last two axes: (..., m, k) -> (..., m, m), out = x x^T.
 //
@@ -21,40 +17,12 @@ mx::array xxt(const mx::array& x, mx::StreamOrDevice s = {});
 
 // Primitive on float32 data on the CPU, on the input's dtype on a GPU stream
 // (Metal kernels, float32 accumulation). Input (..., m, k), output
-// (..., m, m), both triangles written and exactly symmetric.
-class Xxt : public mx::UnaryPrimitive {
+// (..., m, m), both triangles written and exactly symmetric. No parameters:
+// any two instances compute the same function.
+class Xxt : public ParamPrimitive<std::monostate> {
  public:
-  explicit Xxt(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
-  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
-
-  std::vector<mx::array> jvp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& tangents,
-      const std::vector<int>& argnums) override;
-
-  std::vector<mx::array> vjp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& cotangents,
-      const std::vector<int>& argnums,
-      const std::vector<mx::array>& outputs) override;
-
-  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs,
-      const std::vector<int>& axes) override;
-
-  const char* name() const override {
-    return "Xxt";
-  }
-
-  // Xxt has no parameters: any two instances compute the same function.
-  bool is_equivalent(const mx::Primitive& /*other*/) const override {
-    return true;
-  }
-
-  std::vector<mx::Shape> output_shapes(
-      const std::vector<mx::array>& inputs) override;
+  using ParamPrimitive::ParamPrimitive;
+  FASTMUON_PRIMITIVE_OVERRIDES("Xxt")
 };
 
 } // namespace fastmuon

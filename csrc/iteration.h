@@ -1,0 +1,146 @@
+// fastmuon/csrc/iteration.h: the polynomial iteration of every C++ back-end,
+// written once: the BLAS kernels (cpu_kernels.cpp) and the Metal kernels
+// (mlx/orthogonalize.cpp, eval_gpu) each supply the few matrix operations
+// below and run `iterate`. The order of operations is that of
+// python/fastmuon/_iteration.py, whose MatrixOps the operations mirror.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fastmuon {
+
+// One polynomial iteration plan, as fastmuon._plan.Plan describes it.
+struct OrthogonalizePlan {
+  std::vector<std::array<double, 3>> coefficients;  // (a, b, c) per step
+  double norm_scale = 1.0;         // X / (||X||_F * norm_scale + eps)
+  double eps = 0.0;
+  bool gram = false;               // iterate on the Gram matrix ("gram")
+  int64_t gram_restart_every = 1;  // recompute X and R every k-th step
+
+  bool operator==(const OrthogonalizePlan&) const = default;
+};
+
+// Throws std::invalid_argument (ValueError in Python) for no steps,
+// non-finite coefficients, norm_scale <= 0, eps < 0 (or either non-finite), or
+// gram_restart_every < 1 with gram. Both extensions check plans here, before
+// any data is touched.
+inline void check_plan(const OrthogonalizePlan& plan) {
+  const std::string op = "[fastmuon.orthogonalize] ";
+  if (plan.coefficients.empty()) {
+    throw std::invalid_argument(
+        op + "coefficients must hold at least one (a, b, c) step, got 0");
+  }
+  for (size_t i = 0; i < plan.coefficients.size(); ++i) {
+    for (double v : plan.coefficients[i]) {
+      if (!std::isfinite(v)) {
+        throw std::invalid_argument(
+            op + "coefficients must be finite; step " + std::to_string(i) +
+            " has " + std::to_string(v));
+      }
+    }
+  }
+  if (!(std::isfinite(plan.norm_scale) && plan.norm_scale > 0.0)) {
+    throw std::invalid_argument(
+        op + "norm_scale must be finite and positive, got " +
+        std::to_string(plan.norm_scale));
+  }
+  if (!(std::isfinite(plan.eps) && plan.eps >= 0.0)) {
+    throw std::invalid_argument(
+        op + "eps must be finite and non-negative, got " +
+        std::to_string(plan.eps));
+  }
+  if (plan.gram && plan.gram_restart_every < 1) {
+    throw std::invalid_argument(
+        op + "gram_restart_every must be >= 1, got " +
+        std::to_string(plan.gram_restart_every));
+  }
+}
+
+// Square (m x m) buffers `iterate` needs: A, B (standard) or R, Z, Q, RZ
+// (gram).
+inline int square_buffers(const OrthogonalizePlan& plan) {
+  return plan.gram ? 4 : 2;
+}
+
+// `iterate` on a normalized wide matrix X (m x n, m <= n; a batch of them
+// where the back-end batches), with Ops providing, on handles of type
+// Ops::Wide (m x n) and Ops::Square (m x m), each `out` distinct from the
+// operands:
+//   xxt(X, out)                       out = X X^T
+//   ba_plus_caa(A, out, alpha, beta)  out = alpha A A + beta A, A symmetric
+//   addmm(C, A, B, out, alpha, beta)  out = alpha A B + beta C, for a Square A
+//                                     and Wide B, C; or all Square, where A
+//                                     and B are polynomials in one Gram matrix,
+//                                     so A B is symmetric (the BLAS back-end
+//                                     may form one triangle only)
+//   matmul(A, B, out)                 out = A B, Square A, Wide B
+//   add_identity(Z, out, a)           out = Z + a I
+// The iteration swaps handles, never data: on return `x` names the buffer
+// that holds the result (the caller's x or x2). `squares` holds at least
+// square_buffers(plan) buffers.
+template <class Ops>
+void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
+             typename Ops::Wide& x2, std::span<typename Ops::Square> squares) {
+  const auto coef = [&plan](size_t step, int i) {
+    return static_cast<float>(plan.coefficients[step][i]);
+  };
+  const size_t steps = plan.coefficients.size();
+  if (!plan.gram) {
+    auto& A = squares[0];
+    auto& B = squares[1];
+    for (size_t step = 0; step < steps; ++step) {
+      ops.xxt(x, A);
+      ops.ba_plus_caa(A, B, coef(step, 2), coef(step, 1));  // B = b A + c A A
+      ops.addmm(x, B, x, x2, 1.0f, coef(step, 0));          // X <- a X + B X
+      std::swap(x, x2);
+    }
+    return;
+  }
+  // Gram-space iteration (_gram_iterations in python/fastmuon/_iteration.py):
+  // X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so the steps run
+  // on (m x m) matrices; X is touched at the start, at restarts and at the end.
+  auto& R = squares[0];
+  auto& Z = squares[1];
+  auto& Q = squares[2];
+  auto& RZ = squares[3];
+  ops.xxt(x, R);
+  bool q_is_identity = true;  // Q = I is kept implicit until a step needs it
+  for (size_t step = 1; step <= steps; ++step) {
+    const float a = coef(step - 1, 0);
+    // Z = b R + c R R
+    ops.ba_plus_caa(R, Z, coef(step - 1, 2), coef(step - 1, 1));
+    if (q_is_identity) {
+      ops.add_identity(Z, Q, a);  // Q = Z + a I
+      q_is_identity = false;
+    } else {
+      // Q <- Q Z + a Q, formed in RZ (free until below)
+      ops.addmm(Q, Q, Z, RZ, 1.0f, a);
+      std::swap(Q, RZ);
+    }
+    if (step == steps) {
+      break;
+    }
+    // RZ = R Z + a R, then R = Z RZ + a RZ = (a I + Z) R (a I + Z)
+    ops.addmm(R, R, Z, RZ, 1.0f, a);
+    ops.addmm(RZ, Z, RZ, R, 1.0f, a);
+    if (static_cast<int64_t>(step) % plan.gram_restart_every == 0) {
+      // Restart: X <- Q X, R <- X X^T, Q <- I. Bounds the drift of R away
+      // from X_k X_k^T (the Gram matrix squares the condition number).
+      ops.matmul(Q, x, x2);
+      std::swap(x, x2);
+      ops.xxt(x, R);
+      q_is_identity = true;
+    }
+  }
+  ops.matmul(Q, x, x2);  // the last step always leaves an explicit Q
+  std::swap(x, x2);
+}
+
+} // namespace fastmuon
