@@ -305,7 +305,7 @@ Raises:
 Each matrix ``X`` is normalized to ``X / (||X||_F * norm_scale + eps)``
 (the norm accumulated in float64), then the odd polynomials
 ``p(X) = a X + b (X X^T) X + c (X X^T)^2 X`` of ``coefficients`` are
-applied in the order of ``fastmuon._iteration.iterate``: the standard
+applied in the order of ``fastmuon.iteration.iterate``: the standard
 iteration (``A = X X^T``, ``B = b A + c A A``, ``X <- a X + B X``), or
 with ``gram=True`` the Gram-space iteration on ``R = X X^T``,
 recomputing ``X`` and ``R`` after every ``gram_restart_every``-th step.

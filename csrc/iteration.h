@@ -2,7 +2,7 @@
 // written once: the BLAS kernels (cpu_kernels.cpp) and the Metal kernels
 // (mlx/orthogonalize.cpp, eval_gpu) each supply the few matrix operations
 // below and run `iterate`. The order of operations is that of
-// python/fastmuon/_iteration.py, whose MatrixOps the operations mirror.
+// python/fastmuon/iteration.py, whose MatrixOps the operations mirror.
 #pragma once
 
 #include <array>
@@ -16,7 +16,7 @@
 
 namespace fastmuon {
 
-// One polynomial iteration plan, as fastmuon._plan.Plan describes it.
+// One polynomial iteration plan, as fastmuon.plan.Plan describes it.
 struct OrthogonalizePlan {
   std::vector<std::array<double, 3>> coefficients;  // (a, b, c) per step
   double norm_scale = 1.0;         // X / (||X||_F * norm_scale + eps)
@@ -103,7 +103,7 @@ void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
     }
     return;
   }
-  // Gram-space iteration (_gram_iterations in python/fastmuon/_iteration.py):
+  // Gram-space iteration (_gram_iterations in python/fastmuon/iteration.py):
   // X_k = Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so the steps run
   // on (m x m) matrices; X is touched at the start, at restarts and at the end.
   auto& R = squares[0];

@@ -1,7 +1,7 @@
 """MLX optimizers (``fastmuon.mlx``: Muon, NorMuon, SignSGD, routing, schedules).
 
 Every Muon/NorMuon step is checked against an independent float64 re-implementation of the
-update rules (algorithms.md), run on the same gradients and, step by step, from the optimizer's
+update rules (tests/support/reference_optim.py), run on the same gradients and, step by step, from the optimizer's
 own float32 state. Tolerances are derived, not guessed (``Checker``): weights must stay within
 4x the deviation of a plain float32 implementation of the same rule (numpy) from the float64
 one, plus one rounding of the result; momentum within its exact elementwise rounding bound.
@@ -108,7 +108,7 @@ CONFIGS = {
 
 
 class Reference:
-    """Muon / NorMuon on matrix views, written from algorithms.md in numpy, in float64 (the
+    """Muon / NorMuon on matrix views, written from the definitions in numpy (tests/support/reference_optim.py), in float64 (the
     reference) or float32 (the baseline: a plain implementation of the same rule)."""
 
     def __init__(self, cfg: Config, params: dict, dtype, lr: float = LR):

@@ -1,5 +1,5 @@
 """fastmuon.torch optimizers, step by step against independent float64 re-implementations
-(numpy, written from ../shared/reference/algorithms.md) and against torch.optim.Muon.
+(numpy, tests/support/reference_optim.py) and against torch.optim.Muon.
 
 Tolerances. The float64 runs differ from the numpy reference only by rounding, and the
 orthogonalization is what amplifies it: ``spectral.rounding_allowance`` bounds one
@@ -457,7 +457,7 @@ def test_callers_gradient_is_not_modified(rng):
 
 
 class SeedModel(nn.Module):
-    """The seed's example: embedding -> linear1 -> linear2 -> output."""
+    """A small example model: embedding -> linear1 -> linear2 -> output."""
 
     def __init__(self, vocab=32, dim=16, hidden=24):
         super().__init__()

@@ -124,7 +124,7 @@ BLOCK_MS = sorted({INTERPRETER_CONFIG.block_m} | {c.block_m for c in GPU_CONFIGS
 @pytest.mark.parametrize("tiles", [1, 2, 3, 7, 40])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
 def test_schedule_is_the_upper_triangle_once(tiles, block, ragged):
-    """The schedule and launch grid of ``fastmuon._tiles`` at the Triton tile sizes, against
+    """The schedule and launch grid of ``fastmuon.tiles`` at the Triton tile sizes, against
     brute force; a ragged m has a last tile row of one entry."""
     m = (tiles - 1) * block + 1 if ragged else tiles * block
     assert host_tiles.tiles_per_side(m, block) == tiles

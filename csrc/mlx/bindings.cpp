@@ -127,7 +127,7 @@ Each matrix ``X`` is normalized to ``X / (||X||_F * norm_scale + eps)``
 (the norm accumulated in float64), then one odd quintic
 ``a X + b (X X^T) X + c (X X^T)^2 X`` per ``(a, b, c)`` of
 ``coefficients`` is applied in the order of
-``fastmuon._iteration.iterate``: the standard iteration, or with
+``fastmuon.iteration.iterate``: the standard iteration, or with
 ``gram=True`` the Gram-space iteration, recomputing ``X`` and its Gram
 matrix after every ``gram_restart_every``-th step. Tall matrices are
 iterated in the wide orientation without a transposed copy. The CPU

@@ -26,11 +26,11 @@ inline constexpr int kTile = 32;            // FASTMUON_TILE
 inline constexpr int kTileThreads = 128;    // FASTMUON_THREADS
 inline constexpr int kReduceThreads = 256;  // FASTMUON_REDUCE_THREADS
 // fastmuon_upper_tile evaluates (j + 1) (j + 2) / 2 in 32-bit unsigned ints:
-// at most 32768 tiles a side (fastmuon._tiles.MAX_SYMMETRIC_DIM).
+// at most 32768 tiles a side (fastmuon.tiles.MAX_SYMMETRIC_DIM).
 inline constexpr int64_t kMaxSymmetricDim = int64_t{kTile} * 32768;
 
 // T (T + 1) / 2 with T = ceil(m / kTile): threadgroups of a symmetric
-// product (fastmuon._tiles.upper_tile_count).
+// product (fastmuon.tiles.upper_tile_count).
 int64_t upper_tile_count(int64_t m);
 
 // "float32", "float16" or "bfloat16": the suffix of the kernel instantiations.

@@ -369,7 +369,7 @@ class NorMuon(Muon):
 
 
 class SignSGD(_TreeOptimizer):
-    r"""Sign SGD with decoupled weight decay, for sparse embeddings (seed notes):
+    r"""Sign SGD with decoupled weight decay, for sparse embeddings:
 
     .. math::
 
@@ -529,7 +529,7 @@ def embedding_signsgd_with_adamw(
     eps: float = 1e-8,
     weight_decay: float = 0.1,
 ) -> MultiOptimizer:
-    """The seed's two-optimizer set-up: :class:`SignSGD` for the named sparse embedding(s) at
+    """A two-optimizer set-up for models with a sparse embedding: :class:`SignSGD` for the named sparse embedding(s) at
     ``embedding_lr_ratio`` (100) times ``learning_rate``, AdamW with betas (0.9, 0.95) and weight
     decay 0.1 (bias-corrected, as ``torch.optim.AdamW``) for every other parameter.
 

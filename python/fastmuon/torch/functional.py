@@ -3,7 +3,7 @@
 Each function takes tensors and hyperparameters and returns new tensors; nothing here touches
 optimizer state or a parameter in place. The Optimizer classes (``muon.py``, ``signsgd.py``)
 only gather tensors, call these, and commit the results (or keep the old values where a
-gradient was not finite). The rules are those of ../shared/reference/algorithms.md;
+gradient was not finite). The rules are written out in each docstring;
 ``fastmuon.mlx`` implements the same ones, so both frameworks give the same weights.
 
 Matrix arguments named ``O``, ``s`` or ``W`` below are matrix views ``(batch, rows, cols)``

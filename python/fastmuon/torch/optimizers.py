@@ -349,7 +349,7 @@ class _MuonFamily(_CheckedOptimizer):
 class Muon(_MuonFamily):
     """Muon: orthogonalized momentum for 2-D (and 3-D stacked, 4-D conv) weights.
 
-    Per weight W with gradient G (algorithms.md):
+    Per weight W with gradient G:
         M <- beta M + (1 - beta) G;  U = (1 - beta) G + beta M (nesterov) or M
         O = orthogonalize(U)  on the matrix view: 2-D as is, 3-D (E, a, b) as E matrices,
                               4-D conv (out, in, kh, kw) as (out, in*kh*kw)
@@ -481,7 +481,7 @@ def muon_options_with_extras(given: dict) -> dict:
 
 
 class SignSGD(_CheckedOptimizer):
-    """W <- W (1 - lr wd) - lr sign(G); no state (algorithms.md, the seed's embedding optimizer).
+    """W <- W (1 - lr wd) - lr sign(G); no state (an optimizer for sparse embeddings).
 
     Args:
         params: parameters or param groups, any shape.
