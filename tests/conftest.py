@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-from support.native_helpers import require_native
+# The CPU default compute dtype follows the hardware (bf16 where the CPU has bf16 matrix units,
+# fastmuon.cpu). The suite pins it to fp32 so that results and allowances do not depend on
+# which CPU runs it; tests of the bf16 default set FASTMUON_CPU_BF16=1 themselves.
+os.environ.setdefault("FASTMUON_CPU_BF16", "0")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from support.native_helpers import require_native  # noqa: E402
 
 
 @pytest.fixture

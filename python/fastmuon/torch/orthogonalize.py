@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..cpu import has_fast_bf16_matmul
 from ..native import blas_available
 from ..plan import DEFAULT_STEPS, check_backend, check_matrix_shape, make_plan
 from . import native, reference
@@ -24,9 +25,14 @@ _TRITON_HINT = (
 
 
 def default_compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA (as every public Muon does); fp32 elsewhere, since bf16 matmul on CPUs is
-    about 100x slower than fp32."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """The compute dtype ``dtype=None`` means: bf16 on CUDA (as every public Muon does) and on
+    CPUs with bf16 matrix units (``fastmuon.cpu.has_fast_bf16_matmul``: AMX-BF16 or
+    AVX512-BF16, where torch's bf16 matmul is ~3x faster than fp32); fp32 on other CPUs, where
+    bf16 matmul is ~100x slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda" or (device.type == "cpu" and has_fast_bf16_matmul()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def orthogonalize(
@@ -52,7 +58,9 @@ def orthogonalize(
             tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks native for CPU tensors computed
             in fp32 when it is built, else the reference (cuBLAS on CUDA, where the Triton
             kernels are not faster yet).
-        dtype: compute dtype; by default bf16 on CUDA and fp32 elsewhere.
+        dtype: compute dtype; by default ``default_compute_dtype(G.device)``: bf16 on CUDA and
+            on CPUs with bf16 matrix units, fp32 on other CPUs (and always fp32 for
+            ``backend="native"``).
 
     Returns:
         A tensor of ``G``'s shape and dtype. A zero matrix gives zeros.
@@ -60,7 +68,10 @@ def orthogonalize(
     plan = make_plan(method, steps, coefficients)
     check_backend(backend, BACKENDS)
     check_tensor(G, "G")
-    compute_dtype = default_compute_dtype(G.device) if dtype is None else dtype
+    if dtype is None:  # the native kernels compute in fp32 whatever the CPU
+        compute_dtype = torch.float32 if backend == "native" else default_compute_dtype(G.device)
+    else:
+        compute_dtype = dtype
     if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     chosen = select_backend(backend, G, compute_dtype)

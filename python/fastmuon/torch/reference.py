@@ -24,6 +24,8 @@ class TorchOps:
 
     @staticmethod
     def xxt(X):
+        if X.shape[0] == 1:  # 2-D: oneDNN's bf16 X X^T ran 1.4x faster as mm than as bmm
+            return (X[0] @ X[0].mT).unsqueeze(0)
         return X @ X.mT
 
     @staticmethod

@@ -1,0 +1,113 @@
+"""The CPU compute dtype follows the hardware: bf16 where the CPU has bf16 matrix units
+(AMX-BF16, AVX512-BF16), fp32 elsewhere; and the bf16 default is as accurate as the all-bf16
+iteration that torch.optim.Muon runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastmuon import cpu
+from fastmuon.plan import make_plan
+from support.frameworks import TorchFramework
+from support.spectral import exact_iteration, matrix_with_spectrum
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [({"avx2", "avx512_bf16"}, True), ({"amx_bf16", "amx_tile"}, True), ({"avx2", "avx512f"}, False), (set(), False)],
+)
+def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, flags, expected):
+    monkeypatch.delenv("FASTMUON_CPU_BF16", raising=False)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+    assert cpu.has_fast_bf16_matmul() is expected
+    assert ("CPU compute dtype: bf16" in cpu.describe()) is expected
+    monkeypatch.setenv("FASTMUON_CPU_BF16", "0" if expected else "1")  # the override wins
+    assert cpu.has_fast_bf16_matmul() is not expected
+
+
+def test_default_compute_dtype_follows_the_hardware(monkeypatch):
+    from fastmuon.torch.orthogonalize import default_compute_dtype
+
+    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
+    assert default_compute_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("FASTMUON_CPU_BF16", "0")
+    assert default_compute_dtype("cpu") == torch.float32
+
+
+def test_bf16_default_is_the_bf16_reference_and_native_stays_fp32(monkeypatch, rng):
+    from fastmuon.torch import orthogonalize
+
+    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
+    G = torch.tensor(rng.standard_normal((2, 48, 80)), dtype=torch.float32)
+    default = orthogonalize(G)
+    assert default.dtype == torch.float32
+    assert torch.equal(default, orthogonalize(G, dtype=torch.bfloat16, backend="reference"))
+    assert not torch.equal(default, orthogonalize(G, dtype=torch.float32, backend="reference"))
+    assert torch.equal(orthogonalize(G, backend="native"), orthogonalize(G, backend="native", dtype=torch.float32))
+
+
+def all_bf16_iteration(G, plan):
+    """The plan's iteration with every value in bf16, norm included (the wide orientation)."""
+    X = G.to(torch.bfloat16)
+    tall = X.shape[-2] > X.shape[-1]
+    X = X.mT if tall else X
+    X = X / (torch.linalg.matrix_norm(X) * plan.norm_scale + plan.eps)
+    for a, b, c in plan.coefficients:
+        A = X @ X.mT
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return (X.mT if tall else X).float()
+
+
+def polar_factor(G64):
+    U, _, Vt = np.linalg.svd(G64, full_matrices=False)
+    return U @ Vt
+
+
+@pytest.mark.parametrize("shape", [(96, 384), (384, 96), (128, 128)])
+def test_bf16_default_is_as_accurate_as_an_all_bf16_iteration(monkeypatch, shape):
+    """fastmuon's bf16 default (bf16 products with fp32 accumulation, norm in fp32) is no
+    further from its float64 iteration than the same iteration run all in bf16, and closer to
+    the polar factor U V^T than torch.optim.Muon's bf16 Newton-Schulz."""
+    from fastmuon.torch import orthogonalize
+
+    zeropower = pytest.importorskip("torch.optim._muon")._zeropower_via_newtonschulz
+    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
+    fw = TorchFramework()
+    plan = make_plan("polar_express", 5, None)
+    for seed in range(3):
+        G = fw.array(matrix_with_spectrum(np.random.default_rng(seed), shape, "sigma_min_1e-3"), "float32")
+        G64 = fw.to_numpy(G)
+        exact = exact_iteration(G64, plan.coefficients, plan.norm_scale, plan.eps)[0]
+        ours = fw.to_numpy(orthogonalize(G))
+        naive = fw.to_numpy(all_bf16_iteration(G, plan))
+        assert np.linalg.norm(ours - exact, ord=2) <= np.linalg.norm(naive - exact, ord=2)
+        assert np.linalg.norm(ours - exact, ord=2) > 1e-3  # a bf16 result: fp32 would be far closer
+        torch_muon = fw.to_numpy(zeropower(G, (3.4445, -4.7750, 2.0315), 5, 1e-7))
+        UVt = polar_factor(G64)
+        assert np.linalg.norm(ours - UVt, ord=2) < np.linalg.norm(torch_muon - UVt, ord=2)
+
+
+def test_bf16_muon_step_matches_fp32_within_bf16_rounding(monkeypatch, rng):
+    """Muon with the bf16 default moves the weights like the fp32 step, to bf16 accuracy."""
+    from fastmuon.torch import Muon
+
+    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
+    W0 = torch.tensor(rng.standard_normal((64, 96)) * 0.1, dtype=torch.float32)
+    G = torch.tensor(rng.standard_normal((64, 96)), dtype=torch.float32)
+    steps = {}
+    for name, ns_dtype in (("default", None), ("fp32", torch.float32)):
+        p = torch.nn.Parameter(W0.clone())
+        p.grad = G.clone()
+        Muon([p], lr=0.02, ns_dtype=ns_dtype).step()
+        steps[name] = (p.detach() - W0).double().numpy()
+    # Both steps are lr * O (scale 1 for a wide matrix). The baseline: the same step with an
+    # all-bf16 orthogonalization; the default must be within 1x of its distance to fp32.
+    plan = make_plan("polar_express", 5, None)
+    momentum = 0.05 * G + 0.95 * (0.05 * G)  # Nesterov after one step from zero momentum
+    naive_step = -0.02 * all_bf16_iteration(momentum, plan).double().numpy()
+    difference = np.linalg.norm(steps["default"] - steps["fp32"], ord=2)
+    baseline = np.linalg.norm(naive_step - steps["fp32"], ord=2)
+    assert 1e-3 * baseline < difference <= baseline
