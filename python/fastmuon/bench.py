@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import cpu
 from .plan import METHODS
 from .coefficients import JORDAN_NEWTON_SCHULZ
 
@@ -191,6 +192,7 @@ def environment() -> Dict[str, Any]:
         "processor": _cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
+        "cpu_bf16_units": cpu.has_fast_bf16_matmul(),
     }
     for package in ("fastmuon", "numpy", "torch", "mlx"):
         try:
@@ -301,6 +303,7 @@ def main(argv=None) -> int:
     peak = sgemm_gflops()
     env = environment()
     print(f"{env['processor']}, {env['cores']} cores; fp32 sgemm peak here: {peak:.0f} GFLOP/s" if peak else "")
+    print(cpu.describe())
     print(format_table(rows, peak))
     print("\nwhole block (summed over the four shapes):")
     print(format_totals(block_totals(rows, GPT2_SMALL_BLOCK)))

@@ -2,6 +2,12 @@
 
 The kernels compute in fp32 on C-contiguous CPU buffers, which they receive through DLPack
 without a copy; other dtypes or layouts are converted once on the way in and out.
+
+Threads. OpenBLAS keeps a thread pool of its own beside torch's OpenMP pool, and idle threads of
+each pool spin while the other works. Calls whose work is below ``SINGLE_THREAD_WORK`` run
+OpenBLAS on one thread (splitting them costs more than it gains, and never fights torch's
+threads); larger ones use ``torch.get_num_threads()`` threads, never more than torch is allowed
+(``bench/bench_native_threads.py`` measured both).
 """
 
 from __future__ import annotations
@@ -32,10 +38,36 @@ def _fp32_view(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else _fp32_copy(t)
 
 
+# m * m * n (per call, summed over the batch) below which OpenBLAS runs on one thread: on 2 cores
+# (AMD EPYC, 2026-11-30) two threads were 1.6-5x slower than one at 128x512 and 256x1024
+# (m*m*n <= 6.7e7) and faster from 768x768 (4.5e8) up.
+SINGLE_THREAD_WORK = 1e8
+
+_threads_set = [0]  # what OpenBLAS was last told; set only when it changes
+
+
+def use_threads(work: float) -> int:
+    """Give OpenBLAS the thread count for a call of ``work`` = m * m * n; returns it."""
+    threads = 1 if work < SINGLE_THREAD_WORK else max(1, torch.get_num_threads())
+    if threads != _threads_set[0]:
+        blas_module().set_num_threads(threads)
+        _threads_set[0] = threads
+    return threads
+
+
+def _work(shape) -> float:
+    m, n = sorted(shape[-2:])
+    batch = 1
+    for size in shape[:-2]:
+        batch *= size
+    return float(batch) * m * m * n
+
+
 def xxt(X: torch.Tensor) -> torch.Tensor:
     m, k = X.shape[-2], X.shape[-1]
     src = _fp32_view(X).reshape(-1, m, k)
     out = torch.empty((src.shape[0], m, m), dtype=torch.float32)
+    use_threads(_work(X.shape))
     blas_module().xxt(src, out)
     return out.reshape(*X.shape[:-1], m).to(X.dtype)
 
@@ -44,6 +76,7 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     m = A.shape[-1]
     out = _fp32_copy(A)
     batch = out.reshape(-1, m, m)
+    use_threads(_work(A.shape))
     blas_module().ba_plus_caa(batch, batch, float(alpha), float(beta))
     return out.to(A.dtype)
 
@@ -52,6 +85,7 @@ def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
     m, n = G.shape[-2], G.shape[-1]
     X = _fp32_copy(G)  # the kernel works in place on this copy
     coefficients = np.asarray(plan.coefficients, dtype=np.float64)
+    use_threads(_work(G.shape))
     blas_module().orthogonalize(
         X.reshape(-1, m, n), coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY
     )
