@@ -747,3 +747,34 @@ def test_geodesic_and_projection_agree_to_first_order(rng):
         out[mode] = h[0][0]
     step = np.abs(out["project"] - w0).max()
     assert np.abs(out["project"] - out["geodesic"]).max() < 10 * step**2
+
+
+def test_big_stacks_are_orthogonalized_in_bounded_chunks(monkeypatch, rng):
+    """A stack larger than STACK_BYTES is split into several calls (bounded workspace), with
+    bitwise the same weights and state as one call for the whole stack."""
+    shapes = [(16, 24)] * 5 + [(24, 16)] * 3
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(2)]
+
+    def run(stack_bytes):
+        monkeypatch.setattr(muon_module, "STACK_BYTES", stack_bytes)
+        calls = []
+        real = muon_module.orthogonalize
+        monkeypatch.setattr(muon_module, "orthogonalize", lambda U, **kw: calls.append(U.shape[0]) or real(U, **kw))
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = NorMuon(params, weight_decay=0.1)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        monkeypatch.setattr(muon_module, "orthogonalize", real)
+        return params, opt, calls
+
+    whole, whole_opt, whole_calls = run(2**30)
+    chunked, chunked_opt, chunked_calls = run(2 * 16 * 24 * 4)  # two fp32 matrices a chunk
+    assert sorted(whole_calls) == [3, 3, 5, 5]
+    assert sorted(chunked_calls) == [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+    for a, b in zip(whole, chunked):
+        assert torch.equal(a, b)
+        for key in ("momentum_buffer", "second_moment"):
+            assert torch.equal(whole_opt.state[a][key], chunked_opt.state[b][key])

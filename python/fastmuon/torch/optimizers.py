@@ -58,7 +58,7 @@ from .functional import (
     sphere_geodesic_update,
     sphere_project_update,
 )
-from .orthogonalize import BACKENDS, orthogonalize
+from .orthogonalize import BACKENDS, orthogonalize, resolve_compute_dtype
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "SignSGD"]
 
@@ -102,6 +102,22 @@ def _check_adamw_group(group: dict) -> None:
         raise ValueError(f"betas must be in [0, 1), got {group['betas']!r}")
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+
+
+# Most bytes of a same-shape stack orthogonalized at once (in the compute dtype) by one process;
+# at least one matrix. Bounds the step's workspace; bigger stacks go in several calls.
+STACK_BYTES = 16 * 2**20
+
+
+def _narrower(dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
+    """The stack's dtype: the compute dtype when it has fewer bits than the weights' (orthogonalize
+    would round to it first anyway), else the weights' own."""
+    return compute_dtype if torch.finfo(compute_dtype).bits < torch.finfo(dtype).bits else dtype
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 @dataclass
@@ -198,15 +214,15 @@ class _MuonFamily(_CheckedOptimizer):
 
     def _muon_step(self, groups: List[dict]) -> None:
         world = self._world()
+        if world is None:
+            self._local_muon_step(groups)
+            return
         stacks: Dict[tuple, List[_Pending]] = defaultdict(list)
         for group in groups:
             for p in group["params"]:
-                # In data-parallel mode every parameter joins, so all ranks build the same stacks.
-                if p.grad is None and world is None:
-                    continue
-                # One process knows at once whether a step is kept (its gradient is finite) and
-                # commits the momentum now; data parallel waits for every rank's verdict.
-                item = self._momentum_phase(p, group, commit=world is None)
+                # Every parameter joins, so all ranks build the same stacks; each rank's verdict
+                # on its gradient is shared before the momentum is committed.
+                item = self._momentum_phase(p, group, commit=False)
                 stacks[item.stack_key()].append(item)
 
         jobs = []
@@ -216,7 +232,7 @@ class _MuonFamily(_CheckedOptimizer):
             for m in members:
                 m.update = None  # the stack holds them now; free the per-parameter copies
             jobs.append((U, valid, members[0].group))
-        results = self._orthogonalize_jobs(jobs, world)
+        results = self._sharded(jobs, *world)
 
         for members, (O, ok) in zip(stacks.values(), results):
             start = 0
@@ -224,6 +240,38 @@ class _MuonFamily(_CheckedOptimizer):
                 stop = start + m.batch
                 self._update_phase(m, O[start:stop], ok[start:stop].all())
                 start = stop
+
+    def _local_muon_step(self, groups: List[dict]) -> None:
+        """One process: same-shape matrices are orthogonalized together, a chunk of at most
+        ``STACK_BYTES`` at a time, and each chunk is built, orthogonalized and applied before
+        the next, so the step's workspace stays bounded whatever the model's size. The stack is
+        held in the orthogonalization's compute dtype (half the bytes in bf16)."""
+        stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
+        for group in groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    _, rows, cols = matrix_view(p.shape)
+                    key = (rows, cols, p.dtype, p.device, group["method"], group["ns_steps"], group["backend"],
+                           group["ns_dtype"])
+                    stacks[key].append((p, group))
+        for (rows, cols, dtype, device, *_), members in stacks.items():
+            group = members[0][1]
+            stack_dtype = _narrower(dtype, resolve_compute_dtype(group["ns_dtype"], group["backend"], device))
+            matrix_bytes = rows * cols * torch.tensor([], dtype=stack_dtype).element_size()
+            for chunk in _chunks(members, max(1, STACK_BYTES // matrix_bytes)):
+                items = [self._momentum_phase(p, g, commit=True) for p, g in chunk]
+                U = torch.empty((sum(item.batch for item in items), rows, cols), dtype=stack_dtype, device=device)
+                start = 0
+                for item in items:
+                    U[start:start + item.batch].copy_(item.update)
+                    item.update = None
+                    start += item.batch
+                O = self._orthogonalize(U, group)
+                del U
+                start = 0
+                for item in items:
+                    self._update_phase(item, O[start:start + item.batch], item.finite)
+                    start += item.batch
 
     def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
         batch, rows, cols = matrix_view(p.shape)
@@ -244,11 +292,16 @@ class _MuonFamily(_CheckedOptimizer):
             if grad.is_sparse:
                 raise RuntimeError("Muon does not support sparse gradients (use SignSGD(sparse=True))")
             finite = torch.isfinite(grad).all()
-            G = torch.where(finite, grad.to(M.dtype), 0.0)
-        M_new, U = muon_momentum(M, G, group["momentum"], group["nesterov"])
         if commit and grad is not None:
-            M.copy_(torch.where(finite, M_new, M))
+            # In place: a non-finite gradient is replaced by M itself, and lerp(M, M, w) == M.
+            G = torch.where(finite, grad.to(M.dtype), M)
+            M.lerp_(G, 1.0 - group["momentum"])
+            U = torch.lerp(G, M, group["momentum"]) if group["nesterov"] else M
             M_new = None
+        else:
+            if grad is not None:
+                G = torch.where(finite, grad.to(M.dtype), 0.0)
+            M_new, U = muon_momentum(M, G, group["momentum"], group["nesterov"])
         return _Pending(p, group, state, batch, rows, cols, grad is not None, finite, M_new,
                         U.reshape(batch, rows, cols))
 
@@ -257,13 +310,6 @@ class _MuonFamily(_CheckedOptimizer):
         """The one call of the orthogonalizer: a (batch, rows, cols) stack at a time."""
         return orthogonalize(U, method=group["method"], steps=group["ns_steps"],
                              backend=group["backend"], dtype=group["ns_dtype"])
-
-    def _orthogonalize_jobs(self, jobs, world) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """For each stack (U, valid, group): the orthogonalized stack and which matrices may be
-        updated. Single process: one call per stack. Data parallel: see ``_sharded``."""
-        if world is None:
-            return [(self._orthogonalize(U, group), valid) for U, valid, group in jobs]
-        return self._sharded(jobs, *world)
 
     def _sharded(self, jobs, process_group, rank: int, world_size: int):
         """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod

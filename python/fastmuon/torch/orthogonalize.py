@@ -35,6 +35,15 @@ def default_compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device) -> torch.dtype:
+    """The compute dtype of ``orthogonalize(..., dtype=dtype, backend=backend)`` on ``device``:
+    ``dtype`` when given; else fp32 for the native kernels (they compute in fp32 on every CPU)
+    and ``default_compute_dtype(device)`` for the others."""
+    if dtype is not None:
+        return dtype
+    return torch.float32 if backend == "native" else default_compute_dtype(device)
+
+
 def orthogonalize(
     G: torch.Tensor,
     *,
@@ -68,10 +77,7 @@ def orthogonalize(
     plan = make_plan(method, steps, coefficients)
     check_backend(backend, BACKENDS)
     check_tensor(G, "G")
-    if dtype is None:  # the native kernels compute in fp32 whatever the CPU
-        compute_dtype = torch.float32 if backend == "native" else default_compute_dtype(G.device)
-    else:
-        compute_dtype = dtype
+    compute_dtype = resolve_compute_dtype(dtype, backend, G.device)
     if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     chosen = select_backend(backend, G, compute_dtype)

@@ -54,10 +54,11 @@ class TorchOps:
 
     @staticmethod
     def normalize(X, scale, eps):
+        # The norm and the division in at least fp32, rounded once into X's dtype, with no
+        # wide copy of X: the reduction and the division convert element by element.
         norm_dtype = torch.promote_types(X.dtype, torch.float32)
-        X_wide = X.to(norm_dtype)
-        norm = torch.linalg.matrix_norm(X_wide, keepdim=True)
-        return (X_wide / (norm * scale + eps)).to(X.dtype)
+        norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=norm_dtype)
+        return torch.div(X, norm * scale + eps, out=torch.empty_like(X))
 
     @staticmethod
     def restore(X, G):
