@@ -4,6 +4,8 @@ iteration that torch.optim.Muon runs."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,14 @@ from support.frameworks import TorchFramework
 from support.spectral import exact_iteration, matrix_with_spectrum
 
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch):
+    """This CPU as one with bf16 units, with the bf16 default for matrices of every size."""
+    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
+    # the module, not the function of the same name that fastmuon.torch exports
+    monkeypatch.setattr(importlib.import_module("fastmuon.torch.orthogonalize"), "BF16_MIN_WORK", 0)
 
 
 @pytest.mark.parametrize(
@@ -31,16 +41,22 @@ def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, flags, expected):
 def test_default_compute_dtype_follows_the_hardware(monkeypatch):
     from fastmuon.torch.orthogonalize import default_compute_dtype
 
+    from fastmuon.torch.orthogonalize import BF16_MIN_WORK
+
     monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
     assert default_compute_dtype("cpu") == torch.bfloat16
+    # per size: small matrices stay in fp32, where bf16 matmul's fixed cost dominates
+    assert default_compute_dtype("cpu", (4, 64, 256)) == torch.float32
+    assert default_compute_dtype("cpu", (1024, 256)) == torch.bfloat16
+    assert 64 * 64 * 256 < BF16_MIN_WORK <= 256 * 256 * 1024
     monkeypatch.setenv("FASTMUON_CPU_BF16", "0")
     assert default_compute_dtype("cpu") == torch.float32
+    assert default_compute_dtype("cpu", (1024, 256)) == torch.float32
 
 
-def test_bf16_default_is_the_bf16_reference_and_native_stays_fp32(monkeypatch, rng):
+def test_bf16_default_is_the_bf16_reference_and_native_stays_fp32(bf16_cpu, rng):
     from fastmuon.torch import orthogonalize
 
-    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
     G = torch.tensor(rng.standard_normal((2, 48, 80)), dtype=torch.float32)
     default = orthogonalize(G)
     assert default.dtype == torch.float32
@@ -67,14 +83,13 @@ def polar_factor(G64):
 
 
 @pytest.mark.parametrize("shape", [(96, 384), (384, 96), (128, 128)])
-def test_bf16_default_is_as_accurate_as_an_all_bf16_iteration(monkeypatch, shape):
+def test_bf16_default_is_as_accurate_as_an_all_bf16_iteration(bf16_cpu, shape):
     """fastmuon's bf16 default (bf16 products with fp32 accumulation, norm in fp32) is no
     further from its float64 iteration than the same iteration run all in bf16, and closer to
     the polar factor U V^T than torch.optim.Muon's bf16 Newton-Schulz."""
     from fastmuon.torch import orthogonalize
 
     zeropower = pytest.importorskip("torch.optim._muon")._zeropower_via_newtonschulz
-    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
     fw = TorchFramework()
     plan = make_plan("polar_express", 5, None)
     for seed in range(3):
@@ -90,11 +105,10 @@ def test_bf16_default_is_as_accurate_as_an_all_bf16_iteration(monkeypatch, shape
         assert np.linalg.norm(ours - UVt, ord=2) < np.linalg.norm(torch_muon - UVt, ord=2)
 
 
-def test_bf16_muon_step_matches_fp32_within_bf16_rounding(monkeypatch, rng):
+def test_bf16_muon_step_matches_fp32_within_bf16_rounding(bf16_cpu, rng):
     """Muon with the bf16 default moves the weights like the fp32 step, to bf16 accuracy."""
     from fastmuon.torch import Muon
 
-    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
     W0 = torch.tensor(rng.standard_normal((64, 96)) * 0.1, dtype=torch.float32)
     G = torch.tensor(rng.standard_normal((64, 96)), dtype=torch.float32)
     steps = {}

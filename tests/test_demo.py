@@ -15,7 +15,7 @@ sys.path.insert(0, BENCH)  # the demo lives in bench/demo, outside the package
 
 from demo.config import OPTIMIZERS, QUICK  # noqa: E402
 from demo.data import STDLIB_FILES, load_corpus  # noqa: E402
-from demo.run import LEARNING_RATES, available_frameworks, run, steps_to_reach  # noqa: E402
+from demo.run import LEARNING_RATES, available_frameworks, run, seconds_to_reach, steps_to_reach  # noqa: E402
 
 SWEEP = os.path.join(BENCH, "results", "lr_sweep.json")
 
@@ -34,8 +34,9 @@ def test_corpus_is_the_fixed_stdlib_list():
 
 
 def test_steps_to_reach():
-    curve = [(0, 5.0), (10, 3.0), (20, 2.0)]
+    curve = [(0, 5.0, 0.0), (10, 3.0, 1.5), (20, 2.0, 3.0)]
     assert steps_to_reach(curve, 3.0) == 10 and steps_to_reach(curve, 1.0) is None
+    assert seconds_to_reach(curve, 3.0) == 1.5 and seconds_to_reach(curve, 1.0) is None
 
 
 @pytest.mark.parametrize("framework", available_frameworks())
@@ -46,3 +47,4 @@ def test_short_run_learns(framework):
         curve = results[framework][name]["curve"]
         assert curve[0][1] == pytest.approx(math.log(256), abs=0.3)  # untrained: ~uniform
         assert curve[-1][1] < curve[0][1] - 1.0, name
+        assert [point[2] for point in curve] == sorted(point[2] for point in curve)  # training seconds

@@ -256,7 +256,8 @@ class _MuonFamily(_CheckedOptimizer):
                     stacks[key].append((p, group))
         for (rows, cols, dtype, device, *_), members in stacks.items():
             group = members[0][1]
-            stack_dtype = _narrower(dtype, resolve_compute_dtype(group["ns_dtype"], group["backend"], device))
+            compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (rows, cols))
+            stack_dtype = _narrower(dtype, compute_dtype)
             matrix_bytes = rows * cols * torch.tensor([], dtype=stack_dtype).element_size()
             for chunk in _chunks(members, max(1, STACK_BYTES // matrix_bytes)):
                 items = [self._momentum_phase(p, g, commit=True) for p, g in chunk]

@@ -24,24 +24,37 @@ _TRITON_HINT = (
 )
 
 
-def default_compute_dtype(device: torch.device) -> torch.dtype:
-    """The compute dtype ``dtype=None`` means: bf16 on CUDA (as every public Muon does) and on
-    CPUs with bf16 matrix units (``fastmuon.cpu.has_fast_bf16_matmul``: AMX-BF16 or
-    AVX512-BF16, where torch's bf16 matmul is ~3x faster than fp32); fp32 on other CPUs, where
-    bf16 matmul is ~100x slower than fp32."""
+# Per-matrix work m * m * n (m <= n) from which a CPU with bf16 units computes in bf16 by default:
+# below it fp32 on the native kernels was faster (torch's bf16 matmul pays a fixed cost per call),
+# from 256 x 1024 (6.7e7) up bf16 took 0.45-0.52x the fp32 reference's time (AMD EPYC with
+# AVX512-BF16, bench/bench_cpu_paths.py, bench/results/cpu_paths.jsonl).
+BF16_MIN_WORK = 3e7
+
+
+def default_compute_dtype(device, shape=None) -> torch.dtype:
+    """The compute dtype ``dtype=None`` means for a matrix of ``shape`` (..., m, n) on ``device``:
+    bf16 on CUDA (as every public Muon does) and on CPUs with bf16 matrix units
+    (``fastmuon.cpu.has_fast_bf16_matmul``: AMX-BF16 or AVX512-BF16) for matrices with at least
+    ``BF16_MIN_WORK`` = m * m * n (all matrices when ``shape`` is None); fp32 otherwise, and on
+    CPUs without bf16 units, where bf16 matmul is ~100x slower than fp32."""
     device = torch.device(device)
-    if device.type == "cuda" or (device.type == "cpu" and has_fast_bf16_matmul()):
+    if device.type == "cuda":
         return torch.bfloat16
+    if device.type == "cpu" and has_fast_bf16_matmul():
+        if shape is None:
+            return torch.bfloat16
+        m, n = sorted(shape[-2:])
+        return torch.bfloat16 if m * m * n >= BF16_MIN_WORK else torch.float32
     return torch.float32
 
 
-def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device) -> torch.dtype:
-    """The compute dtype of ``orthogonalize(..., dtype=dtype, backend=backend)`` on ``device``:
-    ``dtype`` when given; else fp32 for the native kernels (they compute in fp32 on every CPU)
-    and ``default_compute_dtype(device)`` for the others."""
+def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, shape=None) -> torch.dtype:
+    """The compute dtype of ``orthogonalize(G, dtype=dtype, backend=backend)`` for G of ``shape``
+    on ``device``: ``dtype`` when given; else fp32 for the native kernels (they compute in fp32
+    on every CPU) and ``default_compute_dtype(device, shape)`` for the others."""
     if dtype is not None:
         return dtype
-    return torch.float32 if backend == "native" else default_compute_dtype(device)
+    return torch.float32 if backend == "native" else default_compute_dtype(device, shape)
 
 
 def orthogonalize(
@@ -67,9 +80,9 @@ def orthogonalize(
             tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks native for CPU tensors computed
             in fp32 when it is built, else the reference (cuBLAS on CUDA, where the Triton
             kernels are not faster yet).
-        dtype: compute dtype; by default ``default_compute_dtype(G.device)``: bf16 on CUDA and
-            on CPUs with bf16 matrix units, fp32 on other CPUs (and always fp32 for
-            ``backend="native"``).
+        dtype: compute dtype; by default ``default_compute_dtype(G.device, G.shape)``: bf16 on
+            CUDA, and on CPUs with bf16 matrix units for matrices of at least ``BF16_MIN_WORK``
+            = m * m * n; fp32 otherwise (and always for ``backend="native"``).
 
     Returns:
         A tensor of ``G``'s shape and dtype. A zero matrix gives zeros.
@@ -77,7 +90,7 @@ def orthogonalize(
     plan = make_plan(method, steps, coefficients)
     check_backend(backend, BACKENDS)
     check_tensor(G, "G")
-    compute_dtype = resolve_compute_dtype(dtype, backend, G.device)
+    compute_dtype = resolve_compute_dtype(dtype, backend, G.device, G.shape)
     if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     chosen = select_backend(backend, G, compute_dtype)

@@ -1,9 +1,10 @@
-"""The torch CPU path per size, fp32: the plain-torch reference against the native kernels on one
-OpenBLAS thread and on torch.get_num_threads() threads, and what "auto" picks, in one run. The
-crossovers set ``fastmuon.torch.native.SINGLE_THREAD_WORK`` and the size rule of "auto".
-Appends to bench/results/native_threads.jsonl.
+"""The torch CPU paths per size, in one run: the plain-torch fp32 reference against the native
+fp32 kernels on one OpenBLAS thread and on torch.get_num_threads() threads, the bf16 reference,
+and what ``orthogonalize`` picks with its defaults. The crossovers set
+``fastmuon.torch.native.SINGLE_THREAD_WORK`` and ``fastmuon.torch.orthogonalize.BF16_MIN_WORK``.
+Appends to bench/results/cpu_paths.jsonl.
 
-    python bench/bench_native_threads.py [--repeats 7] [--busy]
+    python bench/bench_cpu_paths.py [--repeats 7] [--busy]
 
 --busy runs a second process that keeps one core loaded, as on a shared machine.
 """
@@ -23,7 +24,7 @@ from fastmuon.torch import native, orthogonalize
 
 SHAPES = ((2, 8, 8), (2, 64, 64), (2, 64, 256), (1, 128, 512), (1, 256, 256), (1, 256, 1024),
           (1, 512, 512), (1, 768, 768), (1, 768, 3072), (1, 2048, 2048))
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "native_threads.jsonl")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cpu_paths.jsonl")
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -62,7 +63,9 @@ def main() -> None:
                 native.SINGLE_THREAD_WORK = limit
                 times[name] = median_ms(lambda: orthogonalize(G, backend="native"), repeats)
             native.SINGLE_THREAD_WORK = threshold
-            times["auto"] = median_ms(lambda: orthogonalize(G, dtype=torch.float32), repeats)
+            times["reference_bf16"] = median_ms(lambda: orthogonalize(G, backend="reference", dtype=torch.bfloat16),
+                                                repeats)
+            times["defaults"] = median_ms(lambda: orthogonalize(G), repeats)
             row = {"shape": list(shape), "threads": torch.get_num_threads(), "busy": args.busy,
                    **{f"{k}_ms": v for k, v in times.items()}}
             rows.append(row)
