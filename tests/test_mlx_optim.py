@@ -888,3 +888,63 @@ def test_torch_and_mlx_signsgd_agree_after_ten_steps(sparse):
 def test_muon_with_adamw_rejects_bad_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fm.MuonWithAdamW(**kwargs)
+
+
+class _WithNames(nn.Module):
+    """A model like mlx-lm's LlamaModel: a non-array attribute (a list of strings), whose
+    gradient from nn.value_and_grad is an empty dict, and an embedding named ``wte``."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer_types = ["full_attention", "full_attention"]
+        self.wte = nn.Embedding(16, 8)
+        self.hidden = nn.Linear(8, 8, bias=False)
+        self.head = nn.Linear(8, 16, bias=False)
+
+    def __call__(self, x):
+        return self.head(self.hidden(self.wte(x)))
+
+
+def _names_loss(model, x, y):
+    return nn.losses.cross_entropy(model(x), y).mean()
+
+
+@pytest.mark.parametrize("make", [lambda: fm.MuonWithAdamW(backend="reference"), lambda: fm.Muon(backend="reference")],
+                         ids=["muon_with_adamw", "muon"])
+def test_non_array_leaves_get_an_empty_gradient_and_are_left_alone(make):
+    model = _WithNames()
+    if isinstance(make(), fm.Muon):  # Muon alone: the matrices only
+        model.wte.freeze()
+        model.head.freeze()
+    opt = make()
+    x, y = mx.array([[1, 2, 3]]), mx.array([[2, 3, 4]])
+    loss, grads = nn.value_and_grad(model, _names_loss)(model, x, y)
+    assert grads["layer_types"] == [{}, {}]  # what nn.value_and_grad gives the strings
+    before = model.hidden.weight
+    opt.update(model, grads)
+    mx.eval(model.parameters())
+    assert model.layer_types == ["full_attention", "full_attention"]
+    assert not mx.array_equal(model.hidden.weight, before)
+
+
+def test_init_before_update_routes_like_update():
+    """``init(model.trainable_parameters())`` cannot see module types; the first update (given
+    the model) routes the embedding ``wte`` to AdamW and must find state for it there."""
+    model = _WithNames()
+    opt = fm.MuonWithAdamW(backend="reference")
+    opt.init(model.trainable_parameters())
+    x, y = mx.array([[1, 2, 3]]), mx.array([[2, 3, 4]])
+    for _ in range(2):
+        _, grads = nn.value_and_grad(model, _names_loss)(model, x, y)
+        opt.update(model, grads)
+        mx.eval(model.parameters(), opt.state)
+    assert "wte" in opt.adamw.state and "m" in opt.adamw.state["wte"]["weight"]
+
+
+@pytest.mark.parametrize("make", [lambda: fm.Muon(backend="reference"), lambda: fm.SignSGD(), lambda: fm.MuonWithAdamW()],
+                         ids=["muon", "signsgd", "muon_with_adamw"])
+def test_integer_parameters_are_refused_by_name(make):
+    params = {"w": mx.array([[3, 1], [2, 5]], dtype=mx.int32)}
+    grads = {"w": mx.ones((2, 2), dtype=mx.int32)}
+    with pytest.raises(TypeError, match=r"'w'.*int32"):
+        make().apply_gradients(grads, params)

@@ -85,6 +85,10 @@ def check_gradient_tree(gradients, parameters) -> List[Tuple[str, tuple, mx.arra
 def _walk(grad, param, keys: tuple, out: list) -> None:
     path = ".".join(str(k) for k in keys)
     where = f"at {path!r}" if path else "at the root"
+    if isinstance(grad, (dict, list, tuple)) and len(grad) == 0:
+        # No gradient below: nn.value_and_grad gives {} for a leaf that is not an array (e.g.
+        # mlx-lm's LlamaModel keeps a list of strings), whatever the parameter tree holds there.
+        return
     if isinstance(grad, dict):
         if not isinstance(param, dict):
             raise TreeMismatchError(
@@ -121,6 +125,11 @@ def _walk(grad, param, keys: tuple, out: list) -> None:
             raise TreeMismatchError(
                 f"gradients and parameters do not match {where}: gradient shape {grad.shape}, "
                 f"parameter shape {param.shape}"
+            )
+        if not mx.issubdtype(param.dtype, mx.floating):
+            raise TypeError(
+                f"the parameter {where} has dtype {param.dtype}: fastmuon's optimizers update floating "
+                "parameters only (an update would be truncated); freeze it or leave it out of the gradients"
             )
         out.append((path, keys, grad, param))
     else:
@@ -410,6 +419,15 @@ class _FiniteAdamW(AdamW):
     def init_single(self, parameter: mx.array, state: dict):
         super().init_single(parameter, state)
         state["skipped_steps"] = mx.array(0, mx.int32)
+
+    def apply_gradients(self, gradients, parameters):
+        # A parameter routed here after ``init`` (an embedding recognised by its module type only
+        # once the update is given the model) gets its state now instead of a KeyError.
+        if self._initialized and not all(
+            _has_state(self.state, keys) for _, keys, _, _ in check_gradient_tree(gradients, parameters)
+        ):
+            self.init(gradients)
+        return super().apply_gradients(gradients, parameters)
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
         ok = mx.all(mx.isfinite(gradient))
