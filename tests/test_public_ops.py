@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from support.native_helpers import require_native
 from support.frameworks import FRAMEWORKS
-from support.native_helpers import assert_exactly_symmetric, assert_within_dot_bound
+from support.native_helpers import assert_exactly_symmetric, assert_within_dot_bound, require_native
 
 
 @pytest.fixture(params=sorted(FRAMEWORKS))
@@ -101,3 +100,37 @@ def test_mlx_ops_take_a_stream_and_compose_in_compile():
     for backend in ("reference", "native"):
         out = xxt(X, backend=backend, stream=mx.cpu)
         assert out.shape == (3, 10, 10)
+
+
+@pytest.mark.parametrize("backend", ["reference", "native", "auto"])
+def test_empty_matrices(fw, backend):
+    """An empty matrix (a zero dimension, or an empty batch) gives an empty result, and X X^T of
+    (m, 0) is the m x m zero matrix, on every backend."""
+    xxt, ba_plus_caa = ops(fw)
+    for shape in [(0, 16), (16, 0), (3, 0, 5), (0, 4, 4)]:
+        O = fw.orthogonalize(fw.array(np.zeros(shape), "float32"), backend=backend)
+        assert tuple(O.shape) == shape and fw.dtype_name(O) == "float32"
+    assert tuple(xxt(fw.array(np.zeros((0, 16)), "float32"), backend=backend).shape) == (0, 0)
+    zeros = fw.to_numpy(xxt(fw.array(np.zeros((4, 0)), "float32"), backend=backend))
+    assert zeros.shape == (4, 4) and not zeros.any()
+    A = ba_plus_caa(fw.array(np.zeros((2, 0, 0)), "float32"), alpha=1.0, beta=2.0, backend=backend)
+    assert tuple(A.shape) == (2, 0, 0)
+
+
+def test_inputs_that_need_gradients_keep_autograd():
+    """The native and Triton kernels have no autograd: "auto" keeps such inputs on the reference,
+    whose result differentiates; an explicit native backend refuses them."""
+    torch = pytest.importorskip("torch")
+    require_native("blas")
+    from fastmuon.torch import orthogonalize
+
+    G = torch.randn(8, 12, dtype=torch.float32, requires_grad=True)
+    O = orthogonalize(G)  # fp32 on the CPU: "auto" would take the native kernels without autograd
+    assert O.requires_grad
+    O.sum().backward()
+    assert G.grad is not None and torch.isfinite(G.grad).all()
+    torch.testing.assert_close(O, orthogonalize(G.detach(), backend="reference"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="autograd"):
+        orthogonalize(G, backend="native")
+    with torch.no_grad():
+        assert not orthogonalize(G, backend="native").requires_grad

@@ -778,3 +778,99 @@ def test_big_stacks_are_orthogonalized_in_bounded_chunks(monkeypatch, rng):
         assert torch.equal(a, b)
         for key in ("momentum_buffer", "second_moment"):
             assert torch.equal(whole_opt.state[a][key], chunked_opt.state[b][key])
+
+
+# ------------------------------------------------------------------------------------------
+# torch.optim.Muon's signature
+# ------------------------------------------------------------------------------------------
+
+
+def test_positional_arguments_are_torch_optim_muons(rng):
+    """Muon(params, lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+    adjust_lr_fn): the same names, order and meanings as torch.optim.Muon."""
+    import inspect
+
+    ours = list(inspect.signature(Muon.__init__).parameters)[:10]
+    theirs = list(inspect.signature(torch.optim.Muon.__init__).parameters)
+    assert ours == theirs
+    p = nn.Parameter(torch.zeros(4, 6))
+    opt = Muon([p], 0.01, 0.2, 0.9, False, (3.0, -3.2, 1.2), 1e-5, 3, "match_rms_adamw")
+    g = opt.param_groups[0]
+    assert (g["lr"], g["weight_decay"], g["momentum"], g["nesterov"]) == (0.01, 0.2, 0.9, False)
+    assert (g["ns_coefficients"], g["eps"], g["ns_steps"], g["adjust_lr"]) == ((3.0, -3.2, 1.2), 1e-5, 3, "match_rms_adamw")
+    assert g["method"] == "newton_schulz"
+
+
+def test_ns_coefficients_and_eps_are_the_iteration_run(monkeypatch, rng):
+    """Given ns_coefficients, every step uses them, normalized with eps; matches the float64
+    reference iteration with those coefficients."""
+    coeffs, eps, steps = (3.4445, -4.7750, 2.0315), 1e-3, 4
+    W0, G = rng.standard_normal((12, 20)) * 0.1, rng.standard_normal((12, 20)) * 1e-3  # a small norm: eps shows
+    p = nn.Parameter(torch.tensor(W0))
+    p.grad = torch.tensor(G)
+    Muon([p], lr=0.1, ns_coefficients=coeffs, eps=eps, ns_steps=steps, ns_dtype=torch.float64,
+         nesterov=False).step()
+    plan = make_plan("newton_schulz", steps, [coeffs] * steps, eps)
+    O = reference.orthogonalize((0.05 * G)[None], plan)[0]
+    np.testing.assert_allclose(p.detach().numpy(), W0 - 0.1 * O, rtol=0, atol=1e-13)
+    default_eps = make_plan("newton_schulz", steps, [coeffs] * steps)
+    assert np.abs(reference.orthogonalize((0.05 * G)[None], default_eps)[0] - O).max() > 1e-3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(ns_coefficients=(1.0, 2.0)), "coefficient"),
+    (dict(ns_coefficients=(3.0, -3.2, 1.2), method="gram"), "ns_coefficients"),
+    (dict(eps=-1.0), "eps"),
+    (dict(adjust_lr_fn="spectral"), "adjust_lr"),
+    (dict(adjust_lr_fn="original", adjust_lr="match_rms_adamw"), "disagree"),
+    (dict(lr=torch.tensor([0.1, 0.2])), "one floating value"),
+])
+def test_torch_muon_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Muon([nn.Parameter(torch.zeros(4, 4))], **kwargs)
+
+
+def test_tensor_lr_equals_float_lr_and_follows_in_place_changes(rng):
+    W0 = torch.tensor(rng.standard_normal((8, 12)), dtype=torch.float32)
+    grads = [torch.tensor(rng.standard_normal((8, 12)), dtype=torch.float32) for _ in range(3)]
+    runs = {}
+    for name, lr in (("float", 0.02), ("tensor", torch.tensor(0.02))):
+        p = nn.Parameter(W0.clone())
+        opt = Muon([p], lr=lr, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+            sched.step()
+        runs[name] = p.detach()
+    torch.testing.assert_close(runs["tensor"], runs["float"], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_skipped_steps_stays_an_integer_through_load_state_dict(dtype):
+    """torch casts state tensors to the parameter's dtype on load; the counter must not follow
+    (in bf16 it would stop counting at 256)."""
+    p = nn.Parameter(torch.zeros(4, 4, dtype=dtype))
+    opt = Muon([p], ns_dtype=torch.float32)
+    p.grad = torch.full((4, 4), float("nan"), dtype=dtype)
+    opt.step()
+    opt.state[p]["skipped_steps"].fill_(300)
+    saved = opt.state_dict()
+    fresh = Muon([p], ns_dtype=torch.float32)
+    fresh.load_state_dict(saved)
+    counter = fresh.state[p]["skipped_steps"]
+    assert counter.dtype == torch.int64 and counter.item() == 300
+    assert saved["state"][0]["skipped_steps"].dtype == torch.int64  # the caller's dict is untouched
+    fresh.step()  # a NaN gradient again
+    assert fresh.state[p]["skipped_steps"].item() == 301
+
+
+def test_an_empty_parameter_leaves_the_others_stepping(rng):
+    empty = nn.Parameter(torch.zeros(0, 16))
+    w = nn.Parameter(torch.tensor(rng.standard_normal((4, 6)), dtype=torch.float32))
+    before = w.detach().clone()
+    empty.grad, w.grad = torch.zeros(0, 16), torch.ones(4, 6)
+    opt = Muon([empty, w])
+    opt.step()
+    assert empty.shape == (0, 16) and not torch.equal(w, before)
+    assert opt.state[empty]["skipped_steps"].item() == 0

@@ -47,12 +47,16 @@ class Plan:
         return self.uses_gram and step % GRAM_RESTART_EVERY == 0 and step < len(self.coefficients)
 
 
-def make_plan(method: str, steps: int, coefficients: Optional[Sequence]) -> Plan:
-    """Validate (method, steps, coefficients) and return the iteration to run.
+def make_plan(method: str, steps: int, coefficients: Optional[Sequence], eps: Optional[float] = None) -> Plan:
+    """Validate (method, steps, coefficients, eps) and return the iteration to run.
 
     ``method`` fixes the algorithm (standard or Gram-space) and the normalization; custom
-    ``coefficients`` replace the method's polynomials and fix the step count themselves.
+    ``coefficients`` replace the method's polynomials and fix the step count themselves; ``eps``
+    (default: the method's) is added to the scaled norm before the division.
     """
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0
+                            or eps == float("inf")):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if coefficients is not None:
@@ -65,8 +69,8 @@ def make_plan(method: str, steps: int, coefficients: Optional[Sequence]) -> Plan
     else:
         base = "polar_express" if method == "gram" else method
         coeffs = _coef.coefficients_for(base, steps)
-    scale, eps = _NORMALIZATION[method]
-    return Plan(method=method, coefficients=coeffs, norm_scale=scale, eps=eps)
+    scale, method_eps = _NORMALIZATION[method]
+    return Plan(method=method, coefficients=coeffs, norm_scale=scale, eps=method_eps if eps is None else float(eps))
 
 
 def check_backend(backend: str, valid: Sequence[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import mlx.core as mx
 
@@ -42,7 +43,7 @@ def xxt(X: mx.array, *, backend: str = "auto", stream=None) -> mx.array:
         if chosen == "metal":
             return metal_kernels.xxt(X)
         m, k = X.shape[-2:]
-        return MlxOps.xxt(X.reshape(-1, m, k)).reshape(*X.shape[:-1], m)
+        return MlxOps.xxt(X.reshape(math.prod(X.shape[:-2]), m, k)).reshape(*X.shape[:-1], m)
 
 
 def ba_plus_caa(A: mx.array, *, alpha: float, beta: float, backend: str = "auto", stream=None) -> mx.array:
@@ -59,4 +60,4 @@ def ba_plus_caa(A: mx.array, *, alpha: float, beta: float, backend: str = "auto"
         if chosen == "metal":
             return metal_kernels.ba_plus_caa(A, alpha, beta)
         m = A.shape[-1]
-        return MlxOps.ba_plus_caa(A.reshape(-1, m, m), alpha, beta).reshape(A.shape)
+        return MlxOps.ba_plus_caa(A.reshape(math.prod(A.shape[:-2]), m, m), alpha, beta).reshape(A.shape)

@@ -30,6 +30,7 @@ def orthogonalize(
     steps: int = DEFAULT_STEPS,
     coefficients: Optional[Sequence] = None,
     backend: str = "auto",
+    eps: Optional[float] = None,
     dtype: Optional[mx.Dtype] = None,
 ) -> mx.array:
     """Approximate the polar factor U V^T of each matrix in ``G`` (shape ``(..., m, n)``).
@@ -41,6 +42,8 @@ def orthogonalize(
         steps: number of polynomial steps.
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
             its normalization.
+        eps: added to the scaled norm in the normalization X / (||X||_F * scale + eps); default
+            the method's (1e-7 for newton_schulz, 1e-6 for polar_express and gram).
         backend: ``"reference"`` is plain mlx; ``"native"`` the fused C++ iteration on the BLAS
             (CPU stream, fp32 compute); ``"metal"`` the iteration with fastmuon's Metal kernels
             for the symmetric products (Apple GPU; float32, float16 or bfloat16 compute);
@@ -50,12 +53,14 @@ def orthogonalize(
     Returns:
         An array of ``G``'s shape and dtype (lazy, as every mlx op). A zero matrix gives zeros.
     """
-    plan = make_plan(method, steps, coefficients)
+    plan = make_plan(method, steps, coefficients, eps)
     check_backend(backend, BACKENDS)
     check_array(G, "G")
     compute_dtype = default_compute_dtype() if dtype is None else dtype
     if not (isinstance(compute_dtype, mx.Dtype) and mx.issubdtype(compute_dtype, mx.floating)):
         raise ValueError(f"dtype must be a floating mlx dtype, got {dtype!r}")
+    if G.size == 0:  # the polar factor of an empty matrix is empty
+        return mx.zeros(G.shape, dtype=G.dtype)
     chosen = select_backend(backend, compute_dtype)
     if chosen == "native":
         return native.orthogonalize(G, plan)

@@ -6,6 +6,8 @@ Metal driver subclasses it.
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 
 from ..iteration import orthogonalize_with
@@ -40,7 +42,7 @@ class MlxOps:
     @staticmethod
     def to_batch(G, dtype):
         m, n = G.shape[-2], G.shape[-1]
-        return G.reshape(-1, m, n).astype(dtype)
+        return G.reshape(math.prod(G.shape[:-2]), m, n).astype(dtype)
 
     @staticmethod
     def transpose(X):

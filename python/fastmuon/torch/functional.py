@@ -60,6 +60,13 @@ def decoupled_update(
     With ``cautious`` the decay applies only where update and weight agree in sign,
     mask = (O * W) >= 0: W - lr wd mask W - lr scale O.
     """
+    if isinstance(lr, torch.Tensor):  # a Tensor lr (schedulers without recompiles): tensor arithmetic
+        step = O * (lr * scale)
+        if weight_decay == 0.0:
+            return W - step
+        if cautious:
+            return W - (lr * weight_decay) * (O * W >= 0).to(W.dtype) * W - step
+        return W * (1.0 - lr * weight_decay) - step
     if weight_decay == 0.0:
         return W.add(O, alpha=-lr * scale)
     if cautious:
@@ -129,6 +136,8 @@ def adamw_update(
 
 def signsgd_update(W: torch.Tensor, G: torch.Tensor, *, lr: float, weight_decay: float) -> torch.Tensor:
     """W (1 - lr wd) - lr sign(G)."""
+    if isinstance(lr, torch.Tensor):
+        return W * (1.0 - lr * weight_decay) - lr * torch.sign(G)
     return W.mul(1.0 - lr * weight_decay).add_(torch.sign(G), alpha=-lr)
 
 

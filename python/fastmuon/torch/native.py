@@ -17,6 +17,7 @@ import torch
 
 from ..native import blas_module
 from ..plan import GRAM_RESTART_EVERY, Plan
+from .reference import as_batch
 
 
 def check_native_input(t: torch.Tensor, name: str) -> None:
@@ -65,7 +66,9 @@ def _work(shape) -> float:
 
 def xxt(X: torch.Tensor) -> torch.Tensor:
     m, k = X.shape[-2], X.shape[-1]
-    src = _fp32_view(X).reshape(-1, m, k)
+    if X.numel() == 0 or m == 0:
+        return X.new_zeros((*X.shape[:-1], m))
+    src = as_batch(_fp32_view(X))
     out = torch.empty((src.shape[0], m, m), dtype=torch.float32)
     use_threads(_work(X.shape))
     blas_module().xxt(src, out)
@@ -75,7 +78,9 @@ def xxt(X: torch.Tensor) -> torch.Tensor:
 def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     m = A.shape[-1]
     out = _fp32_copy(A)
-    batch = out.reshape(-1, m, m)
+    if out.numel() == 0:
+        return out.to(A.dtype)
+    batch = as_batch(out)
     use_threads(_work(A.shape))
     blas_module().ba_plus_caa(batch, batch, float(alpha), float(beta))
     return out.to(A.dtype)
@@ -87,6 +92,6 @@ def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
     coefficients = np.asarray(plan.coefficients, dtype=np.float64)
     use_threads(_work(G.shape))
     blas_module().orthogonalize(
-        X.reshape(-1, m, n), coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY
+        as_batch(X), coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY
     )
     return X.to(G.dtype)

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
 
+from ..plan import make_plan
 from ..rules import (
     ADAMW_DEFAULTS,
     MUON_DEFAULTS,
@@ -62,16 +63,26 @@ from .orthogonalize import BACKENDS, orthogonalize, resolve_compute_dtype
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "SignSGD"]
 
-# Muon group options besides MUON_DEFAULTS: NorMuon's beta2 (None: plain Muon) and nGPT's sphere.
-_GROUP_EXTRAS = dict(beta2=None, sphere=None)
+# Muon group options besides MUON_DEFAULTS: NorMuon's beta2 (None: plain Muon), nGPT's sphere, and
+# torch.optim.Muon's ns_coefficients (one (a, b, c) for every Newton-Schulz step) and eps (the
+# normalization's; None: the method's).
+_GROUP_EXTRAS = dict(beta2=None, sphere=None, ns_coefficients=None, eps=None)
 
 
-def _float_lr(lr, what: str = "lr") -> None:
-    if callable(lr) or isinstance(lr, torch.Tensor):
+def _check_lr(lr, what: str = "lr") -> None:
+    """A float, or a 0-D floating Tensor (as torch's optimizers take, so that a scheduler can
+    change it in place without recompiling a compiled step); schedules are lr_schedulers."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise ValueError(f"{what} as a Tensor must hold one floating value, got shape "
+                             f"{tuple(lr.shape)} and dtype {lr.dtype}")
+        lr = float(lr)  # checked once, here
+    elif callable(lr):
         raise ValueError(
-            f"{what} must be a float, got {type(lr).__name__}; schedule it with torch.optim.lr_scheduler "
-            "(e.g. LambdaLR with fastmuon.warmup_cosine)"
+            f"{what} must be a float or a Tensor, got {type(lr).__name__}; schedule it with "
+            "torch.optim.lr_scheduler (e.g. fastmuon.torch.warmup_cosine)"
         )
+    check_hyperparameters(lr=lr)
 
 
 def _param_name(group: dict, index: int, group_index: int) -> str:
@@ -82,9 +93,16 @@ def _param_name(group: dict, index: int, group_index: int) -> str:
 
 
 def _check_muon_group(group: dict, group_index: int) -> None:
-    _float_lr(group["lr"])
-    check_hyperparameters(lr=group["lr"])
+    _check_lr(group["lr"])
     check_muon_options(group, BACKENDS)
+    coefficients = group["ns_coefficients"]
+    if coefficients is not None:
+        if group["method"] != "newton_schulz":
+            raise ValueError(f"ns_coefficients sets Newton-Schulz's coefficients; method={group['method']!r} "
+                             "has its own (leave ns_coefficients at None, or use method='newton_schulz')")
+        make_plan("newton_schulz", group["ns_steps"], [tuple(coefficients)] * group["ns_steps"], group["eps"])
+    else:
+        make_plan(group["method"], group["ns_steps"], None, group["eps"])
     ns_dtype = group["ns_dtype"]
     if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
         raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
@@ -96,8 +114,8 @@ def _check_muon_group(group: dict, group_index: int) -> None:
 
 def _check_adamw_group(group: dict) -> None:
     lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-    _float_lr(lr)
-    check_hyperparameters(lr=lr, weight_decay=wd)
+    _check_lr(lr)
+    check_hyperparameters(lr=0.0, weight_decay=wd)
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
         raise ValueError(f"betas must be in [0, 1), got {group['betas']!r}")
     if not (math.isfinite(eps) and eps >= 0):
@@ -113,6 +131,15 @@ def _narrower(dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
     """The stack's dtype: the compute dtype when it has fewer bits than the weights' (orthogonalize
     would round to it first anyway), else the weights' own."""
     return compute_dtype if torch.finfo(compute_dtype).bits < torch.finfo(dtype).bits else dtype
+
+
+# The group options that decide how a matrix is orthogonalized: matrices are stacked only when
+# these agree.
+_ORTHOGONALIZE_KEYS = ("method", "ns_steps", "backend", "ns_dtype", "ns_coefficients", "eps")
+
+
+def _freeze(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _chunks(items: list, size: int):
@@ -138,13 +165,36 @@ class _Pending:
     def stack_key(self) -> tuple:
         g = self.group
         return (self.rows, self.cols, self.update.dtype, self.update.device,
-                g["method"], g["ns_steps"], g["backend"], g["ns_dtype"])
+                *(_freeze(g[key]) for key in _ORTHOGONALIZE_KEYS))
+
+
+def _counters_as_ints(optimizer: Optimizer, state_dict: dict) -> dict:
+    state_dict["state"] = {
+        key: {**state, "skipped_steps": int(state["skipped_steps"])} if "skipped_steps" in state else state
+        for key, state in state_dict["state"].items()
+    }
+    return state_dict
+
+
+def _counters_as_tensors(optimizer: Optimizer) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and isinstance(state.get("skipped_steps"), int):
+                state["skipped_steps"] = torch.tensor(state["skipped_steps"], dtype=torch.int64, device=p.device)
 
 
 class _CheckedOptimizer(Optimizer):
     """An Optimizer whose ``add_param_group`` fills per-kind defaults and validates the group
     (raising ValueError, with the optimizer left as it was), and whose ``step`` evaluates the
     closure and then runs the subclass's ``_step``."""
+
+    def __init__(self, params, defaults: dict) -> None:
+        super().__init__(params, defaults)
+        # torch's load_state_dict casts every state tensor but "step" to the parameter's dtype;
+        # the int64 skipped_steps counters travel as ints instead (in bf16 they would stop at 256).
+        self.register_load_state_dict_pre_hook(_counters_as_ints)
+        self.register_load_state_dict_post_hook(_counters_as_tensors)
 
     def _fill_group_defaults(self, group: dict) -> None:
         """Fill a new group's per-kind defaults (before the base class adds ``self.defaults``)."""
@@ -251,15 +301,14 @@ class _MuonFamily(_CheckedOptimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     _, rows, cols = matrix_view(p.shape)
-                    key = (rows, cols, p.dtype, p.device, group["method"], group["ns_steps"], group["backend"],
-                           group["ns_dtype"])
+                    key = (rows, cols, p.dtype, p.device, *(_freeze(group[k]) for k in _ORTHOGONALIZE_KEYS))
                     stacks[key].append((p, group))
         for (rows, cols, dtype, device, *_), members in stacks.items():
             group = members[0][1]
             compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (rows, cols))
             stack_dtype = _narrower(dtype, compute_dtype)
             matrix_bytes = rows * cols * torch.tensor([], dtype=stack_dtype).element_size()
-            for chunk in _chunks(members, max(1, STACK_BYTES // matrix_bytes)):
+            for chunk in _chunks(members, max(1, STACK_BYTES // max(1, matrix_bytes))):
                 items = [self._momentum_phase(p, g, commit=True) for p, g in chunk]
                 U = torch.empty((sum(item.batch for item in items), rows, cols), dtype=stack_dtype, device=device)
                 start = 0
@@ -309,8 +358,11 @@ class _MuonFamily(_CheckedOptimizer):
     @staticmethod
     def _orthogonalize(U: torch.Tensor, group: dict) -> torch.Tensor:
         """The one call of the orthogonalizer: a (batch, rows, cols) stack at a time."""
-        return orthogonalize(U, method=group["method"], steps=group["ns_steps"],
-                             backend=group["backend"], dtype=group["ns_dtype"])
+        coefficients = group["ns_coefficients"]
+        if coefficients is not None:
+            coefficients = [tuple(coefficients)] * group["ns_steps"]
+        return orthogonalize(U, method=group["method"], steps=group["ns_steps"], coefficients=coefficients,
+                             backend=group["backend"], eps=group["eps"], dtype=group["ns_dtype"])
 
     def _sharded(self, jobs, process_group, rank: int, world_size: int):
         """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod
@@ -407,14 +459,28 @@ class Muon(_MuonFamily):
     method="newton_schulz" this is torch.optim.Muon's rule (which computes NS in bf16 and
     normalizes by max(||X||, 1e-7) instead of ||X|| + 1e-7).
 
+    The positional arguments are ``torch.optim.Muon``'s, in its order and with its meanings, so
+    changing the import is enough; fastmuon's own options follow as keywords. The defaults
+    differ: lr 0.02 and weight_decay 0 (torch: 1e-3 and 0.1), and Polar Express instead of
+    Jordan's Newton-Schulz unless ``ns_coefficients`` is given.
+
     Args:
         params: parameters or param groups (names allowed, as for any torch optimizer). Every
             parameter must be 2-D, 3-D or 4-D; 0-D/1-D ones raise ValueError naming them (route
             them to AdamW: ``muon_param_groups`` and ``MuonWithAdamW``).
-        lr, momentum, nesterov, weight_decay: as above (lr is a float; schedule it with
-            torch.optim.lr_scheduler).
-        method, ns_steps, backend, ns_dtype: passed to ``fastmuon.torch.orthogonalize``
-            (``ns_dtype`` is its compute ``dtype``; None: bf16 on CUDA, fp32 elsewhere).
+        lr: a float, or a 0-D Tensor (a scheduler then changes it in place, and a compiled step
+            is not recompiled); schedule it with torch.optim.lr_scheduler.
+        weight_decay, momentum, nesterov: as above.
+        ns_coefficients: one (a, b, c) for every step: Newton-Schulz with these coefficients
+            (``method="newton_schulz"``), as in torch.optim.Muon.
+        eps: the normalization's epsilon, X / (||X||_F * scale + eps); default the method's.
+            (torch.optim.Muon divides by max(||X||_F, eps) instead; the two differ only for
+            norms near eps.)
+        ns_steps: polynomial steps.
+        adjust_lr_fn: torch.optim.Muon's name for ``adjust_lr`` (None: "original").
+        method, backend, ns_dtype: passed to ``fastmuon.torch.orthogonalize`` (``ns_dtype`` is
+            its compute ``dtype``; None: bf16 on CUDA and on CPUs with bf16 units for large
+            matrices, fp32 otherwise).
         adjust_lr: "original" or "match_rms_adamw".
         cautious_weight_decay: apply the decay only where update and weight agree in sign.
         sphere: None, "project" or "geodesic": keep every row of the matrix view on the unit
@@ -437,24 +503,35 @@ class Muon(_MuonFamily):
         self,
         params,
         lr: float = MUON_DEFAULTS["lr"],
+        weight_decay: float = MUON_DEFAULTS["weight_decay"],
         momentum: float = MUON_DEFAULTS["momentum"],
         nesterov: bool = MUON_DEFAULTS["nesterov"],
-        weight_decay: float = MUON_DEFAULTS["weight_decay"],
-        method: str = MUON_DEFAULTS["method"],
+        ns_coefficients: Optional[Tuple[float, float, float]] = None,
+        eps: Optional[float] = None,
         ns_steps: int = MUON_DEFAULTS["ns_steps"],
+        adjust_lr_fn: Optional[str] = None,
+        *,
+        method: str = MUON_DEFAULTS["method"],
         adjust_lr: str = MUON_DEFAULTS["adjust_lr"],
         cautious_weight_decay: bool = MUON_DEFAULTS["cautious_weight_decay"],
         backend: str = MUON_DEFAULTS["backend"],
         ns_dtype: Optional[torch.dtype] = MUON_DEFAULTS["ns_dtype"],
-        *,
         sphere: Optional[str] = None,
         distributed: Optional[bool] = None,
         process_group=None,
     ) -> None:
+        if adjust_lr_fn is not None:  # torch.optim.Muon's name for adjust_lr
+            if adjust_lr != MUON_DEFAULTS["adjust_lr"] and adjust_lr != adjust_lr_fn:
+                raise ValueError(f"adjust_lr_fn={adjust_lr_fn!r} and adjust_lr={adjust_lr!r} disagree; give one")
+            adjust_lr = adjust_lr_fn
+        if ns_coefficients is not None and method == MUON_DEFAULTS["method"]:
+            method = "newton_schulz"  # torch.optim.Muon's meaning: Newton-Schulz with these
         options = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, method=method,
                        ns_steps=ns_steps, adjust_lr=adjust_lr, cautious_weight_decay=cautious_weight_decay,
                        backend=backend, ns_dtype=ns_dtype)
-        defaults = dict(muon_options(options), beta2=self._beta2, sphere=sphere, use_muon=True)
+        defaults = dict(muon_options(options), beta2=self._beta2, sphere=sphere,
+                        ns_coefficients=None if ns_coefficients is None else tuple(ns_coefficients), eps=eps,
+                        use_muon=True)
         super().__init__(params, defaults, distributed=distributed, process_group=process_group)
 
     def _fill_group_defaults(self, group: dict) -> None:
@@ -522,8 +599,10 @@ class MuonWithAdamW(_MuonFamily):
 
 
 def muon_options_with_extras(given: dict) -> dict:
-    """Muon group defaults: MUON_DEFAULTS, NorMuon's ``beta2`` and ``sphere``, updated with
-    ``given`` (an unknown name raises TypeError)."""
+    """Muon group defaults: MUON_DEFAULTS and ``_GROUP_EXTRAS``, updated with ``given`` (an
+    unknown name raises TypeError). ``ns_coefficients`` without a method means Newton-Schulz."""
+    if given.get("ns_coefficients") is not None:
+        given = {"method": "newton_schulz", **given, "ns_coefficients": tuple(given["ns_coefficients"])}
     return {**_GROUP_EXTRAS, **muon_options(given, extra=_GROUP_EXTRAS)}
 
 
@@ -547,8 +626,8 @@ class SignSGD(_CheckedOptimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, sparse=bool(sparse)))
 
     def _check_group(self, group: dict, index: int) -> None:
-        _float_lr(group["lr"])
-        check_hyperparameters(lr=group["lr"], weight_decay=group["weight_decay"])
+        _check_lr(group["lr"])
+        check_hyperparameters(lr=0.0, weight_decay=group["weight_decay"])
 
     def _step(self) -> None:
         for group in self.param_groups:

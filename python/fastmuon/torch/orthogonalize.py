@@ -64,6 +64,7 @@ def orthogonalize(
     steps: int = DEFAULT_STEPS,
     coefficients: Optional[Sequence] = None,
     backend: str = "auto",
+    eps: Optional[float] = None,
     dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Approximate the polar factor U V^T of each matrix in ``G`` (shape ``(..., m, n)``).
@@ -75,6 +76,8 @@ def orthogonalize(
         steps: number of polynomial steps.
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
             its normalization.
+        eps: added to the scaled norm in the normalization X / (||X||_F * scale + eps); default
+            the method's (1e-7 for newton_schulz, 1e-6 for polar_express and gram).
         backend: ``"reference"`` is plain torch; ``"native"`` the fused C++ iteration on the
             BLAS (CPU tensors, fp32 compute); ``"triton"`` the symmetric Triton kernels (CUDA
             tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks native for CPU tensors computed
@@ -85,14 +88,17 @@ def orthogonalize(
             = m * m * n; fp32 otherwise (and always for ``backend="native"``).
 
     Returns:
-        A tensor of ``G``'s shape and dtype. A zero matrix gives zeros.
+        A tensor of ``G``'s shape and dtype. A zero matrix gives zeros, an empty one an empty
+        tensor. An input that requires grad keeps autograd ("auto" takes the reference for it).
     """
-    plan = make_plan(method, steps, coefficients)
+    plan = make_plan(method, steps, coefficients, eps)
     check_backend(backend, BACKENDS)
     check_tensor(G, "G")
     compute_dtype = resolve_compute_dtype(dtype, backend, G.device, G.shape)
     if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    if G.numel() == 0:  # the polar factor of an empty matrix is empty
+        return torch.zeros_like(G)
     chosen = select_backend(backend, G, compute_dtype)
     if chosen == "native":
         return native.orthogonalize(G, plan)
@@ -117,9 +123,16 @@ def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) ->
     2026-11-22) the full Triton iteration was 1.5-3x slower than the cuBLAS reference on
     GPT-2-sized matrices and level with it only at 4096 x 4096; ask for backend="triton".
     """
+    differentiable = t.requires_grad and torch.is_grad_enabled()
     if backend == "auto":
-        native_fits = t.device.type == "cpu" and compute_dtype == torch.float32
+        # the native kernels have no autograd: a tensor that needs gradients stays on the reference
+        native_fits = t.device.type == "cpu" and compute_dtype == torch.float32 and not differentiable
         return "native" if native_fits and blas_available() else "reference"
+    if backend in ("native", "triton") and differentiable:
+        raise ValueError(
+            f'backend="{backend}" has no autograd and the input requires grad; use backend="reference" '
+            "(or detach the input, or run under torch.no_grad())"
+        )
     if backend == "triton":
         triton_backend().check_input(t, "the input", compute_dtype)
     if backend == "native":

@@ -58,6 +58,8 @@ class TorchOps:
         # wide copy of X: the reduction and the division convert element by element.
         norm_dtype = torch.promote_types(X.dtype, torch.float32)
         norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=norm_dtype)
+        if X.requires_grad and torch.is_grad_enabled():  # out= has no autograd
+            return (X.to(norm_dtype) / (norm * scale + eps)).to(X.dtype)
         return torch.div(X, norm * scale + eps, out=torch.empty_like(X))
 
     @staticmethod
