@@ -134,3 +134,18 @@ def test_inputs_that_need_gradients_keep_autograd():
         orthogonalize(G, backend="native")
     with torch.no_grad():
         assert not orthogonalize(G, backend="native").requires_grad
+
+
+def test_mlx_float64_input_on_the_default_backend():
+    """float64 input with the default fp32 compute runs (the native kernels take it rounded to
+    fp32, as in torch) and comes back float64, within fp32 rounding of the float64 iteration."""
+    mx = pytest.importorskip("mlx.core")
+    require_native("mlx_ext")
+    from fastmuon.mlx import orthogonalize
+
+    G = np.random.default_rng(1).standard_normal((12, 20))
+    O = orthogonalize(mx.array(G, dtype=mx.float64))
+    assert O.dtype == mx.float64
+    exact = orthogonalize(mx.array(G, dtype=mx.float64), dtype=mx.float64)
+    assert np.abs(np.array(O) - np.array(exact)).max() < 1e-4
+    assert np.abs(np.array(O) - np.array(exact)).max() > 0  # it did run in fp32

@@ -531,7 +531,9 @@ def test_routing_tied_weights_first_layer_norms_and_options():
     assert first[True] == ["block.weight"] and "stem.weight" in first[False]
     opt = MuonWithAdamW(groups)
     assert [g["lr"] for g in opt.param_groups] == [0.05, 1e-3]
-    assert opt.param_groups[1]["betas"] == (0.9, 0.95) and "momentum" not in opt.param_groups[1]
+    assert opt.param_groups[1]["betas"] == (0.9, 0.95)
+    # Muon's options stay out of AdamW groups; their momentum is their own beta1, not Muon's 0.95
+    assert opt.param_groups[1]["momentum"] == 0.9 and "ns_steps" not in opt.param_groups[1]
 
 
 def test_resume_is_bit_identical():
@@ -874,3 +876,23 @@ def test_an_empty_parameter_leaves_the_others_stepping(rng):
     opt.step()
     assert empty.shape == (0, 16) and not torch.equal(w, before)
     assert opt.state[empty]["skipped_steps"].item() == 0
+
+
+def test_one_cycle_lr_cycles_muon_momentum_and_adamw_beta1(rng):
+    model = SeedModel()
+    opt = MuonWithAdamW(muon_param_groups(model))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=10, base_momentum=0.85,
+                                                max_momentum=0.95)
+    assert all(g["momentum"] == 0.95 for g in opt.param_groups)
+    x, y = batches(1)[0]
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        sched.step()
+    momenta = {g["use_muon"]: g["momentum"] for g in opt.param_groups}
+    assert 0.85 < momenta[True] < 0.95 and momenta[True] == momenta[False]
+    adamw = next(g for g in opt.param_groups if not g["use_muon"])
+    assert adamw["betas"] == (0.9, 0.95)  # beta2 kept; beta1 is the cycled momentum
+    with pytest.raises(ValueError, match="betas"):
+        MuonWithAdamW([{"params": [nn.Parameter(torch.zeros(3))], "use_muon": False, "momentum": 1.0}])

@@ -21,6 +21,10 @@ def ba_plus_caa(A: mx.array, alpha: float, beta: float, stream=None) -> mx.array
 
 
 def orthogonalize(G: mx.array, plan: Plan) -> mx.array:
+    """The plan's iteration in fp32 on the CPU; float64 input is rounded to fp32 on the way in
+    and the result returned as float64 (the kernels take float32, float16 and bfloat16)."""
+    if G.dtype == mx.float64:
+        return orthogonalize(G.astype(mx.float32, stream=mx.cpu), plan).astype(mx.float64, stream=mx.cpu)
     return mlx_ext_module().orthogonalize(
         G,
         [tuple(step) for step in plan.coefficients],

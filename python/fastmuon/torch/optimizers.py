@@ -112,8 +112,15 @@ def _check_muon_group(group: dict, group_index: int) -> None:
             raise ValueError(f"{_param_name(group, i, group_index)} is complex; Muon needs real weights")
 
 
+def _adamw_betas(group: dict) -> Tuple[float, float]:
+    """An AdamW group's (beta1, beta2); its ``momentum`` key, when present, is beta1 (so that
+    OneCycleLR / CyclicLR with cycle_momentum cycle it along with Muon's momentum)."""
+    beta1, beta2 = group["betas"]
+    return (group.get("momentum", beta1), beta2)
+
+
 def _check_adamw_group(group: dict) -> None:
-    lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    lr, (beta1, beta2), eps, wd = group["lr"], _adamw_betas(group), group["eps"], group["weight_decay"]
     _check_lr(lr)
     check_hyperparameters(lr=0.0, weight_decay=wd)
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
@@ -436,7 +443,7 @@ class _MuonFamily(_CheckedOptimizer):
             G = torch.where(finite, grad.to(p.dtype), 0.0)
             W_new, m, v, step = adamw_update(
                 p.detach(), G, state["exp_avg"], state["exp_avg_sq"], state["step"],
-                lr=group["lr"], betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"],
+                lr=group["lr"], betas=_adamw_betas(group), eps=group["eps"], weight_decay=group["weight_decay"],
             )
             p.copy_(torch.where(finite, W_new, p))
             state["exp_avg"].copy_(torch.where(finite, m, state["exp_avg"]))
@@ -564,7 +571,9 @@ class MuonWithAdamW(_MuonFamily):
     options; missing ones come from the arguments here: Muon groups take ``lr`` and the keyword
     options of :class:`Muon` (``beta2`` set makes them NorMuon; ``sphere`` as Muon); AdamW
     groups take ``adamw_lr``, ``adamw_betas``, ``adamw_eps`` and ``adamw_weight_decay`` (under
-    the keys ``lr``, ``betas``, ``eps``, ``weight_decay``). AdamW is torch.optim.AdamW's rule
+    the keys ``lr``, ``betas``, ``eps``, ``weight_decay``; an AdamW group's ``momentum`` key is
+    its beta1, set from ``betas`` and cycled by OneCycleLR / CyclicLR with every other group's
+    momentum). AdamW is torch.optim.AdamW's rule
     (decoupled decay, bias correction), with the same non-finite policy as Muon.
     """
 
@@ -584,8 +593,11 @@ class MuonWithAdamW(_MuonFamily):
         self.muon_defaults = muon_options_with_extras(dict(muon_options, lr=lr))
         self.adamw_defaults = dict(lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps,
                                    weight_decay=adamw_weight_decay)
-        # Kind-specific defaults are filled per group; ``defaults`` keeps only what all share.
-        super().__init__(param_groups, {}, distributed=distributed, process_group=process_group)
+        # Kind-specific defaults are filled per group; ``defaults`` holds what all groups have: a
+        # momentum (an AdamW group's is its beta1), which lr schedulers that cycle momentum
+        # (OneCycleLR, CyclicLR) look for.
+        super().__init__(param_groups, {"momentum": self.muon_defaults["momentum"]}, distributed=distributed,
+                         process_group=process_group)
 
     def _fill_group_defaults(self, group: dict) -> None:
         if not isinstance(group, dict) or "use_muon" not in group:
@@ -596,6 +608,8 @@ class MuonWithAdamW(_MuonFamily):
         group["use_muon"] = bool(group["use_muon"])
         for key, value in (self.muon_defaults if group["use_muon"] else self.adamw_defaults).items():
             group.setdefault(key, value)
+        if not group["use_muon"]:
+            group.setdefault("momentum", group["betas"][0])
 
 
 def muon_options_with_extras(given: dict) -> dict:
