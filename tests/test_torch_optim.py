@@ -896,3 +896,41 @@ def test_one_cycle_lr_cycles_muon_momentum_and_adamw_beta1(rng):
     assert adamw["betas"] == (0.9, 0.95)  # beta2 kept; beta1 is the cycled momentum
     with pytest.raises(ValueError, match="betas"):
         MuonWithAdamW([{"params": [nn.Parameter(torch.zeros(3))], "use_muon": False, "momentum": 1.0}])
+
+
+class Conv1D(nn.Module):
+    """Hugging Face transformers' GPT-2 layer, as it stores its weight: (in, out), y = x W + b."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+def test_transposed_layouts_get_the_scale_of_their_true_shape(rng):
+    """A Conv1D weight (in=16, out=64) stepped by MuonWithAdamW moves exactly as the equivalent
+    nn.Linear weight (out=64, in=16) transposed: scale sqrt(64 / 16) = 2, not 1."""
+    torch.manual_seed(0)
+    conv, linear = Conv1D(64, 16), nn.Linear(16, 64)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+    start = conv.weight.detach().clone()
+    G = torch.tensor(rng.standard_normal((16, 64)), dtype=torch.float32)
+    groups = {name: muon_param_groups(m) for name, m in (("conv", conv), ("linear", linear))}
+    assert groups["conv"][0]["transposed"] is True and "transposed" not in groups["linear"][0]
+    opts = {name: MuonWithAdamW(g, lr=0.1) for name, g in groups.items()}
+    conv.weight.grad, linear.weight.grad = G.clone(), G.T.clone()
+    for opt in opts.values():
+        opt.step()
+    torch.testing.assert_close(conv.weight.detach(), linear.weight.detach().T, rtol=0, atol=1e-6)
+    # with the switch off, the scale reads (16, 64): 1 instead of 2
+    off = Conv1D(64, 16)
+    with torch.no_grad():
+        off.weight.copy_(start)
+    off.weight.grad = G.clone()
+    MuonWithAdamW(muon_param_groups(off, transposed_modules=()), lr=0.1).step()
+    moved_off, moved_on = (off.weight - start).norm(), (conv.weight.detach() - start).norm()
+    assert moved_on > 1.9 * moved_off

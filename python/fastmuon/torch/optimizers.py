@@ -63,10 +63,11 @@ from .orthogonalize import BACKENDS, orthogonalize, resolve_compute_dtype
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "SignSGD"]
 
-# Muon group options besides MUON_DEFAULTS: NorMuon's beta2 (None: plain Muon), nGPT's sphere, and
+# Muon group options besides MUON_DEFAULTS: NorMuon's beta2 (None: plain Muon), nGPT's sphere,
 # torch.optim.Muon's ns_coefficients (one (a, b, c) for every Newton-Schulz step) and eps (the
-# normalization's; None: the method's).
-_GROUP_EXTRAS = dict(beta2=None, sphere=None, ns_coefficients=None, eps=None)
+# normalization's; None: the method's), and transposed (weights stored (in, out), as HF's Conv1D:
+# the lr shape scale reads them the other way round).
+_GROUP_EXTRAS = dict(beta2=None, sphere=None, ns_coefficients=None, eps=None, transposed=False)
 
 
 def _check_lr(lr, what: str = "lr") -> None:
@@ -409,7 +410,8 @@ class _MuonFamily(_CheckedOptimizer):
         if group["beta2"] is not None:
             O, s_new = normuon_normalize(O, state["second_moment"], group["beta2"])
             state["second_moment"].copy_(torch.where(ok, s_new, state["second_moment"]))
-        scale = shape_scale(item.rows, item.cols, group["adjust_lr"])
+        rows, cols = (item.cols, item.rows) if group["transposed"] else (item.rows, item.cols)
+        scale = shape_scale(rows, cols, group["adjust_lr"])
         W = p.detach()
         if group["sphere"] is None:
             W_new = decoupled_update(W, O.reshape(p.shape).to(p.dtype), lr=lr, weight_decay=group["weight_decay"],
@@ -538,7 +540,7 @@ class Muon(_MuonFamily):
                        backend=backend, ns_dtype=ns_dtype)
         defaults = dict(muon_options(options), beta2=self._beta2, sphere=sphere,
                         ns_coefficients=None if ns_coefficients is None else tuple(ns_coefficients), eps=eps,
-                        use_muon=True)
+                        transposed=False, use_muon=True)
         super().__init__(params, defaults, distributed=distributed, process_group=process_group)
 
     def _fill_group_defaults(self, group: dict) -> None:

@@ -12,6 +12,9 @@ from ..rules import DEFAULT_EXCLUDE, name_is_excluded
 __all__ = ["muon_param_groups"]
 
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+# Module classes (by name, so that their libraries need not be imported) whose 2-D weight is
+# stored (in, out) rather than nn.Linear's (out, in): Hugging Face transformers' Conv1D (GPT-2).
+TRANSPOSED_MODULES = ("Conv1D",)
 
 
 def muon_param_groups(
@@ -19,6 +22,7 @@ def muon_param_groups(
     *,
     exclude: Iterable[str] = DEFAULT_EXCLUDE,
     exclude_first: bool = False,
+    transposed_modules: Iterable[str] = TRANSPOSED_MODULES,
     muon_options: Optional[Mapping] = None,
     adamw_options: Optional[Mapping] = None,
 ) -> List[dict]:
@@ -36,7 +40,13 @@ def muon_param_groups(
     owners says so (an embedding tied to the output head stays with AdamW). Frozen parameters
     (``requires_grad=False``) are left out. Empty groups are left out.
 
-    ``muon_options`` / ``adamw_options`` are added to the two groups (e.g. ``{"lr": 3e-4}``).
+    Weights of modules whose class is named in ``transposed_modules`` (default: Hugging Face's
+    ``Conv1D``, which stores (in, out)) go to a Muon group of their own with ``transposed=True``,
+    so that the lr shape scale reads them as (out, in); orthogonalization itself does not depend
+    on the orientation. Pass ``transposed_modules=()`` to treat every weight as (out, in).
+
+    ``muon_options`` / ``adamw_options`` are added to the Muon and AdamW groups (e.g.
+    ``{"lr": 3e-4}``).
     """
     exclude = tuple(exclude)
     names: Dict[int, List[str]] = {}
@@ -48,9 +58,14 @@ def muon_param_groups(
         id(p) for module in model.modules() if isinstance(module, _EMBEDDING_TYPES)
         for p in module.parameters(recurse=False)
     }
+    transposed_names = tuple(transposed_modules)
+    transposed_ids = {
+        id(p) for module in model.modules() if type(module).__name__ in transposed_names
+        for p in module.parameters(recurse=False) if p.ndim == 2
+    }
     first_matrix = next((key for key, p in tensors.items() if p.ndim >= 2), None)
 
-    muon, adamw = ([], []), ([], [])
+    muon, muon_transposed, adamw = ([], []), ([], []), ([], [])
     for key, p in tensors.items():
         if not p.requires_grad:
             continue
@@ -60,12 +75,14 @@ def muon_param_groups(
             and not any(name_is_excluded(name, exclude) for name in names[key])
             and not (exclude_first and key == first_matrix)
         )
-        params, param_names = muon if to_muon else adamw
+        params, param_names = (muon_transposed if key in transposed_ids else muon) if to_muon else adamw
         params.append(p)
         param_names.append(names[key][0])
 
     groups = []
-    for (params, param_names), use_muon, options in ((muon, True, muon_options), (adamw, False, adamw_options)):
+    kinds = ((muon, {"use_muon": True}, muon_options), (muon_transposed, {"use_muon": True, "transposed": True},
+             muon_options), (adamw, {"use_muon": False}, adamw_options))
+    for (params, param_names), kind, options in kinds:
         if params:
-            groups.append({"params": params, "param_names": param_names, "use_muon": use_muon, **dict(options or {})})
+            groups.append({"params": params, "param_names": param_names, **kind, **dict(options or {})})
     return groups
