@@ -1,5 +1,7 @@
 """The measurement helpers behind `python -m fastmuon bench` and bench/."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,25 @@ def test_ratios_and_block_totals():
     assert set(totals) == {bench.BASELINE, "torch/native"}  # mlx/reference lacks a shape
     assert totals["torch/native"]["vs_baseline"] == pytest.approx(1.5 / 4.0)
     assert totals["torch/native"]["polar_err"] == 0.2
+
+
+def test_time_budget_leaves_out_the_cases_after_it():
+    calls = []
+
+    def slow(G):
+        calls.append(1)
+        time.sleep(0.02)
+        return G
+
+    provider = bench.Provider("test/slow", "polar_express", lambda G: G, slow, lambda O: O)
+    shapes = [(4, 4), (4, 6), (6, 4)]
+    rows = bench.measure([provider], shapes, repeats=1, budget=0.0)
+    assert len(rows) == 1 and rows[-1]["skipped_for_budget"] == 2
+    assert len(bench.measure([provider], shapes, repeats=1)) == 3
+
+
+def test_vs_sgemm_is_the_rate_over_the_sgemm_rate():
+    row = {"provider": "p", "method": "m", "shape": [4, 4], "seconds": 1.0, "gflops": 300.0, "vs_baseline": 0.5,
+           "polar_err": 0.1, "orth_err": 0.1}
+    table = bench.format_table([row], peak=150.0)
+    assert "vs sgemm" in table and "  2.00" in table
