@@ -12,6 +12,8 @@ threads); larger ones use ``torch.get_num_threads()`` threads, never more than t
 
 from __future__ import annotations
 
+from typing import List
+
 import numpy as np
 import torch
 
@@ -86,12 +88,23 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     return out.to(A.dtype)
 
 
-def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
-    m, n = G.shape[-2], G.shape[-1]
+# The fused iteration as a torch operator with a fake (shape-only) implementation, so that
+# torch.compile(fullgraph=True) keeps an optimizer step that calls it in one graph.
+@torch.library.custom_op("fastmuon::native_orthogonalize", mutates_args=())
+def _orthogonalize_op(G: torch.Tensor, coefficients: List[float], norm_scale: float, eps: float, gram: bool,
+                      restart_every: int) -> torch.Tensor:
     X = _fp32_copy(G)  # the kernel works in place on this copy
-    coefficients = np.asarray(plan.coefficients, dtype=np.float64)
     use_threads(_work(G.shape))
-    blas_module().orthogonalize(
-        as_batch(X), coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY
-    )
+    blas_module().orthogonalize(as_batch(X), np.asarray(coefficients, dtype=np.float64).reshape(-1, 3), norm_scale,
+                                eps, gram, restart_every)
     return X.to(G.dtype)
+
+
+@_orthogonalize_op.register_fake
+def _(G, coefficients, norm_scale, eps, gram, restart_every):
+    return torch.empty_like(G, memory_format=torch.contiguous_format)
+
+
+def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
+    coefficients = [float(c) for step in plan.coefficients for c in step]
+    return _orthogonalize_op(G, coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)

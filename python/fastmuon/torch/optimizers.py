@@ -251,7 +251,33 @@ class _MuonFamily(_CheckedOptimizer):
             _check_adamw_group(group)
 
     # ------------------------------------------------------------------- step
+    def _init_group(self) -> None:
+        """Create the state of every parameter that steps this time and has none yet. (Named as
+        torch's own optimizers name theirs: torch.compile runs it before tracing the step, so the
+        first step and the later ones compile to the same graph. One call for all groups: the
+        traced step then reads a state that is complete.)"""
+        data_parallel = self._world() is not None  # every Muon parameter joins
+        for group in self.param_groups:
+            for p in group["params"]:
+                if (p.grad is None and not (group["use_muon"] and data_parallel)) or self.state.get(p):
+                    continue
+                self._init_state(p, group)
+
+    def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        state["skipped_steps"] = torch.zeros((), dtype=torch.int64, device=p.device)
+        if not group["use_muon"]:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            return
+        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        if group["beta2"] is not None:
+            shape = normuon_state_shape(*matrix_view(p.shape))
+            state["second_moment"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+
     def _step(self) -> None:
+        self._init_group()
         self._muon_step([g for g in self.param_groups if g["use_muon"]])
         for group in self.param_groups:
             if not group["use_muon"]:
@@ -315,7 +341,7 @@ class _MuonFamily(_CheckedOptimizer):
             group = members[0][1]
             compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (rows, cols))
             stack_dtype = _narrower(dtype, compute_dtype)
-            matrix_bytes = rows * cols * torch.tensor([], dtype=stack_dtype).element_size()
+            matrix_bytes = rows * cols * torch.finfo(stack_dtype).bits // 8
             for chunk in _chunks(members, max(1, STACK_BYTES // max(1, matrix_bytes))):
                 items = [self._momentum_phase(p, g, commit=True) for p, g in chunk]
                 U = torch.empty((sum(item.batch for item in items), rows, cols), dtype=stack_dtype, device=device)
@@ -334,12 +360,6 @@ class _MuonFamily(_CheckedOptimizer):
     def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
         batch, rows, cols = matrix_view(p.shape)
         state = self.state[p]
-        if not state:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-            state["skipped_steps"] = torch.zeros((), dtype=torch.int64, device=p.device)
-            if group["beta2"] is not None:
-                shape = normuon_state_shape(batch, rows, cols)
-                state["second_moment"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
         if group["beta2"] is not None and "second_moment" not in state:
             raise RuntimeError("a parameter's state has no second_moment: beta2 was set after it was stepped")
         M = state["momentum_buffer"]
@@ -436,11 +456,6 @@ class _MuonFamily(_CheckedOptimizer):
             if grad.is_sparse:
                 raise RuntimeError("AdamW groups do not support sparse gradients (use SignSGD(sparse=True))")
             state = self.state[p]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["skipped_steps"] = torch.zeros((), dtype=torch.int64, device=p.device)
             finite = torch.isfinite(grad).all()
             G = torch.where(finite, grad.to(p.dtype), 0.0)
             W_new, m, v, step = adamw_update(

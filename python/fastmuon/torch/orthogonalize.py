@@ -11,8 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..cpu import has_fast_bf16_matmul
-from ..native import blas_available
+from .. import cpu, native as _native_loader
 from ..plan import DEFAULT_STEPS, check_backend, check_matrix_shape, make_plan
 from . import native, reference
 
@@ -23,6 +22,20 @@ _TRITON_HINT = (
     "(or pip install triton; Linux with a CUDA GPU)"
 )
 
+
+def has_fast_bf16_matmul() -> bool:
+    return cpu.has_fast_bf16_matmul()
+
+
+def blas_available() -> bool:
+    return _native_loader.blas_available()
+
+
+# What the machine offers is read once, at trace time, by torch.compile (not traced: it reads files
+# and takes a lock). This is what torch.compiler.assume_constant_result sets; setting it here
+# avoids importing torch._dynamo (and with it triton) whenever fastmuon.torch is imported.
+has_fast_bf16_matmul._dynamo_marked_constant = True
+blas_available._dynamo_marked_constant = True
 
 # Per-matrix work m * m * n (m <= n) from which a CPU with bf16 units computes in bf16 by default:
 # below it fp32 on the native kernels was faster (torch's bf16 matmul pays a fixed cost per call),
