@@ -149,3 +149,14 @@ def test_mlx_float64_input_on_the_default_backend():
     exact = orthogonalize(mx.array(G, dtype=mx.float64), dtype=mx.float64)
     assert np.abs(np.array(O) - np.array(exact)).max() < 1e-4
     assert np.abs(np.array(O) - np.array(exact)).max() > 0  # it did run in fp32
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("magnitude", [1e19, 1e30])
+def test_large_and_tiny_entries_do_not_overflow_the_norm(fw, backend, magnitude):
+    """The normalization scales before squaring: entries of 1e19 and more (whose squares
+    overflow fp32) give the same result as the unscaled matrix, to fp32 rounding."""
+    G = np.random.default_rng(4).standard_normal((8, 12))
+    O = fw.to_numpy(fw.orthogonalize(fw.array(G * magnitude, "float32"), backend=backend))
+    expected = fw.to_numpy(fw.orthogonalize(fw.array(G, "float32"), backend=backend))
+    assert np.isfinite(O).all() and np.abs(O - expected).max() < 1e-5

@@ -52,7 +52,11 @@ class MlxOps:
     def normalize(X, scale, eps):
         wide = mx.float64 if X.dtype == mx.float64 else mx.float32
         X_wide = X.astype(wide)
-        norm = mx.sqrt(mx.sum(X_wide * X_wide, axis=(-2, -1), keepdims=True))
+        # scaled by the largest magnitude before squaring, so that large entries cannot overflow
+        peak = mx.max(mx.abs(X_wide), axis=(-2, -1), keepdims=True)
+        peak = mx.where(peak > 0, peak, mx.array(1.0, dtype=wide))
+        scaled = X_wide / peak
+        norm = peak * mx.sqrt(mx.sum(scaled * scaled, axis=(-2, -1), keepdims=True))
         return (X_wide / (norm * scale + eps)).astype(X.dtype)
 
     @staticmethod
