@@ -948,3 +948,48 @@ def test_integer_parameters_are_refused_by_name(make):
     grads = {"w": mx.ones((2, 2), dtype=mx.int32)}
     with pytest.raises(TypeError, match=r"'w'.*int32"):
         make().apply_gradients(grads, params)
+
+
+# What MLX's own generic optimizer tests check of every optimizer, for fastmuon's classes.
+GENERIC = {
+    "muon": lambda: fm.Muon(0.1),
+    "normuon": lambda: fm.NorMuon(0.1),
+    "signsgd": lambda: fm.SignSGD(0.1),
+    "muon_with_adamw": lambda: fm.MuonWithAdamW(0.1, 0.01),
+}
+
+
+def _matrices(dtype=mx.float32):
+    return {"a": mx.zeros((4, 6), dtype=dtype), "b": [mx.zeros((3, 3), dtype=dtype)]}
+
+
+@pytest.mark.parametrize("name", sorted(GENERIC))
+def test_mlx_generic_state_types_compiled_lr_and_reload(name):
+    make = GENERIC[name]
+    # init creates a state entry for every parameter, mirroring the tree
+    opt = make()
+    opt.init(_matrices())
+    paths = {path for path, _ in tree_flatten(opt.state)}
+    for leaf in ("a", "b.0"):
+        assert any(path.endswith(f"{leaf}.skipped_steps") for path in paths), paths
+    # parameter dtypes are conserved
+    for dtype in (mx.float16, mx.bfloat16):
+        params = _matrices(dtype)
+        updated = make().apply_gradients(tree_map(lambda x: mx.ones_like(x), params), params)
+        assert all(v.dtype == dtype for _, v in tree_flatten(updated))
+    # a learning rate changed between calls of a compiled step takes effect (it is state)
+    opt, params = make(), _matrices()
+    grads = tree_map(lambda x: mx.full(x.shape, 0.1), params)
+    opt.init(params)
+    state = [opt.state]
+    step = mx.compile(lambda p, g: opt.apply_gradients(g, p), inputs=state, outputs=state)
+    first = step(params, grads)
+    mx.eval(first)
+    opt.learning_rate = 0.0
+    second = step(first, grads)
+    assert all(mx.array_equal(x, y).item() for (_, x), (_, y) in zip(tree_flatten(first), tree_flatten(second)))
+    assert not all(mx.array_equal(x, y).item() for (_, x), (_, y) in zip(tree_flatten(params), tree_flatten(first)))
+    # a new optimizer given a saved state continues from it
+    again = make()
+    again.state = tree_unflatten(tree_flatten(opt.state))
+    mx.eval(again.apply_gradients(grads, first))
