@@ -19,17 +19,6 @@ def as_batch(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])
 
 
-def frobenius_norm(X: torch.Tensor) -> torch.Tensor:
-    """||X||_F per matrix (keepdim), without overflow: squares of fp32 and 16-bit entries are
-    summed in float64 (no fp32 square overflows there); float64 entries are scaled by their
-    largest magnitude first."""
-    if X.dtype != torch.float64:
-        return torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.float64)
-    peak = X.abs().amax(dim=(-2, -1), keepdim=True)
-    peak = torch.where(peak > 0, peak, 1.0)
-    return peak * torch.linalg.vector_norm(X / peak, dim=(-2, -1), keepdim=True)
-
-
 class TorchOps:
     """Plain-torch matrix operations on (batch, m, n) tensors."""
 
@@ -65,13 +54,19 @@ class TorchOps:
 
     @staticmethod
     def normalize(X, scale, eps):
-        # The norm and the division in at least fp32, rounded once into X's dtype, with no
-        # wide copy of X: the reduction and the division convert element by element.
+        # X / (||X||_F * scale + eps) computed as Y / (||Y||_F * scale + eps / p) with Y = X / p
+        # and p the power of two at or above max |X|: Y is exact (a power-of-two scaling), its
+        # squares cannot overflow however large X's entries are, and the one division rounds
+        # into X's dtype. The norm is accumulated in at least fp32.
         norm_dtype = torch.promote_types(X.dtype, torch.float32)
-        norm = frobenius_norm(X).to(norm_dtype)
-        if X.requires_grad and torch.is_grad_enabled():  # out= has no autograd
-            return (X.to(norm_dtype) / (norm * scale + eps)).to(X.dtype)
-        return torch.div(X, norm * scale + eps, out=torch.empty_like(X))
+        peak = torch.linalg.vector_norm(X, ord=float("inf"), dim=(-2, -1), keepdim=True).to(norm_dtype)
+        p = torch.where(peak > 0, torch.exp2(torch.ceil(torch.log2(peak))), 1.0)
+        if X.requires_grad and torch.is_grad_enabled():  # out= and in-place ops have no autograd here
+            Y = X.to(norm_dtype) / p
+            return (Y / (torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True) * scale + eps / p)).to(X.dtype)
+        Y = torch.div(X, p, out=torch.empty_like(X))
+        norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=norm_dtype)
+        return Y.div_(norm * scale + eps / p)
 
     @staticmethod
     def restore(X, G):
