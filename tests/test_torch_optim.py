@@ -825,7 +825,7 @@ def test_ns_coefficients_and_eps_are_the_iteration_run(monkeypatch, rng):
     (dict(eps=-1.0), "eps"),
     (dict(adjust_lr_fn="spectral"), "adjust_lr"),
     (dict(adjust_lr_fn="original", adjust_lr="match_rms_adamw"), "disagree"),
-    (dict(lr=torch.tensor([0.1, 0.2])), "one floating value"),
+    (dict(lr=torch.tensor([0.1, 0.2])), "Tensor lr must be 1-element"),
 ])
 def test_torch_muon_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -934,3 +934,16 @@ def test_transposed_layouts_get_the_scale_of_their_true_shape(rng):
     MuonWithAdamW(muon_param_groups(off, transposed_modules=()), lr=0.1).step()
     moved_off, moved_on = (off.weight - start).norm(), (conv.weight.detach() - start).norm()
     assert moved_on > 1.9 * moved_off
+
+
+def test_group_ns_coefficients_mean_newton_schulz_as_in_the_constructor():
+    """torch's optimizer tests pass ns_coefficients inside a param group."""
+    a, b = nn.Parameter(torch.zeros(4, 6)), nn.Parameter(torch.zeros(6, 4))
+    opt = Muon([{"params": [a], "ns_coefficients": [3.4, -4.7, 2.0]}, {"params": [b]}])
+    assert opt.param_groups[0]["method"] == "newton_schulz" and opt.param_groups[0]["ns_coefficients"] == (3.4, -4.7, 2.0)
+    assert opt.param_groups[1]["method"] == "polar_express" and opt.param_groups[1]["ns_coefficients"] is None
+
+
+def test_a_bad_tensor_lr_is_named_before_params_are_read():
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        Muon(None, lr=torch.tensor([0.1, 0.2]))

@@ -92,7 +92,8 @@ def check_hyperparameters(
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     if adjust_lr is not None and adjust_lr not in ADJUST_LR:
-        raise ValueError(f"adjust_lr must be one of {', '.join(ADJUST_LR)}, got {adjust_lr!r}")
+        raise ValueError(f"Adjust learning rate function {adjust_lr} is not supported: adjust_lr must be one of "
+                         f"{', '.join(ADJUST_LR)}, got {adjust_lr!r}")
     if beta2 is not None and not 0.0 <= beta2 < 1.0:
         raise ValueError(f"beta2 must be in [0, 1), got {beta2!r}")
     if ns_steps is not None and (isinstance(ns_steps, bool) or not isinstance(ns_steps, int) or ns_steps < 1):

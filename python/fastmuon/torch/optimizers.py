@@ -75,8 +75,8 @@ def _check_lr(lr, what: str = "lr") -> None:
     change it in place without recompiling a compiled step); schedules are lr_schedulers."""
     if isinstance(lr, torch.Tensor):
         if lr.numel() != 1 or not lr.is_floating_point():
-            raise ValueError(f"{what} as a Tensor must hold one floating value, got shape "
-                             f"{tuple(lr.shape)} and dtype {lr.dtype}")
+            raise ValueError(f"Tensor {what} must be 1-element and floating, got shape {tuple(lr.shape)} "
+                             f"and dtype {lr.dtype}")
         lr = float(lr)  # checked once, here
     elif callable(lr):
         raise ValueError(
@@ -544,6 +544,7 @@ class Muon(_MuonFamily):
         distributed: Optional[bool] = None,
         process_group=None,
     ) -> None:
+        _check_lr(lr)  # before the base class looks at params, as torch.optim.Muon does
         if adjust_lr_fn is not None:  # torch.optim.Muon's name for adjust_lr
             if adjust_lr != MUON_DEFAULTS["adjust_lr"] and adjust_lr != adjust_lr_fn:
                 raise ValueError(f"adjust_lr_fn={adjust_lr_fn!r} and adjust_lr={adjust_lr!r} disagree; give one")
@@ -561,6 +562,9 @@ class Muon(_MuonFamily):
     def _fill_group_defaults(self, group: dict) -> None:
         if not group.setdefault("use_muon", True):
             raise ValueError(f"{type(self).__name__} takes only Muon groups; use MuonWithAdamW for use_muon=False")
+        if group.get("ns_coefficients") is not None:  # as in the constructor: Newton-Schulz with these
+            group.setdefault("method", "newton_schulz")
+            group["ns_coefficients"] = tuple(group["ns_coefficients"])
 
 
 class NorMuon(Muon):
