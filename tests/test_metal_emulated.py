@@ -21,8 +21,6 @@ Apple silicon.
 from __future__ import annotations
 
 import concurrent.futures
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -67,8 +67,8 @@ def _work(shape) -> float:
 
 
 def xxt(X: torch.Tensor) -> torch.Tensor:
-    m, k = X.shape[-2], X.shape[-1]
-    if X.numel() == 0 or m == 0:
+    m = X.shape[-2]
+    if X.numel() == 0:
         return X.new_zeros((*X.shape[:-1], m))
     src = as_batch(_fp32_view(X))
     out = torch.empty((src.shape[0], m, m), dtype=torch.float32)
@@ -78,7 +78,6 @@ def xxt(X: torch.Tensor) -> torch.Tensor:
 
 
 def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    m = A.shape[-1]
     out = _fp32_copy(A)
     if out.numel() == 0:
         return out.to(A.dtype)
