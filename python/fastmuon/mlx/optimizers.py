@@ -231,6 +231,11 @@ class Muon(_TreeOptimizer):
         cautious_weight_decay: decay only where sign(O) == sign(W).
         backend: orthogonalize backend (``"auto"``, ``"reference"``, ``"native"``, ...).
         ns_dtype: compute dtype of the orthogonalization (default: orthogonalize's).
+        distributed: None (default) shares the orthogonalization over the ``mx.distributed``
+            group when one of size > 1 is initialized (each process orthogonalizes a share of
+            every same-shape stack, one all_gather per stack); False never; True requires it.
+            Gradients must already be averaged (``mlx.nn.average_gradients``), so that every
+            process holds the same ones; weights then equal one process's.
     """
 
     def __init__(
@@ -246,8 +251,11 @@ class Muon(_TreeOptimizer):
         cautious_weight_decay: bool = MUON_DEFAULTS["cautious_weight_decay"],
         backend: str = MUON_DEFAULTS["backend"],
         ns_dtype: Optional[mx.Dtype] = MUON_DEFAULTS["ns_dtype"],
+        distributed: Optional[bool] = None,
     ):
         _check_learning_rate(learning_rate)
+        if distributed not in (None, True, False):
+            raise ValueError(f"distributed must be None, True or False, got {distributed!r}")
         options = muon_options(dict(
             momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, method=method, ns_steps=ns_steps,
             adjust_lr=adjust_lr, cautious_weight_decay=cautious_weight_decay, backend=backend, ns_dtype=ns_dtype,
@@ -263,6 +271,42 @@ class Muon(_TreeOptimizer):
         for name, value in options.items():
             default = MUON_DEFAULTS[name]
             setattr(self, name, type(default)(value) if isinstance(default, (bool, int, float)) else value)
+        self.distributed = distributed
+        self._group = None  # the mx.distributed group, looked up on first use
+
+    def _world(self):
+        """The mx.distributed group to share the orthogonalization over, or None."""
+        if self.distributed is False:
+            return None
+        if self._group is None:
+            self._group = mx.distributed.init() if mx.distributed.is_available() else False
+        if not self._group or self._group.size() == 1:
+            if self.distributed:
+                raise RuntimeError("distributed=True but no mx.distributed group of size > 1 is initialized")
+            return None
+        return self._group
+
+    def _orthogonalize_stack(self, U: mx.array, k: int) -> mx.array:
+        """Orthogonalize the (n, rows, cols) stack ``U``, the ``k``-th of this step. In a group of
+        W > 1 processes each orthogonalizes one chunk of ceil(n / W) matrices (chunk (rank + k)
+        mod W, so single-matrix stacks spread over the ranks) and one all_gather shares them;
+        every rank then holds every result, as one process would have computed it."""
+        group = self._world()
+        if group is None:
+            return self._orthogonalize(U)
+        world, rank = group.size(), group.rank()
+        n = U.shape[0]
+        size = -(-n // world)
+        start = ((rank + k) % world) * size
+        if start >= n:  # this rank's chunk is all padding
+            mine = mx.zeros((size, *U.shape[1:]), dtype=U.dtype)
+        else:
+            mine = self._orthogonalize(U[start:start + size])
+            if mine.shape[0] < size:
+                mine = mx.concatenate([mine, mx.zeros((size - mine.shape[0], *U.shape[1:]), dtype=U.dtype)])
+        gathered = mx.distributed.all_gather(mine, group=group)  # rank r's chunk at r * size
+        chunks = [gathered[((j - k) % world) * size:((j - k) % world + 1) * size] for j in range(world)]
+        return mx.concatenate(chunks)[:n]
 
     def init_single(self, parameter: mx.array, state: dict):
         super().init_single(parameter, state)
@@ -296,12 +340,12 @@ class Muon(_TreeOptimizer):
             groups.setdefault((view[1], view[2], U.dtype), []).append((index, U))
 
         orthogonal: dict = {}
-        for members in groups.values():  # one batched call per matrix shape
+        for k, members in enumerate(groups.values()):  # one batched call per matrix shape
             if len(members) == 1:
                 index, U = members[0]
-                orthogonal[index] = self._orthogonalize(U)
+                orthogonal[index] = self._orthogonalize_stack(U, k)
                 continue
-            O = self._orthogonalize(mx.concatenate([U for _, U in members], axis=0))
+            O = self._orthogonalize_stack(mx.concatenate([U for _, U in members], axis=0), k)
             sizes = [U.shape[0] for _, U in members]
             splits = [sum(sizes[: k + 1]) for k in range(len(sizes) - 1)]
             for (index, _), part in zip(members, mx.split(O, splits, axis=0)):
