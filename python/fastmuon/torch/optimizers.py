@@ -150,6 +150,26 @@ def _freeze(value):
     return tuple(value) if isinstance(value, list) else value
 
 
+def _is_dtensor(t) -> bool:
+    if not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (sharing its storage), or the tensor itself."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _all_ranks(flag: torch.Tensor) -> torch.Tensor:
+    """A 0-D bool that is True only where it is True on every rank."""
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value.bool()
+
+
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -272,9 +292,9 @@ class _MuonFamily(_CheckedOptimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             return
         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        if group["beta2"] is not None:
+        if group["beta2"] is not None:  # whole on every rank, also for a sharded parameter
             shape = normuon_state_shape(*matrix_view(p.shape))
-            state["second_moment"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            state["second_moment"] = torch.zeros(shape, dtype=p.dtype, device=_local(p).device)
 
     def _step(self) -> None:
         self._init_group()
@@ -297,6 +317,9 @@ class _MuonFamily(_CheckedOptimizer):
         return self._process_group, dist.get_rank(self._process_group), world_size
 
     def _muon_step(self, groups: List[dict]) -> None:
+        if any(_is_dtensor(p) for group in groups for p in group["params"]):
+            self._sharded_params_muon_step(groups)
+            return
         world = self._world()
         if world is None:
             self._local_muon_step(groups)
@@ -324,6 +347,77 @@ class _MuonFamily(_CheckedOptimizer):
                 stop = start + m.batch
                 self._update_phase(m, O[start:stop], ok[start:stop].all())
                 start = stop
+
+    def _sharded_params_muon_step(self, groups: List[dict]) -> None:
+        """Parameters sharded as DTensors (FSDP2's fully_shard: Shard(0); HSDP; tensor parallel).
+
+        Momentum, state and update stay on each rank's shard. Orthogonalization needs whole
+        matrices: each matrix's U is gathered (one all-gather, O(parameters) per step), and on a
+        1-D mesh the matrix's owner, rank (j + k) mod world for matrix j of stack k, orthogonalizes
+        it (same-shape matrices batched) and scatters the result's shards back
+        (``distribute_tensor`` from the owner). On other meshes every rank orthogonalizes every
+        matrix and keeps its shard. A gradient counts as finite only if every shard is; NorMuon's
+        second moment (one value per row or column) is kept whole on every rank."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
+        for group in groups:
+            if group["sphere"] is not None:
+                raise ValueError("sphere= is not supported for sharded (DTensor) parameters")
+            for p in group["params"]:
+                if not _is_dtensor(p):
+                    raise ValueError("a Muon group mixes sharded (DTensor) and plain parameters")
+                if p.grad is not None:
+                    _, rows, cols = matrix_view(p.shape)
+                    stacks[(rows, cols, p.dtype, *(_freeze(group[k]) for k in _ORTHOGONALIZE_KEYS))].append((p, group))
+        for k, ((rows, cols, *_), members) in enumerate(stacks.items()):
+            pending = []
+            for p, group in members:
+                state = self.state[p]
+                grad, M = _local(p.grad), _local(state["momentum_buffer"])
+                ok = _all_ranks(torch.isfinite(grad).all())
+                G = torch.where(ok, grad.to(M.dtype), M)  # a skipped step leaves M as it is
+                M.lerp_(G, 1.0 - group["momentum"])
+                U = torch.lerp(G, M, group["momentum"]) if group["nesterov"] else M
+                U_full = DTensor.from_local(U, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(),
+                                            run_check=False).full_tensor()
+                pending.append((p, group, state, ok, U_full))
+            one_dim = all(p.device_mesh.ndim == 1 for p, *_ in pending)
+            owners = [(j + k) % world if one_dim else rank for j in range(len(pending))]
+            mine = [j for j, owner in enumerate(owners) if owner == rank]
+            results: Dict[int, torch.Tensor] = {}
+            if mine:
+                group = pending[mine[0]][1]
+                views = [pending[j][4].reshape(matrix_view(pending[j][0].shape)) for j in mine]
+                O = self._orthogonalize(torch.cat(views), group)
+                start = 0
+                for j, view in zip(mine, views):
+                    results[j] = O[start:start + view.shape[0]]
+                    start += view.shape[0]
+            for j, (p, group, state, ok, U_full) in enumerate(pending):
+                owner = owners[j]
+                O = results.get(j)
+                if group["beta2"] is not None:
+                    s_old = state["second_moment"]
+                    if O is not None:
+                        O, s_new = normuon_normalize(O, s_old, group["beta2"])
+                    else:
+                        s_new = torch.empty_like(s_old)
+                    if one_dim:
+                        dist.broadcast(s_new, src=owner)
+                    s_old.copy_(torch.where(ok, s_new, s_old))
+                O_full = O.reshape(p.shape) if O is not None else torch.empty(p.shape, dtype=U_full.dtype,
+                                                                              device=U_full.device)
+                O_local = distribute_tensor(O_full, p.device_mesh, p.placements,
+                                            src_data_rank=owner if one_dim else None).to_local()
+                rows_, cols_ = (cols, rows) if group["transposed"] else (rows, cols)
+                W = _local(p.detach())
+                W_new = decoupled_update(W, O_local.to(W.dtype), lr=group["lr"], weight_decay=group["weight_decay"],
+                                         scale=shape_scale(rows_, cols_, group["adjust_lr"]),
+                                         cautious=group["cautious_weight_decay"])
+                W.copy_(torch.where(ok, W_new, W))
+                state["skipped_steps"].add_((~ok).to(torch.int64))
 
     def _local_muon_step(self, groups: List[dict]) -> None:
         """One process: same-shape matrices are orthogonalized together, a chunk of at most
@@ -456,15 +550,19 @@ class _MuonFamily(_CheckedOptimizer):
             if grad.is_sparse:
                 raise RuntimeError("AdamW groups do not support sparse gradients (use SignSGD(sparse=True))")
             state = self.state[p]
-            finite = torch.isfinite(grad).all()
-            G = torch.where(finite, grad.to(p.dtype), 0.0)
+            # Elementwise, so a sharded (DTensor) parameter steps on its local shard; the verdict
+            # on the gradient is every shard's.
+            W, grad, exp_avg, exp_avg_sq = (_local(t) for t in (p.detach(), grad, state["exp_avg"],
+                                                                  state["exp_avg_sq"]))
+            finite = _all_ranks(torch.isfinite(grad).all()) if _is_dtensor(p) else torch.isfinite(grad).all()
+            G = torch.where(finite, grad.to(W.dtype), 0.0)
             W_new, m, v, step = adamw_update(
-                p.detach(), G, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                W, G, exp_avg, exp_avg_sq, state["step"],
                 lr=group["lr"], betas=_adamw_betas(group), eps=group["eps"], weight_decay=group["weight_decay"],
             )
-            p.copy_(torch.where(finite, W_new, p))
-            state["exp_avg"].copy_(torch.where(finite, m, state["exp_avg"]))
-            state["exp_avg_sq"].copy_(torch.where(finite, v, state["exp_avg_sq"]))
+            W.copy_(torch.where(finite, W_new, W))
+            exp_avg.copy_(torch.where(finite, m, exp_avg))
+            exp_avg_sq.copy_(torch.where(finite, v, exp_avg_sq))
             state["step"].copy_(torch.where(finite, step, state["step"]))
             state["skipped_steps"].add_((~finite).to(torch.int64))
 

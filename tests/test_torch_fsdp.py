@@ -1,0 +1,98 @@
+"""FSDP2 (torch.distributed.fsdp.fully_shard): parameters and gradients are DTensors sharded on
+dim 0 (unevenly here). Muon, NorMuon and AdamW groups step on the shards; weights after a few
+steps equal one process's on the same batch within a derived fp32 bound, and rank 0 holds only
+its share of the optimizer state."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from fastmuon.torch import MuonWithAdamW, muon_param_groups
+
+STEPS = 3
+
+
+def make_model():
+    torch.manual_seed(0)
+    # out-features 7 and 13: uneven shards over 2 and 4 ranks
+    return nn.Sequential(nn.Embedding(11, 12), nn.Linear(12, 13), nn.GELU(), nn.Linear(13, 7), nn.GELU(),
+                         nn.Linear(7, 12, bias=False))
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 11, (4, 5), generator=g)
+
+
+def make_optimizer(model):
+    groups = muon_param_groups(model)
+    groups.insert(1, {**groups[0], "params": groups[0]["params"][1:2], "param_names": groups[0]["param_names"][1:2],
+                      "beta2": 0.95})  # one NorMuon matrix
+    groups[0]["params"] = groups[0]["params"][:1] + groups[0]["params"][2:]
+    groups[0]["param_names"] = groups[0]["param_names"][:1] + groups[0]["param_names"][2:]
+    return MuonWithAdamW(groups, lr=0.05, weight_decay=0.1, adamw_lr=0.01)
+
+
+def train(model, opt):
+    x = batch()
+    for _ in range(STEPS):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+
+def single_process(dtype):
+    model = make_model().to(dtype)
+    opt = make_optimizer(model)
+    for group in opt.param_groups:
+        if group["use_muon"]:
+            group["ns_dtype"] = dtype
+    train(model, opt)
+    return [p.detach().to(torch.float64) for p in model.parameters()]
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                      OPENBLAS_NUM_THREADS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model()
+    for layer in model:
+        if any(p.requires_grad for p in layer.parameters()):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = make_optimizer(model)
+    train(model, opt)
+    weights = [p.full_tensor().detach().to(torch.float64) for p in model.parameters()]
+    state_bytes = sum(t.to_local().numel() * t.element_size() if hasattr(t, "to_local") else t.numel() * t.element_size()
+                      for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))
+    if rank == 0:
+        torch.save({"weights": weights, "state_bytes": state_bytes}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_fsdp2_equals_one_process(tmp_path, world):
+    out = tmp_path / "fsdp.pt"
+    port = 29500 + world + os.getpid() % 1000
+    mp.spawn(_worker, args=(world, port, str(out)), nprocs=world, join=True)
+    got = torch.load(out)
+    fp64, fp32 = single_process(torch.float64), single_process(torch.float32)
+    for w, exact, plain in zip(got["weights"], fp64, fp32):
+        # the plain fp32 run's own distance from float64 sets the bound (4x, plus fp32 rounding)
+        bound = 4 * (plain - exact).abs().max() + 4 * 2.0**-24 * exact.abs().max()
+        assert (w - exact).abs().max() <= bound
+    # optimizer state: about 1/world of one process's (NorMuon's second moment is kept whole)
+    model = make_model()
+    opt = make_optimizer(model)
+    train(model, opt)
+    whole = sum(t.numel() * t.element_size() for state in opt.state.values() for t in state.values())
+    assert got["state_bytes"] <= whole / world + 4096
