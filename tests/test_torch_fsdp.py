@@ -58,17 +58,30 @@ def single_process(dtype):
     return [p.detach().to(torch.float64) for p in model.parameters()]
 
 
-def _worker(rank, world, port, out):
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank, world, port, out, hsdp=False):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                       OPENBLAS_NUM_THREADS="1")
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     from torch.distributed.fsdp import fully_shard
 
+    mesh = None
+    if hsdp:  # 2 replicas x 2 shards: placements (Replicate(), Shard(0))
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
     model = make_model()
     for layer in model:
         if any(p.requires_grad for p in layer.parameters()):
-            fully_shard(layer)
-    fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     opt = make_optimizer(model)
     train(model, opt)
     weights = [p.full_tensor().detach().to(torch.float64) for p in model.parameters()]
@@ -79,11 +92,11 @@ def _worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_fsdp2_equals_one_process(tmp_path, world):
+@pytest.mark.parametrize("world, hsdp", [(2, False), (4, False), (4, True)], ids=["fsdp2", "fsdp4", "hsdp2x2"])
+def test_fsdp2_equals_one_process(tmp_path, world, hsdp):
     out = tmp_path / "fsdp.pt"
-    port = 29500 + world + os.getpid() % 1000
-    mp.spawn(_worker, args=(world, port, str(out)), nprocs=world, join=True)
+    port = _free_port()
+    mp.spawn(_worker, args=(world, port, str(out), hsdp), nprocs=world, join=True)
     got = torch.load(out)
     fp64, fp32 = single_process(torch.float64), single_process(torch.float32)
     for w, exact, plain in zip(got["weights"], fp64, fp32):
@@ -95,4 +108,5 @@ def test_fsdp2_equals_one_process(tmp_path, world):
     opt = make_optimizer(model)
     train(model, opt)
     whole = sum(t.numel() * t.element_size() for state in opt.state.values() for t in state.values())
-    assert got["state_bytes"] <= whole / world + 4096
+    shards = world // 2 if hsdp else world  # HSDP: replicas hold the same shard
+    assert got["state_bytes"] <= whole / shards + 4096
