@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import time
 
-import numpy as np
 import torch
 
 from fastmuon import bench, cpu
@@ -28,13 +26,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "c
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    return 1e3 * bench.median_time(fn, repeats)[0]
 
 
 def spin(stop) -> None:

@@ -11,7 +11,6 @@ process of the same run. Appends to bench/results/mlx_distributed.jsonl.
 from __future__ import annotations
 
 import os
-import time
 
 import mlx.core as mx
 import numpy as np
@@ -21,16 +20,6 @@ from fastmuon import bench
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "mlx_distributed.jsonl")
 REPEATS = 5
-
-
-def median_seconds(fn) -> float:
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -48,8 +37,8 @@ def main() -> None:
     def orthogonalize_all():
         mx.eval(fm.orthogonalize(stack))
 
-    step_s = median_seconds(step)
-    all_s = median_seconds(orthogonalize_all)
+    step_s = bench.median_time(step, REPEATS)[0]
+    all_s = bench.median_time(orthogonalize_all, REPEATS)[0]
     if group.rank() == 0:
         row = {"processes": group.size(), "matrices": 8, "shape": [768, 768], "step_seconds": step_s,
                "orthogonalize_all_seconds": all_s, "ratio": step_s / all_s,
