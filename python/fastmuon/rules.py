@@ -69,7 +69,14 @@ def check_muon_options(options: dict, backends: Sequence[str]) -> None:
         ns_steps=options["ns_steps"],
         sphere=options.get("sphere"),
     )
-    make_plan(options["method"], options["ns_steps"], None)  # validates method and steps
+    steps, coefficients = options["ns_steps"], options.get("ns_coefficients")
+    if coefficients is not None:  # torch.optim.Muon's: one (a, b, c) for every Newton-Schulz step
+        if options["method"] != "newton_schulz":
+            raise ValueError(f"ns_coefficients sets Newton-Schulz's coefficients; method={options['method']!r} "
+                             "has its own (leave ns_coefficients at None, or use method='newton_schulz')")
+        make_plan("newton_schulz", steps, [tuple(coefficients)] * steps, options.get("eps"))
+    else:  # validates method, steps and eps
+        make_plan(options["method"], steps, None, options.get("eps"))
     check_backend(options["backend"], backends)
 
 

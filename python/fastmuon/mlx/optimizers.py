@@ -145,6 +145,13 @@ def _has_state(state, keys: tuple) -> bool:
     return isinstance(state, dict) and len(state) > 0
 
 
+def _init_missing_state(optimizer: Optimizer, gradients, leaves) -> None:
+    """``optimizer.init(gradients)`` unless every leaf already has state (mlx's init adds state
+    for new parameters and keeps the existing)."""
+    if not optimizer._initialized or not all(_has_state(optimizer.state, keys) for _, keys, _, _ in leaves):
+        optimizer.init(gradients)
+
+
 def _state_at(state: dict, keys: tuple) -> dict:
     for key in keys:
         state = state[key]
@@ -169,8 +176,7 @@ class _TreeOptimizer(Optimizer):
     def apply_gradients(self, gradients, parameters):
         leaves = check_gradient_tree(gradients, parameters)
         self._check_leaves(leaves)
-        if not self._initialized or not all(_has_state(self.state, keys) for _, keys, _, _ in leaves):
-            self.init(gradients)  # also adds state for parameters that join later
+        _init_missing_state(self, gradients, leaves)
         for name, scheduler in self._schedulers.items():
             self.state[name] = scheduler(self.step)
         self.state["step"] = self.step + 1
@@ -467,10 +473,8 @@ class _FiniteAdamW(AdamW):
     def apply_gradients(self, gradients, parameters):
         # A parameter routed here after ``init`` (an embedding recognised by its module type only
         # once the update is given the model) gets its state now instead of a KeyError.
-        if self._initialized and not all(
-            _has_state(self.state, keys) for _, keys, _, _ in check_gradient_tree(gradients, parameters)
-        ):
-            self.init(gradients)
+        if self._initialized:  # else the base class initializes every state
+            _init_missing_state(self, gradients, check_gradient_tree(gradients, parameters))
         return super().apply_gradients(gradients, parameters)
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):

@@ -31,6 +31,16 @@ def muon_momentum(M: torch.Tensor, G: torch.Tensor, momentum: float, nesterov: b
     return M_new, U
 
 
+def muon_momentum_(M: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor, momentum: float,
+                   nesterov: bool) -> torch.Tensor:
+    """``muon_momentum`` with M updated in place where ``ok`` (a 0-D bool): M <- M' there, M kept
+    bitwise elsewhere (the gradient is replaced by M itself, and lerp(M, M, w) == M), so the step
+    needs no copy of M. Returns U (M itself without Nesterov)."""
+    G = torch.where(ok, grad.to(M.dtype), M)
+    M.lerp_(G, 1.0 - momentum)
+    return torch.lerp(G, M, momentum) if nesterov else M
+
+
 def normuon_normalize(O: torch.Tensor, s: torch.Tensor, beta2: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """NorMuon's per-neuron normalization of an orthogonalized update ``O`` (batch, R, C).
 

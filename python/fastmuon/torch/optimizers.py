@@ -29,6 +29,7 @@ parameters are elementwise and are updated locally without communication.
 from __future__ import annotations
 
 import math
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -37,7 +38,6 @@ import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
 
-from ..plan import make_plan
 from ..rules import (
     ADAMW_DEFAULTS,
     MUON_DEFAULTS,
@@ -53,6 +53,7 @@ from .functional import (
     adamw_update,
     decoupled_update,
     muon_momentum,
+    muon_momentum_,
     normuon_normalize,
     rows_touched,
     signsgd_update,
@@ -96,14 +97,6 @@ def _param_name(group: dict, index: int, group_index: int) -> str:
 def _check_muon_group(group: dict, group_index: int) -> None:
     _check_lr(group["lr"])
     check_muon_options(group, BACKENDS)
-    coefficients = group["ns_coefficients"]
-    if coefficients is not None:
-        if group["method"] != "newton_schulz":
-            raise ValueError(f"ns_coefficients sets Newton-Schulz's coefficients; method={group['method']!r} "
-                             "has its own (leave ns_coefficients at None, or use method='newton_schulz')")
-        make_plan("newton_schulz", group["ns_steps"], [tuple(coefficients)] * group["ns_steps"], group["eps"])
-    else:
-        make_plan(group["method"], group["ns_steps"], None, group["eps"])
     ns_dtype = group["ns_dtype"]
     if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
         raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
@@ -151,11 +144,9 @@ def _freeze(value):
 
 
 def _is_dtensor(t) -> bool:
-    if not dist.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
+    # A DTensor exists only once its module is loaded: no import, nothing to cache.
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -173,6 +164,24 @@ def _all_ranks(flag: torch.Tensor) -> torch.Tensor:
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _apply_update(W: torch.Tensor, O: torch.Tensor, ok: torch.Tensor, group: dict, view: Tuple[int, int, int]) -> None:
+    """W <- the group's update of W with the orthogonalized O where ``ok`` (a 0-D bool), in place.
+
+    ``W`` is the weight, or a sharded weight's local shard (O then holds the same rows);
+    ``view`` is the whole weight's matrix view (batch, rows, cols), which sets the lr scale.
+    """
+    batch, rows, cols = view
+    lr = group["lr"]
+    scale = shape_scale(*((cols, rows) if group["transposed"] else (rows, cols)), group["adjust_lr"])
+    if group["sphere"] is None:
+        W_new = decoupled_update(W, O.reshape(W.shape).to(W.dtype), lr=lr, weight_decay=group["weight_decay"],
+                                 scale=scale, cautious=group["cautious_weight_decay"])
+    else:
+        move = sphere_project_update if group["sphere"] == "project" else sphere_geodesic_update
+        W_new = move(W.reshape(batch, rows, cols), (lr * scale) * O.to(W.dtype)).reshape(W.shape)
+    W.copy_(torch.where(ok, W_new, W))
 
 
 @dataclass
@@ -377,9 +386,7 @@ class _MuonFamily(_CheckedOptimizer):
                 state = self.state[p]
                 grad, M = _local(p.grad), _local(state["momentum_buffer"])
                 ok = _all_ranks(torch.isfinite(grad).all())
-                G = torch.where(ok, grad.to(M.dtype), M)  # a skipped step leaves M as it is
-                M.lerp_(G, 1.0 - group["momentum"])
-                U = torch.lerp(G, M, group["momentum"]) if group["nesterov"] else M
+                U = muon_momentum_(M, grad, ok, group["momentum"], group["nesterov"])
                 U_full = DTensor.from_local(U, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(),
                                             run_check=False).full_tensor()
                 pending.append((p, group, state, ok, U_full))
@@ -411,12 +418,7 @@ class _MuonFamily(_CheckedOptimizer):
                                                                               device=U_full.device)
                 O_local = distribute_tensor(O_full, p.device_mesh, p.placements,
                                             src_data_rank=owner if one_dim else None).to_local()
-                rows_, cols_ = (cols, rows) if group["transposed"] else (rows, cols)
-                W = _local(p.detach())
-                W_new = decoupled_update(W, O_local.to(W.dtype), lr=group["lr"], weight_decay=group["weight_decay"],
-                                         scale=shape_scale(rows_, cols_, group["adjust_lr"]),
-                                         cautious=group["cautious_weight_decay"])
-                W.copy_(torch.where(ok, W_new, W))
+                _apply_update(_local(p.detach()), O_local, ok, group, matrix_view(p.shape))
                 state["skipped_steps"].add_((~ok).to(torch.int64))
 
     def _local_muon_step(self, groups: List[dict]) -> None:
@@ -465,10 +467,7 @@ class _MuonFamily(_CheckedOptimizer):
                 raise RuntimeError("Muon does not support sparse gradients (use SignSGD(sparse=True))")
             finite = torch.isfinite(grad).all()
         if commit and grad is not None:
-            # In place: a non-finite gradient is replaced by M itself, and lerp(M, M, w) == M.
-            G = torch.where(finite, grad.to(M.dtype), M)
-            M.lerp_(G, 1.0 - group["momentum"])
-            U = torch.lerp(G, M, group["momentum"]) if group["nesterov"] else M
+            U = muon_momentum_(M, grad, finite, group["momentum"], group["nesterov"])
             M_new = None
         else:
             if grad is not None:
@@ -520,22 +519,10 @@ class _MuonFamily(_CheckedOptimizer):
         """NorMuon normalization (if ``beta2``), the weight update, and the commit: new values
         where ``ok`` (a 0-D bool tensor), old ones elsewhere."""
         group, state, p = item.group, item.state, item.param
-        lr = group["lr"]
         if group["beta2"] is not None:
             O, s_new = normuon_normalize(O, state["second_moment"], group["beta2"])
             state["second_moment"].copy_(torch.where(ok, s_new, state["second_moment"]))
-        rows, cols = (item.cols, item.rows) if group["transposed"] else (item.rows, item.cols)
-        scale = shape_scale(rows, cols, group["adjust_lr"])
-        W = p.detach()
-        if group["sphere"] is None:
-            W_new = decoupled_update(W, O.reshape(p.shape).to(p.dtype), lr=lr, weight_decay=group["weight_decay"],
-                                     scale=scale, cautious=group["cautious_weight_decay"])
-        else:
-            D = (lr * scale) * O.to(p.dtype)
-            W_view = W.reshape(item.batch, item.rows, item.cols)
-            move = sphere_project_update if group["sphere"] == "project" else sphere_geodesic_update
-            W_new = move(W_view, D).reshape(p.shape)
-        p.copy_(torch.where(ok, W_new, W))
+        _apply_update(p.detach(), O, ok, group, (item.batch, item.rows, item.cols))
         if item.has_grad:
             if item.momentum is not None:  # not committed yet (data parallel)
                 state["momentum_buffer"].copy_(torch.where(ok, item.momentum, state["momentum_buffer"]))
