@@ -1,6 +1,7 @@
 """One optimizer step on the four weight matrices of a GPT-2-small block (c_attn 768x2304,
-c_proj 768x768, c_fc 768x3072, mlp c_proj 3072x768, as (out, in) weights), fastmuon against
-what users would pick instead, in one run:
+c_proj 768x768, c_fc 768x3072, mlp c_proj 3072x768, as (out, in) weights), or with
+``--model demo`` on the demo model's eight small matrices, fastmuon against what users would
+pick instead, in one run:
 
   torch: fastmuon.torch.Muon (auto -> native on CPU), its reference backend,
          torch.optim.Muon (Newton-Schulz in bf16 on every device);
@@ -9,7 +10,7 @@ what users would pick instead, in one run:
 
 Median of --repeats steps after one warm-up step. Appends to bench/results/optimizer_step.jsonl.
 
-    python bench/bench_optimizer_step.py [--repeats 3] [--skip-slow]
+    python bench/bench_optimizer_step.py [--model gpt2-block|demo] [--repeats 3] [--skip-slow]
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import numpy as np
 
 from fastmuon import bench
 
-SHAPES = ((2304, 768), (768, 768), (3072, 768), (768, 3072))
+MODELS = {
+    "gpt2-block": ((2304, 768), (768, 768), (3072, 768), (768, 3072)),
+    # the demo's two layers (d_model 64): qkv, proj, fc, fc_out of each
+    "demo": ((192, 64), (64, 64), (256, 64), (64, 256)) * 2,
+}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "optimizer_step.jsonl")
 
 
@@ -82,15 +87,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-slow", action="store_true", help="skip the ~30-60 s a step baselines")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-block", help="which weight shapes")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    grads = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
+    shapes = MODELS[args.model]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     rows = []
     for cases in (torch_cases, mlx_cases):
         try:
             for name, step in cases(grads, args.skip_slow):
                 seconds = time_steps(step, args.repeats)
-                rows.append({"provider": name, "shapes": [list(s) for s in SHAPES], "seconds": seconds})
+                rows.append({"provider": name, "model": args.model, "shapes": [list(s) for s in shapes],
+                             "seconds": seconds})
                 print(f"{name:34s} {seconds:9.3f} s/step", flush=True)
         except ImportError as exc:
             print(f"skipped: {exc}")
