@@ -20,6 +20,7 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
+optim = pytest.importorskip("mlx.optimizers")
 from mlx.utils import tree_flatten, tree_map, tree_unflatten  # noqa: E402
 
 import fastmuon.mlx as fm  # noqa: E402
@@ -698,9 +699,33 @@ def test_tree_mismatch_names_the_path():
         fm.MuonWithAdamW().apply_gradients({"x": mx.ones((2, 2))}, params)
 
 
-def test_vectors_routed_to_muon_name_the_path():
-    with pytest.raises(ValueError, match=r"norm\.weight has shape \(4,\).*AdamW"):
-        fm.Muon().apply_gradients({"norm": {"weight": mx.ones((4,))}}, {"norm": {"weight": mx.ones((4,))}})
+@pytest.mark.parametrize("cls", ["Muon", "NorMuon"])
+def test_vectors_take_mlx_muons_momentum_step(cls):
+    """As in mlx.optimizers.Muon, 0-D/1-D parameters take the Nesterov momentum step without
+    orthogonalization (no shape scale); with weight_decay=0 both rules are the same, so the
+    weights agree to fp32 rounding of a few multiply-adds. Matrices still orthogonalize, and
+    a 5-D weight is refused by path."""
+    rng = np.random.default_rng(3)
+    params = {"bias": mx.array(rng.standard_normal(7).astype(np.float32)), "scale": mx.array(np.float32(0.5))}
+    ours, theirs = getattr(fm, cls)(0.1, weight_decay=0.0), optim.Muon(0.1, weight_decay=0.0)
+    p_ours, p_theirs = params, params
+    for _ in range(3):
+        grads = {"bias": mx.array(rng.standard_normal(7).astype(np.float32)),
+                 "scale": mx.array(np.float32(rng.standard_normal()))}
+        p_ours, p_theirs = ours.apply_gradients(grads, p_ours), theirs.apply_gradients(grads, p_theirs)
+    for key in params:
+        np.testing.assert_allclose(np.array(p_ours[key]), np.array(p_theirs[key]), rtol=0, atol=1e-6)
+        assert np.abs(np.array(p_ours[key]) - np.array(params[key])).max() > 1e-2  # they did move
+    assert set(ours.state["bias"]) == {"momentum", "skipped_steps"}
+    with pytest.raises(ValueError, match=r"w5 has shape \(1, 1, 2, 2, 2\)"):
+        getattr(fm, cls)().apply_gradients({"w5": mx.ones((1, 1, 2, 2, 2))}, {"w5": mx.ones((1, 1, 2, 2, 2))})
+
+
+def test_muon_with_adamw_takes_mlxs_learning_rate_name():
+    opt = fm.MuonWithAdamW(learning_rate=0.05)
+    assert opt.muon.learning_rate.item() == pytest.approx(0.05) and opt.learning_rate.item() == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="not both"):
+        fm.MuonWithAdamW(0.02, learning_rate=0.05)
 
 
 def test_state_from_another_model_is_rejected():
@@ -790,7 +815,7 @@ def test_torch_and_mlx_give_the_same_weights_after_ten_steps(name):
     paths = list(flat(params))
     tensors = {k: torch.nn.Parameter(to_torch(k, a).clone()) for k, a in flat(params).items()}
     kwargs = dict(cfg.kwargs(), backend="reference")
-    torch_opt = getattr(fastmuon_torch, cls_name)(list(tensors.values()), lr=LR, **kwargs)
+    torch_opt = getattr(fastmuon_torch, cls_name)(list(tensors.values()), lr=LR, allow_nd=True, **kwargs)
     mlx_opt = cfg.make_mlx(backend="reference")
     ref = Checker(cfg, flat(params))
     for grads in grads_seq:

@@ -52,7 +52,8 @@ def averaged_grads(step, rank):
 def make_optimizer(params, distributed):
     n, k = len(MUON_SHAPES), len(NORMUON_SHAPES)
     groups = [
-        {"params": params[:n], "use_muon": True, "weight_decay": 0.1, "cautious_weight_decay": True},
+        {"params": params[:n], "use_muon": True, "weight_decay": 0.1, "cautious_weight_decay": True,
+         "allow_nd": True},
         {"params": params[n:n + k], "use_muon": True, "beta2": 0.95, "lr": 0.01},
         {"params": params[n + k:], "use_muon": False},
     ]

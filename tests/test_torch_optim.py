@@ -70,7 +70,7 @@ SHAPES = [(16, 24), (16, 24), (24, 16), (3, 12, 20), (32, 2, 2, 2)]
 
 def run_ours(optimizer_cls, shapes, W0, grads, dtype, **kwargs):
     params = [nn.Parameter(torch.tensor(w, dtype=dtype)) for w in W0]
-    opt = optimizer_cls(params, **kwargs)
+    opt = optimizer_cls(params, allow_nd=True, **kwargs)  # the shapes include 3-D stacks and 4-D convs
     history = []
     for step_grads in grads:
         for p, g in zip(params, step_grads):
@@ -256,7 +256,7 @@ def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
     grads = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
     for p, g in zip(params, grads):
         p.grad = g.clone()
-    opt = Muon(params)
+    opt = Muon(params, allow_nd=True)
     monkeypatch.setattr(muon_module, "orthogonalize", counting)
     opt.step()
     assert sorted(calls) == sorted([(6, 16, 24), (2, 24, 16), (1, 8, 27)])
@@ -267,11 +267,11 @@ def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
     stacked = [nn.Parameter(w.clone()) for w in start]
     for p, g in zip(stacked, grads):
         p.grad = g.clone()
-    Muon(stacked).step()
+    Muon(stacked, allow_nd=True).step()
     for w, g, p in zip(start, grads, stacked):
         alone = nn.Parameter(w.clone())
         alone.grad = g.clone()
-        Muon([alone]).step()
+        Muon([alone], allow_nd=True).step()
         assert torch.equal(alone, p)
 
 
@@ -280,7 +280,7 @@ def test_3d_stack_is_each_matrix_on_its_own(rng):
     g = torch.tensor(rng.standard_normal((3, 12, 20)), dtype=torch.float64)
     stack = nn.Parameter(w.clone())
     stack.grad = g.clone()
-    Muon([stack], ns_dtype=torch.float64).step()
+    Muon([stack], ns_dtype=torch.float64, allow_nd=True).step()
     for e in range(3):
         q = nn.Parameter(w[e].clone())
         q.grad = g[e].clone()
@@ -351,7 +351,7 @@ def test_add_param_group_validates_and_keeps_per_group_options(rng):
     with pytest.raises(ValueError, match="momentum"):
         opt.add_param_group({"params": [b], "momentum": 2.0})
     assert len(opt.param_groups) == 1
-    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[0\] has shape \(8,\)"):
+    with pytest.raises(ValueError, match=r"size: torch.Size\(\[8\]\) \(param_groups\[1\]\['params'\]\[0\]\)"):
         opt.add_param_group({"params": [nn.Parameter(torch.ones(8))]})
     assert len(opt.param_groups) == 1
     opt.add_param_group({"params": [b], "lr": 0.01, "method": "newton_schulz"})
@@ -386,7 +386,7 @@ def test_non_finite_gradient_skips_the_parameter(rng, cls, kwargs, bad):
 
     def run(sequence):
         params = [nn.Parameter(w.clone()) for w in start]
-        opt = cls(params, **kwargs)
+        opt = cls(params, allow_nd=True, **kwargs)
         snaps = []
         for step_grads in sequence:
             for p, g in zip(params, step_grads):
@@ -947,3 +947,30 @@ def test_group_ns_coefficients_mean_newton_schulz_as_in_the_constructor():
 def test_a_bad_tensor_lr_is_named_before_params_are_read():
     with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
         Muon(None, lr=torch.tensor([0.1, 0.2]))
+
+
+def test_torch_optim_muons_error_cases():
+    """PyTorch's own error inputs for Muon (common_optimizers.optim_error_inputs_func_muon): a
+    3-D weight raises ValueError at construction with torch's wording, an unknown adjust_lr_fn
+    is named, and a complex weight raises RuntimeError at step, before anything changes. With
+    allow_nd (or through muon_param_groups) the 3-D weight is accepted."""
+    non_2d = nn.Parameter(torch.rand(2, 3, 4))
+    with pytest.raises(ValueError, match=r"Muon only supports 2D parameters.*allow_nd"):
+        Muon([non_2d])
+    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
+        NorMuon([non_2d])
+    with pytest.raises(ValueError, match="Adjust learning rate function arbitrary is not supported"):
+        Muon([nn.Parameter(torch.rand(2, 3))], adjust_lr_fn="arbitrary")
+    non_2d.grad = torch.rand_like(non_2d)
+    Muon([non_2d], allow_nd=True).step()
+    groups = muon_param_groups(nn.Conv2d(3, 4, 3, bias=False))
+    assert groups[0]["allow_nd"] is True
+    MuonWithAdamW(groups)  # the routed conv weight is accepted
+
+    complex_param = nn.Parameter(torch.rand(2, 3, dtype=torch.complex64))
+    complex_param.grad = torch.rand_like(complex_param)
+    before = complex_param.detach().clone()
+    opt = Muon([complex_param])
+    with pytest.raises(RuntimeError, match=r"Muon does not support complex parameters.*\[0\]"):
+        opt.step()
+    assert torch.equal(complex_param.detach(), before) and not opt.state

@@ -163,6 +163,14 @@ def _check_learning_rate(learning_rate) -> None:
     check_hyperparameters(lr=lr)
 
 
+def _view(shape: Sequence[int], path: str) -> Tuple[int, int, int]:
+    """The matrix view of a Muon parameter; 0-D/1-D ones (which take the momentum step) as one
+    row."""
+    if len(shape) < 2:
+        return (1, 1, int(shape[0]) if shape else 1)
+    return matrix_view(shape, path)
+
+
 def _work_dtype(dtype: mx.Dtype) -> mx.Dtype:
     """Weight arithmetic runs in fp32 (fp64 for fp64 weights), then casts back: bf16 weights
     would otherwise lose updates smaller than their 8-bit mantissa resolves."""
@@ -211,7 +219,11 @@ class Muon(_TreeOptimizer):
         O &= \mathrm{orthogonalize}(U) \\
         W &\leftarrow W (1 - \eta \lambda) - \eta\, s\, O
 
-    with ``s = shape_scale(rows, cols, adjust_lr)`` of the orthogonalized matrix. With
+    with ``s = shape_scale(rows, cols, adjust_lr)`` of the orthogonalized matrix. 0-D/1-D
+    parameters (biases, norms), as in ``mlx.optimizers.Muon``, take the momentum step without
+    orthogonalization: ``W <- W (1 - eta lambda) - eta U``. (Routing them to AdamW, see
+    ``MuonWithAdamW``, usually trains better; ``fastmuon.torch.Muon`` refuses them, as
+    ``torch.optim.Muon`` does.) With
     ``cautious_weight_decay`` the decay only touches entries where update and weight agree in
     sign: ``W <- W - eta lambda [O W >= 0] W - eta s O``.
 
@@ -220,8 +232,7 @@ class Muon(_TreeOptimizer):
     orthogonalization, so its effect is scaled and rotated); the default is 0 (mlx: 0.01); the
     polynomial is Polar Express by default and its compute dtype fp32 on the CPU (mlx: Jordan's
     Newton-Schulz in the gradient dtype); 3-D weights are a batch of matrices (mlx flattens them
-    to ``(E, a*b)``); 0-D/1-D parameters raise (route them to AdamW, see ``MuonWithAdamW``);
-    same-shape matrices are orthogonalized in one batched call; everything after
+    to ``(E, a*b)``); same-shape matrices are orthogonalized in one batched call; everything after
     ``learning_rate`` is keyword-only, since mlx orders (weight_decay, nesterov) the other way.
 
     State per parameter: ``momentum`` (the weight's shape and dtype) and ``skipped_steps``.
@@ -320,7 +331,7 @@ class Muon(_TreeOptimizer):
 
     def _check_leaves(self, leaves) -> None:
         for path, _, _, param in leaves:
-            matrix_view(param.shape, path)
+            _view(param.shape, path)
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
         """One parameter on its own (the optimizer itself batches; this is the same rule)."""
@@ -334,8 +345,9 @@ class Muon(_TreeOptimizer):
     def _apply_all(self, items) -> List[mx.array]:
         prepared = []
         groups: dict = {}
+        orthogonal: dict = {}
         for index, (path, grad, param, state) in enumerate(items):
-            view = matrix_view(param.shape, path)
+            view = _view(param.shape, path)
             self._check_state(path, param, state)
             G = grad.reshape(view)
             ok = mx.all(mx.isfinite(G))  # one flag per parameter, kept on the device
@@ -343,9 +355,11 @@ class Muon(_TreeOptimizer):
             M_old = state["momentum"].reshape(view)
             M, U = muon_momentum(M_old, G, self.momentum, self.nesterov)
             prepared.append((view, ok, M_old, M))
+            if param.ndim < 2:  # no matrix: the momentum is the update, as in mlx.optimizers.Muon
+                orthogonal[index] = U
+                continue
             groups.setdefault((view[1], view[2], U.dtype), []).append((index, U))
 
-        orthogonal: dict = {}
         for k, members in enumerate(groups.values()):  # one batched call per matrix shape
             if len(members) == 1:
                 index, U = members[0]
@@ -361,10 +375,12 @@ class Muon(_TreeOptimizer):
         for index, (path, grad, param, state) in enumerate(items):
             view, ok, M_old, M = prepared[index]
             work = _work_dtype(param.dtype)
-            O = self._transform(orthogonal[index].astype(work), ok, state)
+            O = orthogonal[index].astype(work)
+            if param.ndim >= 2:
+                O = self._transform(O, ok, state)
             W = param.reshape(view).astype(work)
             W_new = decoupled_update(W, O, lr=self._lr(work), weight_decay=self.weight_decay,
-                                     scale=shape_scale(view[1], view[2], self.adjust_lr),
+                                     scale=shape_scale(view[1], view[2], self.adjust_lr) if param.ndim >= 2 else 1.0,
                                      cautious=self.cautious_weight_decay)
             W_new = mx.where(ok, W_new, W).astype(param.dtype).reshape(param.shape)
             state["momentum"] = mx.where(ok, M, M_old).reshape(param.shape)
@@ -414,10 +430,14 @@ class NorMuon(Muon):
 
     def init_single(self, parameter: mx.array, state: dict):
         super().init_single(parameter, state)
+        if parameter.ndim < 2:
+            return
         shape = normuon_state_shape(*matrix_view(parameter.shape))
         state["second_moment"] = mx.zeros(shape, dtype=_work_dtype(parameter.dtype))
 
     def _expected_state(self, param: mx.array) -> dict:
+        if param.ndim < 2:  # no matrix, no per-neuron moment
+            return super()._expected_state(param)
         return {**super()._expected_state(param), "second_moment": normuon_state_shape(*matrix_view(param.shape))}
 
     def _transform(self, O: mx.array, ok: mx.array, state: dict) -> mx.array:
@@ -513,6 +533,8 @@ class MuonWithAdamW(_CheckedMultiOptimizer):
     to AdamW whatever their names (recognised when ``update(model, grads)`` or
     ``apply_gradients(grads, model)`` is given the module). State is
     ``{"states": [muon_state, adamw_state]}``; learning rates may be schedules.
+    ``learning_rate`` is mlx's name for ``lr_muon`` (default 0.02): MultiOptimizer's
+    ``learning_rate`` property reads the Muon part's (and its setter sets both parts').
 
     Muon keyword arguments (``momentum``, ``nesterov``, ``weight_decay``, ``method``,
     ``ns_steps``, ``adjust_lr``, ``cautious_weight_decay``, ``backend``, ``ns_dtype``) are those
@@ -525,9 +547,10 @@ class MuonWithAdamW(_CheckedMultiOptimizer):
 
     def __init__(
         self,
-        lr_muon: LearningRate = MUON_DEFAULTS["lr"],
+        lr_muon: Optional[LearningRate] = None,
         lr_adamw: LearningRate = ADAMW_DEFAULTS["lr"],
         *,
+        learning_rate: Optional[LearningRate] = None,
         beta2: Optional[float] = None,
         adamw_betas: Tuple[float, float] = ADAMW_DEFAULTS["betas"],
         adamw_eps: float = ADAMW_DEFAULTS["eps"],
@@ -536,6 +559,9 @@ class MuonWithAdamW(_CheckedMultiOptimizer):
         filter: Optional[Callable[[str, mx.array], bool]] = None,
         **muon_kwargs,
     ):
+        if lr_muon is not None and learning_rate is not None:
+            raise ValueError("give lr_muon or learning_rate (its mlx name), not both")
+        lr_muon = next((lr for lr in (lr_muon, learning_rate) if lr is not None), MUON_DEFAULTS["lr"])
         muon = Muon(lr_muon, **muon_kwargs) if beta2 is None else NorMuon(lr_muon, beta2=beta2, **muon_kwargs)
         adamw = _make_adamw(lr_adamw, adamw_betas, adamw_eps, adamw_weight_decay)
         exclude = tuple(exclude)

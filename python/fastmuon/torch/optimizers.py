@@ -66,9 +66,10 @@ __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "SignSGD"]
 
 # Muon group options besides MUON_DEFAULTS: NorMuon's beta2 (None: plain Muon), nGPT's sphere,
 # torch.optim.Muon's ns_coefficients (one (a, b, c) for every Newton-Schulz step) and eps (the
-# normalization's; None: the method's), and transposed (weights stored (in, out), as HF's Conv1D:
-# the lr shape scale reads them the other way round).
-_GROUP_EXTRAS = dict(beta2=None, sphere=None, ns_coefficients=None, eps=None, transposed=False)
+# normalization's; None: the method's), transposed (weights stored (in, out), as HF's Conv1D:
+# the lr shape scale reads them the other way round) and allow_nd (accept 3-D stacks and 4-D conv
+# weights; off by default, as torch.optim.Muon accepts only 2-D weights).
+_GROUP_EXTRAS = dict(beta2=None, sphere=None, ns_coefficients=None, eps=None, transposed=False, allow_nd=False)
 
 
 def _check_lr(lr, what: str = "lr") -> None:
@@ -101,9 +102,14 @@ def _check_muon_group(group: dict, group_index: int) -> None:
     if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
         raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
     for i, p in enumerate(group["params"]):
-        matrix_view(p.shape, _param_name(group, i, group_index))
-        if p.is_complex():
-            raise ValueError(f"{_param_name(group, i, group_index)} is complex; Muon needs real weights")
+        name = _param_name(group, i, group_index)
+        if p.ndim != 2 and not group["allow_nd"]:  # torch.optim.Muon's error, type and wording
+            raise ValueError(
+                f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()} ({name}); "
+                "pass allow_nd=True to orthogonalize 3-D weights as stacks of matrices and 4-D conv weights as "
+                "(out, in*kh*kw), or route 0-D/1-D parameters to AdamW (muon_param_groups, MuonWithAdamW)"
+            )
+        matrix_view(p.shape, name)
 
 
 def _adamw_betas(group: dict) -> Tuple[float, float]:
@@ -286,8 +292,11 @@ class _MuonFamily(_CheckedOptimizer):
         first step and the later ones compile to the same graph. One call for all groups: the
         traced step then reads a state that is complete.)"""
         data_parallel = self._world() is not None  # every Muon parameter joins
-        for group in self.param_groups:
-            for p in group["params"]:
+        for index, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                if group["use_muon"] and p.is_complex():  # at step, as torch.optim.Muon raises it
+                    raise RuntimeError(f"Muon does not support complex parameters: "
+                                       f"{_param_name(group, i, index)} is {p.dtype}")
                 if (p.grad is None and not (group["use_muon"] and data_parallel)) or self.state.get(p):
                     continue
                 self._init_state(p, group)
@@ -555,7 +564,8 @@ class _MuonFamily(_CheckedOptimizer):
 
 
 class Muon(_MuonFamily):
-    """Muon: orthogonalized momentum for 2-D (and 3-D stacked, 4-D conv) weights.
+    """Muon: orthogonalized momentum for 2-D (and, with ``allow_nd``, 3-D stacked and 4-D conv)
+    weights.
 
     Per weight W with gradient G:
         M <- beta M + (1 - beta) G;  U = (1 - beta) G + beta M (nesterov) or M
@@ -575,8 +585,10 @@ class Muon(_MuonFamily):
 
     Args:
         params: parameters or param groups (names allowed, as for any torch optimizer). Every
-            parameter must be 2-D, 3-D or 4-D; 0-D/1-D ones raise ValueError naming them (route
-            them to AdamW: ``muon_param_groups`` and ``MuonWithAdamW``).
+            parameter must be 2-D (as for torch.optim.Muon), or 3-D / 4-D with ``allow_nd``;
+            others raise ValueError naming them (route 0-D/1-D ones to AdamW:
+            ``muon_param_groups`` and ``MuonWithAdamW``). Complex parameters raise RuntimeError
+            at ``step``, as in torch.optim.Muon.
         lr: a float, or a 0-D Tensor (a scheduler then changes it in place, and a compiled step
             is not recompiled); schedule it with torch.optim.lr_scheduler.
         weight_decay, momentum, nesterov: as above.
@@ -592,6 +604,10 @@ class Muon(_MuonFamily):
             matrices, fp32 otherwise).
         adjust_lr: "original" or "match_rms_adamw".
         cautious_weight_decay: apply the decay only where update and weight agree in sign.
+        allow_nd: accept 3-D weights (E, a, b), orthogonalized as E matrices (stacked MoE
+            experts), and 4-D conv weights (out, in, kh, kw), orthogonalized as
+            (out, in*kh*kw). Off by default, as torch.optim.Muon takes only 2-D weights;
+            ``muon_param_groups`` turns it on for the Muon groups it builds.
         sphere: None, "project" or "geodesic": keep every row of the matrix view on the unit
             sphere (nGPT). Rows are the last axis, i.e. one unit vector per output feature of an
             nn.Linear weight (out, in); store a weight transposed if its unit vectors run along
@@ -625,6 +641,7 @@ class Muon(_MuonFamily):
         cautious_weight_decay: bool = MUON_DEFAULTS["cautious_weight_decay"],
         backend: str = MUON_DEFAULTS["backend"],
         ns_dtype: Optional[torch.dtype] = MUON_DEFAULTS["ns_dtype"],
+        allow_nd: bool = False,
         sphere: Optional[str] = None,
         distributed: Optional[bool] = None,
         process_group=None,
@@ -641,7 +658,7 @@ class Muon(_MuonFamily):
                        backend=backend, ns_dtype=ns_dtype)
         defaults = dict(muon_options(options), beta2=self._beta2, sphere=sphere,
                         ns_coefficients=None if ns_coefficients is None else tuple(ns_coefficients), eps=eps,
-                        transposed=False, use_muon=True)
+                        transposed=False, allow_nd=bool(allow_nd), use_muon=True)
         super().__init__(params, defaults, distributed=distributed, process_group=process_group)
 
     def _fill_group_defaults(self, group: dict) -> None:

@@ -45,6 +45,9 @@ def muon_param_groups(
     so that the lr shape scale reads them as (out, in); orthogonalization itself does not depend
     on the orientation. Pass ``transposed_modules=()`` to treat every weight as (out, in).
 
+    Muon groups carry ``allow_nd=True``: conv and stacked (3-D) weights routed here are
+    orthogonalized per matrix (see :class:`fastmuon.torch.Muon`).
+
     ``muon_options`` / ``adamw_options`` are added to the Muon and AdamW groups (e.g.
     ``{"lr": 3e-4}``).
     """
@@ -80,8 +83,9 @@ def muon_param_groups(
         param_names.append(names[key][0])
 
     groups = []
-    kinds = ((muon, {"use_muon": True}, muon_options), (muon_transposed, {"use_muon": True, "transposed": True},
-             muon_options), (adamw, {"use_muon": False}, adamw_options))
+    kinds = ((muon, {"use_muon": True, "allow_nd": True}, muon_options),
+             (muon_transposed, {"use_muon": True, "allow_nd": True, "transposed": True}, muon_options),
+             (adamw, {"use_muon": False}, adamw_options))
     for (params, param_names), kind, options in kinds:
         if params:
             groups.append({"params": params, "param_names": param_names, **kind, **dict(options or {})})
