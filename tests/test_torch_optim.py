@@ -974,3 +974,43 @@ def test_torch_optim_muons_error_cases():
     with pytest.raises(RuntimeError, match=r"Muon does not support complex parameters.*\[0\]"):
         opt.step()
     assert torch.equal(complex_param.detach(), before) and not opt.state
+
+
+@pytest.mark.parametrize("options", [dict(), dict(nesterov=False, weight_decay=0.1),
+                                     dict(ns_dtype=torch.bfloat16, adjust_lr="match_rms_adamw", weight_decay=0.05)])
+def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options):
+    """On the CPU, a chunk whose gradients are all finite takes the list-wide (foreach) step;
+    weights and momenta are bitwise those of the per-parameter step, and a chunk holding a NaN
+    leaves it (the NaN parameter is skipped, the others step)."""
+    shapes = [(16, 24), (16, 24), (3, 16, 24), (24, 16), (0, 16)]
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(3)]
+    grads[2][1][0, 0] = float("nan")
+    taken = []
+    real = muon_module._MuonFamily._few_passes_chunk
+
+    def counting(self, chunk, *args):
+        result = real(self, chunk, *args)
+        taken.append(result)
+        return result
+
+    def run(few_passes: bool):
+        monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk, group: few_passes)
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = Muon(params, allow_nd=True, **options)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        return params, opt
+
+    monkeypatch.setattr(muon_module._MuonFamily, "_few_passes_chunk", counting)
+    fast, fast_opt = run(True)
+    assert taken.count(True) == 3 * 3 - 1 and taken.count(False) == 1  # 3 chunks a step; the NaN one fell back
+    slow, slow_opt = run(False)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+        assert torch.equal(fast_opt.state[a]["momentum_buffer"], slow_opt.state[b]["momentum_buffer"])
+        assert torch.equal(fast_opt.state[a]["skipped_steps"], slow_opt.state[b]["skipped_steps"])
+    assert fast_opt.state[fast[1]]["skipped_steps"].item() == 1
+    assert not torch.equal(fast[0].detach(), start[0])

@@ -190,6 +190,18 @@ def _apply_update(W: torch.Tensor, O: torch.Tensor, ok: torch.Tensor, group: dic
     W.copy_(torch.where(ok, W_new, W))
 
 
+def _few_passes_apply(chunk, group: dict) -> bool:
+    """Whether a chunk may take ``_few_passes_chunk``: plain Muon (no NorMuon moment, sphere or
+    cautious decay) with a float lr, dense gradients of the weights' dtype, on the CPU (where
+    reading one flag back costs nothing), outside torch.compile (which fuses the
+    per-parameter path itself)."""
+    if (group["beta2"] is not None or group["sphere"] is not None or group["cautious_weight_decay"]
+            or isinstance(group["lr"], torch.Tensor) or torch.compiler.is_compiling()):
+        return False
+    return all(p.device.type == "cpu" and p.grad is not None and not p.grad.is_sparse and p.grad.dtype == p.dtype
+               and not _is_dtensor(p) for p, _ in chunk)
+
+
 @dataclass
 class _Pending:
     """One Muon parameter between the momentum step and the update."""
@@ -448,6 +460,8 @@ class _MuonFamily(_CheckedOptimizer):
             stack_dtype = _narrower(dtype, compute_dtype)
             matrix_bytes = rows * cols * torch.finfo(stack_dtype).bits // 8
             for chunk in _chunks(members, max(1, STACK_BYTES // max(1, matrix_bytes))):
+                if _few_passes_apply(chunk, group) and self._few_passes_chunk(chunk, group, rows, cols, stack_dtype):
+                    continue
                 items = [self._momentum_phase(p, g, commit=True) for p, g in chunk]
                 U = torch.empty((sum(item.batch for item in items), rows, cols), dtype=stack_dtype, device=device)
                 start = 0
@@ -461,6 +475,39 @@ class _MuonFamily(_CheckedOptimizer):
                 for item in items:
                     self._update_phase(item, O[start:start + item.batch], item.finite)
                     start += item.batch
+
+    def _few_passes_chunk(self, chunk, group: dict, rows: int, cols: int, stack_dtype: torch.dtype) -> bool:
+        """The chunk's step in a few list-wide passes (``torch._foreach_*``) when every gradient
+        is finite, which one check on the host finds out; returns False, having changed
+        nothing, otherwise (the per-parameter path then skips the non-finite ones). Same
+        arithmetic, op for op, as the per-parameter path, so the weights are bitwise the same."""
+        params = [p for p, _ in chunk]
+        grads = [p.grad for p in params]
+        # A NaN or Inf makes its gradient's 2-norm non-finite (so does a finite gradient whose
+        # squares overflow: it only takes the per-parameter path). The 2-norm is the fast one.
+        if not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+            return False
+        momenta = [self.state[p]["momentum_buffer"] for p in params]
+        beta = group["momentum"]
+        torch._foreach_lerp_(momenta, grads, 1.0 - beta)
+        updates = torch._foreach_lerp(grads, momenta, beta) if group["nesterov"] else momenta
+        batches = [matrix_view(p.shape)[0] for p in params]
+        U = torch.cat([u.reshape(b, rows, cols) for u, b in zip(updates, batches)]).to(stack_dtype)
+        del updates
+        O = self._orthogonalize(U, group)
+        del U
+        lr, wd = group["lr"], group["weight_decay"]
+        scale = shape_scale(*((cols, rows) if group["transposed"] else (rows, cols)), group["adjust_lr"])
+        weights = [p.detach() for p in params]
+        O = O.to(params[0].dtype)
+        start, parts = 0, []
+        for W, batch in zip(weights, batches):
+            parts.append(O[start:start + batch].reshape(W.shape))
+            start += batch
+        if wd != 0.0:
+            torch._foreach_mul_(weights, 1.0 - lr * wd)
+        torch._foreach_add_(weights, parts, alpha=-lr * scale)
+        return True
 
     def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
         batch, rows, cols = matrix_view(p.shape)
