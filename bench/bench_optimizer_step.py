@@ -8,7 +8,8 @@ pick instead, in one run:
   mlx:   fastmuon.mlx.Muon (auto -> native on CPU), its reference backend,
          mlx.optimizers.Muon (Newton-Schulz in the gradient dtype, here fp32).
 
-Median of --repeats steps after one warm-up step. Appends to bench/results/optimizer_step.jsonl.
+Median of --repeats steps after one warm-up step; for fastmuon's torch steps also the share of
+the step spent outside orthogonalization. Appends to bench/results/optimizer_step.jsonl.
 
     python bench/bench_optimizer_step.py [--model gpt2-block|demo] [--repeats 3] [--skip-slow]
 """
@@ -39,6 +40,32 @@ def time_steps(step, repeats: int) -> float:
         step()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def outside_orthogonalize(step, repeats: int) -> float:
+    """Share of a fastmuon torch step spent outside its orthogonalize calls (median)."""
+    import fastmuon.torch.optimizers as optimizers
+
+    real = optimizers._MuonFamily._orthogonalize
+    inside = [0.0]
+
+    def timed(U, group):
+        start = time.perf_counter()
+        O = real(U, group)
+        inside[0] += time.perf_counter() - start
+        return O
+
+    optimizers._MuonFamily._orthogonalize = staticmethod(timed)
+    try:
+        shares = []
+        for _ in range(repeats):
+            inside[0] = 0.0
+            start = time.perf_counter()
+            step()
+            shares.append(1.0 - inside[0] / (time.perf_counter() - start))
+    finally:
+        optimizers._MuonFamily._orthogonalize = staticmethod(real)
+    return float(np.median(shares))
 
 
 def torch_cases(grads, skip_slow: bool):
@@ -97,9 +124,13 @@ def main() -> None:
         try:
             for name, step in cases(grads, args.skip_slow):
                 seconds = time_steps(step, args.repeats)
-                rows.append({"provider": name, "model": args.model, "shapes": [list(s) for s in shapes],
-                             "seconds": seconds})
-                print(f"{name:34s} {seconds:9.3f} s/step", flush=True)
+                row = {"provider": name, "model": args.model, "shapes": [list(s) for s in shapes], "seconds": seconds}
+                outside = ""
+                if name.startswith("torch fastmuon"):
+                    row["outside_orthogonalize"] = outside_orthogonalize(step, args.repeats)
+                    outside = f"  ({row['outside_orthogonalize']:.0%} of it outside orthogonalize)"
+                rows.append(row)
+                print(f"{name:34s} {seconds:9.4f} s/step{outside}", flush=True)
         except ImportError as exc:
             print(f"skipped: {exc}")
     base = {r["provider"].split()[0]: r["seconds"] for r in rows if "(auto)" in r["provider"]}
