@@ -99,18 +99,25 @@ def tile_config_for(batch: int, m: int, dtype: torch.dtype, sm_count: int) -> Ti
     """
     edges = [edge for edge in sorted(TILE_LADDER, reverse=True) if edge < 2 * m or edge == min(TILE_LADDER)]
     chosen = next((edge for edge in edges if batch * upper_tile_count(m, edge) >= sm_count), edges[-1])
-    config = TILE_LADDER[chosen]
-    if dtype == torch.float32:
-        config = replace(config, block_k=config.block_k // 2)
-    return config
+    return _for_dtype(TILE_LADDER[chosen], dtype)
+
+
+def _for_dtype(config: TileConfig, dtype: torch.dtype) -> TileConfig:
+    """A ladder configuration for inputs of ``dtype``: fp32 halves BLOCK_K (same bytes a stage)."""
+    return replace(config, block_k=config.block_k // 2) if dtype == torch.float32 else config
+
+
+def ladder_configs(dtype: torch.dtype) -> list:
+    """Every configuration ``tile_config_for`` can return for inputs of ``dtype``."""
+    return [_for_dtype(config, dtype) for config in TILE_LADDER.values()]
 
 
 # Autotuning candidates (opt-in, ``use_autotuning``): the ladder for both dtype groups and a few
 # other shapes. 128 x 128 fp32 accumulators over 8 warps use 64 registers a thread; configurations
 # that do not fit are skipped by the autotuner.
 GPU_CONFIGS = tuple(dict.fromkeys((
-    *TILE_LADDER.values(),
-    *(replace(c, block_k=c.block_k // 2) for c in TILE_LADDER.values()),
+    *ladder_configs(torch.bfloat16),
+    *ladder_configs(torch.float32),
     TileConfig(128, 64, num_warps=8, num_stages=3),
     TileConfig(128, 32, num_warps=4, num_stages=4),
     TileConfig(64, 64, num_warps=4, num_stages=4),
