@@ -20,6 +20,7 @@ not use Triton). With one, the same tests run on the GPU. Under the interpreter:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -683,6 +684,75 @@ def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "no CUDA device: nothing to measure" in done.stdout
     assert not out.exists()
+
+
+def _gpu_bench_module():
+    path = os.path.join(HERE, os.pardir, "bench", "bench_triton_gpu.py")
+    spec = importlib.util.spec_from_file_location("bench_triton_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_arguments_and_budget():
+    gpu_bench = _gpu_bench_module()
+    args = gpu_bench.parse_args(["--ops", "xxt,optimizer_step", "--budget", "30", "--compile"])
+    assert args.ops == ["xxt", "optimizer_step"] and args.budget == 30.0 and args.compile and not args.autotune
+    assert gpu_bench.parse_args([]).ops == list(gpu_bench.OPS)
+    with pytest.raises(SystemExit):
+        gpu_bench.parse_args(["--ops", "xxt,gemm"])
+    assert gpu_bench.Budget(None).left() and not gpu_bench.Budget(0.0).left()
+
+
+def test_gpu_benchmark_measures_every_step_provider(monkeypatch, capsys):
+    """The benchmark's optimizer_step and orthogonalize measurements, run on small shapes on this
+    device (CPU: the interpreter, a stand-in timer; the CUDA-graph variants need a GPU): every
+    provider gives a row with the fields the results need, Keller Jordan's Muon included or
+    recorded as not available, and the rows feed ``auto_table.entries_from_rows``."""
+    from fastmuon.torch import auto_table
+
+    gpu_bench = _gpu_bench_module()
+    monkeypatch.setattr(gpu_bench, "DEVICE", DEVICE)
+    monkeypatch.setattr(gpu_bench, "GPT2_SMALL_BLOCK", ((48, 16), (16, 16), (64, 16), (16, 64)))
+    monkeypatch.setattr(gpu_bench, "GPT2_SMALL_BLOCKS", 2)
+    rows, failed = [], []
+
+    def record(op, shape, provider, ms, dense=None, done=None, **extra):
+        rows.append(gpu_bench.make_row({"gpu": "test", "date": "today"}, op, shape, "float32", provider, ms, **extra))
+
+    def timed(fn):
+        fn()
+        return 1.0 if not rows else 2.0
+
+    def guarded(what, fn):
+        try:
+            fn()
+        except Exception:
+            failed.append(what)
+
+    gpu_bench.optimizer_step_rows(torch, timed, guarded, record, torch.float32, compile_step=False)
+    by_provider = {r["provider"]: r for r in rows}
+    expected = {"fastmuon_auto", "fastmuon_triton", "torch.optim.Muon", "keller_muon"}
+    if ON_GPU:
+        expected |= {"fastmuon_auto_cuda_graph", "fastmuon_triton_cuda_graph"}
+        assert by_provider["fastmuon_triton_cuda_graph"]["graph_vs_eager_max_abs"] < 1e-3
+    else:
+        assert len(failed) == 2 and all("CUDA graph" in what for what in failed)
+    assert set(by_provider) == expected
+    keller = by_provider["keller_muon"]
+    assert keller["ms"] is not None or keller["status"] == "not available"
+    for row in rows:
+        assert set(gpu_bench.ROW_FIELDS) <= set(row) and row["op"] == "optimizer_step"
+        assert (row["batch"], row["m"], row["n"]) == (8, 16, 64) and row["params"] == 2 * (3 + 1 + 4 + 4) * 256
+    gpu_bench.print_step_speedups(rows)
+    assert "torch.optim.Muon" in capsys.readouterr().out
+
+    rows.clear()
+    gpu_bench.kernel_rows(torch, timed, record, "orthogonalize", (2, 24, 40), torch.float32, autotuned=False)
+    assert [r["provider"] for r in rows] == ["reference", "triton", "auto"]
+    entries = auto_table.entries_from_rows(rows)  # triton 2 ms vs reference 1 ms: no entry
+    assert entries == {} and auto_table.entries_from_rows([{**r, "ms": 0.5} if r["provider"] == "triton" else r
+                                                            for r in rows])
 
 
 # ------------------------------------------------------------------ GPU only --
