@@ -730,7 +730,7 @@ def test_gpu_benchmark_measures_every_step_provider(monkeypatch, capsys):
         except Exception:
             failed.append(what)
 
-    gpu_bench.optimizer_step_rows(torch, timed, guarded, record, torch.float32, compile_step=False)
+    gpu_bench.optimizer_step_rows(torch, timed, guarded, record)
     by_provider = {r["provider"]: r for r in rows}
     expected = {"fastmuon_auto", "fastmuon_triton", "torch.optim.Muon", "keller_muon"}
     if ON_GPU:
