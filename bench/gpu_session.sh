@@ -22,7 +22,7 @@
 #
 # Files in $OUT (default bench/out/gpu_session), at most 8: session.log (everything), env.txt,
 # install.log, pytest.log, bench.log, triton_gpu.jsonl (the rows, for bench/results/), and
-# auto_table.txt (the fastmuon.torch.auto_table entries the rows support).
+# auto_table.txt (the fastmuon.auto_table entries the rows support).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -34,6 +34,7 @@ SITE=${SITE:-${TMPDIR:-/tmp}/fastmuon-gpu-site}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
+tee_pid=$!
 SECONDS=0
 
 left() { echo $((SESSION_SECONDS - SECONDS)); }
@@ -112,3 +113,6 @@ fi
 
 phase finished
 ls -l "$OUT"
+exec 1>&- 2>&-
+wait "$tee_pid" 2>/dev/null  # session.log complete before the machine collects $OUT
+exit 0

@@ -1,4 +1,4 @@
-"""Where "auto" takes the Triton kernels on CUDA: the recorded table (``fastmuon.torch.auto_table``)
+"""Where "auto" takes the Triton kernels on CUDA: the recorded table (``fastmuon.auto_table``)
 and its lookup in ``select_backend``, on fake CUDA tensors (no GPU needed, triton not imported)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fastmuon.torch import auto_table  # noqa: E402
+from fastmuon import auto_table  # noqa: E402
 
 ortho = importlib.import_module("fastmuon.torch.orthogonalize")  # the module, not the function
 GPU = "NVIDIA H200"

@@ -709,7 +709,7 @@ def test_gpu_benchmark_measures_every_step_provider(monkeypatch, capsys):
     device (CPU: the interpreter, a stand-in timer; the CUDA-graph variants need a GPU): every
     provider gives a row with the fields the results need, Keller Jordan's Muon included or
     recorded as not available, and the rows feed ``auto_table.entries_from_rows``."""
-    from fastmuon.torch import auto_table
+    from fastmuon import auto_table
 
     gpu_bench = _gpu_bench_module()
     monkeypatch.setattr(gpu_bench, "DEVICE", DEVICE)
@@ -732,12 +732,13 @@ def test_gpu_benchmark_measures_every_step_provider(monkeypatch, capsys):
 
     gpu_bench.optimizer_step_rows(torch, timed, guarded, record)
     by_provider = {r["provider"]: r for r in rows}
-    expected = {"fastmuon_auto", "fastmuon_triton", "torch.optim.Muon", "keller_muon"}
+    expected = {"fastmuon_auto", "fastmuon_triton", "torch.optim.Muon", "keller_muon", "fastmuon_triton_whole_stacks"}
     if ON_GPU:
-        expected |= {"fastmuon_auto_cuda_graph", "fastmuon_triton_cuda_graph"}
+        graphed = ("fastmuon_auto", "fastmuon_triton", "fastmuon_triton_whole_stacks")
+        expected |= {f"{name}_cuda_graph" for name in graphed}
         assert by_provider["fastmuon_triton_cuda_graph"]["graph_vs_eager_max_abs"] < 1e-3
     else:
-        assert len(failed) == 2 and all("CUDA graph" in what for what in failed)
+        assert len(failed) == 3 and all("CUDA graph" in what for what in failed)
     assert set(by_provider) == expected
     keller = by_provider["keller_muon"]
     assert keller["ms"] is not None or keller["status"] == "not available"

@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .. import cpu, native as _native_loader
+from .. import auto_table, cpu, native as _native_loader
 from ..plan import DEFAULT_STEPS, check_backend, check_matrix_shape, make_plan
-from . import auto_table, native, reference
+from . import native, reference
 
 BACKENDS = ("auto", "reference", "native", "triton")
 

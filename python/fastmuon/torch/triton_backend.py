@@ -12,6 +12,9 @@ interpreter; both with a fake implementation that only allocates the output):
   tall matrix) goes to the X^T X kernel on its transpose, so no transposed copy is made.
 * ``triton_ba_plus_caa(A, alpha, beta) -> alpha A A + beta A`` for symmetric A (B, M, M).
 
+Plain eager calls skip the dispatcher and run the operators' implementations directly
+(``triton_xxt``, ``triton_ba_plus_caa``); tracers still see the operators.
+
 The driver iterates with ``fastmuon.iteration.iterate`` over ``TritonOps``: the two symmetric
 steps are the kernels above and a X + B X is one batched GEMM with beta (``torch.baddbmm``, a
 single cuBLAS call on GPUs). A tall input (m > n) is iterated on its wide orientation X^T
@@ -117,8 +120,8 @@ def _through_operators(t: torch.Tensor) -> bool:
     traces, under a dispatch mode (make_fx, export, fake or functional tensors, a recording
     mode) and for tensor subclasses, all of which must see the operator. Plain eager calls (CUDA
     graph capture included) call the implementation directly: the dispatcher round trip of a
-    Python operator is host time on every launch, which at GPT-2 sizes is longer than the
-    kernel."""
+    Python operator is host time on every launch, and host time, not the kernel, dominated the
+    Triton times measured at GPT-2 sizes (how much this saves is unmeasured)."""
     return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or type(t) is not torch.Tensor
 
 

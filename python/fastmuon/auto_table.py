@@ -10,7 +10,8 @@ committed beside them.
 
 A bucket is (batch, m, n) of the wide orientation (m <= n), each rounded up to a power of two, so
 shapes within a factor of two share an entry; an entry stands only if every measured shape in its
-bucket was faster with Triton. Needs neither torch nor triton.
+bucket was faster with Triton. Plain data and pure functions (neither torch nor triton):
+``fastmuon.torch``'s ``select_backend`` reads it.
 """
 
 from __future__ import annotations
