@@ -20,6 +20,7 @@ not use Triton). With one, the same tests run on the GPU. Under the interpreter:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -34,6 +35,7 @@ if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'fastmuon[torch]')")
 import triton.language as tl  # noqa: E402
+import torch.utils._python_dispatch  # noqa: E402
 
 from fastmuon import tiles as host_tiles  # noqa: E402
 from fastmuon import coefficients as coef  # noqa: E402
@@ -260,6 +262,147 @@ def test_ba_plus_caa_kernel_16bit(dtype, u_out, eta_out, config, rng):
     assert not torch.isnan(out).any()
     _assert_ba_plus_caa(out, a, 0.5, -1.5, u_out, eta_out)
     assert_exactly_symmetric(_np(out))
+
+
+# ------------------------------------------- per-shape configurations and launches --
+
+
+def _programs(batch, m, config):
+    return batch * host_tiles.upper_tile_count(m, config.block_m)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_tile_config_fills_a_wave_with_the_largest_tile(dtype):
+    """``tile_config_for`` against brute force: the largest ladder edge below 2 m whose grid fills
+    one wave of 132 programs, else the smallest edge; fp32 halves BLOCK_K."""
+    ladder = triton_common.ladder_configs(dtype)
+    for batch in (1, 2, 3, 12, 200):
+        for m in (1, 16, 40, 64, 65, 200, 768, 1024, 2048, 4096):
+            chosen = triton_common.tile_config_for(batch, m, dtype, 132)
+            allowed = [c for c in ladder if c.block_m < 2 * m] or [min(ladder, key=lambda c: c.block_m)]
+            filling = [c for c in allowed if _programs(batch, m, c) >= 132]
+            expected = max(filling, key=lambda c: c.block_m) if filling else min(ladder, key=lambda c: c.block_m)
+            assert chosen == expected, (batch, m)
+    # the cases the configurations were chosen for: a GPT-2-small stack fills the GPU with 128-row
+    # tiles, one 768 x 768 Gram matrix needs 32-row ones (21 tiles of 128, 78 of 64, 300 of 32)
+    assert triton_common.tile_config_for(12, 768, dtype, 132).block_m == 128
+    assert triton_common.tile_config_for(1, 768, dtype, 132).block_m == 32
+    assert triton_common.tile_config_for(1, 1024, dtype, 132).block_m == 64
+    bf16_k = {c.block_m: c.block_k for c in triton_common.ladder_configs(torch.bfloat16)}
+    assert all(c.block_k == bf16_k[c.block_m] // (2 if dtype == torch.float32 else 1) for c in ladder)
+
+
+LADDER_CASES = [(dtype, c) for dtype in (torch.bfloat16, torch.float32) for c in triton_common.ladder_configs(dtype)]
+
+
+@pytest.mark.parametrize("dtype,config", LADDER_CASES, ids=lambda v: str(v).removeprefix("torch."))
+def test_every_per_shape_configuration_is_exact(dtype, config, rng):
+    """Each configuration a GPU launch can take, on ragged shapes, for all three kernels, against
+    the float64 references with the derived bounds (the interpreter runs the same tiles)."""
+    u_out, eta = {torch.float32: (0.0, 0.0), torch.bfloat16: (2.0**-8, 2.0**-134)}[dtype]
+    x = torch.from_numpy(rng.standard_normal((2, 70, 45))).to(dtype).to(DEVICE)
+    out = torch.full((2, 70, 70), float("nan"), dtype=dtype, device=DEVICE)
+    launch_xxt(x, out, config=config)
+    _assert_gram(out, x, 45, u_out, eta)
+    assert_exactly_symmetric(_np(out))
+    out = torch.full((2, 45, 45), float("nan"), dtype=dtype, device=DEVICE)
+    launch_xtx(x, out, config=config)
+    _assert_gram(out, x, 70, u_out, eta, transpose=True)
+    a = _symmetric(rng, (1, 70, 70), dtype)
+    out = torch.full(a.shape, float("nan"), dtype=dtype, device=DEVICE)
+    launch_ba_plus_caa(a, out, 0.5, -1.5, config=config)
+    _assert_ba_plus_caa(out, a, 0.5, -1.5, u_out, eta)
+    assert_exactly_symmetric(_np(out))
+
+
+def test_launch_plans_are_decided_once_per_shape(monkeypatch, rng):
+    """Default launches look their plan up by (kernel, batch, m, dtype, device, precision): one plan
+    per shape, reused. With INTERPRETED off (fp32 needs no interpreter workaround) the plan is the
+    GPU's per-shape configuration, and the launch it makes is exact."""
+    monkeypatch.setattr(triton_common, "_plans", {})
+    x = torch.from_numpy(rng.standard_normal((3, 40, 56))).float().to(DEVICE)
+    first, again = triton_backend.xxt(x), triton_backend.xxt(x)
+    assert torch.equal(first, again) and len(triton_common._plans) == 1
+    triton_backend.xxt(x[:1])
+    triton_backend.ba_plus_caa(first, 0.5, -1.5)
+    assert len(triton_common._plans) == 3
+    if not ON_GPU:
+        assert all(p.meta["BLOCK_M"] == INTERPRETER_CONFIG.block_m for p in triton_common._plans.values())
+        monkeypatch.setattr(triton_common, "INTERPRETED", False)
+    triton_common._plans.clear()
+    out = torch.full((3, 40, 40), float("nan"), device=DEVICE)
+    launch_xxt(x, out)
+    (plan,) = triton_common._plans.values()
+    config = triton_common.tile_config_for(3, 40, torch.float32, triton_common.sm_count(x.device))
+    assert plan.grid == grid_for(3, 40, config) and plan.meta == {**plan.meta, **config.meta()}
+    _assert_gram(out, x, 56)
+
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the name of every operator dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_plain_eager_calls_skip_the_dispatcher_and_tracers_see_the_operators(monkeypatch):
+    """Eager launches call the implementation directly (same bits as the operator); under a
+    dispatch mode (as make_fx, export and fake tensors use) the operators are dispatched."""
+    x = torch.randn(2, 24, 40, device=DEVICE)
+    direct_calls = []
+    implementation = triton_backend._xxt_impl
+    monkeypatch.setattr(triton_backend, "_xxt_impl", lambda X: direct_calls.append(1) or implementation(X))
+    assert not triton_backend._through_operators(x)
+    assert torch.equal(triton_backend.triton_xxt(x), torch.ops.fastmuon.triton_xxt(x))
+    assert len(direct_calls) == 1  # the operator call above ran the registered function, not this one
+    with _RecordOps() as recorded:
+        O = orthogonalize(x, backend="triton", dtype=torch.float32)
+    assert {"fastmuon::triton_xxt", "fastmuon::triton_ba_plus_caa"} <= set(recorded.names)
+    assert len(direct_calls) == 1
+    assert torch.equal(O, orthogonalize(x, backend="triton", dtype=torch.float32))
+
+
+# Operators that read a tensor's value back to the host (and so sync the device, and cannot be
+# captured in a CUDA graph): .item(), float(t), bool(t), data-dependent shapes, comparisons.
+HOST_READS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::equal", "aten::item",
+              "aten::masked_select", "aten::unique", "aten::_unique2", "aten::allclose"}
+
+
+def _optimizers(backend):
+    from fastmuon.torch import Muon, MuonWithAdamW, NorMuon, muon_param_groups
+
+    def params():
+        return [torch.nn.Parameter(torch.randn(s, device=DEVICE)) for s in ((48, 32), (32, 48), (48, 32))]
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 16), torch.nn.Linear(16, 32), torch.nn.Linear(32, 16))
+    options = dict(backend=backend, ns_dtype=torch.float32)
+    yield "Muon", params(), lambda ps: Muon(ps, lr=0.02, **options)
+    yield "NorMuon", params(), lambda ps: NorMuon(ps, lr=0.02, cautious_weight_decay=True, weight_decay=0.1,
+                                                  **options)
+    yield "Muon, Tensor lr", params(), lambda ps: Muon(ps, lr=torch.tensor(0.02), weight_decay=0.1, **options)
+    yield "MuonWithAdamW", list(model.to(DEVICE).parameters()), lambda ps: MuonWithAdamW(
+        muon_param_groups(model), lr=0.02, weight_decay=0.01, **options)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_optimizer_steps_read_nothing_back_from_the_device(backend):
+    """CUDA-graph safety of a step: after the first step (state creation, kernel compilation), no
+    operator of a Muon, NorMuon or MuonWithAdamW step reads a value back to the host, so none syncs
+    the device and a data-dependent Python branch would show here (bool(t) is such a read)."""
+    for name, params, make in _optimizers(backend):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt = make(params)
+        opt.step()
+        with _RecordOps() as recorded:
+            opt.step()
+        assert recorded.names, name
+        assert not HOST_READS & set(recorded.names), (name, HOST_READS & set(recorded.names))
 
 
 # ------------------------------------------------------------------ public ops --
@@ -521,10 +664,15 @@ def test_kernels_compile_for_nvidia_gpus_with_pipelined_loops():
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert {r["kernel"] for r in results} == {"xxt_kernel", "xtx_kernel", "ba_plus_caa_kernel"}
+    compiled = {(r["dtype"], tuple(r["config"])) for r in results if r["arch"] == 90}
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for c in triton_common.ladder_configs(dtype):  # every per-shape configuration, compiled
+            assert (name, (c.block_m, c.block_k, c.num_warps, c.num_stages)) in compiled
     for r in results:
         assert r["async_copies"] > 0, r
-        if r["dtype"] != "fp32":
-            assert (r["wgmma"] if r["arch"] == 90 else r["mma"]) > 0, r
+        assert r["shared"] <= 227 * 1024, r  # a Hopper block's shared-memory limit
+        if r["dtype"] != "fp32":  # tensor cores: wgmma needs 64-row tiles, smaller ones use mma
+            assert (r["wgmma"] if r["arch"] == 90 and r["config"][0] >= 64 else r["mma"]) > 0, r
 
 
 def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path):
@@ -538,6 +686,76 @@ def test_gpu_benchmark_exits_cleanly_without_a_gpu(tmp_path):
     assert not out.exists()
 
 
+def _gpu_bench_module():
+    path = os.path.join(HERE, os.pardir, "bench", "bench_triton_gpu.py")
+    spec = importlib.util.spec_from_file_location("bench_triton_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_benchmark_arguments_and_budget():
+    gpu_bench = _gpu_bench_module()
+    args = gpu_bench.parse_args(["--ops", "xxt,optimizer_step", "--budget", "30", "--compile"])
+    assert args.ops == ["xxt", "optimizer_step"] and args.budget == 30.0 and args.compile and not args.autotune
+    assert gpu_bench.parse_args([]).ops == list(gpu_bench.OPS)
+    with pytest.raises(SystemExit):
+        gpu_bench.parse_args(["--ops", "xxt,gemm"])
+    assert gpu_bench.Budget(None).left() and not gpu_bench.Budget(0.0).left()
+
+
+def test_gpu_benchmark_measures_every_step_provider(monkeypatch, capsys):
+    """The benchmark's optimizer_step and orthogonalize measurements, run on small shapes on this
+    device (CPU: the interpreter, a stand-in timer; the CUDA-graph variants need a GPU): every
+    provider gives a row with the fields the results need, Keller Jordan's Muon included or
+    recorded as not available, and the rows feed ``auto_table.entries_from_rows``."""
+    from fastmuon import auto_table
+
+    gpu_bench = _gpu_bench_module()
+    monkeypatch.setattr(gpu_bench, "DEVICE", DEVICE)
+    monkeypatch.setattr(gpu_bench, "GPT2_SMALL_BLOCK", ((48, 16), (16, 16), (64, 16), (16, 64)))
+    monkeypatch.setattr(gpu_bench, "GPT2_SMALL_BLOCKS", 2)
+    rows, failed = [], []
+
+    def record(op, shape, provider, ms, dense=None, done=None, **extra):
+        rows.append(gpu_bench.make_row({"gpu": "test", "date": "today"}, op, shape, "float32", provider, ms, **extra))
+
+    def timed(fn):
+        fn()
+        return 1.0 if not rows else 2.0
+
+    def guarded(what, fn):
+        try:
+            fn()
+        except Exception:
+            failed.append(what)
+
+    gpu_bench.optimizer_step_rows(torch, timed, guarded, record)
+    by_provider = {r["provider"]: r for r in rows}
+    expected = {"fastmuon_auto", "fastmuon_triton", "torch.optim.Muon", "keller_muon", "fastmuon_triton_whole_stacks"}
+    if ON_GPU:
+        graphed = ("fastmuon_auto", "fastmuon_triton", "fastmuon_triton_whole_stacks")
+        expected |= {f"{name}_cuda_graph" for name in graphed}
+        assert by_provider["fastmuon_triton_cuda_graph"]["graph_vs_eager_max_abs"] < 1e-3
+    else:
+        assert len(failed) == 3 and all("CUDA graph" in what for what in failed)
+    assert set(by_provider) == expected
+    keller = by_provider["keller_muon"]
+    assert keller["ms"] is not None or keller["status"] == "not available"
+    for row in rows:
+        assert set(gpu_bench.ROW_FIELDS) <= set(row) and row["op"] == "optimizer_step"
+        assert (row["batch"], row["m"], row["n"]) == (8, 16, 64) and row["params"] == 2 * (3 + 1 + 4 + 4) * 256
+    gpu_bench.print_step_speedups(rows)
+    assert "torch.optim.Muon" in capsys.readouterr().out
+
+    rows.clear()
+    gpu_bench.kernel_rows(torch, timed, record, "orthogonalize", (2, 24, 40), torch.float32, autotuned=False)
+    assert [r["provider"] for r in rows] == ["reference", "triton", "auto"]
+    entries = auto_table.entries_from_rows(rows)  # triton 2 ms vs reference 1 ms: no entry
+    assert entries == {} and auto_table.entries_from_rows([{**r, "ms": 0.5} if r["provider"] == "triton" else r
+                                                            for r in rows])
+
+
 # ------------------------------------------------------------------ GPU only --
 
 
@@ -549,3 +767,47 @@ def test_batch_offsets_beyond_int32():
     x[-3:] = torch.randn(3, m, m, device="cuda").to(torch.bfloat16)
     out = triton_backend.xxt(x)
     _assert_gram(out[-3:], x[-3:], m, 2.0**-8, 2.0**-134)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device: captures a CUDA graph")
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_a_muon_step_captured_in_a_cuda_graph_matches_eager(backend):
+    """A warmed-up step (state created, kernels compiled) captured once and replayed with new
+    gradients copied into the captured ones gives the weights of eager steps."""
+    from fastmuon.torch import Muon
+
+    torch.manual_seed(0)
+    shapes = [(256, 128), (128, 256), (256, 128), (192, 192)]
+    weights = [torch.randn(s, device="cuda") for s in shapes]
+    grads = [[torch.randn(s, device="cuda") for s in shapes] for _ in range(3)]
+
+    def make():
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        return params, Muon(params, lr=0.02, weight_decay=0.01, backend=backend)
+
+    def set_grads(params, values):
+        for p, g in zip(params, values):
+            p.grad.copy_(g)
+
+    eager_params, eager = make()
+    for values in grads:
+        set_grads(eager_params, values)
+        eager.step()
+
+    params, opt = make()
+    set_grads(params, grads[0])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # the warm-up step runs for real
+        opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # recorded, not run
+        opt.step()
+    for values in grads[1:]:
+        set_grads(params, values)
+        graph.replay()
+    for got, want in zip(params, eager_params):
+        torch.testing.assert_close(got, want)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import sys
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from fastmuon.torch.triton_ba_plus_caa import ba_plus_caa_kernel
+from fastmuon.torch.triton_common import TileConfig, ladder_configs
 from fastmuon.torch.triton_xtx import xtx_kernel
 from fastmuon.torch.triton_xxt import xxt_kernel
 
@@ -31,9 +33,11 @@ UNIT_STRIDES = {
 }
 
 
-def compile_kernel(kernel, dtype: str, precision: str, count_tiles: bool, arch: int):
+def compile_kernel(kernel, dtype: str, precision: str, count_tiles: bool, arch: int,
+                   config: TileConfig = TileConfig(128, 64, num_warps=8, num_stages=3)):
     signature, constants = {}, dict(
-        BLOCK_M=128, BLOCK_K=64, UPCAST=False, SOFT_BF16=False, DOT_PRECISION=precision, COUNT_TILES=count_tiles
+        BLOCK_M=config.block_m, BLOCK_K=config.block_k, UPCAST=False, SOFT_BF16=False, DOT_PRECISION=precision,
+        COUNT_TILES=count_tiles,
     )
     for name in kernel.arg_names:
         if name in FLAGS:
@@ -59,7 +63,7 @@ def compile_kernel(kernel, dtype: str, precision: str, count_tiles: bool, arch: 
     compiled = triton.compile(
         ASTSource(kernel, signature, constants, attrs=attrs),
         target=GPUTarget("cuda", arch, 32),
-        options=dict(num_warps=8, num_stages=3),
+        options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
     )
     ptx = compiled.asm["ptx"]
     return dict(
@@ -67,6 +71,7 @@ def compile_kernel(kernel, dtype: str, precision: str, count_tiles: bool, arch: 
         dtype=dtype,
         arch=arch,
         count_tiles=count_tiles,
+        config=[config.block_m, config.block_k, config.num_warps, config.num_stages],
         shared=compiled.metadata.shared,
         async_copies=ptx.count("cp.async.cg") + ptx.count("cp.async.ca") + ptx.count("cp.async.bulk"),
         wgmma=ptx.count("wgmma.mma_async"),
@@ -77,6 +82,10 @@ def compile_kernel(kernel, dtype: str, precision: str, count_tiles: bool, arch: 
 def main() -> None:
     cases = [(k, "bf16", "tf32", False, 90) for k in (xxt_kernel, xtx_kernel, ba_plus_caa_kernel)]
     cases += [(xxt_kernel, "fp32", "ieee", False, 90), (xxt_kernel, "fp16", "tf32", True, 80)]
+    # Every configuration a per-shape launch can take (bf16 and fp32 inputs), as a Hopper GPU
+    # would compile it.
+    for torch_dtype, dtype, precision in ((torch.bfloat16, "bf16", "tf32"), (torch.float32, "fp32", "ieee")):
+        cases += [(xxt_kernel, dtype, precision, False, 90, config) for config in ladder_configs(torch_dtype)]
     for case in cases:
         print(json.dumps(compile_kernel(*case)), flush=True)
 

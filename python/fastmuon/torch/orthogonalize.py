@@ -7,11 +7,12 @@ kernels on the BLAS, CPU) and ``triton_backend.py`` (CUDA; imported on first use
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Optional, Sequence
 
 import torch
 
-from .. import cpu, native as _native_loader
+from .. import auto_table, cpu, native as _native_loader
 from ..plan import DEFAULT_STEPS, check_backend, check_matrix_shape, make_plan
 from . import native, reference
 
@@ -94,8 +95,8 @@ def orthogonalize(
         backend: ``"reference"`` is plain torch; ``"native"`` the fused C++ iteration on the
             BLAS (CPU tensors, fp32 compute); ``"triton"`` the symmetric Triton kernels (CUDA
             tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks native for CPU tensors computed
-            in fp32 when it is built, else the reference (cuBLAS on CUDA, where the Triton
-            kernels are not faster yet).
+            in fp32 when it is built, Triton for CUDA tensors where ``auto_table`` records it
+            measured faster (nowhere yet), else the reference (cuBLAS on CUDA).
         dtype: compute dtype; by default ``default_compute_dtype(G.device, G.shape)``: bf16 on
             CUDA, and on CPUs with bf16 matrix units for matrices of at least ``BF16_MIN_WORK``
             = m * m * n; fp32 otherwise (and always for ``backend="native"``).
@@ -128,16 +129,46 @@ def check_tensor(t, name: str) -> None:
         raise TypeError(f"{name} must be a floating tensor, got dtype {t.dtype}")
 
 
+def cuda_device_name(device) -> str:
+    """torch's name of a CUDA device (asked once per device)."""
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CUDA_NAMES:
+        _CUDA_NAMES[index] = torch.cuda.get_device_name(index)
+    return _CUDA_NAMES[index]
+
+
+_CUDA_NAMES: dict = {}
+cuda_device_name._dynamo_marked_constant = True  # a machine query, read once at trace time
+
+
+def _auto_takes_triton(t: torch.Tensor, compute_dtype: torch.dtype, differentiable: bool) -> bool:
+    """Whether "auto" runs a CUDA tensor on the Triton kernels: only where ``auto_table`` records
+    them measured faster for this GPU, dtype and shape (the table is empty until a GPU run fills
+    it), the kernels can take the dtype, and no gradient is needed."""
+    if not auto_table.TRITON_FASTER or differentiable or not triton_installed():
+        return False
+    dtype = str(compute_dtype).removeprefix("torch.")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        return False
+    batch, (m, n) = math.prod(t.shape[:-2]), t.shape[-2:]
+    return auto_table.triton_measured_faster(cuda_device_name(t.device), dtype, batch, m, n)
+
+
 def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) -> str:
     """The one place that decides which backend runs. "auto" takes the native kernels for CPU
-    tensors computed in fp32 when they are built, else the reference (cuBLAS on CUDA).
+    tensors computed in fp32 when they are built; on CUDA the Triton kernels where
+    ``auto_table.TRITON_FASTER`` records them measured faster (nowhere yet); else the reference
+    (cuBLAS on CUDA).
 
-    "auto" does not take the Triton kernels yet: on an H100 (bench/results/triton_gpu.jsonl,
-    2026-11-22) the full Triton iteration was 1.5-3x slower than the cuBLAS reference on
-    GPT-2-sized matrices and level with it only at 4096 x 4096; ask for backend="triton".
+    On an H100 (bench/results/triton_gpu.jsonl, 2026-11-22) the full Triton iteration was 1.5-3x
+    slower than the cuBLAS reference on GPT-2-sized matrices and level with it only at
+    4096 x 4096, so the table starts empty; backend="triton" asks for the kernels anywhere.
     """
     differentiable = t.requires_grad and torch.is_grad_enabled()
     if backend == "auto":
+        if t.device.type == "cuda":
+            return "triton" if _auto_takes_triton(t, compute_dtype, differentiable) else "reference"
         # the native kernels have no autograd: a tensor that needs gradients stays on the reference
         native_fits = t.device.type == "cpu" and compute_dtype == torch.float32 and not differentiable
         return "native" if native_fits and blas_available() else "reference"

@@ -12,6 +12,9 @@ interpreter; both with a fake implementation that only allocates the output):
   tall matrix) goes to the X^T X kernel on its transpose, so no transposed copy is made.
 * ``triton_ba_plus_caa(A, alpha, beta) -> alpha A A + beta A`` for symmetric A (B, M, M).
 
+Plain eager calls skip the dispatcher and run the operators' implementations directly
+(``triton_xxt``, ``triton_ba_plus_caa``); tracers still see the operators.
+
 The driver iterates with ``fastmuon.iteration.iterate`` over ``TritonOps``: the two symmetric
 steps are the kernels above and a X + B X is one batched GEMM with beta (``torch.baddbmm``, a
 single cuBLAS call on GPUs). A tall input (m > n) is iterated on its wide orientation X^T
@@ -92,8 +95,7 @@ def _ba_plus_caa_fake(A: torch.Tensor, alpha: float, beta: float) -> torch.Tenso
     return A.new_empty(A.shape)
 
 
-@_register("triton_xxt", _xxt_fake)
-def _xxt(X: torch.Tensor) -> torch.Tensor:
+def _xxt_impl(X: torch.Tensor) -> torch.Tensor:
     B, M, _ = X.shape
     out = X.new_empty((B, M, M))
     if _column_major(X):
@@ -103,23 +105,49 @@ def _xxt(X: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@_register("triton_ba_plus_caa", _ba_plus_caa_fake)
-def _ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+def _ba_plus_caa_impl(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     out = A.new_empty(A.shape)
     launch_ba_plus_caa(A, out, alpha, beta)
     return out
 
 
+_register("triton_xxt", _xxt_fake)(_xxt_impl)
+_register("triton_ba_plus_caa", _ba_plus_caa_fake)(_ba_plus_caa_impl)
+
+
+def _through_operators(t: torch.Tensor) -> bool:
+    """Whether a launch must go through its ``torch.library`` operator: while torch.compile
+    traces, under a dispatch mode (make_fx, export, fake or functional tensors, a recording
+    mode) and for tensor subclasses, all of which must see the operator. Plain eager calls (CUDA
+    graph capture included) call the implementation directly: the dispatcher round trip of a
+    Python operator is host time on every launch, and host time, not the kernel, dominated the
+    Triton times measured at GPT-2 sizes (how much this saves is unmeasured)."""
+    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or type(t) is not torch.Tensor
+
+
+def triton_xxt(X: torch.Tensor) -> torch.Tensor:
+    """``torch.ops.fastmuon.triton_xxt(X)`` for X (B, M, K), without the dispatcher in plain eager."""
+    return torch.ops.fastmuon.triton_xxt(X) if _through_operators(X) else _xxt_impl(X)
+
+
+def triton_ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """``torch.ops.fastmuon.triton_ba_plus_caa(A, alpha, beta)`` for A (B, M, M), without the
+    dispatcher in plain eager."""
+    if _through_operators(A):
+        return torch.ops.fastmuon.triton_ba_plus_caa(A, alpha, beta)
+    return _ba_plus_caa_impl(A, alpha, beta)
+
+
 def xxt(X: torch.Tensor) -> torch.Tensor:
     """X X^T over the last two axes of X (..., m, k), exactly symmetric; output in X's dtype."""
     X3 = as_batch(X.detach())
-    return torch.ops.fastmuon.triton_xxt(X3).reshape(*X.shape[:-1], X.shape[-2])
+    return triton_xxt(X3).reshape(*X.shape[:-1], X.shape[-2])
 
 
 def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     """alpha A A + beta A for symmetric A (..., m, m), exactly symmetric; output in A's dtype."""
     A3 = as_batch(A.detach())
-    return torch.ops.fastmuon.triton_ba_plus_caa(A3, float(alpha), float(beta)).reshape(A.shape)
+    return triton_ba_plus_caa(A3, float(alpha), float(beta)).reshape(A.shape)
 
 
 # ---------------------------------------------------------------- driver
@@ -134,11 +162,11 @@ class TritonOps(TorchOps):
 
     @staticmethod
     def xxt(X):
-        return torch.ops.fastmuon.triton_xxt(X)
+        return triton_xxt(X)
 
     @staticmethod
     def ba_plus_caa(A, alpha, beta):
-        return torch.ops.fastmuon.triton_ba_plus_caa(A, float(alpha), float(beta))
+        return triton_ba_plus_caa(A, float(alpha), float(beta))
 
     @staticmethod
     def addmm(C, A, B, alpha, beta):

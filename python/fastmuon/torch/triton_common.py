@@ -16,11 +16,20 @@ bf16 ``tl.dot`` multiplies raw bits, so tiles are upcast to fp32 before the dot 
 16-bit numbers are exact in fp32, so the math is that of the GPU's 16-bit dot with fp32
 accumulation); and its fp32 -> bf16 cast truncates, so bf16 outputs are rounded to nearest even
 with integer arithmetic instead.
+
+Launches. A default launch (no fixed configuration) takes a per-shape configuration
+(``tile_config_for``: small tiles where a large one would leave most multiprocessors idle),
+decided once per (kernel, batch, m, dtype, device) and cached with its grid and compile-time
+arguments (``launch_plan``), so the hot loop does a dict lookup and the launch. No launch reads a
+value back from the device, so a warmed-up step can be captured in a CUDA graph (the first
+launch of a shape compiles the kernel, which must happen before capture). The configurations are
+unmeasured until a GPU run; autotuning over them and others is opt-in (``use_autotuning``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -56,20 +65,64 @@ class TileConfig:
         return dict(BLOCK_M=self.block_m, BLOCK_K=self.block_k, num_warps=self.num_warps, num_stages=self.num_stages)
 
 
-# The interpreter costs a few ms per tile and reduction step whatever the tile size, so it runs one
-# large configuration (and autotuning, which needs a GPU timer, is off).
+# The interpreter costs a few ms per tile and reduction step whatever the tile size, so under it the
+# default launch runs one large configuration; tests run the GPU configurations explicitly.
 INTERPRETER_CONFIG = TileConfig(block_m=64, block_k=64)
 
-# GPU candidates, tuned per (M, K) on first use. 128 x 128 fp32 accumulators over 8 warps use
-# 64 registers a thread; configurations that do not fit are skipped by the autotuner.
-GPU_CONFIGS = (
+# GPU configurations by tile edge, for 16-bit inputs (fp32 inputs halve BLOCK_K, so a pipeline
+# stage holds the same bytes: 2 operands x BLOCK_M x BLOCK_K x 2 bytes, at most 32 KiB, 128 KiB
+# over 4 stages, within Hopper's 227 KiB a block). UNMEASURED: chosen from the kernels' resource
+# needs and from public Hopper kernels of the same kind (fixed 128 x 128 x 64 tiles, 8 warps, 4
+# stages for batched GPT-sized stacks; 32-128 edges for small matrices), not timed here. Replace
+# them with what bench/bench_triton_gpu.py measures on a GPU.
+TILE_LADDER = {
+    128: TileConfig(128, 64, num_warps=8, num_stages=4),
+    64: TileConfig(64, 128, num_warps=4, num_stages=4),
+    32: TileConfig(32, 128, num_warps=4, num_stages=4),
+}
+
+# Streaming multiprocessors of an H100 / H200 SXM: sizes grids where no device can be asked (under
+# the interpreter).
+NOMINAL_SM_COUNT = 132
+
+
+def tile_config_for(batch: int, m: int, dtype: torch.dtype, sm_count: int) -> TileConfig:
+    """The configuration of a launch over ``batch`` symmetric (m, m) outputs, per shape.
+
+    The largest tile edge of ``TILE_LADDER`` whose grid (``batch`` x upper tiles) fills at least
+    one wave of ``sm_count`` programs; when none does, the smallest edge, which has the most
+    programs (a 768 x 768 Gram matrix has 21 tiles of 128 but 300 of 32). Edges of twice m or more
+    are never taken: their tiles would be mostly masked. Split-K is not used: Muon stacks
+    same-shape matrices, so batch x tiles fills the GPU for the shapes that matter, and splitting
+    the reduction needs a second pass or atomics (which would break the exact symmetry of the
+    output) where launch overhead is the measured problem. Unmeasured, like ``TILE_LADDER``.
+    """
+    edges = [edge for edge in sorted(TILE_LADDER, reverse=True) if edge < 2 * m or edge == min(TILE_LADDER)]
+    chosen = next((edge for edge in edges if batch * upper_tile_count(m, edge) >= sm_count), edges[-1])
+    return _for_dtype(TILE_LADDER[chosen], dtype)
+
+
+def _for_dtype(config: TileConfig, dtype: torch.dtype) -> TileConfig:
+    """A ladder configuration for inputs of ``dtype``: fp32 halves BLOCK_K (same bytes a stage)."""
+    return replace(config, block_k=config.block_k // 2) if dtype == torch.float32 else config
+
+
+def ladder_configs(dtype: torch.dtype) -> list:
+    """Every configuration ``tile_config_for`` can return for inputs of ``dtype``."""
+    return [_for_dtype(config, dtype) for config in TILE_LADDER.values()]
+
+
+# Autotuning candidates (opt-in, ``use_autotuning``): the ladder for both dtype groups and a few
+# other shapes. 128 x 128 fp32 accumulators over 8 warps use 64 registers a thread; configurations
+# that do not fit are skipped by the autotuner.
+GPU_CONFIGS = tuple(dict.fromkeys((
+    *ladder_configs(torch.bfloat16),
+    *ladder_configs(torch.float32),
     TileConfig(128, 64, num_warps=8, num_stages=3),
     TileConfig(128, 32, num_warps=4, num_stages=4),
-    TileConfig(128, 32, num_warps=8, num_stages=4),
     TileConfig(64, 64, num_warps=4, num_stages=4),
     TileConfig(64, 32, num_warps=4, num_stages=5),
-    TileConfig(32, 64, num_warps=4, num_stages=4),
-)
+)))
 
 
 def triton_configs() -> list:
@@ -82,12 +135,26 @@ def triton_configs() -> list:
 
 def autotuned(kernel, key: list):
     """``kernel`` autotuned over GPU_CONFIGS per value of the arguments named in ``key``; None
-    under the interpreter, which launches INTERPRETER_CONFIG only."""
+    under the interpreter, which cannot time configurations."""
     return None if INTERPRETED else triton.autotune(configs=triton_configs(), key=key)(kernel)
 
 
+# Whether default launches autotune (FASTMUON_TRITON_AUTOTUNE=1, or ``use_autotuning``) instead of
+# taking ``tile_config_for``. Autotuning times every candidate on a shape's first launch (seconds,
+# with device syncs, so never inside a CUDA-graph capture); it exists to compare against the
+# per-shape configurations on a GPU.
+_autotune = os.environ.get("FASTMUON_TRITON_AUTOTUNE", "0") == "1"
+
+
+def use_autotuning(enabled: bool) -> None:
+    """Turn autotuning of default launches on or off (GPUs only; the interpreter ignores it)."""
+    global _autotune
+    _autotune = bool(enabled)
+    _plans.clear()
+
+
 def pick_config(config: "TileConfig | None", tile_map) -> "TileConfig | None":
-    """The fixed configuration a launch uses, or None to autotune (GPUs only)."""
+    """The fixed configuration an explicit launch uses, or None to autotune (GPUs only)."""
     if config is None and INTERPRETED:
         return INTERPRETER_CONFIG
     if config is None and tile_map is not None:
@@ -124,12 +191,64 @@ def launch_meta(dtype: torch.dtype) -> dict:
     )
 
 
+_sm_counts: dict = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """The device's multiprocessor count (asked once per device); NOMINAL_SM_COUNT for CPU
+    tensors (the interpreter)."""
+    if device.type != "cuda":
+        return NOMINAL_SM_COUNT
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _sm_counts:
+        _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _sm_counts[index]
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What a default launch of one kernel on one (batch, m, dtype, device) needs besides its
+    tensors: the kernel (autotuned or not), the grid and the compile-time arguments."""
+
+    kernel: object
+    grid: object
+    meta: dict
+
+
+# Launch plans by (kernel, batch, m, dtype, device, dot precision, autotuning): decided once per
+# shape, so a repeated launch costs a dict lookup on the host. Muon sees a handful of shapes.
+_plans: dict = {}
+
+
+def launch_plan(kernel, tuned, batch: int, m: int, dtype: torch.dtype, device: torch.device) -> LaunchPlan:
+    """The cached ``LaunchPlan`` of a default launch (no fixed config, no tile map): under the
+    interpreter INTERPRETER_CONFIG, on GPUs ``tile_config_for`` the shape, or the autotuner when
+    ``use_autotuning`` is on."""
+    precision = dot_precision(dtype)
+    key = (kernel, batch, m, dtype, device, precision, _autotune)
+    plan = _plans.get(key)
+    if plan is None:
+        meta = dict(launch_meta(dtype), COUNT_TILES=False)
+        if _autotune and not INTERPRETED:
+            plan = LaunchPlan(tuned, grid_for(batch, m, None), meta)
+        else:
+            config = INTERPRETER_CONFIG if INTERPRETED else tile_config_for(batch, m, dtype, sm_count(device))
+            plan = LaunchPlan(kernel, grid_for(batch, m, config), {**meta, **config.meta()})
+        _plans[key] = plan
+    return plan
+
+
 def launch_symmetric(kernel, tuned, x, out, batch, m, *scalars, config, tile_map) -> None:
     """Run ``kernel`` over the upper tiles of ``out`` (batch, m, m) with the arguments every
     symmetric kernel takes: (x, out, tile_map, m, *scalars, x's strides, out's strides), then the
-    compile-time flags for x's dtype. ``tuned`` (``autotuned(kernel)``) runs when no configuration
-    is fixed; ``config`` and ``tile_map`` as for ``triton_xxt.launch_xxt``."""
+    compile-time flags for x's dtype. Without ``config`` and ``tile_map`` the launch follows its
+    cached ``launch_plan``; ``tuned`` (``autotuned(kernel)``) runs when autotuning. ``config`` and
+    ``tile_map`` as for ``triton_xxt.launch_xxt``."""
     if out.numel() == 0:
+        return
+    if config is None and tile_map is None:
+        plan = launch_plan(kernel, tuned, batch, m, x.dtype, x.device)
+        wrap_triton(plan.kernel)[plan.grid](x, out, None, m, *scalars, *x.stride(), *out.stride(), **plan.meta)
         return
     config = pick_config(config, tile_map)
     meta = dict(launch_meta(x.dtype), COUNT_TILES=tile_map is not None)
