@@ -1014,3 +1014,42 @@ def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options
         assert torch.equal(fast_opt.state[a]["skipped_steps"], slow_opt.state[b]["skipped_steps"])
     assert fast_opt.state[fast[1]]["skipped_steps"].item() == 1
     assert not torch.equal(fast[0].detach(), start[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adamw_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, dtype):
+    """MuonWithAdamW's AdamW group of fp32 weights on the CPU steps in list-wide (foreach) passes
+    when every gradient is finite: weights and moments bitwise those of the per-parameter path; a
+    step with a NaN gradient falls back to it (that parameter skipped, the others stepped)."""
+    shapes = [(7,), (5, 3), (), (4,)]
+    start = [torch.tensor(rng.standard_normal(s), dtype=dtype) for s in shapes]
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=dtype) for s in shapes] for _ in range(4)]
+    grads[2][0][3] = float("nan")
+    taken = []
+    real = muon_module._MuonFamily._adamw_few_passes
+
+    def run(few_passes: bool):
+        def gate(self, group):
+            result = few_passes and real(self, group)
+            taken.append(result)
+            return result
+
+        monkeypatch.setattr(muon_module._MuonFamily, "_adamw_few_passes", gate)
+        params = [nn.Parameter(w.clone()) for w in start]
+        opt = MuonWithAdamW([{"params": params, "use_muon": False}], adamw_lr=3e-2, adamw_weight_decay=0.1)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        return params, opt
+
+    fast, fast_opt = run(True)
+    # step 3 holds the NaN; bf16 weights always take the per-parameter path
+    assert taken == ([True, True, False, True] if dtype == torch.float32 else [False] * 4)
+    slow, slow_opt = run(False)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+        for key in ("exp_avg", "exp_avg_sq", "step", "skipped_steps"):
+            assert torch.equal(fast_opt.state[a][key], slow_opt.state[b][key]), key
+    assert fast_opt.state[fast[0]]["skipped_steps"].item() == 1
+    assert not torch.equal(fast[1].detach(), start[1])

@@ -586,6 +586,8 @@ class _MuonFamily(_CheckedOptimizer):
 
     # ------------------------------------------------------------------ AdamW
     def _adamw_step(self, group: dict) -> None:
+        if self._adamw_few_passes(group):
+            return
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -608,6 +610,48 @@ class _MuonFamily(_CheckedOptimizer):
             exp_avg_sq.copy_(torch.where(finite, v, exp_avg_sq))
             state["step"].copy_(torch.where(finite, step, state["step"]))
             state["skipped_steps"].add_((~finite).to(torch.int64))
+
+
+    def _adamw_few_passes(self, group: dict) -> bool:
+        """The AdamW group's step in list-wide passes (``torch._foreach_*``), taken under the
+        conditions of ``_few_passes_chunk`` (CPU, eager, float lr, every gradient finite) and for
+        fp32 weights (the dtype of the bias corrections: list-wide ops would not round those to
+        narrower weights first, as the per-parameter ops do). Op for op the arithmetic of
+        ``functional.adamw_update``, so the weights are bitwise the same.
+        Returns False, having changed nothing, where it does not apply."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params or isinstance(group["lr"], torch.Tensor) or torch.compiler.is_compiling():
+            return False
+        if not all(p.device.type == "cpu" and not p.grad.is_sparse and p.grad.dtype == p.dtype
+                   and p.dtype == torch.float32 and not _is_dtensor(p) for p in params):
+            return False
+        grads = [p.grad for p in params]
+        if not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+            return False
+        states = [self.state[p] for p in params]
+        weights = [p.detach() for p in params]
+        steps, exp_avgs, exp_avg_sqs = ([st[key] for st in states] for key in ("step", "exp_avg", "exp_avg_sq"))
+        (beta1, beta2), lr, eps, wd = _adamw_betas(group), group["lr"], group["eps"], group["weight_decay"]
+        torch._foreach_add_(steps, 1.0)
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        corrections = []
+        for beta in (beta1, beta2):  # 1 - beta^t, as -(beta^t) + 1 (the same rounding)
+            c = torch._foreach_pow(beta, steps)
+            torch._foreach_neg_(c)
+            torch._foreach_add_(c, 1.0)
+            corrections.append(c)
+        bias_correction1, bias_correction2 = corrections
+        torch._foreach_sqrt_(bias_correction2)
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, bias_correction2)
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_mul_(weights, 1.0 - lr * wd)
+        ratios = torch._foreach_div(exp_avgs, denoms)
+        torch._foreach_mul_(ratios, [lr / c for c in bias_correction1])
+        torch._foreach_sub_(weights, ratios)
+        return True
 
 
 class Muon(_MuonFamily):
