@@ -2,7 +2,9 @@
 Linear(3072, 768)) weights, as a multiple of the Muon weights' bytes: fastmuon.torch.Muon with its
 defaults against torch.optim.Muon. Each optimizer runs in a fresh process: after two steps (state
 created), the peak resident set is reset and a third step is measured (VmHWM - VmRSS before it;
-tensors of this size are mmap'ed, so freed memory leaves the resident set).
+every allocation over 128 KiB is mmap'ed, by a fixed MALLOC_MMAP_THRESHOLD_ in the child's
+environment, so freed memory leaves the resident set; with glibc's default, dynamic threshold,
+freed blocks may stay resident and the figure varied 0-0.8x from step to step).
 Appends to bench/results/step_memory.jsonl.
 
     python bench/bench_step_memory.py
@@ -53,7 +55,7 @@ def main() -> None:
     rows = []
     for name, setup in OPTIMIZERS.items():
         out = subprocess.run([sys.executable, "-c", CHILD.format(setup=setup)], capture_output=True, text=True,
-                             check=True)
+                             check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)})
         row = {"optimizer": name, **json.loads(out.stdout.strip().splitlines()[-1])}
         row["transient_vs_weights"] = row["transient_bytes"] / row["weight_bytes"]
         rows.append(row)

@@ -490,17 +490,24 @@ class _MuonFamily(_CheckedOptimizer):
         momenta = [self.state[p]["momentum_buffer"] for p in params]
         beta = group["momentum"]
         torch._foreach_lerp_(momenta, grads, 1.0 - beta)
-        updates = torch._foreach_lerp(grads, momenta, beta) if group["nesterov"] else momenta
         batches = [matrix_view(p.shape)[0] for p in params]
-        U = torch.cat([u.reshape(b, rows, cols) for u, b in zip(updates, batches)]).to(stack_dtype)
-        del updates
+        U = torch.empty((sum(batches), rows, cols), dtype=stack_dtype, device=params[0].device)
+        start = 0
+        for g, m, batch in zip(grads, momenta, batches):  # one matrix's temporary at a time, at most
+            part = U[start:start + batch].view(m.shape)
+            if not group["nesterov"]:
+                part.copy_(m)
+            elif stack_dtype == m.dtype:
+                torch.lerp(g, m, beta, out=part)
+            else:
+                part.copy_(torch.lerp(g, m, beta))
+            start += batch
         O = self._orthogonalize(U, group)
         del U
         lr, wd = group["lr"], group["weight_decay"]
         scale = shape_scale(*((cols, rows) if group["transposed"] else (rows, cols)), group["adjust_lr"])
         weights = [p.detach() for p in params]
-        O = O.to(params[0].dtype)
-        start, parts = 0, []
+        start, parts = 0, []  # in O's dtype: a narrower O widens exactly inside the add
         for W, batch in zip(weights, batches):
             parts.append(O[start:start + batch].reshape(W.shape))
             start += batch
