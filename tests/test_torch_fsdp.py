@@ -89,6 +89,7 @@ def _worker(rank, world, port, out, hsdp=False):
                       for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))
     if rank == 0:
         torch.save({"weights": weights, "state_bytes": state_bytes}, out)
+    dist.barrier()  # no rank tears gloo down while a peer is still in a collective (that aborted once)
     dist.destroy_process_group()
 
 
