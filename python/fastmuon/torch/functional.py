@@ -1,9 +1,10 @@
 """The functional core of the torch optimizers: pure per-step update rules.
 
-Each function takes tensors and hyperparameters and returns new tensors; nothing here touches
-optimizer state or a parameter in place. The Optimizer classes (``muon.py``, ``signsgd.py``)
-only gather tensors, call these, and commit the results (or keep the old values where a
-gradient was not finite). The rules are written out in each docstring;
+Each function takes tensors and hyperparameters and returns new tensors, except those whose
+name ends in ``_``, which update their tensor arguments in place (``*_lists_``: list-wide
+``torch._foreach_*`` versions of a rule for finite gradients, the same arithmetic op for op).
+The Optimizer classes (``optimizers.py``) only gather tensors, call these, and commit the
+results (or keep the old values where a gradient was not finite). The rules are written out in each docstring;
 ``fastmuon.mlx`` implements the same ones, so both frameworks give the same weights.
 
 Matrix arguments named ``O``, ``s`` or ``W`` below are matrix views ``(batch, rows, cols)``
@@ -13,7 +14,7 @@ Matrix arguments named ``O``, ``s`` or ``W`` below are matrix views ``(batch, ro
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 
@@ -39,6 +40,54 @@ def muon_momentum_(M: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor, moment
     G = torch.where(ok, grad.to(M.dtype), M)
     M.lerp_(G, 1.0 - momentum)
     return torch.lerp(G, M, momentum) if nesterov else M
+
+
+def muon_momentum_lists_(momenta: List[torch.Tensor], grads: List[torch.Tensor], momentum: float) -> None:
+    """``muon_momentum_``'s M <- M' for a list of finite gradients, in one list-wide pass."""
+    torch._foreach_lerp_(momenta, grads, 1.0 - momentum)
+
+
+def decoupled_update_lists_(weights: List[torch.Tensor], updates: List[torch.Tensor], *, lr: float,
+                            weight_decay: float, scale: float) -> None:
+    """``decoupled_update`` (float lr, not cautious) of a list of weights, in place, list-wide;
+    an update narrower than its weight widens exactly inside the add."""
+    if weight_decay != 0.0:
+        torch._foreach_mul_(weights, 1.0 - lr * weight_decay)
+    torch._foreach_add_(weights, updates, alpha=-lr * scale)
+
+
+def adamw_update_lists_(weights: List[torch.Tensor], grads: List[torch.Tensor], exp_avgs: List[torch.Tensor],
+                        exp_avg_sqs: List[torch.Tensor], steps: List[torch.Tensor], *, lr: float,
+                        betas: Tuple[float, float], eps: float, weight_decay: float) -> None:
+    """``adamw_update`` of lists of fp32 weights and finite gradients, every tensor updated in
+    place, op for op the same arithmetic (so bitwise the same results) in list-wide passes."""
+    beta1, beta2 = betas
+    torch._foreach_add_(steps, 1.0)
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    corrections = []
+    for beta in (beta1, beta2):  # 1 - beta^t, as -(beta^t) + 1 (the same rounding)
+        c = torch._foreach_pow(beta, steps)
+        torch._foreach_neg_(c)
+        torch._foreach_add_(c, 1.0)
+        corrections.append(c)
+    bias_correction1, bias_correction2 = corrections
+    torch._foreach_sqrt_(bias_correction2)
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, bias_correction2)
+    torch._foreach_add_(denoms, eps)
+    torch._foreach_mul_(weights, 1.0 - lr * weight_decay)
+    ratios = torch._foreach_div(exp_avgs, denoms)
+    torch._foreach_mul_(ratios, [lr / c for c in bias_correction1])
+    torch._foreach_sub_(weights, ratios)
+
+
+def all_finite(tensors: List[torch.Tensor]) -> bool:
+    """Whether every tensor is finite, read back to the host (meant for CPU tensors, where that
+    costs nothing). A NaN or Inf makes its tensor's 2-norm non-finite; so does a finite tensor
+    whose squares overflow, which errs on the safe side. The 2-norm is the fast list-wide one."""
+    return bool(torch.stack(torch._foreach_norm(tensors)).isfinite().all())
 
 
 def normuon_normalize(O: torch.Tensor, s: torch.Tensor, beta2: float) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -51,9 +51,13 @@ from ..rules import (
 )
 from .functional import (
     adamw_update,
+    adamw_update_lists_,
+    all_finite,
     decoupled_update,
+    decoupled_update_lists_,
     muon_momentum,
     muon_momentum_,
+    muon_momentum_lists_,
     normuon_normalize,
     rows_touched,
     signsgd_update,
@@ -190,16 +194,23 @@ def _apply_update(W: torch.Tensor, O: torch.Tensor, ok: torch.Tensor, group: dic
     W.copy_(torch.where(ok, W_new, W))
 
 
-def _few_passes_apply(chunk, group: dict) -> bool:
-    """Whether a chunk may take ``_few_passes_chunk``: plain Muon (no NorMuon moment, sphere or
-    cautious decay) with a float lr, dense gradients of the weights' dtype, on the CPU (where
-    reading one flag back costs nothing), outside torch.compile (which fuses the
+def _list_wide_applies(params: List[torch.Tensor], lr) -> bool:
+    """Whether parameters may take the list-wide passes (``_few_passes_chunk``,
+    ``_adamw_few_passes``): a float lr, dense gradients of the weights' dtype, on the CPU (where
+    reading one finiteness flag back costs nothing), outside torch.compile (which fuses the
     per-parameter path itself)."""
-    if (group["beta2"] is not None or group["sphere"] is not None or group["cautious_weight_decay"]
-            or isinstance(group["lr"], torch.Tensor) or torch.compiler.is_compiling()):
+    if isinstance(lr, torch.Tensor) or torch.compiler.is_compiling():
         return False
     return all(p.device.type == "cpu" and p.grad is not None and not p.grad.is_sparse and p.grad.dtype == p.dtype
-               and not _is_dtensor(p) for p, _ in chunk)
+               and not _is_dtensor(p) for p in params)
+
+
+def _few_passes_apply(chunk, group: dict) -> bool:
+    """Whether a Muon chunk may take ``_few_passes_chunk``: plain Muon (no NorMuon moment, sphere
+    or cautious decay) under ``_list_wide_applies``."""
+    if group["beta2"] is not None or group["sphere"] is not None or group["cautious_weight_decay"]:
+        return False
+    return _list_wide_applies([p for p, _ in chunk], group["lr"])
 
 
 @dataclass
@@ -483,13 +494,11 @@ class _MuonFamily(_CheckedOptimizer):
         arithmetic, op for op, as the per-parameter path, so the weights are bitwise the same."""
         params = [p for p, _ in chunk]
         grads = [p.grad for p in params]
-        # A NaN or Inf makes its gradient's 2-norm non-finite (so does a finite gradient whose
-        # squares overflow: it only takes the per-parameter path). The 2-norm is the fast one.
-        if not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+        if not all_finite(grads):
             return False
         momenta = [self.state[p]["momentum_buffer"] for p in params]
         beta = group["momentum"]
-        torch._foreach_lerp_(momenta, grads, 1.0 - beta)
+        muon_momentum_lists_(momenta, grads, beta)
         batches = [matrix_view(p.shape)[0] for p in params]
         U = torch.empty((sum(batches), rows, cols), dtype=stack_dtype, device=params[0].device)
         start = 0
@@ -504,16 +513,13 @@ class _MuonFamily(_CheckedOptimizer):
             start += batch
         O = self._orthogonalize(U, group)
         del U
-        lr, wd = group["lr"], group["weight_decay"]
         scale = shape_scale(*((cols, rows) if group["transposed"] else (rows, cols)), group["adjust_lr"])
         weights = [p.detach() for p in params]
-        start, parts = 0, []  # in O's dtype: a narrower O widens exactly inside the add
+        start, parts = 0, []
         for W, batch in zip(weights, batches):
             parts.append(O[start:start + batch].reshape(W.shape))
             start += batch
-        if wd != 0.0:
-            torch._foreach_mul_(weights, 1.0 - lr * wd)
-        torch._foreach_add_(weights, parts, alpha=-lr * scale)
+        decoupled_update_lists_(weights, parts, lr=group["lr"], weight_decay=group["weight_decay"], scale=scale)
         return True
 
     def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
@@ -623,41 +629,19 @@ class _MuonFamily(_CheckedOptimizer):
         """The AdamW group's step in list-wide passes (``torch._foreach_*``), taken under the
         conditions of ``_few_passes_chunk`` (CPU, eager, float lr, every gradient finite) and for
         fp32 weights (the dtype of the bias corrections: list-wide ops would not round those to
-        narrower weights first, as the per-parameter ops do). Op for op the arithmetic of
-        ``functional.adamw_update``, so the weights are bitwise the same.
+        narrower weights first, as the per-parameter ops do): ``functional.adamw_update_lists_``,
+        op for op the arithmetic of ``adamw_update``, so the weights are bitwise the same.
         Returns False, having changed nothing, where it does not apply."""
         params = [p for p in group["params"] if p.grad is not None]
-        if not params or isinstance(group["lr"], torch.Tensor) or torch.compiler.is_compiling():
-            return False
-        if not all(p.device.type == "cpu" and not p.grad.is_sparse and p.grad.dtype == p.dtype
-                   and p.dtype == torch.float32 and not _is_dtensor(p) for p in params):
+        if not (params and all(p.dtype == torch.float32 for p in params) and _list_wide_applies(params, group["lr"])):
             return False
         grads = [p.grad for p in params]
-        if not bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+        if not all_finite(grads):
             return False
         states = [self.state[p] for p in params]
-        weights = [p.detach() for p in params]
-        steps, exp_avgs, exp_avg_sqs = ([st[key] for st in states] for key in ("step", "exp_avg", "exp_avg_sq"))
-        (beta1, beta2), lr, eps, wd = _adamw_betas(group), group["lr"], group["eps"], group["weight_decay"]
-        torch._foreach_add_(steps, 1.0)
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-        corrections = []
-        for beta in (beta1, beta2):  # 1 - beta^t, as -(beta^t) + 1 (the same rounding)
-            c = torch._foreach_pow(beta, steps)
-            torch._foreach_neg_(c)
-            torch._foreach_add_(c, 1.0)
-            corrections.append(c)
-        bias_correction1, bias_correction2 = corrections
-        torch._foreach_sqrt_(bias_correction2)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, bias_correction2)
-        torch._foreach_add_(denoms, eps)
-        torch._foreach_mul_(weights, 1.0 - lr * wd)
-        ratios = torch._foreach_div(exp_avgs, denoms)
-        torch._foreach_mul_(ratios, [lr / c for c in bias_correction1])
-        torch._foreach_sub_(weights, ratios)
+        adamw_update_lists_([p.detach() for p in params], grads, *([st[key] for st in states] for key in
+                            ("exp_avg", "exp_avg_sq", "step")), lr=group["lr"], betas=_adamw_betas(group),
+                            eps=group["eps"], weight_decay=group["weight_decay"])
         return True
 
 
