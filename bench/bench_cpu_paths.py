@@ -1,6 +1,6 @@
 """The torch CPU paths per size, in one run: the plain-torch fp32 reference against the native
 fp32 kernels on one OpenBLAS thread and on torch.get_num_threads() threads, the bf16 reference,
-and what ``orthogonalize`` picks with its defaults. The crossovers set
+and what ``orthogonalize`` picks with its defaults, taking turns in every repeat. The crossovers set
 ``fastmuon.torch.native.SINGLE_THREAD_WORK`` and ``fastmuon.torch.orthogonalize.BF16_MIN_WORK``.
 Appends to bench/results/cpu_paths.jsonl.
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
+import time
 
 import torch
 
@@ -25,8 +27,31 @@ SHAPES = ((2, 8, 8), (2, 64, 64), (2, 64, 256), (1, 128, 512), (1, 256, 256), (1
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cpu_paths.jsonl")
 
 
-def median_ms(fn, repeats: int) -> float:
-    return 1e3 * bench.median_time(fn, repeats)[0]
+def with_threshold(limit: float, fn):
+    """fn run with native.SINGLE_THREAD_WORK set to ``limit`` (inf: one OpenBLAS thread; 0: all)."""
+    def run():
+        saved = native.SINGLE_THREAD_WORK
+        native.SINGLE_THREAD_WORK = limit
+        try:
+            return fn()
+        finally:
+            native.SINGLE_THREAD_WORK = saved
+    return run
+
+
+def interleaved_ms(providers: dict, repeats: int) -> dict:
+    """Median ms of each provider, the providers taking turns in every repeat (one warm-up call
+    each first), so that a slow phase of the machine, or threads another provider left
+    spinning, fall on all of them alike."""
+    for fn in providers.values():
+        fn()
+    samples = {name: [] for name in providers}
+    for _ in range(repeats):
+        for name, fn in providers.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(1e3 * (time.perf_counter() - start))
+    return {name: float(statistics.median(values)) for name, values in samples.items()}
 
 
 def spin(stop) -> None:
@@ -44,20 +69,17 @@ def main() -> None:
     if loader:
         loader.start()
     rows = []
-    threshold = native.SINGLE_THREAD_WORK
     try:
         for shape in SHAPES:
             G = torch.randn(shape)
             repeats = args.repeats if shape[-1] < 2048 else 2
-            times = {"reference": median_ms(lambda: orthogonalize(G, backend="reference", dtype=torch.float32),
-                                            repeats)}
-            for name, limit in (("native_1_thread", float("inf")), ("native_n_threads", 0.0)):
-                native.SINGLE_THREAD_WORK = limit
-                times[name] = median_ms(lambda: orthogonalize(G, backend="native"), repeats)
-            native.SINGLE_THREAD_WORK = threshold
-            times["reference_bf16"] = median_ms(lambda: orthogonalize(G, backend="reference", dtype=torch.bfloat16),
-                                                repeats)
-            times["defaults"] = median_ms(lambda: orthogonalize(G), repeats)
+            times = interleaved_ms({
+                "reference": lambda: orthogonalize(G, backend="reference", dtype=torch.float32),
+                "native_1_thread": with_threshold(float("inf"), lambda: orthogonalize(G, backend="native")),
+                "native_n_threads": with_threshold(0.0, lambda: orthogonalize(G, backend="native")),
+                "reference_bf16": lambda: orthogonalize(G, backend="reference", dtype=torch.bfloat16),
+                "defaults": lambda: orthogonalize(G),
+            }, repeats)
             row = {"shape": list(shape), "threads": torch.get_num_threads(), "busy": args.busy,
                    **{f"{k}_ms": v for k, v in times.items()}}
             rows.append(row)
@@ -65,7 +87,6 @@ def main() -> None:
                   + "  ".join(f"{k} {v / times['reference']:.2f}" for k, v in times.items() if k != "reference"),
                   flush=True)
     finally:
-        native.SINGLE_THREAD_WORK = threshold
         if loader:
             stop.set()
             loader.join()
