@@ -4,7 +4,7 @@ and what ``orthogonalize`` picks with its defaults, taking turns in every repeat
 ``fastmuon.torch.native.SINGLE_THREAD_WORK`` and ``fastmuon.torch.orthogonalize.BF16_MIN_WORK``.
 Appends to bench/results/cpu_paths.jsonl.
 
-    python bench/bench_cpu_paths.py [--repeats 7] [--busy]
+    python bench/bench_cpu_paths.py [--repeats 7] [--busy] [--large]
 
 --busy runs a second process that keeps one core loaded, as on a shared machine.
 """
@@ -63,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--busy", action="store_true")
+    parser.add_argument("--large", action="store_true", help="also 4096x4096 (a few minutes more)")
     args = parser.parse_args()
     stop = multiprocessing.Event()
     loader = multiprocessing.Process(target=spin, args=(stop,)) if args.busy else None
@@ -70,7 +71,7 @@ def main() -> None:
         loader.start()
     rows = []
     try:
-        for shape in SHAPES:
+        for shape in SHAPES + (((1, 4096, 4096),) if args.large else ()):
             G = torch.randn(shape)
             repeats = args.repeats if shape[-1] < 2048 else 2
             times = interleaved_ms({
