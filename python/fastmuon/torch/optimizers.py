@@ -624,7 +624,6 @@ class _MuonFamily(_CheckedOptimizer):
             state["step"].copy_(torch.where(finite, step, state["step"]))
             state["skipped_steps"].add_((~finite).to(torch.int64))
 
-
     def _adamw_few_passes(self, group: dict) -> bool:
         """The AdamW group's step in list-wide passes (``torch._foreach_*``), taken under the
         conditions of ``_few_passes_chunk`` (CPU, eager, float lr, every gradient finite) and for
