@@ -87,3 +87,36 @@ def test_scheduled_tensor_lr_recompiles_no_more_than_torch_optim_muon(name):
     compiled, graphs = train(name, compiled=True, scheduler=True)
     assert 1 <= graphs <= theirs, (graphs, theirs)
     assert_same_weights(compiled, train(name, compiled=False, scheduler=True)[0])
+
+
+def test_native_calls_under_fake_tensors_go_through_the_operator(monkeypatch):
+    """Under a dispatch mode (fake tensors, as make_fx and export use) the native iteration is
+    dispatched as its operator, whose fake implementation gives the shape without handing
+    the BLAS a fake data pointer; plain eager calls run the kernel directly, with the same bits."""
+    require_native("blas")
+    import warnings
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import fastmuon.torch.native as native
+    from fastmuon.torch import orthogonalize
+
+    x = torch.randn(2, 16, 32)
+    direct = []
+    kernel = native._orthogonalize_fused
+    monkeypatch.setattr(native, "_orthogonalize_fused", lambda *args: direct.append(1) or kernel(*args))
+    eager = orthogonalize(x, backend="native")
+    assert direct == [1] and torch.equal(eager, native._orthogonalize_op(x, *_plan_args()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when a FakeTensor's data pointer is read
+        with FakeTensorMode() as mode:
+            fake = orthogonalize(mode.from_tensor(x), backend="native")
+    assert direct == [1] and fake.shape == x.shape
+
+
+def _plan_args():
+    from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
+
+    plan = make_plan("polar_express", 5, None)
+    return ([float(c) for step in plan.coefficients for c in step], plan.norm_scale, plan.eps, False,
+            GRAM_RESTART_EVERY)

@@ -19,7 +19,7 @@ import torch
 
 from ..native import blas_module
 from ..plan import GRAM_RESTART_EVERY, Plan
-from .reference import as_batch
+from .reference import as_batch, through_operators
 
 
 def check_native_input(t: torch.Tensor, name: str) -> None:
@@ -108,6 +108,5 @@ def _(G, coefficients, norm_scale, eps, gram, restart_every):
 
 def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
     coefficients = [float(c) for step in plan.coefficients for c in step]
-    # Eager calls skip the operator's dispatch layers (about 50 us a call); traced ones need it.
-    fused = _orthogonalize_op if torch.compiler.is_compiling() else _orthogonalize_fused
+    fused = _orthogonalize_op if through_operators(G) else _orthogonalize_fused
     return fused(G, coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)

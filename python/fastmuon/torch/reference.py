@@ -19,6 +19,16 @@ def as_batch(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])
 
 
+def through_operators(t: torch.Tensor) -> bool:
+    """Whether a kernel call on ``t`` must go through its ``torch.library`` operator (native or
+    Triton): while torch.compile traces, under a dispatch mode (make_fx, export, fake or
+    functional tensors, a recording mode) and for tensor subclasses, all of which must see the
+    operator (its fake implementation gives shapes without touching data). Plain eager calls
+    run the implementation directly: the dispatcher round trip of a Python operator is host time
+    on every call (about 50 us a native call on the CPU)."""
+    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or type(t) is not torch.Tensor
+
+
 class TorchOps:
     """Plain-torch matrix operations on (batch, m, n) tensors."""
 

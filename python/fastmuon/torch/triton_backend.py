@@ -29,7 +29,7 @@ from torch.library import triton_op
 
 from ..iteration import orthogonalize_with
 from ..plan import Plan
-from .reference import TorchOps, as_batch
+from .reference import TorchOps, as_batch, through_operators
 from .triton_ba_plus_caa import launch_ba_plus_caa
 from .triton_common import INTERPRETED
 from .triton_xtx import launch_xtx
@@ -115,25 +115,15 @@ _register("triton_xxt", _xxt_fake)(_xxt_impl)
 _register("triton_ba_plus_caa", _ba_plus_caa_fake)(_ba_plus_caa_impl)
 
 
-def _through_operators(t: torch.Tensor) -> bool:
-    """Whether a launch must go through its ``torch.library`` operator: while torch.compile
-    traces, under a dispatch mode (make_fx, export, fake or functional tensors, a recording
-    mode) and for tensor subclasses, all of which must see the operator. Plain eager calls (CUDA
-    graph capture included) call the implementation directly: the dispatcher round trip of a
-    Python operator is host time on every launch, and host time, not the kernel, dominated the
-    Triton times measured at GPT-2 sizes (how much this saves is unmeasured)."""
-    return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or type(t) is not torch.Tensor
-
-
 def triton_xxt(X: torch.Tensor) -> torch.Tensor:
     """``torch.ops.fastmuon.triton_xxt(X)`` for X (B, M, K), without the dispatcher in plain eager."""
-    return torch.ops.fastmuon.triton_xxt(X) if _through_operators(X) else _xxt_impl(X)
+    return torch.ops.fastmuon.triton_xxt(X) if through_operators(X) else _xxt_impl(X)
 
 
 def triton_ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     """``torch.ops.fastmuon.triton_ba_plus_caa(A, alpha, beta)`` for A (B, M, M), without the
     dispatcher in plain eager."""
-    if _through_operators(A):
+    if through_operators(A):
         return torch.ops.fastmuon.triton_ba_plus_caa(A, alpha, beta)
     return _ba_plus_caa_impl(A, alpha, beta)
 
