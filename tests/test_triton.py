@@ -401,8 +401,7 @@ def test_optimizer_steps_read_nothing_back_from_the_device(backend, monkeypatch)
     import fastmuon.torch.optimizers as optimizers
 
     if DEVICE == "cpu":
-        monkeypatch.setattr(optimizers, "_few_passes_apply", lambda chunk, group: False)
-        monkeypatch.setattr(optimizers._MuonFamily, "_adamw_few_passes", lambda self, group: False)
+        monkeypatch.setattr(optimizers, "_list_wide_applies", lambda params, lr: False)
     for name, params, make in _optimizers(backend):
         for p in params:
             p.grad = torch.randn_like(p)

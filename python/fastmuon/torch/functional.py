@@ -14,7 +14,7 @@ Matrix arguments named ``O``, ``s`` or ``W`` below are matrix views ``(batch, ro
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -28,8 +28,21 @@ def muon_momentum(M: torch.Tensor, G: torch.Tensor, momentum: float, nesterov: b
     Returns (M', U). Written with lerp, as torch.optim.Muon does.
     """
     M_new = torch.lerp(M, G, 1.0 - momentum)
-    U = torch.lerp(G, M_new, momentum) if nesterov else M_new
-    return M_new, U
+    return M_new, muon_lookahead(G, M_new, momentum, nesterov)
+
+
+def muon_lookahead(G: torch.Tensor, M: torch.Tensor, momentum: float, nesterov: bool,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The tensor to orthogonalize from the gradient G and the new momentum M:
+    (1 - beta) G + beta M with Nesterov, else M. With ``out`` (e.g. a slice of a stack, maybe in
+    a narrower dtype) it is written there, without a temporary when the dtypes agree."""
+    if out is None:
+        return torch.lerp(G, M, momentum) if nesterov else M
+    if not nesterov:
+        return out.copy_(M)
+    if out.dtype == M.dtype:
+        return torch.lerp(G, M, momentum, out=out)
+    return out.copy_(torch.lerp(G, M, momentum))
 
 
 def muon_momentum_(M: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor, momentum: float,
@@ -39,7 +52,7 @@ def muon_momentum_(M: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor, moment
     needs no copy of M. Returns U (M itself without Nesterov)."""
     G = torch.where(ok, grad.to(M.dtype), M)
     M.lerp_(G, 1.0 - momentum)
-    return torch.lerp(G, M, momentum) if nesterov else M
+    return muon_lookahead(G, M, momentum, nesterov)
 
 
 def muon_momentum_lists_(momenta: List[torch.Tensor], grads: List[torch.Tensor], momentum: float) -> None:

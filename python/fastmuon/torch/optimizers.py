@@ -55,6 +55,7 @@ from .functional import (
     all_finite,
     decoupled_update,
     decoupled_update_lists_,
+    muon_lookahead,
     muon_momentum,
     muon_momentum_,
     muon_momentum_lists_,
@@ -176,6 +177,12 @@ def _chunks(items: list, size: int):
         yield items[start:start + size]
 
 
+def _lr_scale(group: dict, rows: int, cols: int) -> float:
+    """The group's lr shape scale for a (rows, cols) matrix view; a ``transposed`` group's
+    weights are stored (in, out), so their view is read the other way round."""
+    return shape_scale(*((cols, rows) if group["transposed"] else (rows, cols)), group["adjust_lr"])
+
+
 def _apply_update(W: torch.Tensor, O: torch.Tensor, ok: torch.Tensor, group: dict, view: Tuple[int, int, int]) -> None:
     """W <- the group's update of W with the orthogonalized O where ``ok`` (a 0-D bool), in place.
 
@@ -184,7 +191,7 @@ def _apply_update(W: torch.Tensor, O: torch.Tensor, ok: torch.Tensor, group: dic
     """
     batch, rows, cols = view
     lr = group["lr"]
-    scale = shape_scale(*((cols, rows) if group["transposed"] else (rows, cols)), group["adjust_lr"])
+    scale = _lr_scale(group, rows, cols)
     if group["sphere"] is None:
         W_new = decoupled_update(W, O.reshape(W.shape).to(W.dtype), lr=lr, weight_decay=group["weight_decay"],
                                  scale=scale, cautious=group["cautious_weight_decay"])
@@ -503,17 +510,11 @@ class _MuonFamily(_CheckedOptimizer):
         U = torch.empty((sum(batches), rows, cols), dtype=stack_dtype, device=params[0].device)
         start = 0
         for g, m, batch in zip(grads, momenta, batches):  # one matrix's temporary at a time, at most
-            part = U[start:start + batch].view(m.shape)
-            if not group["nesterov"]:
-                part.copy_(m)
-            elif stack_dtype == m.dtype:
-                torch.lerp(g, m, beta, out=part)
-            else:
-                part.copy_(torch.lerp(g, m, beta))
+            muon_lookahead(g, m, beta, group["nesterov"], out=U[start:start + batch].view(m.shape))
             start += batch
         O = self._orthogonalize(U, group)
         del U
-        scale = shape_scale(*((cols, rows) if group["transposed"] else (rows, cols)), group["adjust_lr"])
+        scale = _lr_scale(group, rows, cols)
         weights = [p.detach() for p in params]
         start, parts = 0, []
         for W, batch in zip(weights, batches):
