@@ -1,9 +1,10 @@
 """What this CPU can do fast, read once per process: whether it multiplies bf16 matrices in
 hardware (Intel AMX-BF16, or AVX512-BF16 on Intel and AMD).
 
-On such CPUs torch's bf16 matmul (oneDNN) ran about 2x faster than its fp32 matmul (AVX512-BF16,
-AMD EPYC: bench/bench_bf16_gemm.py; about 3x was reported for an Intel Xeon with AMX); on CPUs without bf16 units it ran ~100x slower. So the CPU default
-compute dtype of the orthogonalization is bf16 exactly where these instructions exist.
+On such CPUs torch's bf16 matmul (oneDNN) ran about 2x faster than its fp32 matmul
+(AVX512-BF16, AMD EPYC: bench/bench_bf16_gemm.py; about 3x was reported for an Intel Xeon with
+AMX); on CPUs without bf16 units it ran ~100x slower. So the CPU default compute dtype of the
+orthogonalization is bf16 exactly where these instructions exist.
 ``FASTMUON_CPU_BF16=0`` or ``=1`` overrides the detection (e.g. to compare both on one machine).
 """
 
