@@ -8,8 +8,10 @@ pick instead, in one run:
   mlx:   fastmuon.mlx.Muon (auto -> native on CPU), its reference backend,
          mlx.optimizers.Muon (Newton-Schulz in the gradient dtype, here fp32).
 
-Median of --repeats steps after one warm-up step; for fastmuon's torch steps also the share of
-the step spent outside orthogonalization. Appends to bench/results/optimizer_step.jsonl.
+Median of --repeats steps after one warm-up step, the providers taking turns in every repeat
+(timed one after another, a burst of machine noise would land on one provider only); the
+frameworks one after the other, as a user runs one; for fastmuon's torch steps also the share of the step spent outside
+orthogonalization. Appends to bench/results/optimizer_step.jsonl.
 
     python bench/bench_optimizer_step.py [--model gpt2-block|demo] [--repeats 3] [--skip-slow]
 """
@@ -32,14 +34,17 @@ MODELS = {
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "optimizer_step.jsonl")
 
 
-def time_steps(step, repeats: int) -> float:
-    step()  # warm-up: state creation
-    times = []
+def time_interleaved(steps: dict, repeats: int) -> dict:
+    """Median seconds per step of each named step function, the steps taking turns."""
+    for step in steps.values():
+        step()  # warm-up: state creation
+    times = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def outside_orthogonalize(step, repeats: int) -> float:
@@ -120,19 +125,20 @@ def main() -> None:
     shapes = MODELS[args.model]
     grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     rows = []
-    for cases in (torch_cases, mlx_cases):
+    for cases in (torch_cases, mlx_cases):  # one framework at a time: a user runs one
         try:
-            for name, step in cases(grads, args.skip_slow):
-                seconds = time_steps(step, args.repeats)
-                row = {"provider": name, "model": args.model, "shapes": [list(s) for s in shapes], "seconds": seconds}
-                outside = ""
-                if name.startswith("torch fastmuon"):
-                    row["outside_orthogonalize"] = outside_orthogonalize(step, args.repeats)
-                    outside = f"  ({row['outside_orthogonalize']:.0%} of it outside orthogonalize)"
-                rows.append(row)
-                print(f"{name:34s} {seconds:9.4f} s/step{outside}", flush=True)
+            steps = dict(cases(grads, args.skip_slow))
         except ImportError as exc:
             print(f"skipped: {exc}")
+            continue
+        for name, seconds in time_interleaved(steps, args.repeats).items():
+            row = {"provider": name, "model": args.model, "shapes": [list(s) for s in shapes], "seconds": seconds}
+            outside = ""
+            if name.startswith("torch fastmuon"):
+                row["outside_orthogonalize"] = outside_orthogonalize(steps[name], args.repeats)
+                outside = f"  ({row['outside_orthogonalize']:.0%} of it outside orthogonalize)"
+            rows.append(row)
+            print(f"{name:34s} {seconds:9.4f} s/step{outside}", flush=True)
     base = {r["provider"].split()[0]: r["seconds"] for r in rows if "(auto)" in r["provider"]}
     print("\nspeed-up of fastmuon (auto) over each provider, same framework:")
     for r in rows:

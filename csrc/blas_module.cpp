@@ -193,7 +193,8 @@ void ba_plus_caa(nb::handle a_obj, nb::handle out_obj, double alpha,
 }
 
 void orthogonalize(nb::handle x_obj, nb::handle coef_obj, double norm_scale,
-                   double eps, bool gram, int64_t gram_restart_every) {
+                   double eps, bool gram, int64_t gram_restart_every,
+                   int workers) {
   constexpr const char* fn = "orthogonalize";
   auto x = as_array<float>(x_obj, fn, "x");
   if (!is_matrix_batch(x)) {
@@ -217,7 +218,7 @@ void orthogonalize(nb::handle x_obj, nb::handle coef_obj, double norm_scale,
   const size_t nd = x.ndim();
   nb::gil_scoped_release release;
   fastmuon::cpu::orthogonalize_f32(x.data(), batch_of(x), dim(x, nd - 2),
-                                   dim(x, nd - 1), plan);
+                                   dim(x, nd - 1), plan, workers);
 }
 
 } // namespace
@@ -297,9 +298,10 @@ Raises:
       "eps"_a,
       "gram"_a,
       "gram_restart_every"_a,
+      "workers"_a = 1,
       nb::sig("def orthogonalize(x: object, coefficients: object, norm_scale: "
-              "float, eps: float, gram: bool, gram_restart_every: int) -> "
-              "None"),
+              "float, eps: float, gram: bool, gram_restart_every: int, "
+              "workers: int = 1) -> None"),
       R"doc(Orthogonalize every matrix of ``x`` in place (polynomial iteration).
 
 Each matrix ``X`` is normalized to ``X / (||X||_F * norm_scale + eps)``
@@ -310,9 +312,12 @@ iteration (``A = X X^T``, ``B = b A + c A A``, ``X <- a X + B X``), or
 with ``gram=True`` the Gram-space iteration on ``R = X X^T``,
 recomputing ``X`` and ``R`` after every ``gram_restart_every``-th step.
 Tall matrices are iterated in the wide orientation without a
-transposed copy. All arithmetic is float32 on the BLAS (matrices one
-after another, each product on the BLAS threads); the GIL is released.
-A zero matrix stays zero.
+transposed copy. All arithmetic is float32 on the BLAS; the GIL is
+released. With ``workers=1`` the matrices run one after another, each
+product on the BLAS threads; with ``workers > 1`` the batch is split
+into that many shares, each on a thread of its own (set the BLAS to one
+thread first). The result does not depend on ``workers``. A zero matrix
+stays zero.
 
 Args:
     x: writable float32, C-contiguous CPU array of shape
@@ -325,13 +330,14 @@ Args:
     gram: iterate on the Gram matrix instead of ``X``.
     gram_restart_every: restart period (``>= 1``) of the Gram iteration;
        ignored when ``gram`` is false.
+    workers: threads sharing the batch (``>= 1``).
 
 Raises:
     TypeError: ``x``/``coefficients`` is not an array or has the wrong
         dtype.
     ValueError: wrong shape, non-contiguous, read-only ``x``, non-CPU
-        memory, or an invalid ``norm_scale``/``eps``/coefficient value
-        or ``gram_restart_every``.
+        memory, or an invalid ``norm_scale``/``eps``/coefficient value,
+        ``gram_restart_every`` or ``workers``.
 )doc");
 
   m.def(

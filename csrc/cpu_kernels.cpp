@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "blas.h"
+#include "parallel.h"
 
 namespace fastmuon::cpu {
 
@@ -260,21 +261,13 @@ class BlasOps {
 
 } // namespace
 
-void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
-                       const OrthogonalizePlan& plan) {
-  check_batch(batch, "orthogonalize");
-  check_blas_dim(rows, "rows", "orthogonalize");
-  check_blas_dim(cols, "cols", "orthogonalize");
-  check_plan(plan);
-  if (batch == 0 || rows == 0 || cols == 0) {
-    return;
-  }
-  const bool tall = rows > cols;
-  const int64_t m = tall ? cols : rows;  // the wide orientation is (m x n)
-  const int64_t n = tall ? rows : cols;
-  const int64_t size = m * n;
+namespace {
 
-  // Scratch for the whole call, reused by every matrix of the batch.
+// Matrices [first, last) of the batch, one after another, with scratch of
+// their own (one range runs per thread).
+void orthogonalize_range(float* x, int64_t first, int64_t last, int64_t m,
+                         int64_t n, bool tall, const OrthogonalizePlan& plan) {
+  const int64_t size = m * n;
   const int nsq = square_buffers(plan);
   std::vector<float> x2(static_cast<size_t>(size));
   std::vector<float> sq(static_cast<size_t>(nsq * m * m));
@@ -283,10 +276,7 @@ void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
     squares.push_back({sq.data() + i * m * m});
   }
   BlasOps ops(m, n, tall);
-
-  // Matrices run one after another, each BLAS call on the BLAS thread pool;
-  // threading over the batch as well would oversubscribe the cores.
-  for (int64_t b = 0; b < batch; ++b) {
+  for (int64_t b = first; b < last; ++b) {
     float* xb = x + b * size;
     normalize(xb, size, plan.norm_scale, plan.eps);
     BlasOps::Wide cur{xb};
@@ -296,6 +286,36 @@ void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
       copy_floats(xb, cur.data, size);
     }
   }
+}
+
+} // namespace
+
+void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
+                       const OrthogonalizePlan& plan, int workers) {
+  check_batch(batch, "orthogonalize");
+  check_blas_dim(rows, "rows", "orthogonalize");
+  check_blas_dim(cols, "cols", "orthogonalize");
+  check_plan(plan);
+  if (workers < 1) {
+    throw std::invalid_argument(
+        "[fastmuon.orthogonalize] workers must be >= 1, got " +
+        std::to_string(workers));
+  }
+  if (batch == 0 || rows == 0 || cols == 0) {
+    return;
+  }
+  const bool tall = rows > cols;
+  const int64_t m = tall ? cols : rows;  // the wide orientation is (m x n)
+  const int64_t n = tall ? rows : cols;
+
+  // Contiguous shares of the batch, as even as the batch allows; the calling
+  // thread takes the first. Each share's BLAS calls run on the caller's BLAS
+  // thread setting (one thread, when the batch is split).
+  const int shares = static_cast<int>(std::min<int64_t>(workers, batch));
+  parallel_tasks(shares, [&](int i) {
+    orthogonalize_range(x, batch * i / shares, batch * (i + 1) / shares, m, n,
+                        tall, plan);
+  });
 }
 
 int blas_num_threads() {

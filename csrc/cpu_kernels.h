@@ -36,12 +36,17 @@ void ba_plus_caa_f32(const float* a, float* out, int64_t batch, int64_t m,
 // C-contiguous (batch, rows, cols) float32 x. Tall matrices (rows > cols) are
 // iterated in the wide orientation without a transposed copy (X^T X and
 // X B products). The iteration is fastmuon::iterate (iteration.h) on BLAS
-// operations. Works matrix by matrix on the BLAS thread pool; scratch is
-// allocated once per call. A zero matrix stays zero. Throws
-// std::invalid_argument for negative sizes, sizes beyond the BLAS integer
-// range, or an invalid plan (check_plan).
+// operations. With workers == 1 the matrices run one after another, each
+// BLAS call on the BLAS thread pool; with workers > 1 the batch is split into
+// that many contiguous shares (at most one per matrix), each run on a thread
+// of its own (the caller's thread takes one) with its own scratch, so the
+// caller should have set the BLAS to one thread. Every matrix gets the same
+// operations whatever the split, so the result does not depend on workers.
+// A zero matrix stays zero. Throws std::invalid_argument for negative sizes,
+// sizes beyond the BLAS integer range, workers < 1, or an invalid plan
+// (check_plan).
 void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
-                       const OrthogonalizePlan& plan);
+                       const OrthogonalizePlan& plan, int workers = 1);
 
 // Copy the strict upper triangle of the row-major (m, m) matrix c onto its
 // strict lower triangle (cache-blocked transpose).

@@ -7,6 +7,12 @@ Two extensions are built from ``csrc/``:
 * ``fastmuon._mlx_ext``: MLX primitives; needs ``mlx`` (it links libmlx and
   shares MLX's nanobind domain, so ``mlx.core`` is imported first).
 
+Both link the same OpenBLAS (scipy-openblas32 on Linux), which is started
+with a short spin (``OPENBLAS_SPIN_CYCLES``, unless the user set
+``OPENBLAS_THREAD_TIMEOUT``): by default OpenBLAS's idle threads spin about
+0.1 s after every multi-threaded call, taking a core from the torch or MLX
+work that follows (``tests/test_native_threads.py`` checks the spin is gone).
+
 Both are imported lazily, on first use, and the outcome is cached. A missing
 or broken build never breaks ``import fastmuon``: the accessors raise
 :class:`NativeExtensionMissing` (an ``ImportError``) with a build hint, and the
@@ -16,7 +22,9 @@ nor mlx at import time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import threading
 from types import ModuleType
 
@@ -32,6 +40,26 @@ _BUILD_HINT = (
     "From a source checkout, build the extensions with `pip install -e .` "
     "(or `make test`); a wheel of fastmuon for your platform contains them."
 )
+
+
+# OPENBLAS_THREAD_TIMEOUT is log2 of the cycles an idle OpenBLAS thread spins before it sleeps
+# (OpenBLAS reads it once, when the library loads; its default, 28, is about 0.1 s). 2^20 cycles
+# (about 0.3 ms) still bridges the gaps between the BLAS calls of one orthogonalization.
+OPENBLAS_SPIN_CYCLES = 20
+
+
+@contextlib.contextmanager
+def _short_blas_spin():
+    """OPENBLAS_THREAD_TIMEOUT set while our OpenBLAS loads, and restored after, so that it
+    reaches only that library (not, say, numpy's OpenBLAS, should it load later)."""
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
+        yield
+        return
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(OPENBLAS_SPIN_CYCLES)
+    try:
+        yield
+    finally:
+        os.environ.pop("OPENBLAS_THREAD_TIMEOUT", None)
 
 
 class NativeExtensionMissing(ImportError):
@@ -70,7 +98,8 @@ def _import(
             err.__cause__ = exc
             return err
     try:
-        return importlib.import_module(f"fastmuon.{name}")
+        with _short_blas_spin():
+            return importlib.import_module(f"fastmuon.{name}")
     except ImportError as exc:
         err = NativeExtensionMissing(
             f"fastmuon's compiled extension fastmuon.{name} is not available "

@@ -3,16 +3,18 @@
 The kernels compute in fp32 on C-contiguous CPU buffers, which they receive through DLPack
 without a copy; other dtypes or layouts are converted once on the way in and out.
 
-Threads. OpenBLAS keeps a thread pool of its own beside torch's OpenMP pool, and idle threads of
-each pool spin while the other works. Calls whose work is below ``SINGLE_THREAD_WORK`` run
-OpenBLAS on one thread (splitting them costs more than it gains, and never fights torch's
-threads); larger ones use ``torch.get_num_threads()`` threads, never more than torch is allowed
-(``bench/bench_native_threads.py`` measured both).
+Threads. Never more than ``torch.get_num_threads()``, so the kernels and torch's OpenMP pool
+share the cores instead of oversubscribing them. A batch of two or more matrices is split over
+that many threads of fastmuon's own (each matrix on one OpenBLAS thread): the matrices are
+independent, so this scales where splitting each small product does not. A single matrix uses
+OpenBLAS's threads when its work is at least ``SINGLE_THREAD_WORK``, and one thread below.
+``bench/bench_cpu_paths.py`` measures both.
 """
 
 from __future__ import annotations
 
-from typing import List
+import math
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -45,25 +47,47 @@ def _fp32_view(t: torch.Tensor) -> torch.Tensor:
 # (AMD EPYC, 2026-11-30) two threads were 1.6-5x slower than one at 128x512 and 256x1024
 # (m*m*n <= 6.7e7) and faster from 768x768 (4.5e8) up.
 SINGLE_THREAD_WORK = 1e8
+# m * m * n per matrix from which a batch is split over threads: at 8x8 (512) waking the second
+# thread cost more than the matrix (1.1x slower), from 16x16 (4096) up two threads were faster
+# (0.5-0.85x of one; AMD EPYC, 2 cores, 2026-11-30).
+BATCH_SPLIT_WORK = 4096
 
 _threads_set = [0]  # what OpenBLAS was last told; set only when it changes
 
 
-def use_threads(work: float) -> int:
-    """Give OpenBLAS the thread count for a call of ``work`` = m * m * n; returns it."""
-    threads = 1 if work < SINGLE_THREAD_WORK else max(1, torch.get_num_threads())
+def _set_blas_threads(threads: int) -> None:
     if threads != _threads_set[0]:
         blas_module().set_num_threads(threads)
         _threads_set[0] = threads
-    return threads
 
 
-def _work(shape) -> float:
+def _work(shape) -> Tuple[int, float]:
+    """(batch, m * m * n per matrix) of a (..., m, n) stack, m <= n."""
     m, n = sorted(shape[-2:])
-    batch = 1
-    for size in shape[:-2]:
-        batch *= size
-    return float(batch) * m * m * n
+    return math.prod(shape[:-2]), float(m) * m * n
+
+
+def _whole_call_threads(shape) -> int:
+    """OpenBLAS threads for a call that runs its matrices one after another."""
+    batch, matrix_work = _work(shape)
+    return 1 if batch * matrix_work < SINGLE_THREAD_WORK else max(1, torch.get_num_threads())
+
+
+def plan_threads(shape) -> Tuple[int, int]:
+    """(OpenBLAS threads, batch workers) for an orthogonalization of a (..., m, n) stack, within
+    ``torch.get_num_threads()``."""
+    available = max(1, torch.get_num_threads())
+    batch, matrix_work = _work(shape)
+    if available > 1 and batch > 1 and matrix_work >= BATCH_SPLIT_WORK:
+        return 1, min(batch, available)
+    return _whole_call_threads(shape), 1
+
+
+def use_threads(shape) -> int:
+    """Set OpenBLAS's threads for a call on a (..., m, n) stack; returns the batch workers."""
+    blas_threads, workers = plan_threads(shape)
+    _set_blas_threads(blas_threads)
+    return workers
 
 
 def xxt(X: torch.Tensor) -> torch.Tensor:
@@ -72,7 +96,7 @@ def xxt(X: torch.Tensor) -> torch.Tensor:
         return X.new_zeros((*X.shape[:-1], m))
     src = as_batch(_fp32_view(X))
     out = torch.empty((src.shape[0], m, m), dtype=torch.float32)
-    use_threads(_work(X.shape))
+    _set_blas_threads(_whole_call_threads(X.shape))
     blas_module().xxt(src, out)
     return out.reshape(*X.shape[:-1], m).to(X.dtype)
 
@@ -82,7 +106,7 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     if out.numel() == 0:
         return out.to(A.dtype)
     batch = as_batch(out)
-    use_threads(_work(A.shape))
+    _set_blas_threads(_whole_call_threads(A.shape))
     blas_module().ba_plus_caa(batch, batch, float(alpha), float(beta))
     return out.to(A.dtype)
 
@@ -90,9 +114,9 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
 def _orthogonalize_fused(G: torch.Tensor, coefficients: List[float], norm_scale: float, eps: float, gram: bool,
                         restart_every: int) -> torch.Tensor:
     X = _fp32_copy(G)  # the kernel works in place on this copy
-    use_threads(_work(G.shape))
+    workers = use_threads(G.shape)
     blas_module().orthogonalize(as_batch(X), np.asarray(coefficients, dtype=np.float64).reshape(-1, 3), norm_scale,
-                                eps, gram, restart_every)
+                                eps, gram, restart_every, workers=workers)
     return X.to(G.dtype)
 
 
