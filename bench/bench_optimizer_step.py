@@ -51,16 +51,16 @@ def outside_orthogonalize(step, repeats: int) -> float:
     """Share of a fastmuon torch step spent outside its orthogonalize calls (median)."""
     import fastmuon.torch.optimizers as optimizers
 
-    real = optimizers._MuonFamily._orthogonalize
+    real = optimizers._MuonFamily._orthogonalize_stacks
     inside = [0.0]
 
-    def timed(U, group):
+    def timed(stacks, group):
         start = time.perf_counter()
-        O = real(U, group)
+        O = real(stacks, group)
         inside[0] += time.perf_counter() - start
         return O
 
-    optimizers._MuonFamily._orthogonalize = staticmethod(timed)
+    optimizers._MuonFamily._orthogonalize_stacks = staticmethod(timed)
     try:
         shares = []
         for _ in range(repeats):
@@ -69,7 +69,7 @@ def outside_orthogonalize(step, repeats: int) -> float:
             step()
             shares.append(1.0 - inside[0] / (time.perf_counter() - start))
     finally:
-        optimizers._MuonFamily._orthogonalize = staticmethod(real)
+        optimizers._MuonFamily._orthogonalize_stacks = staticmethod(real)
     return float(np.median(shares))
 
 

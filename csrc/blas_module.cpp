@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -192,33 +193,73 @@ void ba_plus_caa(nb::handle a_obj, nb::handle out_obj, double alpha,
                                  dim(a, nd - 1), alpha32, beta32);
 }
 
-void orthogonalize(nb::handle x_obj, nb::handle coef_obj, double norm_scale,
-                   double eps, bool gram, int64_t gram_restart_every,
-                   int workers) {
-  constexpr const char* fn = "orthogonalize";
-  auto x = as_array<float>(x_obj, fn, "x");
-  if (!is_matrix_batch(x)) {
-    bad_value(fn, "x",
-              "must have shape (rows, cols) or (batch, rows, cols), got "
-              "shape " + shape_str(x));
-  }
+// The plan of an orthogonalize call, which owns a copy of the (steps x 3)
+// coefficients.
+fastmuon::OrthogonalizePlan plan_from(nb::handle coef_obj, const char* fn,
+                                      double norm_scale, double eps, bool gram,
+                                      int64_t gram_restart_every) {
   auto coef = as_array<const double>(coef_obj, fn, "coefficients");
   if (coef.ndim() != 2 || coef.shape(1) != 3 || coef.shape(0) < 1) {
     bad_value(fn, "coefficients",
               "must have shape (steps, 3) with steps >= 1, got shape " +
                   shape_str(coef));
   }
-  // The plan owns a copy of the (steps x 3) coefficients.
   fastmuon::OrthogonalizePlan plan{
       {}, norm_scale, eps, gram, gram_restart_every};
   const double* c = coef.data();
   for (size_t i = 0; i < coef.shape(0); ++i) {
     plan.coefficients.push_back({c[3 * i], c[3 * i + 1], c[3 * i + 2]});
   }
+  return plan;
+}
+
+// A writable (rows, cols) or (batch, rows, cols) float32 array as a Stack.
+fastmuon::cpu::Stack stack_from(const CpuArray<float>& x, const char* fn,
+                                const char* name) {
+  if (!is_matrix_batch(x)) {
+    bad_value(fn, name,
+              "must have shape (rows, cols) or (batch, rows, cols), got "
+              "shape " + shape_str(x));
+  }
   const size_t nd = x.ndim();
+  return {x.data(), batch_of(x), dim(x, nd - 2), dim(x, nd - 1)};
+}
+
+void orthogonalize(nb::handle x_obj, nb::handle coef_obj, double norm_scale,
+                   double eps, bool gram, int64_t gram_restart_every,
+                   int workers) {
+  constexpr const char* fn = "orthogonalize";
+  auto x = as_array<float>(x_obj, fn, "x");
+  const auto stack = stack_from(x, fn, "x");
+  const auto plan =
+      plan_from(coef_obj, fn, norm_scale, eps, gram, gram_restart_every);
   nb::gil_scoped_release release;
-  fastmuon::cpu::orthogonalize_f32(x.data(), batch_of(x), dim(x, nd - 2),
-                                   dim(x, nd - 1), plan, workers);
+  fastmuon::cpu::orthogonalize_stacks_f32({stack}, plan, workers);
+}
+
+void orthogonalize_stacks(nb::list xs, nb::handle coef_obj, double norm_scale,
+                          double eps, bool gram, int64_t gram_restart_every,
+                          int workers) {
+  constexpr const char* fn = "orthogonalize_stacks";
+  std::vector<CpuArray<float>> arrays;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    names.push_back("xs[" + std::to_string(i) + "]");
+    arrays.push_back(as_array<float>(xs[i], fn, names.back().c_str()));
+  }
+  std::vector<fastmuon::cpu::Stack> stacks;
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    stacks.push_back(stack_from(arrays[i], fn, names[i].c_str()));
+    for (size_t j = 0; j < i; ++j) {  // their matrices are written concurrently
+      if (overlaps(arrays[i], arrays[j])) {
+        bad_value(fn, names[i].c_str(), "overlaps " + names[j]);
+      }
+    }
+  }
+  const auto plan =
+      plan_from(coef_obj, fn, norm_scale, eps, gram, gram_restart_every);
+  nb::gil_scoped_release release;
+  fastmuon::cpu::orthogonalize_stacks_f32(stacks, plan, workers);
 }
 
 } // namespace
@@ -338,6 +379,34 @@ Raises:
     ValueError: wrong shape, non-contiguous, read-only ``x``, non-CPU
         memory, or an invalid ``norm_scale``/``eps``/coefficient value,
         ``gram_restart_every`` or ``workers``.
+)doc");
+
+  m.def(
+      "orthogonalize_stacks",
+      &orthogonalize_stacks,
+      "xs"_a,
+      "coefficients"_a.none(),
+      "norm_scale"_a,
+      "eps"_a,
+      "gram"_a,
+      "gram_restart_every"_a,
+      "workers"_a = 1,
+      nb::sig("def orthogonalize_stacks(xs: list, coefficients: object, "
+              "norm_scale: float, eps: float, gram: bool, gram_restart_every: "
+              "int, workers: int = 1) -> None"),
+      R"doc(``orthogonalize`` on every array of the list ``xs`` in one call.
+
+The arrays may have different shapes (each ``(rows, cols)`` or
+``(batch, rows, cols)``, float32, C-contiguous, writable) and must not
+overlap. With ``workers > 1`` all their matrices are shared out over
+that many threads together, the largest first, each to the least loaded
+thread; every matrix gets the same operations as in ``orthogonalize``,
+so the results do not depend on ``workers`` or on how the matrices are
+grouped into arrays. The GIL is released.
+
+Raises:
+    TypeError, ValueError: as ``orthogonalize``, naming the array
+        (``xs[i]``); ValueError also when two arrays overlap.
 )doc");
 
   m.def(

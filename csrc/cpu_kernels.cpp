@@ -263,59 +263,99 @@ class BlasOps {
 
 namespace {
 
-// Matrices [first, last) of the batch, one after another, with scratch of
-// their own (one range runs per thread).
-void orthogonalize_range(float* x, int64_t first, int64_t last, int64_t m,
-                         int64_t n, bool tall, const OrthogonalizePlan& plan) {
-  const int64_t size = m * n;
-  const int nsq = square_buffers(plan);
-  std::vector<float> x2(static_cast<size_t>(size));
-  std::vector<float> sq(static_cast<size_t>(nsq * m * m));
-  std::vector<BlasOps::Square> squares;  // handles into sq, in any order
-  for (int i = 0; i < nsq; ++i) {
-    squares.push_back({sq.data() + i * m * m});
+// One matrix of a stack: its data and its wide orientation (m x n, m <= n).
+struct Matrix {
+  float* data;
+  int64_t m, n;
+  bool tall;
+};
+
+// The matrices, one after another, with scratch sized for the largest (one
+// list runs per thread).
+void orthogonalize_list(const std::vector<Matrix>& list,
+                        const OrthogonalizePlan& plan) {
+  int64_t wide = 0, square = 0;
+  for (const auto& mat : list) {
+    wide = std::max(wide, mat.m * mat.n);
+    square = std::max(square, mat.m * mat.m);
   }
-  BlasOps ops(m, n, tall);
-  for (int64_t b = first; b < last; ++b) {
-    float* xb = x + b * size;
-    normalize(xb, size, plan.norm_scale, plan.eps);
-    BlasOps::Wide cur{xb};
+  const int nsq = square_buffers(plan);
+  std::vector<float> x2(static_cast<size_t>(wide));
+  std::vector<float> sq(static_cast<size_t>(nsq * square));
+  for (const auto& mat : list) {
+    std::vector<BlasOps::Square> squares;  // handles into sq, in any order
+    for (int i = 0; i < nsq; ++i) {
+      squares.push_back({sq.data() + i * mat.m * mat.m});
+    }
+    BlasOps ops(mat.m, mat.n, mat.tall);
+    normalize(mat.data, mat.m * mat.n, plan.norm_scale, plan.eps);
+    BlasOps::Wide cur{mat.data};
     BlasOps::Wide other{x2.data()};
     iterate(ops, plan, cur, other, squares);
-    if (cur.data != xb) {
-      copy_floats(xb, cur.data, size);
+    if (cur.data != mat.data) {
+      copy_floats(mat.data, cur.data, mat.m * mat.n);
     }
   }
 }
 
 } // namespace
 
-void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
-                       const OrthogonalizePlan& plan, int workers) {
-  check_batch(batch, "orthogonalize");
-  check_blas_dim(rows, "rows", "orthogonalize");
-  check_blas_dim(cols, "cols", "orthogonalize");
+void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
+                              const OrthogonalizePlan& plan, int workers) {
   check_plan(plan);
   if (workers < 1) {
     throw std::invalid_argument(
         "[fastmuon.orthogonalize] workers must be >= 1, got " +
         std::to_string(workers));
   }
-  if (batch == 0 || rows == 0 || cols == 0) {
+  std::vector<Matrix> matrices;
+  for (const auto& st : stacks) {
+    check_batch(st.batch, "orthogonalize");
+    check_blas_dim(st.rows, "rows", "orthogonalize");
+    check_blas_dim(st.cols, "cols", "orthogonalize");
+    if (st.rows == 0 || st.cols == 0) {
+      continue;
+    }
+    const bool tall = st.rows > st.cols;
+    const int64_t m = tall ? st.cols : st.rows;
+    const int64_t n = tall ? st.rows : st.cols;
+    for (int64_t b = 0; b < st.batch; ++b) {
+      matrices.push_back({st.data + b * m * n, m, n, tall});
+    }
+  }
+  if (matrices.empty()) {
     return;
   }
-  const bool tall = rows > cols;
-  const int64_t m = tall ? cols : rows;  // the wide orientation is (m x n)
-  const int64_t n = tall ? rows : cols;
-
-  // Contiguous shares of the batch, as even as the batch allows; the calling
-  // thread takes the first. Each share's BLAS calls run on the caller's BLAS
-  // thread setting (one thread, when the batch is split).
-  const int shares = static_cast<int>(std::min<int64_t>(workers, batch));
-  parallel_tasks(shares, [&](int i) {
-    orthogonalize_range(x, batch * i / shares, batch * (i + 1) / shares, m, n,
-                        tall, plan);
+  // Longest work first, each matrix to the least loaded thread (ties: the
+  // lower index), so threads finish together; the order is fixed by the
+  // shapes alone. Every matrix gets the same operations wherever it runs.
+  const int lists = static_cast<int>(
+      std::min<int64_t>(workers, static_cast<int64_t>(matrices.size())));
+  std::vector<size_t> order(matrices.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    order[i] = i;
+  }
+  const auto work = [&](size_t i) {
+    return static_cast<double>(matrices[i].m) * matrices[i].m * matrices[i].n;
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return work(a) > work(b); });
+  std::vector<std::vector<Matrix>> assigned(static_cast<size_t>(lists));
+  std::vector<double> load(static_cast<size_t>(lists), 0.0);
+  for (size_t i : order) {
+    const auto least = static_cast<size_t>(
+        std::min_element(load.begin(), load.end()) - load.begin());
+    assigned[least].push_back(matrices[i]);
+    load[least] += work(i);
+  }
+  parallel_tasks(lists, [&](int i) {
+    orthogonalize_list(assigned[static_cast<size_t>(i)], plan);
   });
+}
+
+void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
+                       const OrthogonalizePlan& plan, int workers) {
+  orthogonalize_stacks_f32({Stack{x, batch, rows, cols}}, plan, workers);
 }
 
 int blas_num_threads() {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "iteration.h"
 
@@ -37,16 +38,27 @@ void ba_plus_caa_f32(const float* a, float* out, int64_t batch, int64_t m,
 // iterated in the wide orientation without a transposed copy (X^T X and
 // X B products). The iteration is fastmuon::iterate (iteration.h) on BLAS
 // operations. With workers == 1 the matrices run one after another, each
-// BLAS call on the BLAS thread pool; with workers > 1 the batch is split into
-// that many contiguous shares (at most one per matrix), each run on a thread
-// of its own (the caller's thread takes one) with its own scratch, so the
-// caller should have set the BLAS to one thread. Every matrix gets the same
-// operations whatever the split, so the result does not depend on workers.
+// BLAS call on the BLAS thread pool; with workers > 1 they are shared out
+// over that many threads (parallel.h; at most one per matrix), so the caller
+// should have set the BLAS to one thread. Every matrix gets the same
+// operations wherever it runs, so the result does not depend on workers.
 // A zero matrix stays zero. Throws std::invalid_argument for negative sizes,
 // sizes beyond the BLAS integer range, workers < 1, or an invalid plan
 // (check_plan).
 void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,
                        const OrthogonalizePlan& plan, int workers = 1);
+
+// One (batch, rows, cols) row-major C-contiguous float32 buffer.
+struct Stack {
+  float* data;
+  int64_t batch, rows, cols;
+};
+
+// orthogonalize_f32 on several stacks (of any shapes; the buffers must not
+// overlap) in one call: all their matrices are shared out over the workers
+// together, the largest first, each to the least loaded thread.
+void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
+                              const OrthogonalizePlan& plan, int workers = 1);
 
 // Copy the strict upper triangle of the row-major (m, m) matrix c onto its
 // strict lower triangle (cache-blocked transpose).

@@ -50,14 +50,16 @@ def test_threads_stay_within_torch_threads(monkeypatch):
     from fastmuon.torch import native
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert native.plan_threads((8, 64, 256)) == (1, 4)  # batch split, OpenBLAS on one thread
-    assert native.plan_threads((3, 256, 64)) == (1, 3)  # at most one share per matrix
-    assert native.plan_threads((2, 8, 8)) == (1, 1)  # too small to be worth a second thread
-    assert native.plan_threads((1, 64, 64)) == (1, 1)
-    assert native.plan_threads((2048, 2048)) == (4, 1)  # one big matrix: OpenBLAS's threads
+    assert native.plan_threads([(8, 64, 256)]) == (1, 4)  # batch split, OpenBLAS on one thread
+    assert native.plan_threads([(3, 256, 64)]) == (1, 3)  # at most one share per matrix
+    assert native.plan_threads([(2, 8, 8)]) == (1, 1)  # too small to be worth a second thread
+    assert native.plan_threads([(1, 64, 64)]) == (1, 1)
+    assert native.plan_threads([(2048, 2048)]) == (4, 1)  # one big matrix: OpenBLAS's threads
+    assert native.plan_threads([(64, 256), (64, 64), (192, 64)]) == (1, 3)  # stacks shared out together
+    assert native.plan_threads([(2048, 2048), (2, 64, 64)]) == (4, 1)  # one matrix holds most of the work
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert native.plan_threads((8, 64, 256)) == (1, 1)
-    assert native.plan_threads((2048, 2048)) == (1, 1)
+    assert native.plan_threads([(8, 64, 256)]) == (1, 1)
+    assert native.plan_threads([(2048, 2048)]) == (1, 1)
 
 
 def _run(code: str, env: dict) -> str:
@@ -109,3 +111,43 @@ def test_openblas_threads_do_not_spin_after_a_call(blas_ext):
     spinning = float(_run(code, {"OPENBLAS_THREAD_TIMEOUT": "28"}))
     assert quiet < 0.02, quiet
     assert spinning > 0.03, spinning
+
+
+@pytest.mark.parametrize("backend", ["auto", "native", "reference"])
+def test_orthogonalize_stacks_equals_one_call_each(backend):
+    """Stacks of several shapes (tall, wide, 2-D, empty, bf16) in one call give bitwise what one
+    orthogonalize call each gives, whatever the threads."""
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch.orthogonalize import orthogonalize, orthogonalize_stacks
+
+    gen = torch.Generator().manual_seed(0)
+    Gs = [torch.randn(3, 16, 40, generator=gen), torch.randn(40, 16, generator=gen), torch.randn(2, 24, 24, generator=gen),
+          torch.zeros(0, 8, 8), torch.randn(2, 16, 40, generator=gen).to(torch.bfloat16)]
+    if backend == "native":
+        Gs = Gs[:4]  # native computes in fp32: a bf16 input is converted, which the other backends share
+    expected = [orthogonalize(G, backend=backend, method="gram") for G in Gs]
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = orthogonalize_stacks(Gs, backend=backend, method="gram")
+        finally:
+            torch.set_num_threads(before)
+        for G, O, E in zip(Gs, got, expected):
+            assert O.shape == G.shape and O.dtype == G.dtype
+            assert torch.equal(O, E)
+
+
+def test_orthogonalize_stacks_errors(blas_ext):
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch.orthogonalize import orthogonalize_stacks
+
+    with pytest.raises(TypeError, match=r"Gs\[1\] must be a floating tensor"):
+        orthogonalize_stacks([torch.ones(4, 4), torch.ones(4, 4, dtype=torch.int64)])
+    plan = make_plan("polar_express", 5, None)
+    x = np.ones((4, 6, 8), np.float32)
+    with pytest.raises(ValueError, match=r"`xs\[1\]` overlaps xs\[0\]"):
+        blas_ext.orthogonalize_stacks([x[:2], x[1:]], *_plan_args(plan))
+    with pytest.raises(TypeError, match=r"`xs\[0\]` must have dtype float32"):
+        blas_ext.orthogonalize_stacks([x.astype(np.float64)], *_plan_args(plan))
+    np.testing.assert_array_equal(x, 1.0)

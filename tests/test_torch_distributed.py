@@ -89,17 +89,17 @@ def worker(rank, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=60))
     calls = []
-    real = muon_module.orthogonalize
+    real = muon_module.orthogonalize_stacks
 
-    def counting(U, **kwargs):
-        calls.append(U.shape[0])
-        return real(U, **kwargs)
+    def counting(stacks, **kwargs):
+        calls.extend(U.shape[0] for U in stacks)
+        return real(stacks, **kwargs)
 
-    muon_module.orthogonalize = counting
+    muon_module.orthogonalize_stacks = counting
     try:
         result = run(rank, distributed=None)
     finally:
-        muon_module.orthogonalize = real
+        muon_module.orthogonalize_stacks = real
         dist.destroy_process_group()
     result["matrices"] = sum(calls)
     # The single-process baseline runs here too, under the same thread settings.

@@ -245,11 +245,11 @@ def test_matches_torch_optim_muon_bf16(rng):
 
 def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
     calls = []
-    real = muon_module.orthogonalize
+    real = muon_module.orthogonalize_stacks
 
-    def counting(U, **kwargs):
-        calls.append(tuple(U.shape))
-        return real(U, **kwargs)
+    def counting(stacks, **kwargs):
+        calls.append([tuple(U.shape) for U in stacks])
+        return real(stacks, **kwargs)
 
     shapes = [(16, 24), (24, 16), (16, 24), (4, 16, 24), (8, 3, 3, 3), (24, 16)]
     params = [nn.Parameter(torch.tensor(rng.standard_normal(s), dtype=torch.float32)) for s in shapes]
@@ -257,10 +257,11 @@ def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
     for p, g in zip(params, grads):
         p.grad = g.clone()
     opt = Muon(params, allow_nd=True)
-    monkeypatch.setattr(muon_module, "orthogonalize", counting)
+    monkeypatch.setattr(muon_module, "orthogonalize_stacks", counting)
     opt.step()
-    assert sorted(calls) == sorted([(6, 16, 24), (2, 24, 16), (1, 8, 27)])
-    monkeypatch.setattr(muon_module, "orthogonalize", real)
+    assert len(calls) == 1  # on the CPU, the stacks of every shape in one call
+    assert sorted(calls[0]) == sorted([(6, 16, 24), (2, 24, 16), (1, 8, 27)])
+    monkeypatch.setattr(muon_module, "orthogonalize_stacks", real)
 
     # Stacking changes nothing: each parameter stepped alone gives bitwise the same weights.
     start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
@@ -761,15 +762,16 @@ def test_big_stacks_are_orthogonalized_in_bounded_chunks(monkeypatch, rng):
     def run(stack_bytes):
         monkeypatch.setattr(muon_module, "STACK_BYTES", stack_bytes)
         calls = []
-        real = muon_module.orthogonalize
-        monkeypatch.setattr(muon_module, "orthogonalize", lambda U, **kw: calls.append(U.shape[0]) or real(U, **kw))
+        real = muon_module.orthogonalize_stacks
+        monkeypatch.setattr(muon_module, "orthogonalize_stacks",
+                            lambda stacks, **kw: calls.extend(U.shape[0] for U in stacks) or real(stacks, **kw))
         params = [nn.Parameter(w.clone()) for w in start]
         opt = NorMuon(params, weight_decay=0.1)
         for step_grads in grads:
             for p, g in zip(params, step_grads):
                 p.grad = g.clone()
             opt.step()
-        monkeypatch.setattr(muon_module, "orthogonalize", real)
+        monkeypatch.setattr(muon_module, "orthogonalize_stacks", real)
         return params, opt, calls
 
     whole, whole_opt, whole_calls = run(2**30)
@@ -979,19 +981,19 @@ def test_torch_optim_muons_error_cases():
 @pytest.mark.parametrize("options", [dict(), dict(nesterov=False, weight_decay=0.1),
                                      dict(ns_dtype=torch.bfloat16, adjust_lr="match_rms_adamw", weight_decay=0.05)])
 def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options):
-    """On the CPU, a chunk whose gradients are all finite takes the list-wide (foreach) step;
-    weights and momenta are bitwise those of the per-parameter step, and a chunk holding a NaN
-    leaves it (the NaN parameter is skipped, the others step)."""
+    """On the CPU, chunks whose gradients are all finite take the list-wide (foreach) step, all
+    shapes in one batch; weights and momenta are bitwise those of the per-parameter step, and a
+    batch holding a NaN leaves it (the NaN parameter is skipped, the others step)."""
     shapes = [(16, 24), (16, 24), (3, 16, 24), (24, 16), (0, 16)]
     start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
     grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(3)]
     grads[2][1][0, 0] = float("nan")
     taken = []
-    real = muon_module._MuonFamily._few_passes_chunk
+    real = muon_module._MuonFamily._few_passes
 
-    def counting(self, chunk, *args):
-        result = real(self, chunk, *args)
-        taken.append(result)
+    def counting(self, batch):
+        result = real(self, batch)
+        taken.append((len(batch), result))
         return result
 
     def run(few_passes: bool):
@@ -1004,9 +1006,9 @@ def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options
             opt.step()
         return params, opt
 
-    monkeypatch.setattr(muon_module._MuonFamily, "_few_passes_chunk", counting)
+    monkeypatch.setattr(muon_module._MuonFamily, "_few_passes", counting)
     fast, fast_opt = run(True)
-    assert taken.count(True) == 3 * 3 - 1 and taken.count(False) == 1  # 3 chunks a step; the NaN one fell back
+    assert taken == [(3, True), (3, True), (3, False)]  # 3 chunks a step in one batch; the NaN one fell back
     slow, slow_opt = run(False)
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)
@@ -1014,6 +1016,19 @@ def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options
         assert torch.equal(fast_opt.state[a]["skipped_steps"], slow_opt.state[b]["skipped_steps"])
     assert fast_opt.state[fast[1]]["skipped_steps"].item() == 1
     assert not torch.equal(fast[0].detach(), start[0])
+
+
+def test_few_passes_batches_respect_options_and_bytes(monkeypatch):
+    """Chunks share an orthogonalization call only with the same options, and a batch holds at
+    most STACK_BYTES (a bigger chunk alone)."""
+    monkeypatch.setattr(muon_module, "STACK_BYTES", 100)
+
+    def chunk(options, nbytes):
+        return muon_module._Chunk([], [], {}, 1, 1, torch.float32, options, nbytes)
+
+    chunks = [chunk("a", 40), chunk("a", 40), chunk("a", 40), chunk("b", 10), chunk("b", 500), chunk("b", 10)]
+    sizes = [[c.nbytes for c in batch] for batch in muon_module._few_passes_batches(chunks)]
+    assert sizes == [[40, 40], [40], [10], [500], [10]]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

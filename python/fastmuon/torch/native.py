@@ -73,19 +73,26 @@ def _whole_call_threads(shape) -> int:
     return 1 if batch * matrix_work < SINGLE_THREAD_WORK else max(1, torch.get_num_threads())
 
 
-def plan_threads(shape) -> Tuple[int, int]:
-    """(OpenBLAS threads, batch workers) for an orthogonalization of a (..., m, n) stack, within
-    ``torch.get_num_threads()``."""
+def plan_threads(shapes) -> Tuple[int, int]:
+    """(OpenBLAS threads, workers) for one orthogonalization call on stacks of these (..., m, n)
+    shapes, within ``torch.get_num_threads()``. The matrices are shared out over the workers
+    (one OpenBLAS thread each) unless they are too small to pay for a second thread, or one big
+    matrix holds more than a worker's share of the work (it then runs on OpenBLAS's threads)."""
     available = max(1, torch.get_num_threads())
-    batch, matrix_work = _work(shape)
-    if available > 1 and batch > 1 and matrix_work >= BATCH_SPLIT_WORK:
-        return 1, min(batch, available)
-    return _whole_call_threads(shape), 1
+    works = [_work(shape) for shape in shapes]
+    count = sum(batch for batch, _ in works)
+    total = sum(batch * work for batch, work in works)
+    largest = max((work for batch, work in works if batch), default=0.0)
+    workers = min(count, available)
+    dominated = largest >= SINGLE_THREAD_WORK and largest * workers > total
+    if workers > 1 and total >= BATCH_SPLIT_WORK * count and not dominated:
+        return 1, workers
+    return (1 if total < SINGLE_THREAD_WORK else available), 1
 
 
-def use_threads(shape) -> int:
-    """Set OpenBLAS's threads for a call on a (..., m, n) stack; returns the batch workers."""
-    blas_threads, workers = plan_threads(shape)
+def use_threads(shapes) -> int:
+    """Set OpenBLAS's threads for a call on stacks of these shapes; returns the workers."""
+    blas_threads, workers = plan_threads(shapes)
     _set_blas_threads(blas_threads)
     return workers
 
@@ -111,12 +118,16 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     return out.to(A.dtype)
 
 
+def _coefficient_array(coefficients) -> np.ndarray:
+    return np.asarray(coefficients, dtype=np.float64).reshape(-1, 3)
+
+
 def _orthogonalize_fused(G: torch.Tensor, coefficients: List[float], norm_scale: float, eps: float, gram: bool,
                         restart_every: int) -> torch.Tensor:
     X = _fp32_copy(G)  # the kernel works in place on this copy
-    workers = use_threads(G.shape)
-    blas_module().orthogonalize(as_batch(X), np.asarray(coefficients, dtype=np.float64).reshape(-1, 3), norm_scale,
-                                eps, gram, restart_every, workers=workers)
+    workers = use_threads([G.shape])
+    blas_module().orthogonalize(as_batch(X), _coefficient_array(coefficients), norm_scale, eps, gram, restart_every,
+                                workers=workers)
     return X.to(G.dtype)
 
 
@@ -134,3 +145,15 @@ def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
     coefficients = [float(c) for step in plan.coefficients for c in step]
     fused = _orthogonalize_op if through_operators(G) else _orthogonalize_fused
     return fused(G, coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)
+
+
+def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan) -> List[torch.Tensor]:
+    """``orthogonalize`` of each tensor, in one kernel call (eager tensors only: no operator)."""
+    if not Gs:
+        return []
+    Xs = [_fp32_copy(G) for G in Gs]  # the kernel works in place on these copies
+    workers = use_threads([G.shape for G in Gs])
+    blas_module().orthogonalize_stacks([as_batch(X) for X in Xs], _coefficient_array(plan.coefficients),
+                                       plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY,
+                                       workers=workers)
+    return [X.to(G.dtype) for X, G in zip(Xs, Gs)]

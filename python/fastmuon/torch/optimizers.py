@@ -2,9 +2,10 @@
 ``functional.py``.
 
 All three share one step path (``_MuonFamily``): per parameter, the EMA momentum and the tensor
-to orthogonalize; then one batched ``orthogonalize`` call per stack of same-shape matrices
-(``_orthogonalize`` is the only place that calls the orthogonalizer); then, per parameter,
-NorMuon's normalization when the group has ``beta2``, and the decoupled (or sphere) update.
+to orthogonalize; then one batched orthogonalization per stack of same-shape matrices
+(``_orthogonalize_stacks`` is the only place that calls the orthogonalizer; on the CPU, stacks
+of several shapes go in one call); then, per parameter, NorMuon's normalization when the group
+has ``beta2``, and the decoupled (or sphere) update.
 MuonWithAdamW also steps AdamW groups (``use_muon=False``).
 
 Non-finite gradients. A parameter whose gradient holds a NaN or an Inf is skipped for that step:
@@ -65,7 +66,7 @@ from .functional import (
     sphere_geodesic_update,
     sphere_project_update,
 )
-from .orthogonalize import BACKENDS, orthogonalize, resolve_compute_dtype
+from .orthogonalize import BACKENDS, orthogonalize_stacks, resolve_compute_dtype
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "SignSGD"]
 
@@ -239,6 +240,34 @@ class _Pending:
         g = self.group
         return (self.rows, self.cols, self.update.dtype, self.update.device,
                 *(_freeze(g[key]) for key in _ORTHOGONALIZE_KEYS))
+
+
+@dataclass
+class _Chunk:
+    """Same-shape Muon matrices orthogonalized in one stack."""
+
+    members: List[Tuple[torch.Tensor, dict]]  # (parameter, its group)
+    counts: List[int]  # matrices in each member's view
+    group: dict
+    rows: int
+    cols: int
+    stack_dtype: torch.dtype
+    options: tuple  # the group's orthogonalization options (_ORTHOGONALIZE_KEYS), frozen
+    nbytes: int  # of its stack
+
+
+def _few_passes_batches(chunks: List[_Chunk]):
+    """Consecutive chunks with the same orthogonalization options, at most ``STACK_BYTES`` a
+    batch (a bigger chunk alone)."""
+    batch: List[_Chunk] = []
+    for chunk in chunks:
+        if batch and (chunk.options != batch[0].options
+                      or sum(c.nbytes for c in batch) + chunk.nbytes > STACK_BYTES):
+            yield batch
+            batch = []
+        batch.append(chunk)
+    if batch:
+        yield batch
 
 
 def _counters_as_ints(optimizer: Optimizer, state_dict: dict) -> dict:
@@ -464,63 +493,89 @@ class _MuonFamily(_CheckedOptimizer):
         """One process: same-shape matrices are orthogonalized together, a chunk of at most
         ``STACK_BYTES`` at a time, and each chunk is built, orthogonalized and applied before
         the next, so the step's workspace stays bounded whatever the model's size. The stack is
-        held in the orthogonalization's compute dtype (half the bytes in bf16)."""
+        held in the orthogonalization's compute dtype (half the bytes in bf16).
+
+        Chunks that may take the list-wide passes (``_few_passes_apply``) go in batches of
+        consecutive chunks with the same orthogonalization options, at most ``STACK_BYTES`` in
+        all: one finiteness check and one orthogonalization call a batch (on the native kernels
+        their matrices are shared out over the threads together)."""
         stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
+        batches: Dict[torch.Tensor, int] = {}  # matrices in each parameter's view
         for group in groups:
+            options = tuple(_freeze(group[k]) for k in _ORTHOGONALIZE_KEYS)
             for p in group["params"]:
                 if p.grad is not None:
-                    _, rows, cols = matrix_view(p.shape)
-                    key = (rows, cols, p.dtype, p.device, *(_freeze(group[k]) for k in _ORTHOGONALIZE_KEYS))
-                    stacks[key].append((p, group))
-        for (rows, cols, dtype, device, *_), members in stacks.items():
+                    batches[p], rows, cols = matrix_view(p.shape)
+                    stacks[(rows, cols, p.dtype, p.device, *options)].append((p, group))
+        few_passes: List[_Chunk] = []
+        for (rows, cols, dtype, device, *options), members in stacks.items():
             group = members[0][1]
             compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (rows, cols))
             stack_dtype = _narrower(dtype, compute_dtype)
             matrix_bytes = rows * cols * torch.finfo(stack_dtype).bits // 8
-            for chunk in _chunks(members, max(1, STACK_BYTES // max(1, matrix_bytes))):
-                if _few_passes_apply(chunk, group) and self._few_passes_chunk(chunk, group, rows, cols, stack_dtype):
-                    continue
-                items = [self._momentum_phase(p, g, commit=True) for p, g in chunk]
-                U = torch.empty((sum(item.batch for item in items), rows, cols), dtype=stack_dtype, device=device)
-                start = 0
-                for item in items:
-                    U[start:start + item.batch].copy_(item.update)
-                    item.update = None
-                    start += item.batch
-                O = self._orthogonalize(U, group)
-                del U
-                start = 0
-                for item in items:
-                    self._update_phase(item, O[start:start + item.batch], item.finite)
-                    start += item.batch
+            per_chunk = max(1, STACK_BYTES // max(1, matrix_bytes))
+            for members_chunk in _chunks(members, per_chunk):
+                counts = [batches[p] for p, _ in members_chunk]
+                chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, tuple(options),
+                               matrix_bytes * sum(counts))
+                if _few_passes_apply(members_chunk, group):
+                    few_passes.append(chunk)
+                else:
+                    self._per_parameter_chunk(chunk)
+        for batch in _few_passes_batches(few_passes):
+            if not self._few_passes(batch):
+                for chunk in batch:
+                    self._per_parameter_chunk(chunk)
 
-    def _few_passes_chunk(self, chunk, group: dict, rows: int, cols: int, stack_dtype: torch.dtype) -> bool:
-        """The chunk's step in a few list-wide passes (``torch._foreach_*``) when every gradient
-        is finite, which one check on the host finds out; returns False, having changed
+    def _per_parameter_chunk(self, chunk: "_Chunk") -> None:
+        """A chunk's step parameter by parameter (any device, dtype or option; a parameter with a
+        non-finite gradient is skipped), with one orthogonalization call for the chunk."""
+        items = [self._momentum_phase(p, g, commit=True) for p, g in chunk.members]
+        U = torch.empty((sum(item.batch for item in items), chunk.rows, chunk.cols), dtype=chunk.stack_dtype,
+                        device=items[0].param.device)
+        start = 0
+        for item in items:
+            U[start:start + item.batch].copy_(item.update)
+            item.update = None
+            start += item.batch
+        O = self._orthogonalize(U, chunk.group)
+        del U
+        start = 0
+        for item in items:
+            self._update_phase(item, O[start:start + item.batch], item.finite)
+            start += item.batch
+
+    def _few_passes(self, batch: List["_Chunk"]) -> bool:
+        """A batch of chunks stepped in a few list-wide passes (``torch._foreach_*``) when every
+        gradient is finite, which one check on the host finds out; returns False, having changed
         nothing, otherwise (the per-parameter path then skips the non-finite ones). Same
         arithmetic, op for op, as the per-parameter path, so the weights are bitwise the same."""
-        params = [p for p, _ in chunk]
-        grads = [p.grad for p in params]
-        if not all_finite(grads):
+        if not all_finite([p.grad for chunk in batch for p, _ in chunk.members]):
             return False
-        momenta = [self.state[p]["momentum_buffer"] for p in params]
-        beta = group["momentum"]
-        muon_momentum_lists_(momenta, grads, beta)
-        batches = [matrix_view(p.shape)[0] for p in params]
-        U = torch.empty((sum(batches), rows, cols), dtype=stack_dtype, device=params[0].device)
-        start = 0
-        for g, m, batch in zip(grads, momenta, batches):  # one matrix's temporary at a time, at most
-            muon_lookahead(g, m, beta, group["nesterov"], out=U[start:start + batch].view(m.shape))
-            start += batch
-        O = self._orthogonalize(U, group)
-        del U
-        scale = _lr_scale(group, rows, cols)
-        weights = [p.detach() for p in params]
-        start, parts = 0, []
-        for W, batch in zip(weights, batches):
-            parts.append(O[start:start + batch].reshape(W.shape))
-            start += batch
-        decoupled_update_lists_(weights, parts, lr=group["lr"], weight_decay=group["weight_decay"], scale=scale)
+        stacks = []
+        for chunk in batch:
+            params = [p for p, _ in chunk.members]
+            momenta = [self.state[p]["momentum_buffer"] for p in params]
+            beta = chunk.group["momentum"]
+            muon_momentum_lists_(momenta, [p.grad for p in params], beta)
+            U = torch.empty((sum(chunk.counts), chunk.rows, chunk.cols), dtype=chunk.stack_dtype,
+                            device=params[0].device)
+            start = 0
+            for p, m, count in zip(params, momenta, chunk.counts):  # one matrix's temporary at a time, at most
+                muon_lookahead(p.grad, m, beta, chunk.group["nesterov"], out=U[start:start + count].view(m.shape))
+                start += count
+            stacks.append(U)
+        results = self._orthogonalize_stacks(stacks, batch[0].group)
+        del stacks
+        for chunk, O in zip(batch, results):
+            group = chunk.group
+            weights = [p.detach() for p, _ in chunk.members]
+            start, parts = 0, []
+            for W, count in zip(weights, chunk.counts):
+                parts.append(O[start:start + count].reshape(W.shape))
+                start += count
+            decoupled_update_lists_(weights, parts, lr=group["lr"], weight_decay=group["weight_decay"],
+                                    scale=_lr_scale(group, chunk.rows, chunk.cols))
         return True
 
     def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
@@ -548,12 +603,19 @@ class _MuonFamily(_CheckedOptimizer):
 
     @staticmethod
     def _orthogonalize(U: torch.Tensor, group: dict) -> torch.Tensor:
-        """The one call of the orthogonalizer: a (batch, rows, cols) stack at a time."""
+        """One (batch, rows, cols) stack through ``_orthogonalize_stacks``."""
+        return _MuonFamily._orthogonalize_stacks([U], group)[0]
+
+    @staticmethod
+    def _orthogonalize_stacks(stacks: List[torch.Tensor], group: dict) -> List[torch.Tensor]:
+        """The one call of the orthogonalizer: (batch, rows, cols) stacks of any shapes, with the
+        group's options."""
         coefficients = group["ns_coefficients"]
         if coefficients is not None:
             coefficients = [tuple(coefficients)] * group["ns_steps"]
-        return orthogonalize(U, method=group["method"], steps=group["ns_steps"], coefficients=coefficients,
-                             backend=group["backend"], eps=group["eps"], dtype=group["ns_dtype"])
+        return orthogonalize_stacks(stacks, method=group["method"], steps=group["ns_steps"],
+                                    coefficients=coefficients, backend=group["backend"], eps=group["eps"],
+                                    dtype=group["ns_dtype"])
 
     def _sharded(self, jobs, process_group, rank: int, world_size: int):
         """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod

@@ -107,13 +107,51 @@ def orthogonalize(
     """
     plan = make_plan(method, steps, coefficients, eps)
     check_backend(backend, BACKENDS)
-    check_tensor(G, "G")
+    chosen, compute_dtype = _choose(G, "G", backend, dtype)
+    return _run(chosen, G, plan, compute_dtype)
+
+
+def orthogonalize_stacks(
+    Gs: Sequence[torch.Tensor],
+    *,
+    method: str = "polar_express",
+    steps: int = DEFAULT_STEPS,
+    coefficients: Optional[Sequence] = None,
+    backend: str = "auto",
+    eps: Optional[float] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> list:
+    """``[orthogonalize(G, ...) for G in Gs]`` for tensors of any shapes, with the same options
+    and bitwise the same results; the stacks that take the native kernels (in eager mode) go in
+    one call, whose threads share out all their matrices together (``native.plan_threads``).
+    The optimizers orthogonalize their same-shape stacks through it."""
+    plan = make_plan(method, steps, coefficients, eps)
+    check_backend(backend, BACKENDS)
+    Gs = list(Gs)
+    chosen = [_choose(G, f"Gs[{i}]", backend, dtype) for i, G in enumerate(Gs)]
+    together = [i for i, (name, _) in enumerate(chosen) if name == "native" and not reference.through_operators(Gs[i])]
+    skip = set(together)
+    out = [None if i in skip else _run(name, G, plan, compute_dtype)
+           for i, (G, (name, compute_dtype)) in enumerate(zip(Gs, chosen))]
+    for i, O in zip(together, native.orthogonalize_stacks([Gs[i] for i in together], plan)):
+        out[i] = O
+    return out
+
+
+def _choose(G, name: str, backend: str, dtype) -> tuple:
+    """(backend, compute dtype) for G, after checking it; backend "empty" for an empty G."""
+    check_tensor(G, name)
     compute_dtype = resolve_compute_dtype(dtype, backend, G.device, G.shape)
     if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if G.numel() == 0:  # the polar factor of an empty matrix is empty
+    if G.numel() == 0:
+        return "empty", compute_dtype
+    return select_backend(backend, G, compute_dtype), compute_dtype
+
+
+def _run(chosen: str, G, plan, compute_dtype):
+    if chosen == "empty":  # the polar factor of an empty matrix is empty
         return torch.zeros_like(G)
-    chosen = select_backend(backend, G, compute_dtype)
     if chosen == "native":
         return native.orthogonalize(G, plan)
     if chosen == "triton":
