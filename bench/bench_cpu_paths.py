@@ -1,7 +1,9 @@
 """The torch CPU paths per size, in one run: the plain-torch fp32 reference against the native
-fp32 kernels on one OpenBLAS thread and on torch.get_num_threads() threads, the bf16 reference,
-and what ``orthogonalize`` picks with its defaults, taking turns in every repeat. The crossovers set
-``fastmuon.torch.native.SINGLE_THREAD_WORK`` and ``fastmuon.torch.orthogonalize.BF16_MIN_WORK``.
+fp32 kernels on one thread, on torch.get_num_threads() OpenBLAS threads, and with a batch's
+matrices split over torch.get_num_threads() threads; the bf16 reference; and what
+``orthogonalize`` picks with its defaults, taking turns in every repeat. The crossovers set
+``fastmuon.torch.native.SINGLE_THREAD_WORK``, ``fastmuon.torch.native.BATCH_SPLIT_WORK`` and
+``fastmuon.torch.orthogonalize.BF16_MIN_WORK``.
 Appends to bench/results/cpu_paths.jsonl.
 
     python bench/bench_cpu_paths.py [--repeats 7] [--busy] [--large]
@@ -12,6 +14,7 @@ Appends to bench/results/cpu_paths.jsonl.
 from __future__ import annotations
 
 import argparse
+import ast
 import multiprocessing
 import os
 import statistics
@@ -22,20 +25,22 @@ import torch
 from fastmuon import bench, cpu
 from fastmuon.torch import native, orthogonalize
 
-SHAPES = ((2, 8, 8), (2, 64, 64), (2, 64, 256), (1, 128, 512), (1, 256, 256), (1, 256, 1024),
-          (1, 512, 512), (1, 768, 768), (1, 768, 3072), (1, 2048, 2048))
+SHAPES = ((2, 8, 8), (2, 16, 16), (2, 64, 64), (2, 64, 256), (8, 64, 256), (1, 128, 512), (4, 128, 512),
+          (1, 256, 256), (1, 256, 1024), (2, 256, 1024), (1, 512, 512), (1, 768, 768), (1, 768, 3072),
+          (1, 2048, 2048))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cpu_paths.jsonl")
 
 
-def with_threshold(limit: float, fn):
-    """fn run with native.SINGLE_THREAD_WORK set to ``limit`` (inf: one OpenBLAS thread; 0: all)."""
+def with_thresholds(single_thread: float, batch_split: float, fn):
+    """fn run with native.SINGLE_THREAD_WORK and native.BATCH_SPLIT_WORK set (inf: never more
+    than one thread that way; 0: always)."""
     def run():
-        saved = native.SINGLE_THREAD_WORK
-        native.SINGLE_THREAD_WORK = limit
+        saved = native.SINGLE_THREAD_WORK, native.BATCH_SPLIT_WORK
+        native.SINGLE_THREAD_WORK, native.BATCH_SPLIT_WORK = single_thread, batch_split
         try:
             return fn()
         finally:
-            native.SINGLE_THREAD_WORK = saved
+            native.SINGLE_THREAD_WORK, native.BATCH_SPLIT_WORK = saved
     return run
 
 
@@ -64,20 +69,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--busy", action="store_true")
     parser.add_argument("--large", action="store_true", help="also 4096x4096 (a few minutes more)")
+    parser.add_argument("--shapes", type=ast.literal_eval, help='only these, e.g. "[(1, 256, 256)]"')
     args = parser.parse_args()
     stop = multiprocessing.Event()
     loader = multiprocessing.Process(target=spin, args=(stop,)) if args.busy else None
     if loader:
         loader.start()
     rows = []
+    inf = float("inf")
     try:
-        for shape in SHAPES + (((1, 4096, 4096),) if args.large else ()):
+        for shape in args.shapes or SHAPES + (((1, 4096, 4096),) if args.large else ()):
             G = torch.randn(shape)
             repeats = args.repeats if shape[-1] < 2048 else 2
             times = interleaved_ms({
                 "reference": lambda: orthogonalize(G, backend="reference", dtype=torch.float32),
-                "native_1_thread": with_threshold(float("inf"), lambda: orthogonalize(G, backend="native")),
-                "native_n_threads": with_threshold(0.0, lambda: orthogonalize(G, backend="native")),
+                "native_1_thread": with_thresholds(inf, inf, lambda: orthogonalize(G, backend="native")),
+                "native_n_threads": with_thresholds(0.0, inf, lambda: orthogonalize(G, backend="native")),
+                "native_batch_split": with_thresholds(inf, 0.0, lambda: orthogonalize(G, backend="native")),
                 "reference_bf16": lambda: orthogonalize(G, backend="reference", dtype=torch.bfloat16),
                 "defaults": lambda: orthogonalize(G),
             }, repeats)

@@ -82,7 +82,7 @@ def polar_factor(G64):
     return U @ Vt
 
 
-@pytest.mark.parametrize("shape", [(96, 384), (384, 96), (128, 128)])
+@pytest.mark.parametrize("shape", [(96, 384), (384, 96), (128, 128), (520, 1040), (1040, 520)])
 def test_bf16_default_is_as_accurate_as_an_all_bf16_iteration(bf16_cpu, shape):
     """fastmuon's bf16 default (bf16 products with fp32 accumulation, norm in fp32) is no
     further from its float64 iteration than the same iteration run all in bf16, and closer to
@@ -103,6 +103,28 @@ def test_bf16_default_is_as_accurate_as_an_all_bf16_iteration(bf16_cpu, shape):
         torch_muon = fw.to_numpy(zeropower(G, (3.4445, -4.7750, 2.0315), 5, 1e-7))
         UVt = polar_factor(G64)
         assert np.linalg.norm(ours - UVt, ord=2) < np.linalg.norm(torch_muon - UVt, ord=2)
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
+def test_cpu_gram_from_upper_blocks(dtype_name):
+    """From GRAM_BLOCKS_MIN_ROWS rows the CPU Gram matrix is formed from its upper 2 x 2 blocks:
+    exactly symmetric, and each entry within the dot-product rounding bound of float64 X X^T
+    (2 * n * u * |X| |X|^T for the accumulation, plus the output rounding), odd rows too."""
+    import torch
+
+    from fastmuon.torch import reference
+
+    dtype = getattr(torch, dtype_name)
+    u = 2.0**-24  # fp32 accumulation
+    u_out = {"bfloat16": 2.0**-8, "float32": 2.0**-24}[dtype_name]
+    for m, n in [(reference.GRAM_BLOCKS_MIN_ROWS, 700), (reference.GRAM_BLOCKS_MIN_ROWS + 3, 600)]:
+        X = torch.randn(2, m, n, generator=torch.Generator().manual_seed(m)).to(dtype)
+        A = reference.TorchOps.xxt(X)
+        assert torch.equal(A, A.mT)
+        X64 = X.double()
+        exact = X64 @ X64.mT
+        bound = 2 * n * u * (X64.abs() @ X64.abs().mT) + u_out * exact.abs()
+        assert ((A.double() - exact).abs() <= bound).all()
 
 
 def test_bf16_muon_step_matches_fp32_within_bf16_rounding(bf16_cpu, rng):

@@ -29,14 +29,31 @@ def through_operators(t: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or type(t) is not torch.Tensor
 
 
+# Rows from which a CPU Gram matrix X X^T is formed from its upper 2 x 2 blocks, X1 X1^T, X1 X2^T
+# and X2 X2^T, mirrored: 3/4 of the products' flops, and exactly symmetric. On the CPU's bf16 GEMM
+# (oneDNN, AMD EPYC with AVX512-BF16, 2026-11-30) that took 0.71-0.86x the full product's time
+# from 512 rows up (512x2048 .. 1024x4096; 0.94 at 768x768), batched or not.
+GRAM_BLOCKS_MIN_ROWS = 512
+
+
+def _gram(X: torch.Tensor) -> torch.Tensor:
+    """X X^T of (..., m, n) X."""
+    m = X.shape[-2]
+    if X.device.type != "cpu" or m < GRAM_BLOCKS_MIN_ROWS:
+        return X @ X.mT
+    X1, X2 = X[..., : m // 2, :], X[..., m // 2:, :]
+    A12 = X1 @ X2.mT
+    return torch.cat([torch.cat([X1 @ X1.mT, A12], -1), torch.cat([A12.mT, X2 @ X2.mT], -1)], -2)
+
+
 class TorchOps:
     """Plain-torch matrix operations on (batch, m, n) tensors."""
 
     @staticmethod
     def xxt(X):
         if X.shape[0] == 1:  # 2-D: oneDNN's bf16 X X^T ran 1.4x faster as mm than as bmm
-            return (X[0] @ X[0].mT).unsqueeze(0)
-        return X @ X.mT
+            return _gram(X[0]).unsqueeze(0)
+        return _gram(X)
 
     @staticmethod
     def ba_plus_caa(A, alpha, beta):
@@ -74,7 +91,9 @@ class TorchOps:
         if X.requires_grad and torch.is_grad_enabled():  # out= and in-place ops have no autograd here
             Y = X.to(norm_dtype) / p
             return (Y / (torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True) * scale + eps / p)).to(X.dtype)
-        Y = torch.div(X, p, out=torch.empty_like(X))
+        # Written contiguous: a tall input arrives as a transposed view, and the iteration's
+        # products ran faster on a contiguous wide copy (3072x768 bf16 on the CPU: 0.89x the time).
+        Y = torch.div(X, p, out=torch.empty(X.shape, dtype=X.dtype, device=X.device))
         norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=norm_dtype)
         return Y.div_(norm * scale + eps / p)
 
