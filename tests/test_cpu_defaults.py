@@ -22,7 +22,9 @@ def bf16_cpu(monkeypatch):
     """This CPU as one with bf16 units, with the bf16 default for matrices of every size."""
     monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
     # the module, not the function of the same name that fastmuon.torch exports
-    monkeypatch.setattr(importlib.import_module("fastmuon.torch.orthogonalize"), "BF16_MIN_WORK", 0)
+    module = importlib.import_module("fastmuon.torch.orthogonalize")
+    monkeypatch.setattr(module, "BF16_MIN_WORK", 0)
+    monkeypatch.setattr(module, "ONE_MATRIX_BF16_MIN_WORK", 0)
 
 
 @pytest.mark.parametrize(
@@ -39,19 +41,43 @@ def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, flags, expected):
 
 
 def test_default_compute_dtype_follows_the_hardware(monkeypatch):
-    from fastmuon.torch.orthogonalize import default_compute_dtype
-
-    from fastmuon.torch.orthogonalize import BF16_MIN_WORK
+    from fastmuon.torch.orthogonalize import BF16_MIN_WORK, ONE_MATRIX_BF16_MIN_WORK, default_compute_dtype
 
     monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert default_compute_dtype("cpu") == torch.bfloat16
     # per size: small matrices stay in fp32, where bf16 matmul's fixed cost dominates
     assert default_compute_dtype("cpu", (4, 64, 256)) == torch.float32
     assert default_compute_dtype("cpu", (1024, 256)) == torch.bfloat16
     assert 64 * 64 * 256 < BF16_MIN_WORK <= 256 * 256 * 1024
+    # one matrix: bf16 from a smaller size (the native kernels cannot split a batch of one)
+    assert 64 * 64 * 256 < ONE_MATRIX_BF16_MIN_WORK <= 256 * 256 * 256 < BF16_MIN_WORK
+    assert default_compute_dtype("cpu", (256, 256)) == torch.bfloat16
+    assert default_compute_dtype("cpu", (1, 256, 256)) == torch.bfloat16
+    assert default_compute_dtype("cpu", (4, 256, 256)) == torch.float32
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # nothing to split: one threshold
+    assert default_compute_dtype("cpu", (256, 256)) == torch.float32
     monkeypatch.setenv("FASTMUON_CPU_BF16", "0")
     assert default_compute_dtype("cpu") == torch.float32
     assert default_compute_dtype("cpu", (1024, 256)) == torch.float32
+
+
+def test_auto_takes_the_reference_for_one_mid_size_fp32_matrix(monkeypatch):
+    """"auto" in fp32 on the CPU: the native kernels, except one matrix in the size range where
+    torch's reference on all threads was faster (ONE_MATRIX_REFERENCE_WORK), on more than one
+    thread."""
+    module = importlib.import_module("fastmuon.torch.orthogonalize")
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    fp32 = torch.float32
+    assert module.select_backend("auto", torch.zeros(64, 256), fp32) == "native"
+    assert module.select_backend("auto", torch.zeros(256, 256), fp32) == "reference"
+    assert module.select_backend("auto", torch.zeros(1, 512, 256), fp32) == "reference"
+    assert module.select_backend("auto", torch.zeros(2, 256, 256), fp32) == "native"  # a batch splits
+    assert module.select_backend("auto", torch.zeros(768, 768), fp32) == "native"  # OpenBLAS's threads win
+    assert module.select_backend("native", torch.zeros(256, 256), fp32) == "native"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert module.select_backend("auto", torch.zeros(256, 256), fp32) == "native"
 
 
 def test_bf16_default_is_the_bf16_reference_and_native_stays_fp32(bf16_cpu, rng):

@@ -1024,7 +1024,7 @@ def test_few_passes_batches_respect_options_and_bytes(monkeypatch):
     monkeypatch.setattr(muon_module, "STACK_BYTES", 100)
 
     def chunk(options, nbytes):
-        return muon_module._Chunk([], [], {}, 1, 1, torch.float32, options, nbytes)
+        return muon_module._Chunk([], [], {}, 1, 1, torch.float32, torch.float32, options, nbytes)
 
     chunks = [chunk("a", 40), chunk("a", 40), chunk("a", 40), chunk("b", 10), chunk("b", 500), chunk("b", 10)]
     sizes = [[c.nbytes for c in batch] for batch in muon_module._few_passes_batches(chunks)]
@@ -1068,3 +1068,22 @@ def test_adamw_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, d
             assert torch.equal(fast_opt.state[a][key], slow_opt.state[b][key]), key
     assert fast_opt.state[fast[0]]["skipped_steps"].item() == 1
     assert not torch.equal(fast[1].detach(), start[1])
+
+
+def test_chunks_of_one_stack_share_its_compute_dtype(monkeypatch, rng):
+    """The compute dtype is chosen once per same-shape stack (from its matrix count), so a tail
+    chunk of one matrix is not computed differently from the rest (a single matrix alone would
+    take bf16 at this size on a CPU with bf16 units)."""
+    monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(muon_module, "STACK_BYTES", 2 * 256 * 256 * 4)  # two fp32 matrices a chunk
+    dtypes = []
+    real = muon_module.orthogonalize_stacks
+    monkeypatch.setattr(muon_module, "orthogonalize_stacks",
+                        lambda stacks, **kw: dtypes.append((len(stacks), kw["dtype"])) or real(stacks, **kw))
+    params = [nn.Parameter(torch.tensor(rng.standard_normal((256, 256)), dtype=torch.float32)) for _ in range(3)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    Muon(params).step()
+    assert dtypes and all(dtype == torch.float32 for _, dtype in dtypes)
+    assert sum(count for count, _ in dtypes) == 2  # the chunks (2 + 1 matrices), batched together or not

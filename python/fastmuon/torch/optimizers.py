@@ -252,7 +252,8 @@ class _Chunk:
     rows: int
     cols: int
     stack_dtype: torch.dtype
-    options: tuple  # the group's orthogonalization options (_ORTHOGONALIZE_KEYS), frozen
+    compute_dtype: torch.dtype  # of its orthogonalization
+    options: tuple  # the group's orthogonalization options (_ORTHOGONALIZE_KEYS), frozen, and compute_dtype
     nbytes: int  # of its stack
 
 
@@ -510,13 +511,15 @@ class _MuonFamily(_CheckedOptimizer):
         few_passes: List[_Chunk] = []
         for (rows, cols, dtype, device, *options), members in stacks.items():
             group = members[0][1]
-            compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (rows, cols))
+            count = sum(batches[p] for p, _ in members)
+            compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (count, rows, cols))
             stack_dtype = _narrower(dtype, compute_dtype)
             matrix_bytes = rows * cols * torch.finfo(stack_dtype).bits // 8
             per_chunk = max(1, STACK_BYTES // max(1, matrix_bytes))
             for members_chunk in _chunks(members, per_chunk):
                 counts = [batches[p] for p, _ in members_chunk]
-                chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, tuple(options),
+                chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, compute_dtype,
+                               (*options, compute_dtype),
                                matrix_bytes * sum(counts))
                 if _few_passes_apply(members_chunk, group):
                     few_passes.append(chunk)
@@ -538,7 +541,7 @@ class _MuonFamily(_CheckedOptimizer):
             U[start:start + item.batch].copy_(item.update)
             item.update = None
             start += item.batch
-        O = self._orthogonalize(U, chunk.group)
+        O = self._orthogonalize(U, chunk.group, chunk.compute_dtype)
         del U
         start = 0
         for item in items:
@@ -565,7 +568,7 @@ class _MuonFamily(_CheckedOptimizer):
                 muon_lookahead(p.grad, m, beta, chunk.group["nesterov"], out=U[start:start + count].view(m.shape))
                 start += count
             stacks.append(U)
-        results = self._orthogonalize_stacks(stacks, batch[0].group)
+        results = self._orthogonalize_stacks(stacks, batch[0].group, batch[0].compute_dtype)
         del stacks
         for chunk, O in zip(batch, results):
             group = chunk.group
@@ -602,20 +605,22 @@ class _MuonFamily(_CheckedOptimizer):
                         U.reshape(batch, rows, cols))
 
     @staticmethod
-    def _orthogonalize(U: torch.Tensor, group: dict) -> torch.Tensor:
+    def _orthogonalize(U: torch.Tensor, group: dict, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """One (batch, rows, cols) stack through ``_orthogonalize_stacks``."""
-        return _MuonFamily._orthogonalize_stacks([U], group)[0]
+        return _MuonFamily._orthogonalize_stacks([U], group, dtype)[0]
 
     @staticmethod
-    def _orthogonalize_stacks(stacks: List[torch.Tensor], group: dict) -> List[torch.Tensor]:
+    def _orthogonalize_stacks(stacks: List[torch.Tensor], group: dict,
+                              dtype: Optional[torch.dtype] = None) -> List[torch.Tensor]:
         """The one call of the orthogonalizer: (batch, rows, cols) stacks of any shapes, with the
-        group's options."""
+        group's options, computed in ``dtype`` (default: the group's ``ns_dtype``; the local step
+        passes the dtype it chose for the whole same-shape stack, so that its chunks agree)."""
         coefficients = group["ns_coefficients"]
         if coefficients is not None:
             coefficients = [tuple(coefficients)] * group["ns_steps"]
         return orthogonalize_stacks(stacks, method=group["method"], steps=group["ns_steps"],
                                     coefficients=coefficients, backend=group["backend"], eps=group["eps"],
-                                    dtype=group["ns_dtype"])
+                                    dtype=group["ns_dtype"] if dtype is None else dtype)
 
     def _sharded(self, jobs, process_group, rank: int, world_size: int):
         """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod

@@ -32,25 +32,35 @@ def blas_available() -> bool:
     return _native_loader.blas_available()
 
 
+def torch_threads() -> int:
+    return torch.get_num_threads()
+
+
 # What the machine offers is read once, at trace time, by torch.compile (not traced: it reads files
 # and takes a lock). This is what torch.compiler.assume_constant_result sets; setting it here
 # avoids importing torch._dynamo (and with it triton) whenever fastmuon.torch is imported.
 has_fast_bf16_matmul._dynamo_marked_constant = True
 blas_available._dynamo_marked_constant = True
+torch_threads._dynamo_marked_constant = True
 
-# Per-matrix work m * m * n (m <= n) from which a CPU with bf16 units computes in bf16 by default:
-# below it fp32 on the native kernels was faster (torch's bf16 matmul pays a fixed cost per call),
-# from 256 x 1024 (6.7e7) up bf16 took 0.45-0.52x the fp32 reference's time (AMD EPYC with
-# AVX512-BF16, bench/bench_cpu_paths.py, bench/results/cpu_paths.jsonl).
+# Per-matrix work m * m * n (m <= n) from which a CPU with bf16 units computes in bf16 by default.
+# Below it fp32 on the native kernels was faster (torch's bf16 matmul pays a fixed cost per call).
+# Batches: the native kernels share their matrices out over the threads, and bf16 took
+# 0.45-0.65x the fp32 reference's time from 256 x 1024 (6.7e7) up, level with the split native
+# fp32 there. One matrix: the native kernels run it on one thread, and bf16 was faster from
+# 256 x 256 (1.7e7; 0.79x against native's 1.1x) and level at 128 x 512 (8.4e6). (AMD EPYC with
+# AVX512-BF16, 2 threads, 2026-11-30; bench/bench_cpu_paths.py, bench/results/cpu_paths.jsonl.)
 BF16_MIN_WORK = 3e7
+ONE_MATRIX_BF16_MIN_WORK = 8e6
 
 
 def default_compute_dtype(device, shape=None) -> torch.dtype:
-    """The compute dtype ``dtype=None`` means for a matrix of ``shape`` (..., m, n) on ``device``:
+    """The compute dtype ``dtype=None`` means for a stack of ``shape`` (..., m, n) on ``device``:
     bf16 on CUDA (as every public Muon does) and on CPUs with bf16 matrix units
     (``fastmuon.cpu.has_fast_bf16_matmul``: AMX-BF16 or AVX512-BF16) for matrices with at least
-    ``BF16_MIN_WORK`` = m * m * n (all matrices when ``shape`` is None); fp32 otherwise, and on
-    CPUs without bf16 units, where bf16 matmul is ~100x slower than fp32."""
+    ``BF16_MIN_WORK`` = m * m * n (``ONE_MATRIX_BF16_MIN_WORK`` for a single matrix on more than
+    one thread; all matrices when ``shape`` is None); fp32 otherwise, and on CPUs without bf16
+    units, where bf16 matmul is ~100x slower than fp32."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.bfloat16
@@ -58,8 +68,24 @@ def default_compute_dtype(device, shape=None) -> torch.dtype:
         if shape is None:
             return torch.bfloat16
         m, n = sorted(shape[-2:])
-        return torch.bfloat16 if m * m * n >= BF16_MIN_WORK else torch.float32
+        one_matrix = math.prod(shape[:-2]) == 1 and torch_threads() > 1
+        threshold = ONE_MATRIX_BF16_MIN_WORK if one_matrix else BF16_MIN_WORK
+        return torch.bfloat16 if m * m * n >= threshold else torch.float32
     return torch.float32
+
+
+# Per-matrix work m * m * n where, for a single fp32 matrix on more than one thread, torch's fp32
+# reference (MKL on all threads) was faster than the native kernels (0.7-0.9x their time from
+# 128 x 512 to 512 x 512, one OpenBLAS thread or two); from 768 x 768 up native on OpenBLAS's
+# threads won (0.72-0.85x the reference). Same machine and script as above.
+ONE_MATRIX_REFERENCE_WORK = (8e6, 3e8)
+
+
+def _reference_is_faster(t: torch.Tensor) -> bool:
+    """Whether "auto" runs this fp32 CPU stack on the reference (see ONE_MATRIX_REFERENCE_WORK)."""
+    m, n = sorted(t.shape[-2:])
+    low, high = ONE_MATRIX_REFERENCE_WORK
+    return math.prod(t.shape[:-2]) == 1 and torch_threads() > 1 and low <= m * m * n < high
 
 
 def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, shape=None) -> torch.dtype:
@@ -209,7 +235,7 @@ def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) ->
             return "triton" if _auto_takes_triton(t, compute_dtype, differentiable) else "reference"
         # the native kernels have no autograd: a tensor that needs gradients stays on the reference
         native_fits = t.device.type == "cpu" and compute_dtype == torch.float32 and not differentiable
-        return "native" if native_fits and blas_available() else "reference"
+        return "native" if native_fits and blas_available() and not _reference_is_faster(t) else "reference"
     if backend in ("native", "triton") and differentiable:
         raise ValueError(
             f'backend="{backend}" has no autograd and the input requires grad; use backend="reference" '
