@@ -7,8 +7,10 @@
 namespace fastmuon::cpu {
 
 // Runs task(0), ..., task(count - 1), concurrently on `count` OpenMP threads
-// (one after another in a build without OpenMP), and returns when all have
-// finished, rethrowing the first exception one threw. count < 1 runs nothing.
+// (one after another in a build without OpenMP, and in a process forked from
+// one that loaded this library, where OpenMP cannot start threads), and
+// returns when all have finished, rethrowing the first exception one threw.
+// count < 1 runs nothing.
 //
 // Why OpenMP: it is the thread pool torch uses on Linux (libgomp.so.1). With
 // torch loaded, the dynamic linker binds this library to torch's libgomp, so

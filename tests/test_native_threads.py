@@ -151,3 +151,39 @@ def test_orthogonalize_stacks_errors(blas_ext):
     with pytest.raises(TypeError, match=r"`xs\[0\]` must have dtype float32"):
         blas_ext.orthogonalize_stacks([x.astype(np.float64)], *_plan_args(plan))
     np.testing.assert_array_equal(x, 1.0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_split_in_a_forked_child_finishes(blas_ext):
+    """A child forked after the parent split a batch over OpenMP threads cannot start those
+    threads (libgomp hangs there); the kernels run its batch one matrix at a time, with the same
+    result."""
+    code = """
+        import os, signal, time
+        import numpy as np
+        from fastmuon.native import blas_module
+        from fastmuon.plan import make_plan
+        plan = make_plan("polar_express", 5, None)
+        args = (np.asarray(plan.coefficients, dtype=np.float64), plan.norm_scale, plan.eps, False, 2)
+        blas = blas_module()
+        blas.set_num_threads(1)
+        G = np.random.default_rng(0).standard_normal((4, 24, 40)).astype(np.float32)
+        parent = G.copy()
+        blas.orthogonalize(parent, *args, workers=2)
+        pid = os.fork()
+        if pid == 0:
+            child = G.copy()
+            blas.orthogonalize(child, *args, workers=2)
+            os._exit(0 if np.array_equal(child, parent) else 3)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print("exit", os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            print("hung")
+    """
+    assert _run(code, {}) == "exit 0"
