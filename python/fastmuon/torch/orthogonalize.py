@@ -121,11 +121,14 @@ def orthogonalize(
         backend: ``"reference"`` is plain torch; ``"native"`` the fused C++ iteration on the
             BLAS (CPU tensors, fp32 compute); ``"triton"`` the symmetric Triton kernels (CUDA
             tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks native for CPU tensors computed
-            in fp32 when it is built, Triton for CUDA tensors where ``auto_table`` records it
-            measured faster (nowhere yet), else the reference (cuBLAS on CUDA).
+            in fp32 when it is built (except a single matrix in ``ONE_MATRIX_REFERENCE_WORK``
+            on more than one thread, where torch's fp32 was faster), Triton for CUDA tensors
+            where ``auto_table`` records it measured faster (nowhere yet), else the reference
+            (cuBLAS on CUDA).
         dtype: compute dtype; by default ``default_compute_dtype(G.device, G.shape)``: bf16 on
             CUDA, and on CPUs with bf16 matrix units for matrices of at least ``BF16_MIN_WORK``
-            = m * m * n; fp32 otherwise (and always for ``backend="native"``).
+            = m * m * n (``ONE_MATRIX_BF16_MIN_WORK`` for a single matrix); fp32 otherwise (and
+            always for ``backend="native"``).
 
     Returns:
         A tensor of ``G``'s shape and dtype. A zero matrix gives zeros, an empty one an empty
