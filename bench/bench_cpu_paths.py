@@ -2,7 +2,7 @@
 fp32 kernels on one thread, on torch.get_num_threads() OpenBLAS threads, and with a batch's
 matrices split over torch.get_num_threads() threads; the bf16 reference; and what
 ``orthogonalize`` picks with its defaults, taking turns in every repeat. The crossovers set
-``fastmuon.torch.native.SINGLE_THREAD_WORK``, ``fastmuon.torch.native.BATCH_SPLIT_WORK`` and
+``fastmuon.threads.SINGLE_THREAD_WORK``, ``fastmuon.threads.BATCH_SPLIT_WORK`` and
 ``fastmuon.torch.orthogonalize.BF16_MIN_WORK``.
 Appends to bench/results/cpu_paths.jsonl.
 
@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from fastmuon import bench, cpu
-from fastmuon.torch import native, orthogonalize
+from fastmuon import bench, cpu, threads
+from fastmuon.torch import orthogonalize
 
 SHAPES = ((2, 8, 8), (2, 16, 16), (2, 64, 64), (2, 64, 256), (8, 64, 256), (1, 128, 512), (4, 128, 512),
           (1, 256, 256), (1, 256, 1024), (2, 256, 1024), (1, 512, 512), (1, 768, 768), (1, 768, 3072),
@@ -32,15 +32,15 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "c
 
 
 def with_thresholds(single_thread: float, batch_split: float, fn):
-    """fn run with native.SINGLE_THREAD_WORK and native.BATCH_SPLIT_WORK set (inf: never more
+    """fn run with threads.SINGLE_THREAD_WORK and threads.BATCH_SPLIT_WORK set (inf: never more
     than one thread that way; 0: always)."""
     def run():
-        saved = native.SINGLE_THREAD_WORK, native.BATCH_SPLIT_WORK
-        native.SINGLE_THREAD_WORK, native.BATCH_SPLIT_WORK = single_thread, batch_split
+        saved = threads.SINGLE_THREAD_WORK, threads.BATCH_SPLIT_WORK
+        threads.SINGLE_THREAD_WORK, threads.BATCH_SPLIT_WORK = single_thread, batch_split
         try:
             return fn()
         finally:
-            native.SINGLE_THREAD_WORK, native.BATCH_SPLIT_WORK = saved
+            threads.SINGLE_THREAD_WORK, threads.BATCH_SPLIT_WORK = saved
     return run
 
 

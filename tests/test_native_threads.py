@@ -187,3 +187,25 @@ def test_split_in_a_forked_child_finishes(blas_ext):
             print("hung")
     """
     assert _run(code, {}) == "exit 0"
+
+
+def test_mlx_batch_split_is_bitwise_the_sequential_result(mlx_ext):
+    """The MLX primitive shares a batch out over threads too (fastmuon.threads' plan, within
+    the process's CPUs), with bitwise the one-thread result; bad thread counts raise when the
+    graph is built."""
+    import mlx.core as mx
+
+    from fastmuon import threads
+    from fastmuon.mlx import native as mlx_native
+
+    plan = make_plan("polar_express", 5, None)
+    args = ([tuple(s) for s in plan.coefficients], plan.norm_scale, plan.eps, False, 2)
+    G = mx.array(np.random.default_rng(2).standard_normal((5, 24, 40)).astype(np.float32))
+    one = mlx_ext.orthogonalize(G, *args, workers=1, blas_threads=1, stream=mx.cpu)
+    for workers in (2, 3, 8):
+        split = mlx_ext.orthogonalize(G, *args, workers=workers, blas_threads=1, stream=mx.cpu)
+        np.testing.assert_array_equal(np.array(split), np.array(one))
+    assert threads.plan_threads([G.shape], 4) == (1, 4)
+    np.testing.assert_array_equal(np.array(mlx_native.orthogonalize(G, plan)), np.array(one))
+    with pytest.raises(ValueError, match=r"workers must be >= 1 and blas_threads >= 0, got 0 and 0"):
+        mlx_ext.orthogonalize(G, *args, workers=0, stream=mx.cpu)

@@ -103,10 +103,14 @@ Raises:
          double eps,
          bool gram,
          int64_t gram_restart_every,
+         int workers,
+         int blas_threads,
          mlx::core::StreamOrDevice s) {
-        fastmuon::OrthogonalizePlan plan{
-            std::move(coefficients), norm_scale, eps, gram, gram_restart_every};
-        return fastmuon::orthogonalize(x, std::move(plan), s);
+        fastmuon::OrthogonalizeParams params{
+            {std::move(coefficients), norm_scale, eps, gram, gram_restart_every},
+            workers,
+            blas_threads};
+        return fastmuon::orthogonalize(x, std::move(params), s);
       },
       "x"_a,
       "coefficients"_a,
@@ -115,11 +119,14 @@ Raises:
       "gram"_a,
       "gram_restart_every"_a,
       nb::kw_only(),
+      "workers"_a = 1,
+      "blas_threads"_a = 0,
       "stream"_a = nb::none(),
       nb::sig(
           "def orthogonalize(x: mlx.core.array, coefficients: "
           "collections.abc.Sequence[tuple[float, float, float]], norm_scale: "
-          "float, eps: float, gram: bool, gram_restart_every: int, *, stream: "
+          "float, eps: float, gram: bool, gram_restart_every: int, *, workers: "
+          "int = 1, blas_threads: int = 0, stream: "
           "None | mlx.core.Stream | mlx.core.Device = None) -> mlx.core.array"),
       R"doc(Orthogonalize every matrix of ``x`` (last two axes) in one primitive.
 
@@ -146,6 +153,10 @@ Args:
     gram (bool): iterate on the Gram matrix instead of ``X``.
     gram_restart_every (int): restart period (``>= 1``) of the Gram
         iteration; ignored when ``gram`` is false.
+    workers (int): CPU threads sharing the batch (``>= 1``; the result
+        does not depend on it).
+    blas_threads (int): the BLAS's threads, set when the CPU path runs
+        (``0``: left as they are; pass 1 with ``workers > 1``).
 )doc" FASTMUON_STREAM_DOC R"doc(
 Returns:
     array: array of ``x``'s shape and dtype.

@@ -13,14 +13,20 @@
 
 namespace fastmuon {
 
-mx::array orthogonalize(const mx::array& x, OrthogonalizePlan plan,
+mx::array orthogonalize(const mx::array& x, OrthogonalizeParams params,
                         mx::StreamOrDevice s) {
   detail::check_input(x, "orthogonalize", x.ndim() >= 2,
                       "an array with at least 2 dimensions (..., rows, cols)");
   // Checked when the graph is built: the kernel's own checks would only fire
   // inside the dispatched task, far from the call that caused them.
-  check_plan(plan);
-  return detail::make_op<Orthogonalize>(x, x.shape(), std::move(plan), s);
+  check_plan(params.plan);
+  if (params.workers < 1 || params.blas_threads < 0) {
+    throw std::invalid_argument(
+        "[fastmuon.orthogonalize] workers must be >= 1 and blas_threads >= 0, "
+        "got " + std::to_string(params.workers) + " and " +
+        std::to_string(params.blas_threads));
+  }
+  return detail::make_op<Orthogonalize>(x, x.shape(), std::move(params), s);
 }
 
 std::vector<mx::Shape> Orthogonalize::output_shapes(
@@ -31,11 +37,14 @@ std::vector<mx::Shape> Orthogonalize::output_shapes(
 void Orthogonalize::eval_cpu(
     const std::vector<mx::array>& inputs,
     mx::array& out) {
-  // The task owns its copy of the plan: it may outlive this call.
+  // The task owns its copy of the parameters: it may outlive this call.
   detail::eval_cpu_in_place(
       "Orthogonalize", stream(), inputs[0], out,
-      [plan = params_](float* x, int64_t batch, int64_t rows, int64_t cols) {
-        cpu::orthogonalize_f32(x, batch, rows, cols, plan);
+      [p = params_](float* x, int64_t batch, int64_t rows, int64_t cols) {
+        if (p.blas_threads > 0) {
+          cpu::set_blas_num_threads(p.blas_threads);
+        }
+        cpu::orthogonalize_f32(x, batch, rows, cols, p.plan, p.workers);
       });
 }
 
@@ -62,13 +71,14 @@ void Orthogonalize::eval_gpu(
   launch.sumsq(x, sumsq);
   mx::array X = launch.temporary({b, m, n}, mx::float32);
   mx::array X2 = launch.temporary({b, m, n}, mx::float32);
-  launch.load_wide(x, sumsq, X, static_cast<float>(params_.norm_scale),
-                   static_cast<float>(params_.eps));
+  const auto& plan = params_.plan;
+  launch.load_wide(x, sumsq, X, static_cast<float>(plan.norm_scale),
+                   static_cast<float>(plan.eps));
   std::vector<mx::array> squares;
-  for (int i = 0; i < square_buffers(params_); ++i) {
+  for (int i = 0; i < square_buffers(plan); ++i) {
     squares.push_back(launch.temporary({b, m, m}, mx::float32));
   }
-  iterate(launch, params_, X, X2, squares);
+  iterate(launch, plan, X, X2, squares);
   launch.store_wide(X, out);
 }
 #else

@@ -15,16 +15,27 @@ namespace fastmuon {
 // by fastmuon::cpu::orthogonalize_f32; 16-bit inputs are upcast and the result
 // rounded back once. Returns x's shape and dtype.
 //
+// The primitive's parameters: the iteration, and how the CPU path runs it
+// (the GPU path ignores the threads).
+struct OrthogonalizeParams {
+  OrthogonalizePlan plan;
+  int workers = 1;       // threads sharing a batch (cpu::orthogonalize_f32)
+  int blas_threads = 0;  // the BLAS's threads for the call; 0 leaves them be
+
+  bool operator==(const OrthogonalizeParams&) const = default;
+};
+
 // Throws std::invalid_argument (ValueError in Python) for ndim < 2, a
-// non-floating or float64 dtype, or an invalid plan (check_plan).
-mx::array orthogonalize(const mx::array& x, OrthogonalizePlan plan,
+// non-floating or float64 dtype, an invalid plan (check_plan), workers < 1
+// or blas_threads < 0.
+mx::array orthogonalize(const mx::array& x, OrthogonalizeParams params,
                         mx::StreamOrDevice s = {});
 
 // Primitive on float32 data on the CPU; on a GPU stream on the input's dtype,
 // iterating on float32 working matrices with fastmuon.metallib's kernels
 // (see eval_gpu); input and output (..., rows, cols).
 // Not differentiable (the iteration is used as an optimizer update).
-class Orthogonalize : public ParamPrimitive<OrthogonalizePlan> {
+class Orthogonalize : public ParamPrimitive<OrthogonalizeParams> {
  public:
   using ParamPrimitive::ParamPrimitive;
   FASTMUON_PRIMITIVE_OVERRIDES("Orthogonalize")

@@ -2,12 +2,15 @@
 BLAS (the Linux mlx-cpu wheel multiplies with a reference BLAS at ~4 GFLOP/s).
 
 They compute in fp32 and run on the CPU stream; they compose inside mx graphs and mx.compile.
+Threads: ``fastmuon.threads.plan_threads`` within the process's CPUs (MLX has no thread count
+of its own to honour); a batch is shared out over OpenMP threads, as on the torch side.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
+from .. import threads
 from ..native import mlx_ext_module
 from ..plan import GRAM_RESTART_EVERY, Plan
 
@@ -25,6 +28,7 @@ def orthogonalize(G: mx.array, plan: Plan) -> mx.array:
     and the result returned as float64 (the kernels take float32, float16 and bfloat16)."""
     if G.dtype == mx.float64:
         return orthogonalize(G.astype(mx.float32, stream=mx.cpu), plan).astype(mx.float64, stream=mx.cpu)
+    blas_threads, workers = threads.plan_threads([G.shape], threads.available_cpus())
     return mlx_ext_module().orthogonalize(
         G,
         [tuple(step) for step in plan.coefficients],
@@ -32,5 +36,7 @@ def orthogonalize(G: mx.array, plan: Plan) -> mx.array:
         plan.eps,
         plan.uses_gram,
         GRAM_RESTART_EVERY,
+        workers=workers,
+        blas_threads=blas_threads,
         stream=mx.cpu,
     )

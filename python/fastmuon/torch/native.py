@@ -3,22 +3,19 @@
 The kernels compute in fp32 on C-contiguous CPU buffers, which they receive through DLPack
 without a copy; other dtypes or layouts are converted once on the way in and out.
 
-Threads. Never more than ``torch.get_num_threads()``, so the kernels and torch's OpenMP pool
-share the cores instead of oversubscribing them. A batch of two or more matrices is split over
-that many threads of fastmuon's own (each matrix on one OpenBLAS thread): the matrices are
-independent, so this scales where splitting each small product does not. A single matrix uses
-OpenBLAS's threads when its work is at least ``SINGLE_THREAD_WORK``, and one thread below.
-``bench/bench_cpu_paths.py`` measures both.
+Threads: ``fastmuon.threads.plan_threads`` within ``torch.get_num_threads()``, so the kernels
+and torch's OpenMP pool share the cores instead of oversubscribing them (the batch's threads
+are OpenMP's, with torch loaded torch's own; csrc/parallel.h).
 """
 
 from __future__ import annotations
 
-import math
 from typing import List, Tuple
 
 import numpy as np
 import torch
 
+from .. import threads
 from ..native import blas_module
 from ..plan import GRAM_RESTART_EVERY, Plan
 from .reference import as_batch, through_operators
@@ -43,51 +40,15 @@ def _fp32_view(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else _fp32_copy(t)
 
 
-# m * m * n (per call, summed over the batch) below which OpenBLAS runs on one thread: on 2 cores
-# (AMD EPYC, 2026-11-30) two threads were 1.6-5x slower than one at 128x512 and 256x1024
-# (m*m*n <= 6.7e7) and faster from 768x768 (4.5e8) up.
-SINGLE_THREAD_WORK = 1e8
-# m * m * n per matrix from which a batch is split over threads: at 8x8 (512) waking the second
-# thread cost more than the matrix (1.1x slower), from 16x16 (4096) up two threads were faster
-# (0.5-0.85x of one; AMD EPYC, 2 cores, 2026-11-30).
-BATCH_SPLIT_WORK = 4096
-
-_threads_set = [0]  # what OpenBLAS was last told; set only when it changes
-
-
-def _set_blas_threads(threads: int) -> None:
-    if threads != _threads_set[0]:
-        blas_module().set_num_threads(threads)
-        _threads_set[0] = threads
-
-
-def _work(shape) -> Tuple[int, float]:
-    """(batch, m * m * n per matrix) of a (..., m, n) stack, m <= n."""
-    m, n = sorted(shape[-2:])
-    return math.prod(shape[:-2]), float(m) * m * n
-
-
-def _whole_call_threads(shape) -> int:
-    """OpenBLAS threads for a call that runs its matrices one after another."""
-    batch, matrix_work = _work(shape)
-    return 1 if batch * matrix_work < SINGLE_THREAD_WORK else max(1, torch.get_num_threads())
+def _set_blas_threads(count: int) -> None:
+    blas = blas_module()
+    if count != blas.get_num_threads():  # MLX's native calls set it too
+        blas.set_num_threads(count)
 
 
 def plan_threads(shapes) -> Tuple[int, int]:
-    """(OpenBLAS threads, workers) for one orthogonalization call on stacks of these (..., m, n)
-    shapes, within ``torch.get_num_threads()``. The matrices are shared out over the workers
-    (one OpenBLAS thread each) unless they are too small to pay for a second thread, or one big
-    matrix holds more than a worker's share of the work (it then runs on OpenBLAS's threads)."""
-    available = max(1, torch.get_num_threads())
-    works = [_work(shape) for shape in shapes]
-    count = sum(batch for batch, _ in works)
-    total = sum(batch * work for batch, work in works)
-    largest = max((work for batch, work in works if batch), default=0.0)
-    workers = min(count, available)
-    dominated = largest >= SINGLE_THREAD_WORK and largest * workers > total
-    if workers > 1 and total >= BATCH_SPLIT_WORK * count and not dominated:
-        return 1, workers
-    return (1 if total < SINGLE_THREAD_WORK else available), 1
+    """``fastmuon.threads.plan_threads`` within ``torch.get_num_threads()``."""
+    return threads.plan_threads(shapes, torch.get_num_threads())
 
 
 def use_threads(shapes) -> int:
@@ -103,7 +64,7 @@ def xxt(X: torch.Tensor) -> torch.Tensor:
         return X.new_zeros((*X.shape[:-1], m))
     src = as_batch(_fp32_view(X))
     out = torch.empty((src.shape[0], m, m), dtype=torch.float32)
-    _set_blas_threads(_whole_call_threads(X.shape))
+    _set_blas_threads(threads.whole_call_threads(X.shape, torch.get_num_threads()))
     blas_module().xxt(src, out)
     return out.reshape(*X.shape[:-1], m).to(X.dtype)
 
@@ -113,7 +74,7 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     if out.numel() == 0:
         return out.to(A.dtype)
     batch = as_batch(out)
-    _set_blas_threads(_whole_call_threads(A.shape))
+    _set_blas_threads(threads.whole_call_threads(A.shape, torch.get_num_threads()))
     blas_module().ba_plus_caa(batch, batch, float(alpha), float(beta))
     return out.to(A.dtype)
 
