@@ -209,3 +209,19 @@ def test_mlx_batch_split_is_bitwise_the_sequential_result(mlx_ext):
     np.testing.assert_array_equal(np.array(mlx_native.orthogonalize(G, plan)), np.array(one))
     with pytest.raises(ValueError, match=r"workers must be >= 1 and blas_threads >= 0, got 0 and 0"):
         mlx_ext.orthogonalize(G, *args, workers=0, stream=mx.cpu)
+
+
+def test_mlx_threads_follow_the_thread_variables(monkeypatch):
+    """Processes sharing a machine (mlx.launch) say how many threads each may use with the
+    usual variables; MLX has no thread count of its own."""
+    from fastmuon import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    cpus = threads.available_cpus()
+    assert cpus >= 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert threads.available_cpus() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "junk")
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cpus + 5))
+    assert threads.available_cpus() == cpus

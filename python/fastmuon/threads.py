@@ -3,8 +3,8 @@
 A batch of two or more matrices is shared out over the threads (fastmuon's own, one OpenBLAS
 thread each): the matrices are independent, so this scales where splitting each small product
 does not. A single matrix uses OpenBLAS's threads from ``SINGLE_THREAD_WORK`` up, one below.
-The caller gives the threads it may use: ``torch.get_num_threads()`` for torch tensors, the
-process's CPUs for MLX arrays. ``bench/bench_cpu_paths.py`` measures the choices.
+The caller gives the threads it may use: ``torch.get_num_threads()`` for torch tensors,
+``available_cpus()`` for MLX arrays. ``bench/bench_cpu_paths.py`` measures the choices.
 """
 
 from __future__ import annotations
@@ -53,8 +53,15 @@ def plan_threads(shapes: Iterable, available: int) -> Tuple[int, int]:
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on."""
+    """The threads an MLX call may use: the CPUs this process may run on, or fewer where
+    ``OMP_NUM_THREADS`` or ``OPENBLAS_NUM_THREADS`` says so (as for processes that share a
+    machine, e.g. under ``mlx.launch``)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            cpus = min(cpus, int(value))
+    return cpus

@@ -2,8 +2,9 @@
 BLAS (the Linux mlx-cpu wheel multiplies with a reference BLAS at ~4 GFLOP/s).
 
 They compute in fp32 and run on the CPU stream; they compose inside mx graphs and mx.compile.
-Threads: ``fastmuon.threads.plan_threads`` within the process's CPUs (MLX has no thread count
-of its own to honour); a batch is shared out over OpenMP threads, as on the torch side.
+Threads: ``fastmuon.threads.plan_threads`` within ``fastmuon.threads.available_cpus()`` (MLX
+has no thread count of its own to honour); a batch is shared out over OpenMP threads, as on the
+torch side.
 """
 
 from __future__ import annotations
