@@ -100,6 +100,7 @@ def main() -> None:
             stop.set()
             loader.join()
     print(cpu.describe())
+    print(threads.describe())
     bench.append_results(RESULTS, rows, bench.environment())
 
 

@@ -424,4 +424,9 @@ manages its own threads).)doc");
 A no-op on Accelerate. Raises ValueError for n < 1.)doc");
 
   m.attr("blas") = fastmuon::cpu::blas_name();
+#if defined(_OPENMP)
+  m.attr("openmp") = true;  // batches are split over threads (parallel.h)
+#else
+  m.attr("openmp") = false;
+#endif
 }

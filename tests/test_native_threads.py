@@ -225,3 +225,12 @@ def test_mlx_threads_follow_the_thread_variables(monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "junk")
     monkeypatch.setenv("OMP_NUM_THREADS", str(cpus + 5))
     assert threads.available_cpus() == cpus
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="other builds may lack OpenMP (Apple clang)")
+def test_linux_build_splits_batches(blas_ext):
+    """The Linux build has OpenMP, without which batches would run one matrix at a time."""
+    from fastmuon import threads
+
+    assert blas_ext.openmp is True
+    assert "split over OpenMP threads" in threads.describe()

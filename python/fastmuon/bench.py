@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import cpu
+from . import cpu, threads
 from .plan import METHODS
 from .coefficients import JORDAN_NEWTON_SCHULZ
 
@@ -328,6 +328,7 @@ def main(argv=None) -> int:
     env = environment()
     print(f"{env['processor']}, {env['cores']} cores; fp32 sgemm here: {peak:.0f} GFLOP/s" if peak else "")
     print(cpu.describe())
+    print(threads.describe())
     print(format_table(rows, peak))
     print("\nwhole block (summed over the four shapes):")
     print(format_totals(block_totals(rows, GPT2_SMALL_BLOCK)))

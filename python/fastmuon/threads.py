@@ -65,3 +65,13 @@ def available_cpus() -> int:
         if value.isdigit() and int(value) > 0:
             cpus = min(cpus, int(value))
     return cpus
+
+
+def describe() -> str:
+    """One line for benchmark headers: how the native kernels use threads here."""
+    from .native import blas_available, blas_module
+
+    if not blas_available():
+        return "native kernels: not built"
+    split = "batches split over OpenMP threads" if blas_module().openmp else "one matrix at a time (no OpenMP)"
+    return f"native kernels: {split}; MLX threads {available_cpus()}"
