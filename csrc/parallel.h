@@ -16,8 +16,8 @@ namespace fastmuon::cpu {
 // torch loaded, the dynamic linker binds this library to torch's libgomp, so
 // the tasks run on torch's own idle threads. A pool of our own contended with
 // them: right after torch's parallel ops its threads spin, and a step of the
-// demo's matrices split over our threads ran 1.7x slower after a
-// torch.optim.Muon step than alone, against 1.2x on torch's threads.
+// demo's matrices split over our threads ran 1.8x slower after a
+// torch.optim.Muon step than alone, against 1.2-1.4x on torch's threads.
 void parallel_tasks(int count, const std::function<void(int)>& task);
 
 } // namespace fastmuon::cpu
