@@ -14,8 +14,8 @@ import os
 from typing import Iterable, Tuple
 
 # m * m * n (per call, summed over the batch) below which OpenBLAS runs on one thread: on 2 cores
-# (AMD EPYC, 2026-11-30) two threads were 1.6-5x slower than one at 128x512 and 256x1024
-# (m*m*n <= 6.7e7) and faster from 768x768 (4.5e8) up.
+# (AMD EPYC, 2026-11-30, four runs) two threads took 1.1-1.6x one thread's time at 256x256 and
+# 256x1024 (m*m*n <= 6.7e7), 0.84-1.02x at 512x512 (1.3e8) and 0.6-0.71x at 768x768 (4.5e8).
 SINGLE_THREAD_WORK = 1e8
 # m * m * n per matrix from which a batch is split over threads: at 8x8 (512) waking the second
 # thread cost more than the matrix (1.1x slower), from 16x16 (4096) up two threads were faster
