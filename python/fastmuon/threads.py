@@ -29,10 +29,14 @@ def matrix_work(shape) -> Tuple[int, float]:
     return math.prod(shape[:-2]), float(m) * m * n
 
 
+def _blas_threads(total_work: float, available: int) -> int:
+    return 1 if total_work < SINGLE_THREAD_WORK else max(1, available)
+
+
 def whole_call_threads(shape, available: int) -> int:
     """OpenBLAS threads for a call that runs its matrices one after another."""
     batch, work = matrix_work(shape)
-    return 1 if batch * work < SINGLE_THREAD_WORK else max(1, available)
+    return _blas_threads(batch * work, available)
 
 
 def plan_threads(shapes: Iterable, available: int) -> Tuple[int, int]:
@@ -49,7 +53,7 @@ def plan_threads(shapes: Iterable, available: int) -> Tuple[int, int]:
     dominated = largest >= SINGLE_THREAD_WORK and largest * workers > total
     if workers > 1 and total >= BATCH_SPLIT_WORK * count and not dominated:
         return 1, workers
-    return (1 if total < SINGLE_THREAD_WORK else available), 1
+    return _blas_threads(total, available), 1
 
 
 def available_cpus() -> int:

@@ -83,13 +83,20 @@ def _coefficient_array(coefficients) -> np.ndarray:
     return np.asarray(coefficients, dtype=np.float64).reshape(-1, 3)
 
 
+def _run_kernel(Gs: List[torch.Tensor], coefficients, norm_scale: float, eps: float, gram: bool,
+                restart_every: int) -> List[torch.Tensor]:
+    """The fused iteration on every tensor of ``Gs``, in one kernel call on fp32 copies (the kernel
+    works in place), the results in the inputs' dtypes."""
+    Xs = [_fp32_copy(G) for G in Gs]
+    workers = use_threads([G.shape for G in Gs])
+    blas_module().orthogonalize_stacks([as_batch(X) for X in Xs], _coefficient_array(coefficients), norm_scale, eps,
+                                       gram, restart_every, workers=workers)
+    return [X.to(G.dtype) for X, G in zip(Xs, Gs)]
+
+
 def _orthogonalize_fused(G: torch.Tensor, coefficients: List[float], norm_scale: float, eps: float, gram: bool,
                         restart_every: int) -> torch.Tensor:
-    X = _fp32_copy(G)  # the kernel works in place on this copy
-    workers = use_threads([G.shape])
-    blas_module().orthogonalize(as_batch(X), _coefficient_array(coefficients), norm_scale, eps, gram, restart_every,
-                                workers=workers)
-    return X.to(G.dtype)
+    return _run_kernel([G], coefficients, norm_scale, eps, gram, restart_every)[0]
 
 
 # The fused iteration as a torch operator with a fake (shape-only) implementation, so that
@@ -112,9 +119,4 @@ def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan) -> List[torch.Tenso
     """``orthogonalize`` of each tensor, in one kernel call (eager tensors only: no operator)."""
     if not Gs:
         return []
-    Xs = [_fp32_copy(G) for G in Gs]  # the kernel works in place on these copies
-    workers = use_threads([G.shape for G in Gs])
-    blas_module().orthogonalize_stacks([as_batch(X) for X in Xs], _coefficient_array(plan.coefficients),
-                                       plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY,
-                                       workers=workers)
-    return [X.to(G.dtype) for X, G in zip(Xs, Gs)]
+    return _run_kernel(Gs, plan.coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)

@@ -203,7 +203,7 @@ def _apply_update(W: torch.Tensor, O: torch.Tensor, ok: torch.Tensor, group: dic
 
 
 def _list_wide_applies(params: List[torch.Tensor], lr) -> bool:
-    """Whether parameters may take the list-wide passes (``_few_passes_chunk``,
+    """Whether parameters may take the list-wide passes (``_few_passes``,
     ``_adamw_few_passes``): a float lr, dense gradients of the weights' dtype, on the CPU (where
     reading one finiteness flag back costs nothing), outside torch.compile (which fuses the
     per-parameter path itself)."""
@@ -214,7 +214,7 @@ def _list_wide_applies(params: List[torch.Tensor], lr) -> bool:
 
 
 def _few_passes_apply(chunk, group: dict) -> bool:
-    """Whether a Muon chunk may take ``_few_passes_chunk``: plain Muon (no NorMuon moment, sphere
+    """Whether a Muon chunk may take ``_few_passes``: plain Muon (no NorMuon moment, sphere
     or cautious decay) under ``_list_wide_applies``."""
     if group["beta2"] is not None or group["sphere"] is not None or group["cautious_weight_decay"]:
         return False
@@ -253,16 +253,16 @@ class _Chunk:
     cols: int
     stack_dtype: torch.dtype
     compute_dtype: torch.dtype  # of its orthogonalization
-    options: tuple  # the group's orthogonalization options (_ORTHOGONALIZE_KEYS), frozen, and compute_dtype
+    options: tuple  # the group's orthogonalization options (_ORTHOGONALIZE_KEYS), frozen
     nbytes: int  # of its stack
 
 
 def _few_passes_batches(chunks: List[_Chunk]):
-    """Consecutive chunks with the same orthogonalization options, at most ``STACK_BYTES`` a
-    batch (a bigger chunk alone)."""
+    """Consecutive chunks with the same orthogonalization options and compute dtype, at most
+    ``STACK_BYTES`` a batch (a bigger chunk alone)."""
     batch: List[_Chunk] = []
     for chunk in chunks:
-        if batch and (chunk.options != batch[0].options
+        if batch and ((chunk.options, chunk.compute_dtype) != (batch[0].options, batch[0].compute_dtype)
                       or sum(c.nbytes for c in batch) + chunk.nbytes > STACK_BYTES):
             yield batch
             batch = []
@@ -518,8 +518,7 @@ class _MuonFamily(_CheckedOptimizer):
             per_chunk = max(1, STACK_BYTES // max(1, matrix_bytes))
             for members_chunk in _chunks(members, per_chunk):
                 counts = [batches[p] for p, _ in members_chunk]
-                chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, compute_dtype,
-                               (*options, compute_dtype),
+                chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, compute_dtype, tuple(options),
                                matrix_bytes * sum(counts))
                 if _few_passes_apply(members_chunk, group):
                     few_passes.append(chunk)
@@ -530,7 +529,7 @@ class _MuonFamily(_CheckedOptimizer):
                 for chunk in batch:
                     self._per_parameter_chunk(chunk)
 
-    def _per_parameter_chunk(self, chunk: "_Chunk") -> None:
+    def _per_parameter_chunk(self, chunk: _Chunk) -> None:
         """A chunk's step parameter by parameter (any device, dtype or option; a parameter with a
         non-finite gradient is skipped), with one orthogonalization call for the chunk."""
         items = [self._momentum_phase(p, g, commit=True) for p, g in chunk.members]
@@ -548,7 +547,7 @@ class _MuonFamily(_CheckedOptimizer):
             self._update_phase(item, O[start:start + item.batch], item.finite)
             start += item.batch
 
-    def _few_passes(self, batch: List["_Chunk"]) -> bool:
+    def _few_passes(self, batch: List[_Chunk]) -> bool:
         """A batch of chunks stepped in a few list-wide passes (``torch._foreach_*``) when every
         gradient is finite, which one check on the host finds out; returns False, having changed
         nothing, otherwise (the per-parameter path then skips the non-finite ones). Same
@@ -694,7 +693,7 @@ class _MuonFamily(_CheckedOptimizer):
 
     def _adamw_few_passes(self, group: dict) -> bool:
         """The AdamW group's step in list-wide passes (``torch._foreach_*``), taken under the
-        conditions of ``_few_passes_chunk`` (CPU, eager, float lr, every gradient finite) and for
+        conditions of ``_few_passes`` (CPU, eager, float lr, every gradient finite) and for
         fp32 weights (the dtype of the bias corrections: list-wide ops would not round those to
         narrower weights first, as the per-parameter ops do): ``functional.adamw_update_lists_``,
         op for op the arithmetic of ``adamw_update``, so the weights are bitwise the same.
