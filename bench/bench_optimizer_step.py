@@ -54,9 +54,9 @@ def outside_orthogonalize(step, repeats: int) -> float:
     real = optimizers._MuonFamily._orthogonalize_stacks
     inside = [0.0]
 
-    def timed(stacks, group, dtype=None):
+    def timed(stacks, group, dtype=None, **options):
         start = time.perf_counter()
-        O = real(stacks, group, dtype)
+        O = real(stacks, group, dtype, **options)
         inside[0] += time.perf_counter() - start
         return O
 

@@ -23,6 +23,7 @@ from torch import nn
 import fastmuon
 import fastmuon.torch.optimizers as muon_module
 from fastmuon import coefficients as coef
+from fastmuon.native import blas_available
 from fastmuon.plan import make_plan
 from fastmuon.torch import Muon, MuonWithAdamW, NorMuon, SignSGD, muon_param_groups
 from support import reference_optim as reference
@@ -256,11 +257,19 @@ def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
     grads = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
     for p, g in zip(params, grads):
         p.grad = g.clone()
-    opt = Muon(params, allow_nd=True)
     monkeypatch.setattr(muon_module, "orthogonalize_stacks", counting)
-    opt.step()
+    reference = [nn.Parameter(p.detach().clone()) for p in params]
+    for p, g in zip(reference, grads):
+        p.grad = g.clone()
+    Muon(reference, allow_nd=True, backend="reference").step()
     assert len(calls) == 1  # on the CPU, the stacks of every shape in one call
     assert sorted(calls[0]) == sorted([(6, 16, 24), (2, 24, 16), (1, 8, 27)])
+    if blas_available():  # the native kernels take each matrix where it lies: one piece per parameter
+        calls.clear()
+        Muon(params, allow_nd=True, backend="native").step()
+        assert len(calls) == 1
+        assert sorted(calls[0]) == sorted([(1, 16, 24), (1, 24, 16), (1, 16, 24), (4, 16, 24), (1, 8, 27),
+                                           (1, 24, 16)])
     monkeypatch.setattr(muon_module, "orthogonalize_stacks", real)
 
     # Stacking changes nothing: each parameter stepped alone gives bitwise the same weights.
@@ -978,12 +987,13 @@ def test_torch_optim_muons_error_cases():
     assert torch.equal(complex_param.detach(), before) and not opt.state
 
 
-@pytest.mark.parametrize("options", [dict(), dict(nesterov=False, weight_decay=0.1),
+@pytest.mark.parametrize("options", [dict(), dict(nesterov=False, weight_decay=0.1), dict(backend="reference"),
                                      dict(ns_dtype=torch.bfloat16, adjust_lr="match_rms_adamw", weight_decay=0.05)])
 def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options):
     """On the CPU, chunks whose gradients are all finite take the list-wide (foreach) step, all
-    shapes in one batch; weights and momenta are bitwise those of the per-parameter step, and a
-    batch holding a NaN leaves it (the NaN parameter is skipped, the others step)."""
+    shapes in one batch (on the native kernels one piece per parameter, else stacked); weights
+    and momenta are bitwise those of the per-parameter step, and a batch holding a NaN leaves
+    it (the NaN parameter is skipped, the others step)."""
     shapes = [(16, 24), (16, 24), (3, 16, 24), (24, 16), (0, 16)]
     start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
     grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(3)]
@@ -994,7 +1004,11 @@ def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options
     def counting(self, batch):
         result = real(self, batch)
         taken.append((len(batch), result))
+        natives.add(batch[0].native)
         return result
+
+    natives = set()
+    native = blas_available() and "ns_dtype" not in options and options.get("backend") != "reference"
 
     def run(few_passes: bool):
         monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk, group: few_passes)
@@ -1009,6 +1023,7 @@ def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options
     monkeypatch.setattr(muon_module._MuonFamily, "_few_passes", counting)
     fast, fast_opt = run(True)
     assert taken == [(3, True), (3, True), (3, False)]  # 3 chunks a step in one batch; the NaN one fell back
+    assert natives == {native}
     slow, slow_opt = run(False)
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)
@@ -1023,12 +1038,13 @@ def test_few_passes_batches_respect_options_and_bytes(monkeypatch):
     most STACK_BYTES (a bigger chunk alone)."""
     monkeypatch.setattr(muon_module, "STACK_BYTES", 100)
 
-    def chunk(options, nbytes):
-        return muon_module._Chunk([], [], {}, 1, 1, torch.float32, torch.float32, options, nbytes)
+    def chunk(options, nbytes, native=False):
+        return muon_module._Chunk([], [], {}, 1, 1, torch.float32, torch.float32, options, nbytes, native)
 
-    chunks = [chunk("a", 40), chunk("a", 40), chunk("a", 40), chunk("b", 10), chunk("b", 500), chunk("b", 10)]
+    chunks = [chunk("a", 40), chunk("a", 40), chunk("a", 40), chunk("b", 10), chunk("b", 500), chunk("b", 10),
+              chunk("b", 10, native=True), chunk("b", 10, native=True)]
     sizes = [[c.nbytes for c in batch] for batch in muon_module._few_passes_batches(chunks)]
-    assert sizes == [[40, 40], [40], [10], [500], [10]]
+    assert sizes == [[40, 40], [40], [10], [500], [10], [10, 10]]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -1080,10 +1096,11 @@ def test_chunks_of_one_stack_share_its_compute_dtype(monkeypatch, rng):
     dtypes = []
     real = muon_module.orthogonalize_stacks
     monkeypatch.setattr(muon_module, "orthogonalize_stacks",
-                        lambda stacks, **kw: dtypes.append((len(stacks), kw["dtype"])) or real(stacks, **kw))
+                        lambda stacks, **kw: dtypes.append((sum(U.shape[0] for U in stacks), kw["dtype"]))
+                        or real(stacks, **kw))
     params = [nn.Parameter(torch.tensor(rng.standard_normal((256, 256)), dtype=torch.float32)) for _ in range(3)]
     for p in params:
         p.grad = torch.ones_like(p)
     Muon(params).step()
     assert dtypes and all(dtype == torch.float32 for _, dtype in dtypes)
-    assert sum(count for count, _ in dtypes) == 2  # the chunks (2 + 1 matrices), batched together or not
+    assert sum(count for count, _ in dtypes) == 3  # the chunks (2 + 1 matrices), batched together or not

@@ -60,6 +60,15 @@ def muon_momentum_lists_(momenta: List[torch.Tensor], grads: List[torch.Tensor],
     torch._foreach_lerp_(momenta, grads, 1.0 - momentum)
 
 
+def muon_lookahead_lists(grads: List[torch.Tensor], momenta: List[torch.Tensor], momentum: float,
+                         nesterov: bool) -> List[torch.Tensor]:
+    """``muon_lookahead`` of lists, list-wide, as new tensors (copies of the momenta without
+    Nesterov, so that the results may be overwritten)."""
+    if nesterov:
+        return torch._foreach_lerp(grads, momenta, momentum)
+    return [M.clone() for M in momenta]
+
+
 def decoupled_update_lists_(weights: List[torch.Tensor], updates: List[torch.Tensor], *, lr: float,
                             weight_decay: float, scale: float) -> None:
     """``decoupled_update`` (float lr, not cautious) of a list of weights, in place, list-wide;

@@ -84,10 +84,11 @@ def _coefficient_array(coefficients) -> np.ndarray:
 
 
 def _run_kernel(Gs: List[torch.Tensor], coefficients, norm_scale: float, eps: float, gram: bool,
-                restart_every: int) -> List[torch.Tensor]:
+                restart_every: int, overwrite: bool = False) -> List[torch.Tensor]:
     """The fused iteration on every tensor of ``Gs``, in one kernel call on fp32 copies (the kernel
-    works in place), the results in the inputs' dtypes."""
-    Xs = [_fp32_copy(G) for G in Gs]
+    works in place; with ``overwrite``, in the inputs themselves where they are C-contiguous
+    fp32), the results in the inputs' dtypes."""
+    Xs = [_fp32_view(G) if overwrite else _fp32_copy(G) for G in Gs]
     workers = use_threads([G.shape for G in Gs])
     blas_module().orthogonalize_stacks([as_batch(X) for X in Xs], _coefficient_array(coefficients), norm_scale, eps,
                                        gram, restart_every, workers=workers)
@@ -115,8 +116,10 @@ def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
     return fused(G, coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)
 
 
-def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan) -> List[torch.Tensor]:
-    """``orthogonalize`` of each tensor, in one kernel call (eager tensors only: no operator)."""
+def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan, overwrite: bool = False) -> List[torch.Tensor]:
+    """``orthogonalize`` of each tensor, in one kernel call (eager tensors only: no operator);
+    ``overwrite``: see ``_run_kernel``."""
     if not Gs:
         return []
-    return _run_kernel(Gs, plan.coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)
+    return _run_kernel(Gs, plan.coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY,
+                       overwrite)

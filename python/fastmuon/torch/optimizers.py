@@ -57,6 +57,7 @@ from .functional import (
     decoupled_update,
     decoupled_update_lists_,
     muon_lookahead,
+    muon_lookahead_lists,
     muon_momentum,
     muon_momentum_,
     muon_momentum_lists_,
@@ -66,7 +67,7 @@ from .functional import (
     sphere_geodesic_update,
     sphere_project_update,
 )
-from .orthogonalize import BACKENDS, orthogonalize_stacks, resolve_compute_dtype
+from .orthogonalize import BACKENDS, orthogonalize_stacks, resolve_compute_dtype, runs_native
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "SignSGD"]
 
@@ -255,14 +256,16 @@ class _Chunk:
     compute_dtype: torch.dtype  # of its orthogonalization
     options: tuple  # the group's orthogonalization options (_ORTHOGONALIZE_KEYS), frozen
     nbytes: int  # of its stack
+    native: bool  # an fp32 stack that runs on the native kernels (which need no stack: see _few_passes)
 
 
 def _few_passes_batches(chunks: List[_Chunk]):
-    """Consecutive chunks with the same orthogonalization options and compute dtype, at most
-    ``STACK_BYTES`` a batch (a bigger chunk alone)."""
+    """Consecutive chunks with the same orthogonalization options, compute dtype and kernels
+    (native or not), at most ``STACK_BYTES`` a batch (a bigger chunk alone)."""
     batch: List[_Chunk] = []
     for chunk in chunks:
-        if batch and ((chunk.options, chunk.compute_dtype) != (batch[0].options, batch[0].compute_dtype)
+        key = (chunk.options, chunk.compute_dtype, chunk.native)
+        if batch and (key != (batch[0].options, batch[0].compute_dtype, batch[0].native)
                       or sum(c.nbytes for c in batch) + chunk.nbytes > STACK_BYTES):
             yield batch
             batch = []
@@ -518,8 +521,10 @@ class _MuonFamily(_CheckedOptimizer):
             per_chunk = max(1, STACK_BYTES // max(1, matrix_bytes))
             for members_chunk in _chunks(members, per_chunk):
                 counts = [batches[p] for p, _ in members_chunk]
+                native = stack_dtype == torch.float32 and runs_native(group["backend"], device,
+                                                                       (sum(counts), rows, cols), compute_dtype)
                 chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, compute_dtype, tuple(options),
-                               matrix_bytes * sum(counts))
+                               matrix_bytes * sum(counts), native)
                 if _few_passes_apply(members_chunk, group):
                     few_passes.append(chunk)
                 else:
@@ -554,6 +559,9 @@ class _MuonFamily(_CheckedOptimizer):
         arithmetic, op for op, as the per-parameter path, so the weights are bitwise the same."""
         if not all_finite([p.grad for chunk in batch for p, _ in chunk.members]):
             return False
+        if batch[0].native:
+            self._few_passes_native(batch)
+            return True
         stacks = []
         for chunk in batch:
             params = [p for p, _ in chunk.members]
@@ -570,15 +578,42 @@ class _MuonFamily(_CheckedOptimizer):
         results = self._orthogonalize_stacks(stacks, batch[0].group, batch[0].compute_dtype)
         del stacks
         for chunk, O in zip(batch, results):
-            group = chunk.group
-            weights = [p.detach() for p, _ in chunk.members]
             start, parts = 0, []
-            for W, count in zip(weights, chunk.counts):
-                parts.append(O[start:start + count].reshape(W.shape))
+            for (p, _), count in zip(chunk.members, chunk.counts):
+                parts.append(O[start:start + count].reshape(p.shape))
                 start += count
-            decoupled_update_lists_(weights, parts, lr=group["lr"], weight_decay=group["weight_decay"],
-                                    scale=_lr_scale(group, chunk.rows, chunk.cols))
+            self._apply_lists(chunk, parts)
         return True
+
+    def _few_passes_native(self, batch: List[_Chunk]) -> None:
+        """``_few_passes`` of a batch that runs on the native kernels: they take each matrix where
+        it lies, so the tensors to orthogonalize are made list-wide, one per parameter (no stack),
+        and orthogonalized in their own memory. Bitwise the same as stacking them: the kernels
+        compute every matrix alone."""
+        by_momentum: Dict[tuple, List[torch.Tensor]] = defaultdict(list)
+        for chunk in batch:
+            by_momentum[(chunk.group["momentum"], chunk.group["nesterov"])].extend(p for p, _ in chunk.members)
+        updates = {}
+        for (beta, nesterov), params in by_momentum.items():
+            momenta = [self.state[p]["momentum_buffer"] for p in params]
+            grads = [p.grad for p in params]
+            muon_momentum_lists_(momenta, grads, beta)
+            updates.update(zip(params, muon_lookahead_lists(grads, momenta, beta, nesterov)))
+        pieces = [updates[p].view(count, chunk.rows, chunk.cols)
+                  for chunk in batch for (p, _), count in zip(chunk.members, chunk.counts)]
+        del updates
+        results = iter(self._orthogonalize_stacks(pieces, batch[0].group, torch.float32, backend="native",
+                                                  overwrite=True))
+        del pieces
+        for chunk in batch:
+            self._apply_lists(chunk, [next(results).view(p.shape) for p, _ in chunk.members])
+
+    @staticmethod
+    def _apply_lists(chunk: _Chunk, updates: List[torch.Tensor]) -> None:
+        """The decoupled update of a chunk's weights with their orthogonalized ``updates``, list-wide."""
+        group = chunk.group
+        decoupled_update_lists_([p.detach() for p, _ in chunk.members], updates, lr=group["lr"],
+                                weight_decay=group["weight_decay"], scale=_lr_scale(group, chunk.rows, chunk.cols))
 
     def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
         batch, rows, cols = matrix_view(p.shape)
@@ -609,17 +644,20 @@ class _MuonFamily(_CheckedOptimizer):
         return _MuonFamily._orthogonalize_stacks([U], group, dtype)[0]
 
     @staticmethod
-    def _orthogonalize_stacks(stacks: List[torch.Tensor], group: dict,
-                              dtype: Optional[torch.dtype] = None) -> List[torch.Tensor]:
+    def _orthogonalize_stacks(stacks: List[torch.Tensor], group: dict, dtype: Optional[torch.dtype] = None,
+                              backend: Optional[str] = None, overwrite: bool = False) -> List[torch.Tensor]:
         """The one call of the orthogonalizer: (batch, rows, cols) stacks of any shapes, with the
         group's options, computed in ``dtype`` (default: the group's ``ns_dtype``; the local step
-        passes the dtype it chose for the whole same-shape stack, so that its chunks agree)."""
+        passes the dtype it chose for the whole same-shape stack, so that its chunks agree), on
+        ``backend`` (default: the group's; the local step passes the one it chose for a stack it
+        hands over in pieces), overwriting the stacks where ``overwrite``."""
         coefficients = group["ns_coefficients"]
         if coefficients is not None:
             coefficients = [tuple(coefficients)] * group["ns_steps"]
         return orthogonalize_stacks(stacks, method=group["method"], steps=group["ns_steps"],
-                                    coefficients=coefficients, backend=group["backend"], eps=group["eps"],
-                                    dtype=group["ns_dtype"] if dtype is None else dtype)
+                                    coefficients=coefficients, backend=group["backend"] if backend is None else backend,
+                                    eps=group["eps"], dtype=group["ns_dtype"] if dtype is None else dtype,
+                                    overwrite=overwrite)
 
     def _sharded(self, jobs, process_group, rank: int, world_size: int):
         """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod

@@ -81,11 +81,22 @@ def default_compute_dtype(device, shape=None) -> torch.dtype:
 ONE_MATRIX_REFERENCE_WORK = (8e6, 3e8)
 
 
-def _reference_is_faster(t: torch.Tensor) -> bool:
-    """Whether "auto" runs this fp32 CPU stack on the reference (see ONE_MATRIX_REFERENCE_WORK)."""
-    m, n = sorted(t.shape[-2:])
+def _reference_is_faster(shape) -> bool:
+    """Whether "auto" runs an fp32 CPU stack of this shape on the reference (see
+    ONE_MATRIX_REFERENCE_WORK)."""
+    m, n = sorted(shape[-2:])
     low, high = ONE_MATRIX_REFERENCE_WORK
-    return math.prod(t.shape[:-2]) == 1 and torch_threads() > 1 and low <= m * m * n < high
+    return math.prod(shape[:-2]) == 1 and torch_threads() > 1 and low <= m * m * n < high
+
+
+def runs_native(backend: str, device, shape, compute_dtype: torch.dtype) -> bool:
+    """Whether a stack of ``shape`` on ``device``, computed in ``compute_dtype`` and not needing
+    gradients, runs on the native kernels: ``select_backend``'s choice for it, from its shape
+    alone (the optimizers ask before they build the stack)."""
+    if backend == "native":
+        return True
+    return (backend == "auto" and torch.device(device).type == "cpu" and compute_dtype == torch.float32
+            and blas_available() and not _reference_is_faster(shape))
 
 
 def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, shape=None) -> torch.dtype:
@@ -149,11 +160,16 @@ def orthogonalize_stacks(
     backend: str = "auto",
     eps: Optional[float] = None,
     dtype: Optional[torch.dtype] = None,
+    overwrite: bool = False,
 ) -> list:
     """``[orthogonalize(G, ...) for G in Gs]`` for tensors of any shapes, with the same options
     and bitwise the same results; the stacks that take the native kernels (in eager mode) go in
     one call, whose threads share out all their matrices together (``native.plan_threads``).
-    The optimizers orthogonalize their same-shape stacks through it."""
+    The optimizers orthogonalize their same-shape stacks through it.
+
+    ``overwrite=True`` lets the native kernels work in the memory of inputs that are
+    C-contiguous fp32 (their results are then returned in those tensors' memory, and the inputs'
+    values are lost), which saves a copy of each; other inputs are left as they are."""
     plan = make_plan(method, steps, coefficients, eps)
     check_backend(backend, BACKENDS)
     Gs = list(Gs)
@@ -162,7 +178,7 @@ def orthogonalize_stacks(
     skip = set(together)
     out = [None if i in skip else _run(name, G, plan, compute_dtype)
            for i, (G, (name, compute_dtype)) in enumerate(zip(Gs, chosen))]
-    for i, O in zip(together, native.orthogonalize_stacks([Gs[i] for i in together], plan)):
+    for i, O in zip(together, native.orthogonalize_stacks([Gs[i] for i in together], plan, overwrite=overwrite)):
         out[i] = O
     return out
 
@@ -237,8 +253,8 @@ def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) ->
         if t.device.type == "cuda":
             return "triton" if _auto_takes_triton(t, compute_dtype, differentiable) else "reference"
         # the native kernels have no autograd: a tensor that needs gradients stays on the reference
-        native_fits = t.device.type == "cpu" and compute_dtype == torch.float32 and not differentiable
-        return "native" if native_fits and blas_available() and not _reference_is_faster(t) else "reference"
+        native_fits = not differentiable and runs_native(backend, t.device, t.shape, compute_dtype)
+        return "native" if native_fits else "reference"
     if backend in ("native", "triton") and differentiable:
         raise ValueError(
             f'backend="{backend}" has no autograd and the input requires grad; use backend="reference" '
