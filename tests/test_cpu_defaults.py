@@ -80,6 +80,22 @@ def test_auto_takes_the_reference_for_one_mid_size_fp32_matrix(monkeypatch):
     assert module.select_backend("auto", torch.zeros(256, 256), fp32) == "native"
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runs_native_is_select_backends_choice(monkeypatch, threads):
+    """The optimizers ask ``runs_native`` from a stack's shape before building it; it answers as
+    ``select_backend`` does for such a stack (and no for other devices and dtypes)."""
+    module = importlib.import_module("fastmuon.torch.orthogonalize")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    for backend in ("auto", "native", "reference"):
+        for shape in [(64, 256), (256, 256), (1, 512, 256), (2, 256, 256), (768, 768), (3, 8, 8)]:
+            for dtype in (torch.float32, torch.bfloat16):
+                if backend == "native" and dtype != torch.float32:
+                    continue  # select_backend raises: native computes in fp32
+                chosen = module.select_backend(backend, torch.zeros(shape), dtype)
+                assert module.runs_native(backend, "cpu", shape, dtype) == (chosen == "native"), (backend, shape)
+        assert not module.runs_native(backend, "meta", (64, 256), torch.float32)
+
+
 def test_bf16_default_is_the_bf16_reference_and_native_stays_fp32(bf16_cpu, rng):
     from fastmuon.torch import orthogonalize
 

@@ -93,10 +93,12 @@ def runs_native(backend: str, device, shape, compute_dtype: torch.dtype) -> bool
     """Whether a stack of ``shape`` on ``device``, computed in ``compute_dtype`` and not needing
     gradients, runs on the native kernels: ``select_backend``'s choice for it, from its shape
     alone (the optimizers ask before they build the stack)."""
+    if torch.device(device).type != "cpu":
+        return False
     if backend == "native":
         return True
-    return (backend == "auto" and torch.device(device).type == "cpu" and compute_dtype == torch.float32
-            and blas_available() and not _reference_is_faster(shape))
+    return (backend == "auto" and compute_dtype == torch.float32 and blas_available()
+            and not _reference_is_faster(shape))
 
 
 def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, shape=None) -> torch.dtype:
