@@ -127,17 +127,19 @@ void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
     if (step == steps) {
       break;
     }
-    // RZ = R Z + a R, then R = Z RZ + a RZ = (a I + Z) R (a I + Z)
-    ops.addmm(R, R, Z, RZ, 1.0f, a);
-    ops.addmm(RZ, Z, RZ, R, 1.0f, a);
     if (static_cast<int64_t>(step) % plan.gram_restart_every == 0) {
       // Restart: X <- Q X, R <- X X^T, Q <- I. Bounds the drift of R away
-      // from X_k X_k^T (the Gram matrix squares the condition number).
+      // from X_k X_k^T (the Gram matrix squares the condition number). R is
+      // formed afresh, so it is not updated first.
       ops.matmul(Q, x, x2);
       std::swap(x, x2);
       ops.xxt(x, R);
       q_is_identity = true;
+      continue;
     }
+    // RZ = R Z + a R, then R = Z RZ + a RZ = (a I + Z) R (a I + Z)
+    ops.addmm(R, R, Z, RZ, 1.0f, a);
+    ops.addmm(RZ, Z, RZ, R, 1.0f, a);
   }
   ops.matmul(Q, x, x2);  // the last step always leaves an explicit Q
   std::swap(x, x2);

@@ -157,27 +157,41 @@ def measure(
     progress: bool = False,
     budget: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
-    """One row per (provider, shape). With ``budget`` (seconds), cases that would start after it
-    is spent are left out; the number left out is in the last row's ``skipped_for_budget``."""
+    """One row per (provider, shape), in provider order: the median of ``repeats`` runs after a
+    warm-up, the providers of a shape taking turns in every repeat (timed one after another, a
+    burst of machine noise would land on one provider, and the ratios to the baseline with it).
+    With ``budget`` (seconds), shapes that would start after it is spent are left out; the
+    number of cases left out is in the last row's ``skipped_for_budget``."""
     rng = np.random.default_rng(seed)
     inputs = {shape: rng.standard_normal(shape).astype(np.float32) for shape in shapes}
-    jobs = [(p, s) for p in provs for s in shapes if not (quick and p.slow and s[0] != s[1])]
-    bar = progress_bar(len(jobs), progress)
+    jobs = [[p for p in provs if not (quick and p.slow and s[0] != s[1])] for s in shapes]
+    bar = progress_bar(sum(len(j) for j in jobs), progress)
     rows = []
     start = time.perf_counter()
-    for done, (prov, shape) in enumerate(jobs):
-        if budget is not None and rows and time.perf_counter() - start > budget:  # at least one case runs
-            rows[-1]["skipped_for_budget"] = len(jobs) - done
+    for index, (shape, shape_provs) in enumerate(zip(shapes, jobs)):
+        if budget is not None and rows and time.perf_counter() - start > budget:  # at least one shape runs
+            rows[-1]["skipped_for_budget"] = sum(len(j) for j in jobs[index:])
             break
-        G = prov.make_input(inputs[shape])
-        seconds, O = median_time(lambda: prov.run(G), repeats)
-        row = {"provider": prov.name, "method": prov.method, "shape": list(shape), "seconds": seconds}
-        row["gflops"] = dense_flops(shape) / seconds / 1e9
-        row.update(polar_errors(inputs[shape], prov.to_numpy(O)))
-        rows.append(row)
-        bar.update(1)
+        runs = []
+        for prov in shape_provs:
+            G = prov.make_input(inputs[shape])
+            runs.append((lambda prov=prov, G=G: prov.run(G), prov.run(G)))  # warm-up, kept for the errors
+        times = [[] for _ in runs]
+        for _ in range(repeats):
+            for t, (run, _) in zip(times, runs):
+                begin = time.perf_counter()
+                run()
+                t.append(time.perf_counter() - begin)
+        for prov, t, (_, O) in zip(shape_provs, times, runs):
+            seconds = float(np.median(t))
+            row = {"provider": prov.name, "method": prov.method, "shape": list(shape), "seconds": seconds}
+            row["gflops"] = dense_flops(shape) / seconds / 1e9
+            row.update(polar_errors(inputs[shape], prov.to_numpy(O)))
+            rows.append(row)
+            bar.update(1)
     bar.close()
-    return rows
+    rank = {(p.name, p.method): i for i, p in enumerate(provs)}
+    return sorted(rows, key=lambda r: rank[(r["provider"], r["method"])])  # stable: shapes stay in order
 
 
 class _NoBar:

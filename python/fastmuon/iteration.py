@@ -84,10 +84,11 @@ def _gram_iterations(X: Any, plan: Plan, ops: MatrixOps) -> Any:
         Q = ops.add_identity(Z, a) if Q is None else ops.addmm(Q, Q, Z, alpha=1.0, beta=a)
         if step == last:
             break
-        RZ = ops.addmm(R, R, Z, alpha=1.0, beta=a)  # R (a I + Z)
-        R = ops.addmm(RZ, Z, RZ, alpha=1.0, beta=a)  # (a I + Z) R (a I + Z) = X_k X_k^T
-        if plan.restart_after(step):
+        if plan.restart_after(step):  # R is formed afresh from X: no update of R first
             X = ops.matmul(Q, X)
             R = ops.xxt(X)
             Q = None
+            continue
+        RZ = ops.addmm(R, R, Z, alpha=1.0, beta=a)  # R (a I + Z)
+        R = ops.addmm(RZ, Z, RZ, alpha=1.0, beta=a)  # (a I + Z) R (a I + Z) = X_k X_k^T
     return X if Q is None else ops.matmul(Q, X)
