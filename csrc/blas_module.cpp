@@ -10,6 +10,8 @@
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 
 #include "cpu_kernels.h"
 
@@ -262,6 +264,53 @@ void orthogonalize_stacks(nb::list xs, nb::handle coef_obj, double norm_scale,
   fastmuon::cpu::orthogonalize_stacks_f32(stacks, plan, workers);
 }
 
+// Per parameter: (momentum_weight, lookahead_weight, nesterov, decays, decay,
+// step), as fastmuon::cpu::MuonParam names them.
+using MuonHyper = std::tuple<double, double, bool, bool, double, double>;
+
+bool muon_step(nb::list grads, nb::list momenta, nb::list weights,
+               const std::vector<MuonHyper>& hyper, nb::handle coef_obj,
+               double norm_scale, double eps, bool gram,
+               int64_t gram_restart_every, int workers) {
+  constexpr const char* fn = "muon_step";
+  const size_t count = grads.size();
+  if (momenta.size() != count || weights.size() != count ||
+      hyper.size() != count) {
+    bad_value(fn, "momenta", "weights and hyper must have one entry per gradient");
+  }
+  std::vector<CpuArray<const float>> gs;
+  std::vector<CpuArray<float>> ms, ws;
+  std::vector<fastmuon::cpu::MuonParam> params;
+  for (size_t i = 0; i < count; ++i) {
+    const std::string at = "[" + std::to_string(i) + "]";
+    const std::string g_name = "grads" + at, m_name = "momenta" + at,
+                      w_name = "weights" + at;
+    gs.push_back(as_array<const float>(grads[i], fn, g_name.c_str()));
+    ms.push_back(as_array<float>(momenta[i], fn, m_name.c_str()));
+    ws.push_back(as_array<float>(weights[i], fn, w_name.c_str()));
+    const auto stack = stack_from(ws.back(), fn, w_name.c_str());
+    const std::string want = shape_str(ws.back());
+    if (shape_str(gs.back()) != want || shape_str(ms.back()) != want) {
+      bad_value(fn, g_name.c_str(), "and " + m_name + " must have the shape of " +
+                                        w_name + ", " + want);
+    }
+    if (overlaps(ms.back(), ws.back()) || overlaps(gs.back(), ms.back()) ||
+        overlaps(gs.back(), ws.back())) {
+      bad_value(fn, w_name.c_str(), "must not overlap " + g_name + " or " + m_name);
+    }
+    const auto& [mw, lw, nesterov, decays, decay, step] = hyper[i];
+    params.push_back({gs.back().data(), ms.back().data(), ws.back().data(),
+                      stack.batch, stack.rows, stack.cols,
+                      static_cast<float>(mw), static_cast<float>(lw), nesterov,
+                      decays, static_cast<float>(decay),
+                      static_cast<float>(step)});
+  }
+  const auto plan =
+      plan_from(coef_obj, fn, norm_scale, eps, gram, gram_restart_every);
+  nb::gil_scoped_release release;
+  return fastmuon::cpu::muon_step_f32(params, plan, workers);
+}
+
 } // namespace
 
 NB_MODULE(_blas, m) {
@@ -407,6 +456,46 @@ grouped into arrays. The GIL is released.
 Raises:
     TypeError, ValueError: as ``orthogonalize``, naming the array
         (``xs[i]``); ValueError also when two arrays overlap.
+)doc");
+
+  m.def(
+      "muon_step",
+      &muon_step,
+      "grads"_a,
+      "momenta"_a,
+      "weights"_a,
+      "hyper"_a,
+      "coefficients"_a.none(),
+      "norm_scale"_a,
+      "eps"_a,
+      "gram"_a,
+      "gram_restart_every"_a,
+      "workers"_a = 1,
+      nb::sig("def muon_step(grads: list, momenta: list, weights: list, "
+              "hyper: list, coefficients: object, norm_scale: float, eps: "
+              "float, gram: bool, gram_restart_every: int, workers: int = 1) "
+              "-> bool"),
+      R"doc(One Muon step on fp32 parameters, in place; False, with nothing
+written, if a gradient holds a NaN or an Inf.
+
+For each i, ``grads[i]``, ``momenta[i]`` and ``weights[i]`` are float32,
+C-contiguous arrays of one shape, ``(rows, cols)`` or
+``(batch, rows, cols)`` (momenta and weights writable), and ``hyper[i]`` is
+``(momentum_weight, lookahead_weight, nesterov, decays, decay, step)``.
+Per matrix: ``M <- lerp(M, G, momentum_weight)``; ``U = lerp(G, M,
+lookahead_weight)`` with Nesterov, else ``M``; ``O = orthogonalize(U)``
+(the plan as in ``orthogonalize``); ``W <- W * decay`` if ``decays``;
+``W <- W + step * O``. The arithmetic is torch's op for op (lerp and the
+add as fused multiply-adds, the hyperparameters rounded to float32), so
+the results are bitwise those of ``torch.lerp``, ``Tensor.mul_`` and
+``Tensor.add_(alpha=step)``. With ``workers > 1`` the matrices are shared
+out over that many threads as in ``orthogonalize_stacks``. The GIL is
+released.
+
+Raises:
+    TypeError, ValueError: naming the array at fault (``grads[i]``, ...),
+        for a wrong dtype, shape or layout, read-only momenta or weights,
+        or overlapping arrays; as ``orthogonalize`` for the plan.
 )doc");
 
   m.def(

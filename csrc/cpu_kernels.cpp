@@ -290,31 +290,85 @@ struct Matrix {
   bool tall;
 };
 
-// The matrices, one after another, with scratch sized for the largest (one
-// list runs per thread).
-void orthogonalize_list(const std::vector<Matrix>& list,
-                        const OrthogonalizePlan& plan) {
-  int64_t wide = 0, square = 0;
-  for (const auto& mat : list) {
-    wide = std::max(wide, mat.m * mat.n);
-    square = std::max(square, mat.m * mat.m);
-  }
-  const int nsq = square_buffers(plan);
-  std::vector<float> x2(static_cast<size_t>(wide));
-  std::vector<float> sq(static_cast<size_t>(nsq * square));
-  for (const auto& mat : list) {
-    std::vector<BlasOps::Square> squares;  // handles into sq, in any order
-    for (int i = 0; i < nsq; ++i) {
-      squares.push_back({sq.data() + i * mat.m * mat.m});
+Matrix matrix_at(float* data, int64_t rows, int64_t cols) {
+  const bool tall = rows > cols;
+  return {data, tall ? cols : rows, tall ? rows : cols, tall};
+}
+
+double matrix_work(const Matrix& mat) {
+  return static_cast<double>(mat.m) * mat.m * mat.n;
+}
+
+// One thread's scratch, sized for the largest matrix of its list, and the
+// orthogonalization of one matrix in place.
+class Workspace {
+ public:
+  Workspace(int64_t wide, int64_t square, const OrthogonalizePlan& plan)
+      : plan_(plan),
+        x2_(static_cast<size_t>(wide)),
+        sq_(static_cast<size_t>(square_buffers(plan) * square)) {}
+
+  void orthogonalize(const Matrix& mat) {
+    std::vector<BlasOps::Square> squares;  // handles into sq_, in any order
+    for (int i = 0; i < square_buffers(plan_); ++i) {
+      squares.push_back({sq_.data() + i * mat.m * mat.m});
     }
     BlasOps ops(mat.m, mat.n, mat.tall);
-    normalize(mat.data, mat.m * mat.n, plan.norm_scale, plan.eps);
+    normalize(mat.data, mat.m * mat.n, plan_.norm_scale, plan_.eps);
     BlasOps::Wide cur{mat.data};
-    BlasOps::Wide other{x2.data()};
-    iterate(ops, plan, cur, other, squares);
+    BlasOps::Wide other{x2_.data()};
+    iterate(ops, plan_, cur, other, squares);
     if (cur.data != mat.data) {
       copy_floats(mat.data, cur.data, mat.m * mat.n);
     }
+  }
+
+ private:
+  const OrthogonalizePlan& plan_;
+  std::vector<float> x2_, sq_;
+};
+
+// The largest (wide, square) sizes among `indices` of `matrices`.
+std::pair<int64_t, int64_t> scratch_sizes(const std::vector<Matrix>& matrices,
+                                          const std::vector<size_t>& indices) {
+  int64_t wide = 0, square = 0;
+  for (size_t i : indices) {
+    wide = std::max(wide, matrices[i].m * matrices[i].n);
+    square = std::max(square, matrices[i].m * matrices[i].m);
+  }
+  return {wide, square};
+}
+
+// Matrix indices shared out over at most `workers` lists: the most work
+// first, each to the least loaded list (ties: the lower index), so the
+// threads finish together; the lists depend on the shapes alone.
+std::vector<std::vector<size_t>> share_out(const std::vector<Matrix>& matrices,
+                                           int workers) {
+  const auto lists = static_cast<size_t>(
+      std::min<int64_t>(workers, static_cast<int64_t>(matrices.size())));
+  std::vector<size_t> order(matrices.size());
+  for (size_t i = 0; i < order.size(); ++i) {
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return matrix_work(matrices[a]) > matrix_work(matrices[b]);
+  });
+  std::vector<std::vector<size_t>> assigned(lists);
+  std::vector<double> load(lists, 0.0);
+  for (size_t i : order) {
+    const auto least = static_cast<size_t>(
+        std::min_element(load.begin(), load.end()) - load.begin());
+    assigned[least].push_back(i);
+    load[least] += matrix_work(matrices[i]);
+  }
+  return assigned;
+}
+
+void check_workers(int workers, const char* op) {
+  if (workers < 1) {
+    throw std::invalid_argument(std::string("[fastmuon.") + op +
+                                "] workers must be >= 1, got " +
+                                std::to_string(workers));
   }
 }
 
@@ -323,11 +377,7 @@ void orthogonalize_list(const std::vector<Matrix>& list,
 void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
                               const OrthogonalizePlan& plan, int workers) {
   check_plan(plan);
-  if (workers < 1) {
-    throw std::invalid_argument(
-        "[fastmuon.orthogonalize] workers must be >= 1, got " +
-        std::to_string(workers));
-  }
+  check_workers(workers, "orthogonalize");
   std::vector<Matrix> matrices;
   for (const auto& st : stacks) {
     check_batch(st.batch, "orthogonalize");
@@ -336,41 +386,140 @@ void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
     if (st.rows == 0 || st.cols == 0) {
       continue;
     }
-    const bool tall = st.rows > st.cols;
-    const int64_t m = tall ? st.cols : st.rows;
-    const int64_t n = tall ? st.rows : st.cols;
     for (int64_t b = 0; b < st.batch; ++b) {
-      matrices.push_back({st.data + b * m * n, m, n, tall});
+      matrices.push_back(
+          matrix_at(st.data + b * st.rows * st.cols, st.rows, st.cols));
     }
   }
   if (matrices.empty()) {
     return;
   }
-  // Longest work first, each matrix to the least loaded thread (ties: the
-  // lower index), so threads finish together; the order is fixed by the
-  // shapes alone. Every matrix gets the same operations wherever it runs.
-  const int lists = static_cast<int>(
-      std::min<int64_t>(workers, static_cast<int64_t>(matrices.size())));
-  std::vector<size_t> order(matrices.size());
-  for (size_t i = 0; i < order.size(); ++i) {
-    order[i] = i;
-  }
-  const auto work = [&](size_t i) {
-    return static_cast<double>(matrices[i].m) * matrices[i].m * matrices[i].n;
-  };
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return work(a) > work(b); });
-  std::vector<std::vector<Matrix>> assigned(static_cast<size_t>(lists));
-  std::vector<double> load(static_cast<size_t>(lists), 0.0);
-  for (size_t i : order) {
-    const auto least = static_cast<size_t>(
-        std::min_element(load.begin(), load.end()) - load.begin());
-    assigned[least].push_back(matrices[i]);
-    load[least] += work(i);
-  }
-  parallel_tasks(lists, [&](int i) {
-    orthogonalize_list(assigned[static_cast<size_t>(i)], plan);
+  // Every matrix gets the same operations wherever it runs.
+  const auto lists = share_out(matrices, workers);
+  parallel_tasks(static_cast<int>(lists.size()), [&](int t) {
+    const auto& list = lists[static_cast<size_t>(t)];
+    const auto [wide, square] = scratch_sizes(matrices, list);
+    Workspace ws(wide, square, plan);
+    for (size_t i : list) {
+      ws.orthogonalize(matrices[i]);
+    }
   });
+}
+
+namespace {
+
+// out = torch.lerp(start, end, weight) (ATen's Lerp.h): start + weight (end -
+// start) for a small weight, end - (1 - weight) (end - start) otherwise, each
+// one fused multiply-add, as torch's CPU kernels compute it. The branch on
+// the weight is taken once, outside the loop, so that the loop vectorizes.
+// Compiled for FMA units where the CPU has them (x86: chosen at load time;
+// without them std::fma is glibc's exact software version).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__APPLE__)
+#define FASTMUON_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#else
+#define FASTMUON_FMA_CLONES
+#endif
+
+FASTMUON_FMA_CLONES
+void torch_lerp(const float* start, const float* end, float weight, float* out,
+                int64_t n) {
+  if (std::fabs(weight) < 0.5f) {
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = std::fma(weight, end[i] - start[i], start[i]);
+    }
+  } else {
+    const float w1 = weight - 1.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = std::fma(w1, end[i] - start[i], end[i]);
+    }
+  }
+}
+
+// The momentum (in place) and the tensor to orthogonalize (into u) of one
+// matrix: n entries.
+void momentum_and_lookahead(const MuonParam& p, const float* g, float* mom,
+                            float* u, int64_t n) {
+  torch_lerp(mom, g, p.momentum_weight, mom, n);
+  if (p.nesterov) {
+    torch_lerp(g, mom, p.lookahead_weight, u, n);
+  } else {
+    copy_floats(u, mom, n);
+  }
+}
+
+FASTMUON_FMA_CLONES
+void apply_update(const MuonParam& p, const float* o, float* w, int64_t n) {
+  const float decay = p.decay;
+  const float step = p.step;
+  if (p.decays) {
+    for (int64_t i = 0; i < n; ++i) {
+      w[i] = std::fma(o[i], step, w[i] * decay);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      w[i] = std::fma(o[i], step, w[i]);
+    }
+  }
+}
+
+// Whether all n entries are finite: an exponent of all ones is NaN or Inf.
+bool all_finite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+} // namespace
+
+bool muon_step_f32(const std::vector<MuonParam>& params,
+                   const OrthogonalizePlan& plan, int workers) {
+  check_plan(plan);
+  check_workers(workers, "muon_step");
+  for (const auto& p : params) {
+    check_batch(p.batch, "muon_step");
+    check_blas_dim(p.rows, "rows", "muon_step");
+    check_blas_dim(p.cols, "cols", "muon_step");
+  }
+  for (const auto& p : params) {  // before anything is written
+    if (!all_finite(p.grad, p.batch * p.rows * p.cols)) {
+      return false;
+    }
+  }
+  std::vector<Matrix> matrices;  // shapes only: each is computed in scratch
+  std::vector<std::pair<const MuonParam*, int64_t>> where;  // its parameter, offset
+  for (const auto& p : params) {
+    const int64_t size = p.rows * p.cols;
+    for (int64_t b = 0; b < p.batch && size > 0; ++b) {
+      matrices.push_back(matrix_at(nullptr, p.rows, p.cols));
+      where.emplace_back(&p, b * size);
+    }
+  }
+  if (matrices.empty()) {
+    return true;
+  }
+  const auto lists = share_out(matrices, workers);
+  parallel_tasks(static_cast<int>(lists.size()), [&](int t) {
+    const auto& list = lists[static_cast<size_t>(t)];
+    const auto [wide, square] = scratch_sizes(matrices, list);
+    Workspace ws(wide, square, plan);
+    std::vector<float> u(static_cast<size_t>(wide));
+    for (size_t i : list) {
+      const auto [param, offset] = where[i];
+      const MuonParam& p = *param;
+      const int64_t n = p.rows * p.cols;
+      momentum_and_lookahead(p, p.grad + offset, p.momentum + offset,
+                             u.data(), n);
+      Matrix mat = matrices[i];
+      mat.data = u.data();
+      ws.orthogonalize(mat);
+      apply_update(p, u.data(), p.weight + offset, n);
+    }
+  });
+  return true;
 }
 
 void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,

@@ -62,6 +62,32 @@ void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
 
 // Copy the strict upper triangle of the row-major (m, m) matrix c onto its
 // strict lower triangle (cache-blocked transpose).
+// One fp32 Muon parameter for muon_step_f32: `batch` matrices of
+// (rows, cols), C-contiguous, in its gradient, momentum and weight, and the
+// hyperparameters of its group.
+struct MuonParam {
+  const float* grad;
+  float* momentum;
+  float* weight;
+  int64_t batch, rows, cols;
+  float momentum_weight;   // M <- lerp(M, G, momentum_weight): 1 - beta
+  float lookahead_weight;  // U = lerp(G, M, lookahead_weight) with Nesterov
+  bool nesterov;           // (else U = M)
+  bool decays;             // W <- W * decay first
+  float decay;             // 1 - lr * weight_decay
+  float step;              // W <- W + step * orthogonalize(U): -lr * scale
+};
+
+// Muon's step on fp32 parameters, torch's arithmetic op for op (lerp and
+// add with alpha as fused multiply-adds, the decay one multiply; see
+// python/fastmuon/torch/functional.py), so the results are bitwise those of
+// the torch ops: each matrix's momentum, orthogonalization (as in
+// orthogonalize_stacks_f32) and update run on one of `workers` threads.
+// Returns false, having written nothing, when a gradient holds a NaN or an
+// Inf.
+bool muon_step_f32(const std::vector<MuonParam>& params,
+                   const OrthogonalizePlan& plan, int workers = 1);
+
 void mirror_upper_to_lower(float* c, int64_t m);
 
 // Threads used by the BLAS. 0 means the BLAS manages its threads itself

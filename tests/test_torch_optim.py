@@ -264,12 +264,16 @@ def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
     Muon(reference, allow_nd=True, backend="reference").step()
     assert len(calls) == 1  # on the CPU, the stacks of every shape in one call
     assert sorted(calls[0]) == sorted([(6, 16, 24), (2, 24, 16), (1, 8, 27)])
-    if blas_available():  # the native kernels take each matrix where it lies: one piece per parameter
+    if blas_available():  # the native step takes each parameter where it lies, all in one call
         calls.clear()
+        real_step = muon_module.native_muon_step
+        monkeypatch.setattr(muon_module, "native_muon_step",
+                            lambda grads, *args: calls.append([tuple(G.shape) for G in grads]) or real_step(grads, *args))
         Muon(params, allow_nd=True, backend="native").step()
         assert len(calls) == 1
         assert sorted(calls[0]) == sorted([(1, 16, 24), (1, 24, 16), (1, 16, 24), (4, 16, 24), (1, 8, 27),
                                            (1, 24, 16)])
+        monkeypatch.setattr(muon_module, "native_muon_step", real_step)
     monkeypatch.setattr(muon_module, "orthogonalize_stacks", real)
 
     # Stacking changes nothing: each parameter stepped alone gives bitwise the same weights.
@@ -1098,6 +1102,10 @@ def test_chunks_of_one_stack_share_its_compute_dtype(monkeypatch, rng):
     monkeypatch.setattr(muon_module, "orthogonalize_stacks",
                         lambda stacks, **kw: dtypes.append((sum(U.shape[0] for U in stacks), kw["dtype"]))
                         or real(stacks, **kw))
+    real_step = muon_module.native_muon_step  # the native step computes in fp32
+    monkeypatch.setattr(muon_module, "native_muon_step",
+                        lambda grads, *args: dtypes.append((sum(G.shape[0] for G in grads), torch.float32))
+                        or real_step(grads, *args))
     params = [nn.Parameter(torch.tensor(rng.standard_normal((256, 256)), dtype=torch.float32)) for _ in range(3)]
     for p in params:
         p.grad = torch.ones_like(p)

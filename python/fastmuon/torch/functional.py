@@ -60,13 +60,13 @@ def muon_momentum_lists_(momenta: List[torch.Tensor], grads: List[torch.Tensor],
     torch._foreach_lerp_(momenta, grads, 1.0 - momentum)
 
 
-def muon_lookahead_lists(grads: List[torch.Tensor], momenta: List[torch.Tensor], momentum: float,
-                         nesterov: bool) -> List[torch.Tensor]:
-    """``muon_lookahead`` of lists, list-wide, as new tensors (copies of the momenta without
-    Nesterov, so that the results may be overwritten)."""
-    if nesterov:
-        return torch._foreach_lerp(grads, momenta, momentum)
-    return [M.clone() for M in momenta]
+def muon_step_scalars(momentum: float, nesterov: bool, lr: float, weight_decay: float,
+                      scale: float) -> Tuple[float, float, bool, bool, float, float]:
+    """The scalars of ``muon_momentum_lists_``, ``muon_lookahead`` and ``decoupled_update_lists_``
+    as the fused native step takes them (``fastmuon.torch.native.muon_step``): the lerp weights
+    1 - beta and beta, Nesterov, whether weight decay is on, the decay factor and the update's
+    alpha, each the same expression as in those rules, so the arithmetic is the same."""
+    return (1.0 - momentum, momentum, nesterov, weight_decay != 0.0, 1.0 - lr * weight_decay, -lr * scale)
 
 
 def decoupled_update_lists_(weights: List[torch.Tensor], updates: List[torch.Tensor], *, lr: float,

@@ -123,3 +123,15 @@ def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan, overwrite: bool = F
         return []
     return _run_kernel(Gs, plan.coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY,
                        overwrite)
+
+
+def muon_step(grads: List[torch.Tensor], momenta: List[torch.Tensor], weights: List[torch.Tensor], hyper: list,
+              plan: Plan) -> bool:
+    """One Muon step of fp32 CPU parameters in one native call (``_blas.muon_step``): the
+    (batch, rows, cols) views of each parameter's gradient, momentum and weight, updated in place,
+    ``hyper`` as ``functional.muon_step_scalars`` gives them. False, having changed nothing, if a
+    gradient is not finite."""
+    workers = use_threads([G.shape for G in grads])
+    return blas_module().muon_step(grads, momenta, weights, hyper, _coefficient_array(plan.coefficients),
+                                   plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY, workers=workers)
+

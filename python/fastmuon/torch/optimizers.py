@@ -57,16 +57,18 @@ from .functional import (
     decoupled_update,
     decoupled_update_lists_,
     muon_lookahead,
-    muon_lookahead_lists,
     muon_momentum,
     muon_momentum_,
     muon_momentum_lists_,
+    muon_step_scalars,
     normuon_normalize,
     rows_touched,
     signsgd_update,
     sphere_geodesic_update,
     sphere_project_update,
 )
+from ..plan import make_plan
+from .native import muon_step as native_muon_step
 from .orthogonalize import BACKENDS, orthogonalize_stacks, resolve_compute_dtype, runs_native
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "SignSGD"]
@@ -212,6 +214,23 @@ def _list_wide_applies(params: List[torch.Tensor], lr) -> bool:
         return False
     return all(p.device.type == "cpu" and p.grad is not None and not p.grad.is_sparse and p.grad.dtype == p.dtype
                and not _is_dtensor(p) for p in params)
+
+
+def _contiguous(members, state) -> bool:
+    """Whether the weights, gradients and momenta (where made) of (parameter, group) pairs are
+    C-contiguous, as the native step reads and writes them in place."""
+    return all(p.is_contiguous() and p.grad.is_contiguous()
+               and ("momentum_buffer" not in state[p] or state[p]["momentum_buffer"].is_contiguous())
+               for p, _ in members)
+
+
+def _orthogonalize_options(group: dict) -> dict:
+    """The group's polynomial iteration as ``orthogonalize`` takes it (method, steps,
+    coefficients, eps)."""
+    coefficients = group["ns_coefficients"]
+    if coefficients is not None:
+        coefficients = [tuple(coefficients)] * group["ns_steps"]
+    return dict(method=group["method"], steps=group["ns_steps"], coefficients=coefficients, eps=group["eps"])
 
 
 def _few_passes_apply(chunk, group: dict) -> bool:
@@ -521,8 +540,8 @@ class _MuonFamily(_CheckedOptimizer):
             per_chunk = max(1, STACK_BYTES // max(1, matrix_bytes))
             for members_chunk in _chunks(members, per_chunk):
                 counts = [batches[p] for p, _ in members_chunk]
-                native = stack_dtype == torch.float32 and runs_native(group["backend"], device,
-                                                                       (sum(counts), rows, cols), compute_dtype)
+                native = (stack_dtype == torch.float32 and _contiguous(members_chunk, self.state)
+                          and runs_native(group["backend"], device, (sum(counts), rows, cols), compute_dtype))
                 chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, compute_dtype, tuple(options),
                                matrix_bytes * sum(counts), native)
                 if _few_passes_apply(members_chunk, group):
@@ -557,11 +576,10 @@ class _MuonFamily(_CheckedOptimizer):
         gradient is finite, which one check on the host finds out; returns False, having changed
         nothing, otherwise (the per-parameter path then skips the non-finite ones). Same
         arithmetic, op for op, as the per-parameter path, so the weights are bitwise the same."""
+        if batch[0].native:
+            return self._native_step(batch)
         if not all_finite([p.grad for chunk in batch for p, _ in chunk.members]):
             return False
-        if batch[0].native:
-            self._few_passes_native(batch)
-            return True
         stacks = []
         for chunk in batch:
             params = [p for p, _ in chunk.members]
@@ -585,28 +603,24 @@ class _MuonFamily(_CheckedOptimizer):
             self._apply_lists(chunk, parts)
         return True
 
-    def _few_passes_native(self, batch: List[_Chunk]) -> None:
-        """``_few_passes`` of a batch that runs on the native kernels: they take each matrix where
-        it lies, so the tensors to orthogonalize are made list-wide, one per parameter (no stack),
-        and orthogonalized in their own memory. Bitwise the same as stacking them: the kernels
-        compute every matrix alone."""
-        by_momentum: Dict[tuple, List[torch.Tensor]] = defaultdict(list)
+    def _native_step(self, batch: List[_Chunk]) -> bool:
+        """``_few_passes`` of a batch that runs on the native kernels: the whole step (finiteness
+        check, momentum, orthogonalization, update) in one native call, each matrix on one of
+        torch's threads, in place and with no stack; the arithmetic is the torch ops', so the
+        results are bitwise the same. False, having changed nothing, if a gradient is not
+        finite."""
+        grads, momenta, weights, hyper = [], [], [], []
         for chunk in batch:
-            by_momentum[(chunk.group["momentum"], chunk.group["nesterov"])].extend(p for p, _ in chunk.members)
-        updates = {}
-        for (beta, nesterov), params in by_momentum.items():
-            momenta = [self.state[p]["momentum_buffer"] for p in params]
-            grads = [p.grad for p in params]
-            muon_momentum_lists_(momenta, grads, beta)
-            updates.update(zip(params, muon_lookahead_lists(grads, momenta, beta, nesterov)))
-        pieces = [updates[p].view(count, chunk.rows, chunk.cols)
-                  for chunk in batch for (p, _), count in zip(chunk.members, chunk.counts)]
-        del updates
-        results = iter(self._orthogonalize_stacks(pieces, batch[0].group, torch.float32, backend="native",
-                                                  overwrite=True))
-        del pieces
-        for chunk in batch:
-            self._apply_lists(chunk, [next(results).view(p.shape) for p, _ in chunk.members])
+            group = chunk.group
+            scalars = muon_step_scalars(group["momentum"], group["nesterov"], group["lr"], group["weight_decay"],
+                                        _lr_scale(group, chunk.rows, chunk.cols))
+            for (p, _), count in zip(chunk.members, chunk.counts):
+                shape = (count, chunk.rows, chunk.cols)
+                grads.append(p.grad.view(shape))
+                momenta.append(self.state[p]["momentum_buffer"].view(shape))
+                weights.append(p.detach().view(shape))
+                hyper.append(scalars)
+        return native_muon_step(grads, momenta, weights, hyper, make_plan(**_orthogonalize_options(batch[0].group)))
 
     @staticmethod
     def _apply_lists(chunk: _Chunk, updates: List[torch.Tensor]) -> None:
@@ -651,13 +665,9 @@ class _MuonFamily(_CheckedOptimizer):
         passes the dtype it chose for the whole same-shape stack, so that its chunks agree), on
         ``backend`` (default: the group's; the local step passes the one it chose for a stack it
         hands over in pieces), overwriting the stacks where ``overwrite``."""
-        coefficients = group["ns_coefficients"]
-        if coefficients is not None:
-            coefficients = [tuple(coefficients)] * group["ns_steps"]
-        return orthogonalize_stacks(stacks, method=group["method"], steps=group["ns_steps"],
-                                    coefficients=coefficients, backend=group["backend"] if backend is None else backend,
-                                    eps=group["eps"], dtype=group["ns_dtype"] if dtype is None else dtype,
-                                    overwrite=overwrite)
+        return orthogonalize_stacks(stacks, **_orthogonalize_options(group),
+                                    backend=group["backend"] if backend is None else backend,
+                                    dtype=group["ns_dtype"] if dtype is None else dtype, overwrite=overwrite)
 
     def _sharded(self, jobs, process_group, rank: int, world_size: int):
         """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod

@@ -1,0 +1,127 @@
+"""The fused native Muon step (``_blas.muon_step``, which the torch optimizers take on the CPU):
+bitwise the torch ops it replaces, whatever the threads; nothing written when a gradient is not
+finite; clear errors naming the array at fault; and the optimizer keeps the torch passes for
+parameters it cannot take in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
+
+torch = pytest.importorskip("torch")
+
+SHAPES = [(1, 192, 64), (1, 64, 64), (3, 40, 24), (1, 7, 33), (2, 16, 130)]
+
+
+def _plan_args(method="polar_express"):
+    plan = make_plan(method, 5, None)
+    return np.asarray(plan.coefficients, dtype=np.float64), plan.norm_scale, plan.eps, plan.uses_gram, \
+        GRAM_RESTART_EVERY
+
+
+def _torch_step(G, M, W, momentum, nesterov, lr, weight_decay, scale, method):
+    """The same step with torch ops (the list-wide path's arithmetic, one parameter)."""
+    from fastmuon.torch import orthogonalize
+    from fastmuon.torch.functional import decoupled_update_lists_, muon_lookahead, muon_momentum_lists_
+
+    muon_momentum_lists_([M], [G], momentum)
+    U = muon_lookahead(G, M, momentum, nesterov).clone()
+    O = orthogonalize(U, method=method, backend="native")
+    decoupled_update_lists_([W], [O], lr=lr, weight_decay=weight_decay, scale=scale)
+
+
+@pytest.mark.parametrize("method", ["polar_express", "gram"])
+@pytest.mark.parametrize("nesterov,weight_decay,momentum", [(True, 0.0, 0.95), (False, 0.1, 0.95), (True, 0.1, 0.3)])
+def test_muon_step_is_bitwise_the_torch_ops(blas_ext, method, nesterov, weight_decay, momentum):
+    from fastmuon.torch.functional import muon_step_scalars
+
+    gen = torch.Generator().manual_seed(0)
+    lr = 0.02
+    Gs = [torch.randn(s, generator=gen) for s in SHAPES]
+    M0 = [torch.randn(s, generator=gen) for s in SHAPES]
+    W0 = [torch.randn(s, generator=gen) for s in SHAPES]
+    scales = [1.0 + 0.25 * i for i in range(len(SHAPES))]
+    Ms, Ws = [M.clone() for M in M0], [W.clone() for W in W0]
+    for G, M, W, scale in zip(Gs, Ms, Ws, scales):
+        _torch_step(G, M, W, momentum, nesterov, lr, weight_decay, scale, method)
+    hyper = [muon_step_scalars(momentum, nesterov, lr, weight_decay, scale) for scale in scales]
+    for workers in (1, 2, 3):
+        m, w = [M.clone() for M in M0], [W.clone() for W in W0]
+        assert blas_ext.muon_step(Gs, m, w, hyper, *_plan_args(method), workers=workers) is True
+        for name, got, want in (("momentum", m, Ms), ("weight", w, Ws)):
+            for i, (a, b) in enumerate(zip(got, want)):
+                assert torch.equal(a, b), f"{name} {i} (shape {SHAPES[i]}), workers={workers}"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_muon_step_writes_nothing_for_a_non_finite_gradient(blas_ext, bad):
+    from fastmuon.torch.functional import muon_step_scalars
+
+    gen = torch.Generator().manual_seed(1)
+    Gs = [torch.randn(s, generator=gen) for s in SHAPES]
+    Gs[-1][1, 3, 7] = bad
+    Ms = [torch.randn(s, generator=gen) for s in SHAPES]
+    Ws = [torch.randn(s, generator=gen) for s in SHAPES]
+    before = [t.clone() for t in Ms + Ws]
+    hyper = [muon_step_scalars(0.95, True, 0.02, 0.1, 1.0)] * len(SHAPES)
+    assert blas_ext.muon_step(Gs, Ms, Ws, hyper, *_plan_args(), workers=2) is False
+    for a, b in zip(Ms + Ws, before):
+        assert torch.equal(a, b)
+
+
+def test_muon_step_errors_name_the_array(blas_ext):
+    hyper = [(0.05, 0.95, True, False, 1.0, -0.02)] * 2
+    G = [torch.ones(4, 6), torch.ones(4, 6)]
+    M = [torch.zeros(4, 6), torch.zeros(4, 6)]
+    W = [torch.zeros(4, 6), torch.zeros(4, 6)]
+    with pytest.raises(TypeError, match=r"`grads\[1\]` must have dtype float32"):
+        blas_ext.muon_step([G[0], G[1].double()], M, W, hyper, *_plan_args())
+    with pytest.raises(ValueError, match=r"`weights\[1\]` must be C-contiguous"):
+        blas_ext.muon_step(G, M, [W[0], torch.zeros(6, 4).T], hyper, *_plan_args())
+    with pytest.raises(ValueError, match=r"`grads\[0\]` and momenta\[0\] must have the shape of weights\[0\]"):
+        blas_ext.muon_step([torch.ones(4, 5), G[1]], M, W, hyper, *_plan_args())
+    with pytest.raises(ValueError, match=r"`weights\[0\]` must not overlap"):
+        blas_ext.muon_step(G, M, [M[0], W[1]], hyper, *_plan_args())
+    with pytest.raises(ValueError, match=r"one entry per gradient"):
+        blas_ext.muon_step(G, M, W, hyper[:1], *_plan_args())
+    read_only = np.zeros((4, 6), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"`momenta\[0\]` is read-only"):
+        blas_ext.muon_step(G, [read_only, M[1]], W, hyper, *_plan_args())
+    for t in M + W:
+        assert torch.equal(t, torch.zeros(4, 6))
+
+
+def test_optimizer_keeps_the_torch_passes_for_a_strided_weight(blas_ext, monkeypatch):
+    """A weight that is not C-contiguous (here a transposed view) cannot be updated in place by
+    the native step; its stack takes the torch passes, bitwise the same as the per-parameter
+    step, while the contiguous ones take the native step."""
+    import fastmuon.torch.optimizers as muon_module
+    from fastmuon.torch import Muon
+
+    gen = torch.Generator().manual_seed(2)
+    start = [torch.randn(24, 16, generator=gen), torch.randn(16, 24, generator=gen).T, torch.randn(8, 40, generator=gen)]
+    grads = [torch.randn(w.shape, generator=gen) for w in start]
+    native_shapes = []
+    real_step = muon_module.native_muon_step
+    monkeypatch.setattr(muon_module, "native_muon_step",
+                        lambda grads, *args: native_shapes.extend(tuple(G.shape) for G in grads) or real_step(grads, *args))
+
+    def run(few_passes: bool):
+        monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk, group: few_passes)
+        params = [torch.nn.Parameter(w.clone() if w.is_contiguous() else w.clone().T.contiguous().T) for w in start]
+        assert not params[1].is_contiguous()
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt = Muon(params, weight_decay=0.1)
+        opt.step()
+        return params, opt
+
+    fast, fast_opt = run(True)
+    assert sorted(native_shapes) == [(1, 8, 40)]  # the (24, 16) stack holds the strided weight: torch passes
+    slow, slow_opt = run(False)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+        assert torch.equal(fast_opt.state[a]["momentum_buffer"], slow_opt.state[b]["momentum_buffer"])
