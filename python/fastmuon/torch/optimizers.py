@@ -4,7 +4,8 @@
 All three share one step path (``_MuonFamily``): per parameter, the EMA momentum and the tensor
 to orthogonalize; then one batched orthogonalization per stack of same-shape matrices
 (``_orthogonalize_stacks`` is the only place that calls the orthogonalizer; on the CPU, stacks
-of several shapes go in one call); then, per parameter, NorMuon's normalization when the group
+of several shapes go in one call, and fp32 parameters on the native kernels take the whole step
+in one native call, ``_native_step``); then, per parameter, NorMuon's normalization when the group
 has ``beta2``, and the decoupled (or sphere) update.
 MuonWithAdamW also steps AdamW groups (``use_muon=False``).
 
@@ -275,7 +276,7 @@ class _Chunk:
     compute_dtype: torch.dtype  # of its orthogonalization
     options: tuple  # the group's orthogonalization options (_ORTHOGONALIZE_KEYS), frozen
     nbytes: int  # of its stack
-    native: bool  # an fp32 stack that runs on the native kernels (which need no stack: see _few_passes)
+    native: bool  # fp32, C-contiguous and on the native kernels: takes _native_step (no stack)
 
 
 def _few_passes_batches(chunks: List[_Chunk]):
@@ -520,8 +521,9 @@ class _MuonFamily(_CheckedOptimizer):
 
         Chunks that may take the list-wide passes (``_few_passes_apply``) go in batches of
         consecutive chunks with the same orthogonalization options, at most ``STACK_BYTES`` in
-        all: one finiteness check and one orthogonalization call a batch (on the native kernels
-        their matrices are shared out over the threads together)."""
+        all: one finiteness check and one orthogonalization call a batch; a batch on the native
+        kernels (fp32, C-contiguous) takes the whole step in one native call instead, its
+        matrices shared out over the threads together (``_native_step``)."""
         stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
         batches: Dict[torch.Tensor, int] = {}  # matrices in each parameter's view
         for group in groups:
