@@ -125,3 +125,30 @@ def test_optimizer_keeps_the_torch_passes_for_a_strided_weight(blas_ext, monkeyp
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)
         assert torch.equal(fast_opt.state[a]["momentum_buffer"], slow_opt.state[b]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_optimizer_keeps_the_torch_passes_for_other_dtypes(blas_ext, monkeypatch, dtype):
+    """The native step takes fp32 weights only; the others step bitwise as the per-parameter path
+    does. (bf16 and fp16 weights keep the per-parameter path: torch's list-wide ops round their
+    scalars to those dtypes, and the weight decay came out twice too strong.)"""
+    import fastmuon.torch.optimizers as muon_module
+    from fastmuon.torch import Muon
+
+    gen = torch.Generator().manual_seed(3)
+    start = [torch.randn(24, 16, generator=gen).to(dtype), torch.randn(8, 40, generator=gen).to(dtype)]
+    grads = [torch.randn(w.shape, generator=gen).to(dtype) for w in start]
+    monkeypatch.setattr(muon_module, "native_muon_step", None)  # must not be called
+    real_apply = muon_module._few_passes_apply
+
+    def run(per_parameter: bool):
+        monkeypatch.setattr(muon_module, "_few_passes_apply",
+                            (lambda chunk, group: False) if per_parameter else real_apply)
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        Muon(params, weight_decay=0.1, backend="native").step()
+        return params
+
+    for a, b, w in zip(run(False), run(True), start):
+        assert a.dtype == dtype and torch.equal(a, b) and not torch.equal(a, w)

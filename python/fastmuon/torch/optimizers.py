@@ -236,10 +236,13 @@ def _orthogonalize_options(group: dict) -> dict:
 
 def _few_passes_apply(chunk, group: dict) -> bool:
     """Whether a Muon chunk may take ``_few_passes``: plain Muon (no NorMuon moment, sphere
-    or cautious decay) under ``_list_wide_applies``."""
+    or cautious decay) of fp32 or fp64 weights under ``_list_wide_applies``. (On bf16 and fp16
+    tensors torch's list-wide ops round their scalars to the tensors' dtype: 1 - lr * wd =
+    0.998 became 0.9961, twice the weight decay; the per-parameter ops keep them in fp32.)"""
     if group["beta2"] is not None or group["sphere"] is not None or group["cautious_weight_decay"]:
         return False
-    return _list_wide_applies([p for p, _ in chunk], group["lr"])
+    params = [p for p, _ in chunk]
+    return all(p.dtype in (torch.float32, torch.float64) for p in params) and _list_wide_applies(params, group["lr"])
 
 
 @dataclass
@@ -276,7 +279,7 @@ class _Chunk:
     compute_dtype: torch.dtype  # of its orthogonalization
     options: tuple  # the group's orthogonalization options (_ORTHOGONALIZE_KEYS), frozen
     nbytes: int  # of its stack
-    native: bool  # fp32, C-contiguous and on the native kernels: takes _native_step (no stack)
+    native: bool  # fp32 weights, C-contiguous, on the native kernels: takes _native_step (no stack)
 
 
 def _few_passes_batches(chunks: List[_Chunk]):
@@ -542,7 +545,7 @@ class _MuonFamily(_CheckedOptimizer):
             per_chunk = max(1, STACK_BYTES // max(1, matrix_bytes))
             for members_chunk in _chunks(members, per_chunk):
                 counts = [batches[p] for p, _ in members_chunk]
-                native = (stack_dtype == torch.float32 and _contiguous(members_chunk, self.state)
+                native = (dtype == compute_dtype == torch.float32 and _contiguous(members_chunk, self.state)
                           and runs_native(group["backend"], device, (sum(counts), rows, cols), compute_dtype))
                 chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, compute_dtype, tuple(options),
                                matrix_bytes * sum(counts), native)
@@ -598,11 +601,14 @@ class _MuonFamily(_CheckedOptimizer):
         results = self._orthogonalize_stacks(stacks, batch[0].group, batch[0].compute_dtype)
         del stacks
         for chunk, O in zip(batch, results):
+            group = chunk.group
+            weights = [p.detach() for p, _ in chunk.members]
             start, parts = 0, []
-            for (p, _), count in zip(chunk.members, chunk.counts):
-                parts.append(O[start:start + count].reshape(p.shape))
+            for W, count in zip(weights, chunk.counts):
+                parts.append(O[start:start + count].reshape(W.shape))
                 start += count
-            self._apply_lists(chunk, parts)
+            decoupled_update_lists_(weights, parts, lr=group["lr"], weight_decay=group["weight_decay"],
+                                    scale=_lr_scale(group, chunk.rows, chunk.cols))
         return True
 
     def _native_step(self, batch: List[_Chunk]) -> bool:
@@ -623,13 +629,6 @@ class _MuonFamily(_CheckedOptimizer):
                 weights.append(p.detach().view(shape))
                 hyper.append(scalars)
         return native_muon_step(grads, momenta, weights, hyper, make_plan(**_orthogonalize_options(batch[0].group)))
-
-    @staticmethod
-    def _apply_lists(chunk: _Chunk, updates: List[torch.Tensor]) -> None:
-        """The decoupled update of a chunk's weights with their orthogonalized ``updates``, list-wide."""
-        group = chunk.group
-        decoupled_update_lists_([p.detach() for p, _ in chunk.members], updates, lr=group["lr"],
-                                weight_decay=group["weight_decay"], scale=_lr_scale(group, chunk.rows, chunk.cols))
 
     def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
         batch, rows, cols = matrix_view(p.shape)
@@ -660,16 +659,13 @@ class _MuonFamily(_CheckedOptimizer):
         return _MuonFamily._orthogonalize_stacks([U], group, dtype)[0]
 
     @staticmethod
-    def _orthogonalize_stacks(stacks: List[torch.Tensor], group: dict, dtype: Optional[torch.dtype] = None,
-                              backend: Optional[str] = None, overwrite: bool = False) -> List[torch.Tensor]:
+    def _orthogonalize_stacks(stacks: List[torch.Tensor], group: dict,
+                              dtype: Optional[torch.dtype] = None) -> List[torch.Tensor]:
         """The one call of the orthogonalizer: (batch, rows, cols) stacks of any shapes, with the
         group's options, computed in ``dtype`` (default: the group's ``ns_dtype``; the local step
-        passes the dtype it chose for the whole same-shape stack, so that its chunks agree), on
-        ``backend`` (default: the group's; the local step passes the one it chose for a stack it
-        hands over in pieces), overwriting the stacks where ``overwrite``."""
-        return orthogonalize_stacks(stacks, **_orthogonalize_options(group),
-                                    backend=group["backend"] if backend is None else backend,
-                                    dtype=group["ns_dtype"] if dtype is None else dtype, overwrite=overwrite)
+        passes the dtype it chose for the whole same-shape stack, so that its chunks agree)."""
+        return orthogonalize_stacks(stacks, **_orthogonalize_options(group), backend=group["backend"],
+                                    dtype=group["ns_dtype"] if dtype is None else dtype)
 
     def _sharded(self, jobs, process_group, rank: int, world_size: int):
         """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod
