@@ -267,16 +267,20 @@ void orthogonalize_stacks(nb::list xs, nb::handle coef_obj, double norm_scale,
 // Per parameter: (momentum_weight, lookahead_weight, nesterov, decays, decay,
 // step), as fastmuon::cpu::MuonParam names them.
 using MuonHyper = std::tuple<double, double, bool, bool, double, double>;
+// Per parameter: its matrix view (batch, rows, cols).
+using MatrixView = std::tuple<int64_t, int64_t, int64_t>;
 
 bool muon_step(nb::list grads, nb::list momenta, nb::list weights,
+               const std::vector<MatrixView>& views,
                const std::vector<MuonHyper>& hyper, nb::handle coef_obj,
                double norm_scale, double eps, bool gram,
                int64_t gram_restart_every, int workers) {
   constexpr const char* fn = "muon_step";
   const size_t count = grads.size();
   if (momenta.size() != count || weights.size() != count ||
-      hyper.size() != count) {
-    bad_value(fn, "momenta", "weights and hyper must have one entry per gradient");
+      views.size() != count || hyper.size() != count) {
+    bad_value(fn, "momenta",
+              "weights, views and hyper must have one entry per gradient");
   }
   std::vector<CpuArray<const float>> gs;
   std::vector<CpuArray<float>> ms, ws;
@@ -288,11 +292,17 @@ bool muon_step(nb::list grads, nb::list momenta, nb::list weights,
     gs.push_back(as_array<const float>(grads[i], fn, g_name.c_str()));
     ms.push_back(as_array<float>(momenta[i], fn, m_name.c_str()));
     ws.push_back(as_array<float>(weights[i], fn, w_name.c_str()));
-    const auto stack = stack_from(ws.back(), fn, w_name.c_str());
     const std::string want = shape_str(ws.back());
     if (shape_str(gs.back()) != want || shape_str(ms.back()) != want) {
       bad_value(fn, g_name.c_str(), "and " + m_name + " must have the shape of " +
                                         w_name + ", " + want);
+    }
+    const auto [batch, rows, cols] = views[i];
+    if (batch < 0 || rows < 0 || cols < 0 ||
+        static_cast<size_t>(batch * rows * cols) != ws.back().size()) {
+      bad_value(fn, ("views" + at).c_str(),
+                "must be (batch, rows, cols) holding the " +
+                    std::to_string(ws.back().size()) + " entries of " + w_name);
     }
     if (overlaps(ms.back(), ws.back()) || overlaps(gs.back(), ms.back()) ||
         overlaps(gs.back(), ws.back())) {
@@ -300,10 +310,9 @@ bool muon_step(nb::list grads, nb::list momenta, nb::list weights,
     }
     const auto& [mw, lw, nesterov, decays, decay, step] = hyper[i];
     params.push_back({gs.back().data(), ms.back().data(), ws.back().data(),
-                      stack.batch, stack.rows, stack.cols,
-                      static_cast<float>(mw), static_cast<float>(lw), nesterov,
-                      decays, static_cast<float>(decay),
-                      static_cast<float>(step)});
+                      batch, rows, cols, static_cast<float>(mw),
+                      static_cast<float>(lw), nesterov, decays,
+                      static_cast<float>(decay), static_cast<float>(step)});
   }
   const auto plan =
       plan_from(coef_obj, fn, norm_scale, eps, gram, gram_restart_every);
@@ -464,6 +473,7 @@ Raises:
       "grads"_a,
       "momenta"_a,
       "weights"_a,
+      "views"_a,
       "hyper"_a,
       "coefficients"_a.none(),
       "norm_scale"_a,
@@ -472,15 +482,16 @@ Raises:
       "gram_restart_every"_a,
       "workers"_a = 1,
       nb::sig("def muon_step(grads: list, momenta: list, weights: list, "
-              "hyper: list, coefficients: object, norm_scale: float, eps: "
+              "views: list, hyper: list, coefficients: object, norm_scale: float, eps: "
               "float, gram: bool, gram_restart_every: int, workers: int = 1) "
               "-> bool"),
       R"doc(One Muon step on fp32 parameters, in place; False, with nothing
 written, if a gradient holds a NaN or an Inf.
 
 For each i, ``grads[i]``, ``momenta[i]`` and ``weights[i]`` are float32,
-C-contiguous arrays of one shape, ``(rows, cols)`` or
-``(batch, rows, cols)`` (momenta and weights writable), and ``hyper[i]`` is
+C-contiguous arrays of one shape (momenta and weights writable),
+``views[i]`` is the ``(batch, rows, cols)`` matrix view of their entries
+and ``hyper[i]`` is
 ``(momentum_weight, lookahead_weight, nesterov, decays, decay, step)``.
 Per matrix: ``M <- lerp(M, G, momentum_weight)``; ``U = lerp(G, M,
 lookahead_weight)`` with Nesterov, else ``M``; ``O = orthogonalize(U)``

@@ -49,7 +49,7 @@ def test_muon_step_is_bitwise_the_torch_ops(blas_ext, method, nesterov, weight_d
     hyper = [muon_step_scalars(momentum, nesterov, lr, weight_decay, scale) for scale in scales]
     for workers in (1, 2, 3):
         m, w = [M.clone() for M in M0], [W.clone() for W in W0]
-        assert blas_ext.muon_step(Gs, m, w, hyper, *_plan_args(method), workers=workers) is True
+        assert blas_ext.muon_step(Gs, m, w, SHAPES, hyper, *_plan_args(method), workers=workers) is True
         for name, got, want in (("momentum", m, Ms), ("weight", w, Ws)):
             for i, (a, b) in enumerate(zip(got, want)):
                 assert torch.equal(a, b), f"{name} {i} (shape {SHAPES[i]}), workers={workers}"
@@ -66,30 +66,33 @@ def test_muon_step_writes_nothing_for_a_non_finite_gradient(blas_ext, bad):
     Ws = [torch.randn(s, generator=gen) for s in SHAPES]
     before = [t.clone() for t in Ms + Ws]
     hyper = [muon_step_scalars(0.95, True, 0.02, 0.1, 1.0)] * len(SHAPES)
-    assert blas_ext.muon_step(Gs, Ms, Ws, hyper, *_plan_args(), workers=2) is False
+    assert blas_ext.muon_step(Gs, Ms, Ws, SHAPES, hyper, *_plan_args(), workers=2) is False
     for a, b in zip(Ms + Ws, before):
         assert torch.equal(a, b)
 
 
 def test_muon_step_errors_name_the_array(blas_ext):
     hyper = [(0.05, 0.95, True, False, 1.0, -0.02)] * 2
+    views = [(1, 4, 6)] * 2
     G = [torch.ones(4, 6), torch.ones(4, 6)]
     M = [torch.zeros(4, 6), torch.zeros(4, 6)]
     W = [torch.zeros(4, 6), torch.zeros(4, 6)]
     with pytest.raises(TypeError, match=r"`grads\[1\]` must have dtype float32"):
-        blas_ext.muon_step([G[0], G[1].double()], M, W, hyper, *_plan_args())
+        blas_ext.muon_step([G[0], G[1].double()], M, W, views, hyper, *_plan_args())
     with pytest.raises(ValueError, match=r"`weights\[1\]` must be C-contiguous"):
-        blas_ext.muon_step(G, M, [W[0], torch.zeros(6, 4).T], hyper, *_plan_args())
+        blas_ext.muon_step(G, M, [W[0], torch.zeros(6, 4).T], views, hyper, *_plan_args())
     with pytest.raises(ValueError, match=r"`grads\[0\]` and momenta\[0\] must have the shape of weights\[0\]"):
-        blas_ext.muon_step([torch.ones(4, 5), G[1]], M, W, hyper, *_plan_args())
+        blas_ext.muon_step([torch.ones(4, 5), G[1]], M, W, views, hyper, *_plan_args())
+    with pytest.raises(ValueError, match=r"`views\[1\]` must be \(batch, rows, cols\) holding the 24 entries"):
+        blas_ext.muon_step(G, M, W, [(1, 4, 6), (2, 4, 6)], hyper, *_plan_args())
     with pytest.raises(ValueError, match=r"`weights\[0\]` must not overlap"):
-        blas_ext.muon_step(G, M, [M[0], W[1]], hyper, *_plan_args())
+        blas_ext.muon_step(G, M, [M[0], W[1]], views, hyper, *_plan_args())
     with pytest.raises(ValueError, match=r"one entry per gradient"):
-        blas_ext.muon_step(G, M, W, hyper[:1], *_plan_args())
+        blas_ext.muon_step(G, M, W, views, hyper[:1], *_plan_args())
     read_only = np.zeros((4, 6), np.float32)
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match=r"`momenta\[0\]` is read-only"):
-        blas_ext.muon_step(G, [read_only, M[1]], W, hyper, *_plan_args())
+        blas_ext.muon_step(G, [read_only, M[1]], W, views, hyper, *_plan_args())
     for t in M + W:
         assert torch.equal(t, torch.zeros(4, 6))
 
@@ -107,7 +110,7 @@ def test_optimizer_keeps_the_torch_passes_for_a_strided_weight(blas_ext, monkeyp
     native_shapes = []
     real_step = muon_module.native_muon_step
     monkeypatch.setattr(muon_module, "native_muon_step",
-                        lambda grads, *args: native_shapes.extend(tuple(G.shape) for G in grads) or real_step(grads, *args))
+                        lambda *args: native_shapes.extend(args[3]) or real_step(*args))
 
     def run(few_passes: bool):
         monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk, group: few_passes)

@@ -617,18 +617,19 @@ class _MuonFamily(_CheckedOptimizer):
         torch's threads, in place and with no stack; the arithmetic is the torch ops', so the
         results are bitwise the same. False, having changed nothing, if a gradient is not
         finite."""
-        grads, momenta, weights, hyper = [], [], [], []
+        grads, momenta, weights, views, hyper = [], [], [], [], []
         for chunk in batch:
             group = chunk.group
             scalars = muon_step_scalars(group["momentum"], group["nesterov"], group["lr"], group["weight_decay"],
                                         _lr_scale(group, chunk.rows, chunk.cols))
             for (p, _), count in zip(chunk.members, chunk.counts):
-                shape = (count, chunk.rows, chunk.cols)
-                grads.append(p.grad.view(shape))
-                momenta.append(self.state[p]["momentum_buffer"].view(shape))
-                weights.append(p.detach().view(shape))
+                grads.append(p.grad)
+                momenta.append(self.state[p]["momentum_buffer"])
+                weights.append(p)
+                views.append((count, chunk.rows, chunk.cols))
                 hyper.append(scalars)
-        return native_muon_step(grads, momenta, weights, hyper, make_plan(**_orthogonalize_options(batch[0].group)))
+        return native_muon_step(grads, momenta, weights, views, hyper,
+                                make_plan(**_orthogonalize_options(batch[0].group)))
 
     def _momentum_phase(self, p: torch.Tensor, group: dict, commit: bool) -> _Pending:
         batch, rows, cols = matrix_view(p.shape)
