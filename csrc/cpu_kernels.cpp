@@ -308,6 +308,15 @@ class Workspace {
         x2_(static_cast<size_t>(wide)),
         sq_(static_cast<size_t>(square_buffers(plan) * square)) {}
 
+  // A wide buffer for a matrix's input, kept beside the scratch (callers
+  // that make the input themselves, as muon_step_f32 does; sized on first use).
+  float* input() {
+    if (input_.empty()) {
+      input_.resize(x2_.size());
+    }
+    return input_.data();
+  }
+
   void orthogonalize(const Matrix& mat) {
     std::vector<BlasOps::Square> squares;  // handles into sq_, in any order
     for (int i = 0; i < square_buffers(plan_); ++i) {
@@ -325,7 +334,7 @@ class Workspace {
 
  private:
   const OrthogonalizePlan& plan_;
-  std::vector<float> x2_, sq_;
+  std::vector<float> x2_, sq_, input_;
 };
 
 // The largest (wide, square) sizes among `indices` of `matrices`.
@@ -364,6 +373,25 @@ std::vector<std::vector<size_t>> share_out(const std::vector<Matrix>& matrices,
   return assigned;
 }
 
+// Runs per_matrix(workspace, i) for every index i of `matrices`, shared out
+// over at most `workers` threads (share_out), each thread with a workspace
+// sized for its own matrices. Every matrix gets the same operations wherever
+// it runs, so results do not depend on `workers`.
+template <class PerMatrix>
+void run_shared_out(const std::vector<Matrix>& matrices,
+                    const OrthogonalizePlan& plan, int workers,
+                    const PerMatrix& per_matrix) {
+  const auto lists = share_out(matrices, workers);
+  parallel_tasks(static_cast<int>(lists.size()), [&](int t) {
+    const auto& list = lists[static_cast<size_t>(t)];
+    const auto [wide, square] = scratch_sizes(matrices, list);
+    Workspace ws(wide, square, plan);
+    for (size_t i : list) {
+      per_matrix(ws, i);
+    }
+  });
+}
+
 void check_workers(int workers, const char* op) {
   if (workers < 1) {
     throw std::invalid_argument(std::string("[fastmuon.") + op +
@@ -391,18 +419,8 @@ void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
           matrix_at(st.data + b * st.rows * st.cols, st.rows, st.cols));
     }
   }
-  if (matrices.empty()) {
-    return;
-  }
-  // Every matrix gets the same operations wherever it runs.
-  const auto lists = share_out(matrices, workers);
-  parallel_tasks(static_cast<int>(lists.size()), [&](int t) {
-    const auto& list = lists[static_cast<size_t>(t)];
-    const auto [wide, square] = scratch_sizes(matrices, list);
-    Workspace ws(wide, square, plan);
-    for (size_t i : list) {
-      ws.orthogonalize(matrices[i]);
-    }
+  run_shared_out(matrices, plan, workers, [&](Workspace& ws, size_t i) {
+    ws.orthogonalize(matrices[i]);
   });
 }
 
@@ -498,26 +516,16 @@ bool muon_step_f32(const std::vector<MuonParam>& params,
       where.emplace_back(&p, b * size);
     }
   }
-  if (matrices.empty()) {
-    return true;
-  }
-  const auto lists = share_out(matrices, workers);
-  parallel_tasks(static_cast<int>(lists.size()), [&](int t) {
-    const auto& list = lists[static_cast<size_t>(t)];
-    const auto [wide, square] = scratch_sizes(matrices, list);
-    Workspace ws(wide, square, plan);
-    std::vector<float> u(static_cast<size_t>(wide));
-    for (size_t i : list) {
-      const auto [param, offset] = where[i];
-      const MuonParam& p = *param;
-      const int64_t n = p.rows * p.cols;
-      momentum_and_lookahead(p, p.grad + offset, p.momentum + offset,
-                             u.data(), n);
-      Matrix mat = matrices[i];
-      mat.data = u.data();
-      ws.orthogonalize(mat);
-      apply_update(p, u.data(), p.weight + offset, n);
-    }
+  run_shared_out(matrices, plan, workers, [&](Workspace& ws, size_t i) {
+    const auto [param, offset] = where[i];
+    const MuonParam& p = *param;
+    const int64_t n = p.rows * p.cols;
+    Matrix mat = matrices[i];
+    mat.data = ws.input();
+    momentum_and_lookahead(p, p.grad + offset, p.momentum + offset, mat.data,
+                           n);
+    ws.orthogonalize(mat);
+    apply_update(p, mat.data, p.weight + offset, n);
   });
   return true;
 }

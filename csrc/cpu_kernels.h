@@ -60,8 +60,6 @@ struct Stack {
 void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
                               const OrthogonalizePlan& plan, int workers = 1);
 
-// Copy the strict upper triangle of the row-major (m, m) matrix c onto its
-// strict lower triangle (cache-blocked transpose).
 // One fp32 Muon parameter for muon_step_f32: `batch` matrices of
 // (rows, cols), C-contiguous, in its gradient, momentum and weight, and the
 // hyperparameters of its group.
@@ -88,6 +86,8 @@ struct MuonParam {
 bool muon_step_f32(const std::vector<MuonParam>& params,
                    const OrthogonalizePlan& plan, int workers = 1);
 
+// Copy the strict upper triangle of the row-major (m, m) matrix c onto its
+// strict lower triangle (cache-blocked transpose).
 void mirror_upper_to_lower(float* c, int64_t m);
 
 // Threads used by the BLAS. 0 means the BLAS manages its threads itself
