@@ -1,7 +1,8 @@
 """The native CPU backend for torch tensors: fastmuon._blas (OpenBLAS syrk/gemm).
 
-The kernels compute in fp32 on C-contiguous CPU buffers, which they receive through DLPack
-without a copy; other dtypes or layouts are converted once on the way in and out.
+The kernels compute in fp32 on C-contiguous CPU buffers, which they receive as numpy views of the
+tensors' memory, without a copy (``_kernel_batch``); other dtypes or layouts are converted once on
+the way in and out.
 
 Threads: ``fastmuon.threads.plan_threads`` within ``torch.get_num_threads()``, so the kernels
 and torch's OpenMP pool share the cores instead of oversubscribing them (the batch's threads
@@ -91,11 +92,10 @@ def _coefficient_array(coefficients) -> np.ndarray:
 
 
 def _run_kernel(Gs: List[torch.Tensor], coefficients, norm_scale: float, eps: float, gram: bool,
-                restart_every: int, overwrite: bool = False) -> List[torch.Tensor]:
+                restart_every: int) -> List[torch.Tensor]:
     """The fused iteration on every tensor of ``Gs``, in one kernel call on fp32 copies (the kernel
-    works in place; with ``overwrite``, in the inputs themselves where they are C-contiguous
-    fp32), the results in the inputs' dtypes."""
-    Xs = [_fp32_view(G) if overwrite else _fp32_copy(G) for G in Gs]
+    works in place), the results in the inputs' dtypes."""
+    Xs = [_fp32_copy(G) for G in Gs]
     workers = use_threads([G.shape for G in Gs])
     blas_module().orthogonalize_stacks([_kernel_batch(X) for X in Xs], _coefficient_array(coefficients), norm_scale, eps,
                                        gram, restart_every, workers=workers)
@@ -123,13 +123,11 @@ def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
     return fused(G, coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)
 
 
-def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan, overwrite: bool = False) -> List[torch.Tensor]:
-    """``orthogonalize`` of each tensor, in one kernel call (eager tensors only: no operator);
-    ``overwrite``: see ``_run_kernel``."""
+def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan) -> List[torch.Tensor]:
+    """``orthogonalize`` of each tensor, in one kernel call (eager tensors only: no operator)."""
     if not Gs:
         return []
-    return _run_kernel(Gs, plan.coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY,
-                       overwrite)
+    return _run_kernel(Gs, plan.coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)
 
 
 def muon_step(grads: List[torch.Tensor], momenta: List[torch.Tensor], weights: List[torch.Tensor], views: list,

@@ -162,16 +162,11 @@ def orthogonalize_stacks(
     backend: str = "auto",
     eps: Optional[float] = None,
     dtype: Optional[torch.dtype] = None,
-    overwrite: bool = False,
 ) -> list:
     """``[orthogonalize(G, ...) for G in Gs]`` for tensors of any shapes, with the same options
     and bitwise the same results; the stacks that take the native kernels (in eager mode) go in
     one call, whose threads share out all their matrices together (``native.plan_threads``).
-    The optimizers orthogonalize their same-shape stacks through it.
-
-    ``overwrite=True`` lets the native kernels work in the memory of inputs that are
-    C-contiguous fp32 (their results are then returned in those tensors' memory, and the inputs'
-    values are lost), which saves a copy of each; other inputs are left as they are."""
+    The optimizers orthogonalize their same-shape stacks through it."""
     plan = make_plan(method, steps, coefficients, eps)
     check_backend(backend, BACKENDS)
     Gs = list(Gs)
@@ -180,7 +175,7 @@ def orthogonalize_stacks(
     skip = set(together)
     out = [None if i in skip else _run(name, G, plan, compute_dtype)
            for i, (G, (name, compute_dtype)) in enumerate(zip(Gs, chosen))]
-    for i, O in zip(together, native.orthogonalize_stacks([Gs[i] for i in together], plan, overwrite=overwrite)):
+    for i, O in zip(together, native.orthogonalize_stacks([Gs[i] for i in together], plan)):
         out[i] = O
     return out
 
