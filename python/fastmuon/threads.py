@@ -1,7 +1,7 @@
 """How many threads the native CPU kernels use for one call, written once for both frameworks.
 
-A batch of two or more matrices is shared out over the threads (fastmuon's own, one OpenBLAS
-thread each): the matrices are independent, so this scales where splitting each small product
+A batch of two or more matrices is shared out over the threads (OpenMP's, torch's own with torch
+loaded; one OpenBLAS thread each): the matrices are independent, so this scales where splitting each small product
 does not. A single matrix uses OpenBLAS's threads from ``SINGLE_THREAD_WORK`` up, one below.
 The caller gives the threads it may use: ``torch.get_num_threads()`` for torch tensors,
 ``available_cpus()`` for MLX arrays. ``bench/bench_cpu_paths.py`` measures the choices.

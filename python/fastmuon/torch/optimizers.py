@@ -218,10 +218,9 @@ def _list_wide_applies(params: List[torch.Tensor], lr) -> bool:
 
 
 def _contiguous(members, state) -> bool:
-    """Whether the weights, gradients and momenta (where made) of (parameter, group) pairs are
-    C-contiguous, as the native step reads and writes them in place."""
-    return all(p.is_contiguous() and p.grad.is_contiguous()
-               and ("momentum_buffer" not in state[p] or state[p]["momentum_buffer"].is_contiguous())
+    """Whether the weights, gradients and momenta of (parameter, group) pairs are C-contiguous,
+    as the native step reads and writes them in place."""
+    return all(p.is_contiguous() and p.grad.is_contiguous() and state[p]["momentum_buffer"].is_contiguous()
                for p, _ in members)
 
 
