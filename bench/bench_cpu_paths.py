@@ -17,8 +17,6 @@ import argparse
 import ast
 import multiprocessing
 import os
-import statistics
-import time
 
 import torch
 
@@ -44,21 +42,6 @@ def with_thresholds(single_thread: float, batch_split: float, fn):
     return run
 
 
-def interleaved_ms(providers: dict, repeats: int) -> dict:
-    """Median ms of each provider, the providers taking turns in every repeat (one warm-up call
-    each first), so that a slow phase of the machine, or threads another provider left
-    spinning, fall on all of them alike."""
-    for fn in providers.values():
-        fn()
-    samples = {name: [] for name in providers}
-    for _ in range(repeats):
-        for name, fn in providers.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(1e3 * (time.perf_counter() - start))
-    return {name: float(statistics.median(values)) for name, values in samples.items()}
-
-
 def spin(stop) -> None:
     while not stop.is_set():
         pass
@@ -81,7 +64,7 @@ def main() -> None:
         for shape in args.shapes or SHAPES + (((1, 4096, 4096),) if args.large else ()):
             G = torch.randn(shape)
             repeats = args.repeats if shape[-1] < 2048 else 2
-            times = interleaved_ms({
+            seconds, _ = bench.interleaved_times({
                 "reference": lambda: orthogonalize(G, backend="reference", dtype=torch.float32),
                 "native_1_thread": with_thresholds(inf, inf, lambda: orthogonalize(G, backend="native")),
                 "native_n_threads": with_thresholds(0.0, inf, lambda: orthogonalize(G, backend="native")),
@@ -89,6 +72,7 @@ def main() -> None:
                 "reference_bf16": lambda: orthogonalize(G, backend="reference", dtype=torch.bfloat16),
                 "defaults": lambda: orthogonalize(G),
             }, repeats)
+            times = {name: 1e3 * value for name, value in seconds.items()}  # ms
             row = {"shape": list(shape), "threads": torch.get_num_threads(), "busy": args.busy,
                    **{f"{k}_ms": v for k, v in times.items()}}
             rows.append(row)

@@ -34,19 +34,6 @@ MODELS = {
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "optimizer_step.jsonl")
 
 
-def time_interleaved(steps: dict, repeats: int) -> dict:
-    """Median seconds per step of each named step function, the steps taking turns."""
-    for step in steps.values():
-        step()  # warm-up: state creation
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
 def outside_orthogonalize(step, repeats: int) -> float:
     """Share of a fastmuon torch step spent outside its orthogonalize calls (median). A step on
     the native kernels is one call that also makes the momentum and the update (elementwise
@@ -138,7 +125,7 @@ def main() -> None:
         except ImportError as exc:
             print(f"skipped: {exc}")
             continue
-        for name, seconds in time_interleaved(steps, args.repeats).items():
+        for name, seconds in bench.interleaved_times(steps, args.repeats)[0].items():
             row = {"provider": name, "model": args.model, "shapes": [list(s) for s in shapes], "seconds": seconds}
             outside = ""
             if name.startswith("torch fastmuon"):

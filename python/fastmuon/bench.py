@@ -21,7 +21,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -120,14 +120,25 @@ def polar_errors(G: np.ndarray, O: np.ndarray) -> Dict[str, float]:
 
 
 def median_time(fn: Callable[[], Any], repeats: int):
-    """(median seconds over ``repeats`` runs, the warm-up's result)."""
-    result = fn()  # warm-up: allocations, lazy imports, compiled graphs
-    times = []
+    """(median seconds over ``repeats`` runs, the warm-up's result): ``interleaved_times`` of one
+    function."""
+    medians, results = interleaved_times({0: fn}, repeats)
+    return medians[0], results[0]
+
+
+def interleaved_times(fns: Dict[Any, Callable[[], Any]], repeats: int) -> Tuple[Dict[Any, float], Dict[Any, Any]]:
+    """(median seconds of each function over ``repeats`` runs, its warm-up call's result), the
+    functions taking turns in every repeat after one warm-up call each. Timed one after another,
+    a burst of machine noise, or threads another function left spinning, would fall on one of
+    them only, and the ratios between them with it."""
+    results = {key: fn() for key, fn in fns.items()}  # warm-up: allocations, lazy imports, state
+    times = {key: [] for key in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), result
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: float(np.median(t)) for key, t in times.items()}, results
 
 
 def sgemm_gflops(n: int = 2048, repeats: int = 5) -> Optional[float]:
@@ -158,9 +169,7 @@ def measure(
     budget: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
     """One row per (provider, shape), in provider order: the median of ``repeats`` runs after a
-    warm-up, the providers of a shape taking turns in every repeat (timed one after another, a
-    burst of machine noise would land on one provider, and the ratios to the baseline with it).
-    With ``budget`` (seconds), shapes that would start after it is spent are left out; the
+    warm-up, the providers of a shape taking turns in every repeat (``interleaved_times``). With ``budget`` (seconds), shapes that would start after it is spent are left out; the
     number of cases left out is in the last row's ``skipped_for_budget``."""
     rng = np.random.default_rng(seed)
     inputs = {shape: rng.standard_normal(shape).astype(np.float32) for shape in shapes}
@@ -172,18 +181,13 @@ def measure(
         if budget is not None and rows and time.perf_counter() - start > budget:  # at least one shape runs
             rows[-1]["skipped_for_budget"] = sum(len(j) for j in jobs[index:])
             break
-        runs = []
-        for prov in shape_provs:
+        runs = {}
+        for i, prov in enumerate(shape_provs):
             G = prov.make_input(inputs[shape])
-            runs.append((lambda prov=prov, G=G: prov.run(G), prov.run(G)))  # warm-up, kept for the errors
-        times = [[] for _ in runs]
-        for _ in range(repeats):
-            for t, (run, _) in zip(times, runs):
-                begin = time.perf_counter()
-                run()
-                t.append(time.perf_counter() - begin)
-        for prov, t, (_, O) in zip(shape_provs, times, runs):
-            seconds = float(np.median(t))
+            runs[i] = lambda prov=prov, G=G: prov.run(G)
+        medians, outputs = interleaved_times(runs, repeats)  # the warm-up outputs give the errors
+        for i, prov in enumerate(shape_provs):
+            seconds, O = medians[i], outputs[i]
             row = {"provider": prov.name, "method": prov.method, "shape": list(shape), "seconds": seconds}
             row["gflops"] = dense_flops(shape) / seconds / 1e9
             row.update(polar_errors(inputs[shape], prov.to_numpy(O)))
