@@ -6,9 +6,10 @@ matrices split over torch.get_num_threads() threads; the bf16 reference; and wha
 ``fastmuon.torch.orthogonalize.BF16_MIN_WORK``.
 Appends to bench/results/cpu_paths.jsonl.
 
-    python bench/bench_cpu_paths.py [--repeats 7] [--busy] [--large]
+    python bench/bench_cpu_paths.py [--repeats 7] [--busy] [--large] [--threads N]
 
---busy runs a second process that keeps one core loaded, as on a shared machine.
+--busy runs a second process that keeps one core loaded, as on a shared machine; --threads sets
+torch.set_num_threads first (default: torch's own count).
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true")
     parser.add_argument("--large", action="store_true", help="also 4096x4096 (a few minutes more)")
     parser.add_argument("--shapes", type=ast.literal_eval, help='only these, e.g. "[(1, 256, 256)]"')
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N) first")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     stop = multiprocessing.Event()
     loader = multiprocessing.Process(target=spin, args=(stop,)) if args.busy else None
     if loader:
