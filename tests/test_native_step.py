@@ -113,7 +113,7 @@ def test_optimizer_keeps_the_torch_passes_for_a_strided_weight(blas_ext, monkeyp
                         lambda *args: native_shapes.extend(args[3]) or real_step(*args))
 
     def run(few_passes: bool):
-        monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk, group: few_passes)
+        monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk: few_passes)
         params = [torch.nn.Parameter(w.clone() if w.is_contiguous() else w.clone().T.contiguous().T) for w in start]
         assert not params[1].is_contiguous()
         for p, g in zip(params, grads):
@@ -146,7 +146,7 @@ def test_optimizer_keeps_the_torch_passes_for_other_dtypes(blas_ext, monkeypatch
 
     def run(per_parameter: bool):
         monkeypatch.setattr(muon_module, "_few_passes_apply",
-                            (lambda chunk, group: False) if per_parameter else real_apply)
+                            (lambda chunk: False) if per_parameter else real_apply)
         params = [torch.nn.Parameter(w.clone()) for w in start]
         for p, g in zip(params, grads):
             p.grad = g.clone()

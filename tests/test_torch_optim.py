@@ -1015,7 +1015,7 @@ def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options
     native = blas_available() and "ns_dtype" not in options and options.get("backend") != "reference"
 
     def run(few_passes: bool):
-        monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk, group: few_passes)
+        monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk: few_passes)
         params = [nn.Parameter(w.clone()) for w in start]
         opt = Muon(params, allow_nd=True, **options)
         for step_grads in grads:
@@ -1035,6 +1035,43 @@ def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options
         assert torch.equal(fast_opt.state[a]["skipped_steps"], slow_opt.state[b]["skipped_steps"])
     assert fast_opt.state[fast[1]]["skipped_steps"].item() == 1
     assert not torch.equal(fast[0].detach(), start[0])
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_groups_sharing_a_stack_keep_their_own_hyperparameters(monkeypatch, rng, backend):
+    """Same-shape matrices of two groups with the same orthogonalization options share a stack,
+    yet each steps with its own group's lr, weight decay, momentum, Nesterov and lr scale: the
+    list-wide step (on the native kernels with "auto") is bitwise the per-parameter step, and
+    each parameter ends as it does stepped alone in a one-group optimizer. (The list-wide passes
+    once took the stack's first group's hyperparameters for all of it: 2x too small an update.)"""
+    shapes = [(16, 24), (24, 16)]
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes * 2]
+    grads = [[torch.tensor(rng.standard_normal(w.shape), dtype=torch.float32) for w in start] for _ in range(2)]
+    first = dict(lr=0.02, weight_decay=0.1)
+    second = dict(lr=0.05, weight_decay=0.0, momentum=0.9, nesterov=False, adjust_lr="match_rms_adamw")
+
+    def run(indices, groups, few_passes):
+        monkeypatch.setattr(muon_module, "_few_passes_apply",
+                            real_apply if few_passes else (lambda chunk: False))
+        params = {i: nn.Parameter(start[i].clone()) for i in indices}
+        opt = Muon([{"params": [params[i] for i in group_indices], **options} for group_indices, options in groups],
+                   backend=backend)
+        for step_grads in grads:
+            for i, p in params.items():
+                p.grad = step_grads[i].clone()
+            opt.step()
+        return {i: (p.detach(), opt.state[p]["momentum_buffer"]) for i, p in params.items()}
+
+    real_apply = muon_module._few_passes_apply
+    two_groups = [([0, 1], first), ([2, 3], second)]
+    together = run(range(4), two_groups, few_passes=True)
+    per_parameter = run(range(4), two_groups, few_passes=False)
+    for i in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(together[i], per_parameter[i])), i
+    if backend == "auto":  # the native kernels give each matrix bitwise the same result alone
+        alone = {**run([0, 1], [([0, 1], first)], True), **run([2, 3], [([2, 3], second)], True)}
+        for i in range(4):
+            assert all(torch.equal(a, b) for a, b in zip(together[i], alone[i])), i
 
 
 def test_few_passes_batches_respect_options_and_bytes(monkeypatch):

@@ -233,15 +233,28 @@ def _orthogonalize_options(group: dict) -> dict:
     return dict(method=group["method"], steps=group["ns_steps"], coefficients=coefficients, eps=group["eps"])
 
 
-def _few_passes_apply(chunk, group: dict) -> bool:
-    """Whether a Muon chunk may take ``_few_passes``: plain Muon (no NorMuon moment, sphere
-    or cautious decay) of fp32 or fp64 weights under ``_list_wide_applies``. (On bf16 and fp16
-    tensors torch's list-wide ops round their scalars to the tensors' dtype: 1 - lr * wd =
-    0.998 became 0.9961, twice the weight decay; the per-parameter ops keep them in fp32.)"""
-    if group["beta2"] is not None or group["sphere"] is not None or group["cautious_weight_decay"]:
+def _few_passes_apply(chunk) -> bool:
+    """Whether a Muon chunk, (parameter, group) pairs, may take ``_few_passes``: plain Muon (no
+    NorMuon moment, sphere or cautious decay) of fp32 or fp64 weights under
+    ``_list_wide_applies``. (On bf16 and fp16 tensors torch's list-wide ops round their scalars to
+    the tensors' dtype: 1 - lr * wd = 0.998 became 0.9961, twice the weight decay; the
+    per-parameter ops keep them in fp32.)"""
+    groups = [group for group, _ in _by_group(chunk)]
+    if any(g["beta2"] is not None or g["sphere"] is not None or g["cautious_weight_decay"] for g in groups):
         return False
     params = [p for p, _ in chunk]
-    return all(p.dtype in (torch.float32, torch.float64) for p in params) and _list_wide_applies(params, group["lr"])
+    return (all(p.dtype in (torch.float32, torch.float64) for p in params)
+            and not any(isinstance(g["lr"], torch.Tensor) for g in groups) and _list_wide_applies(params, groups[0]["lr"]))
+
+
+def _by_group(members) -> List[Tuple[dict, List[int]]]:
+    """The positions of (parameter, group) pairs by group, in order of first appearance: a
+    stack holds the same-shape matrices of every group with the same orthogonalization options,
+    and the list-wide passes take one group's hyperparameters at a time."""
+    positions: Dict[int, Tuple[dict, List[int]]] = {}
+    for i, (_, group) in enumerate(members):
+        positions.setdefault(id(group), (group, []))[1].append(i)
+    return list(positions.values())
 
 
 @dataclass
@@ -548,7 +561,7 @@ class _MuonFamily(_CheckedOptimizer):
                           and runs_native(group["backend"], device, (sum(counts), rows, cols), compute_dtype))
                 chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, compute_dtype, tuple(options),
                                matrix_bytes * sum(counts), native)
-                if _few_passes_apply(members_chunk, group):
+                if _few_passes_apply(members_chunk):
                     few_passes.append(chunk)
                 else:
                     self._per_parameter_chunk(chunk)
@@ -588,26 +601,27 @@ class _MuonFamily(_CheckedOptimizer):
         for chunk in batch:
             params = [p for p, _ in chunk.members]
             momenta = [self.state[p]["momentum_buffer"] for p in params]
-            beta = chunk.group["momentum"]
-            muon_momentum_lists_(momenta, [p.grad for p in params], beta)
+            for group, positions in _by_group(chunk.members):
+                muon_momentum_lists_([momenta[i] for i in positions], [params[i].grad for i in positions],
+                                     group["momentum"])
             U = torch.empty((sum(chunk.counts), chunk.rows, chunk.cols), dtype=chunk.stack_dtype,
                             device=params[0].device)
             start = 0
-            for p, m, count in zip(params, momenta, chunk.counts):  # one matrix's temporary at a time, at most
-                muon_lookahead(p.grad, m, beta, chunk.group["nesterov"], out=U[start:start + count].view(m.shape))
+            for (p, group), m, count in zip(chunk.members, momenta, chunk.counts):  # one matrix's temporary at a time
+                muon_lookahead(p.grad, m, group["momentum"], group["nesterov"], out=U[start:start + count].view(m.shape))
                 start += count
             stacks.append(U)
         results = self._orthogonalize_stacks(stacks, batch[0].group, batch[0].compute_dtype)
         del stacks
         for chunk, O in zip(batch, results):
-            group = chunk.group
             weights = [p.detach() for p, _ in chunk.members]
             start, parts = 0, []
             for W, count in zip(weights, chunk.counts):
                 parts.append(O[start:start + count].reshape(W.shape))
                 start += count
-            decoupled_update_lists_(weights, parts, lr=group["lr"], weight_decay=group["weight_decay"],
-                                    scale=_lr_scale(group, chunk.rows, chunk.cols))
+            for group, positions in _by_group(chunk.members):
+                decoupled_update_lists_([weights[i] for i in positions], [parts[i] for i in positions], lr=group["lr"],
+                                        weight_decay=group["weight_decay"], scale=_lr_scale(group, chunk.rows, chunk.cols))
         return True
 
     def _native_step(self, batch: List[_Chunk]) -> bool:
@@ -618,15 +632,16 @@ class _MuonFamily(_CheckedOptimizer):
         finite."""
         grads, momenta, weights, views, hyper = [], [], [], [], []
         for chunk in batch:
-            group = chunk.group
-            scalars = muon_step_scalars(group["momentum"], group["nesterov"], group["lr"], group["weight_decay"],
-                                        _lr_scale(group, chunk.rows, chunk.cols))
-            for (p, _), count in zip(chunk.members, chunk.counts):
-                grads.append(p.grad)
-                momenta.append(self.state[p]["momentum_buffer"])
-                weights.append(p)
-                views.append((count, chunk.rows, chunk.cols))
-                hyper.append(scalars)
+            for group, positions in _by_group(chunk.members):
+                scalars = muon_step_scalars(group["momentum"], group["nesterov"], group["lr"], group["weight_decay"],
+                                            _lr_scale(group, chunk.rows, chunk.cols))
+                for i in positions:
+                    p = chunk.members[i][0]
+                    grads.append(p.grad)
+                    momenta.append(self.state[p]["momentum_buffer"])
+                    weights.append(p)
+                    views.append((chunk.counts[i], chunk.rows, chunk.cols))
+                    hyper.append(scalars)
         return native_muon_step(grads, momenta, weights, views, hyper,
                                 make_plan(**_orthogonalize_options(batch[0].group)))
 
