@@ -169,6 +169,50 @@ def test_cpu_gram_from_upper_blocks(dtype_name):
         assert ((A.double() - exact).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float32"])
+def test_cpu_square_plus_from_upper_blocks(dtype_name):
+    """From SQUARE_BLOCKS_MIN_ROWS rows the CPU's b A + c A A of a single symmetric A is formed
+    from its top rows and lower right block: the lower left is the top right mirrored, and each
+    entry is within the rounding bound of the float64 result (2 * m * u * (|b| |A| + |c| |A| |A|)
+    for the accumulation, plus the output rounding), odd rows too; a batch keeps the full
+    product."""
+    import torch
+
+    from fastmuon.torch import reference
+
+    dtype = getattr(torch, dtype_name)
+    u = 2.0**-24  # fp32 accumulation
+    u_out = {"bfloat16": 2.0**-8, "float32": 2.0**-24}[dtype_name]
+    b, c = -4.7750, 2.0315
+    for m in (reference.SQUARE_BLOCKS_MIN_ROWS, reference.SQUARE_BLOCKS_MIN_ROWS + 3):
+        X = torch.randn(1, m, m + 100, generator=torch.Generator().manual_seed(m)) / (m + 100) ** 0.5
+        A = reference.TorchOps.xxt(X.to(dtype))
+        B = reference.TorchOps.ba_plus_caa(A, alpha=c, beta=b)
+        h = m // 2
+        assert torch.equal(B[..., h:, :h], B[..., :h, h:].mT)
+        A64 = A.double()
+        exact = b * A64 + c * A64 @ A64
+        bound = 2 * m * u * (abs(b) * A64.abs() + abs(c) * A64.abs() @ A64.abs()) + u_out * exact.abs()
+        assert ((B.double() - exact).abs() <= bound).all()
+    batch = torch.cat([A, A])
+    assert torch.equal(reference.TorchOps.ba_plus_caa(batch, alpha=c, beta=b),
+                       torch.baddbmm(batch, batch, batch, alpha=c, beta=b))
+
+
+def test_cpu_symmetric_blocks_keep_autograd():
+    """The blocks are written in place, which autograd cannot record: a Gram matrix or square
+    that needs gradients takes the full product, and the gradient flows."""
+    import torch
+
+    from fastmuon.torch import reference
+
+    m = reference.SQUARE_BLOCKS_MIN_ROWS
+    X = (torch.randn(1, m, m + 8, generator=torch.Generator().manual_seed(0)) / m).requires_grad_()
+    A = reference.TorchOps.xxt(X)
+    reference.TorchOps.ba_plus_caa(A, alpha=2.0, beta=-4.0).sum().backward()
+    assert X.grad is not None and torch.isfinite(X.grad).all() and X.grad.abs().sum() > 0
+
+
 def test_bf16_muon_step_matches_fp32_within_bf16_rounding(bf16_cpu, rng):
     """Muon with the bf16 default moves the weights like the fp32 step, to bf16 accuracy."""
     from fastmuon.torch import Muon

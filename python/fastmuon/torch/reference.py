@@ -29,21 +29,53 @@ def through_operators(t: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or type(t) is not torch.Tensor
 
 
-# Rows from which a CPU Gram matrix X X^T is formed from its upper 2 x 2 blocks, X1 X1^T, X1 X2^T
-# and X2 X2^T, mirrored: 3/4 of the products' flops, and exactly symmetric. On the CPU's bf16 GEMM
-# (oneDNN, AMD EPYC with AVX512-BF16, 2026-11-30) that took 0.71-0.86x the full product's time
-# from 512 rows up (512x2048 .. 1024x4096; 0.94 at 768x768), batched or not.
+# Rows from which a CPU Gram matrix X X^T is formed from its upper blocks: the top half of its rows
+# X_1 X^T in one product, the lower right X_2 X_2^T, the lower left mirrored: 3/4 of the flops, and
+# exactly symmetric. On the CPU's bf16 GEMM (oneDNN, AMD EPYC with AVX512-BF16, 2026-11-30) that
+# took 0.71-0.86x the full product's time from 512 rows up (512x2048 .. 1024x4096; 0.94 at
+# 768x768), batched or not; the top rows in one product instead of two blocks and a concatenation
+# took a further 0.93-0.99x.
 GRAM_BLOCKS_MIN_ROWS = 512
+# Rows from which b A + c A A (A symmetric) is formed the same way (its diagonal blocks are
+# whatever the GEMM gives, as in the full product): 0.85-0.91x the full product's time from 768
+# rows (768 .. 1024), 1.04x at 512 (same machine and GEMM).
+SQUARE_BLOCKS_MIN_ROWS = 768
+
+
+def _from_upper_rows(out: torch.Tensor, top_rows, lower_right) -> torch.Tensor:
+    """Fill the symmetric (..., m, m) ``out`` from its top m // 2 rows (``top_rows(out_slice)``
+    writes them) and its lower right block (returned by ``lower_right()``); the lower left is
+    the top right mirrored."""
+    h = out.shape[-1] // 2
+    top_rows(out[..., :h, :])
+    out[..., h:, h:] = lower_right()
+    out[..., h:, :h] = out[..., :h, h:].mT
+    return out
+
+
+def _by_blocks(t: torch.Tensor, min_rows: int) -> bool:
+    """Whether a symmetric product of m-row ``t`` is formed from its upper rows: on the CPU from
+    ``min_rows``, and not where autograd records (the blocks are written in place)."""
+    return t.device.type == "cpu" and t.shape[-2] >= min_rows and not (t.requires_grad and torch.is_grad_enabled())
 
 
 def _gram(X: torch.Tensor) -> torch.Tensor:
     """X X^T of (..., m, n) X."""
     m = X.shape[-2]
-    if X.device.type != "cpu" or m < GRAM_BLOCKS_MIN_ROWS:
+    if not _by_blocks(X, GRAM_BLOCKS_MIN_ROWS):
         return X @ X.mT
-    X1, X2 = X[..., : m // 2, :], X[..., m // 2:, :]
-    A12 = X1 @ X2.mT
-    return torch.cat([torch.cat([X1 @ X1.mT, A12], -1), torch.cat([A12.mT, X2 @ X2.mT], -1)], -2)
+    h = m // 2
+    return _from_upper_rows(X.new_empty((*X.shape[:-1], m)),
+                            lambda top: torch.matmul(X[..., :h, :], X.mT, out=top),
+                            lambda: X[..., h:, :] @ X[..., h:, :].mT)
+
+
+def _square_plus(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """alpha A A + beta A of one symmetric (m, m) A, from its upper rows."""
+    h = A.shape[-1] // 2
+    return _from_upper_rows(torch.empty_like(A),
+                            lambda top: torch.addmm(A[:h], A[:h], A, alpha=alpha, beta=beta, out=top),
+                            lambda: torch.addmm(A[h:, h:], A[h:], A[:, h:], alpha=alpha, beta=beta))
 
 
 class TorchOps:
@@ -57,6 +89,8 @@ class TorchOps:
 
     @staticmethod
     def ba_plus_caa(A, alpha, beta):
+        if A.shape[0] == 1 and _by_blocks(A, SQUARE_BLOCKS_MIN_ROWS):
+            return _square_plus(A[0], alpha, beta).unsqueeze(0)
         return torch.baddbmm(A, A, A, alpha=alpha, beta=beta)
 
     @staticmethod
