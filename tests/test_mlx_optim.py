@@ -756,6 +756,7 @@ def test_empty_subtrees_are_tolerated():
         (dict(learning_rate=-1.0), "lr"),
         (dict(learning_rate=float("nan")), "lr"),
         (dict(ns_dtype="float32"), "ns_dtype"),
+        (dict(method="gram", ns_dtype=mx.float16), 'ns_dtype=mlx.core.float16 with method="gram"'),
     ],
     ids=str,
 )

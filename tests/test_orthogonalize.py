@@ -119,10 +119,38 @@ def test_16bit_inputs(fw, backend, dtype, method):
 def test_16bit_compute_dtype(fw, method):
     rng = np.random.default_rng(5)
     G = fw.array(matrix_with_spectrum(rng, (24, 40), "well_conditioned"), "float32")
+    if method == "gram":  # refused: fastmuon.plan.GRAM_MIN_BITS
+        for dtype in ("bfloat16", "float16"):
+            with pytest.raises(ValueError, match=f'dtype=.*{dtype} with method="gram"'):
+                fw.orthogonalize(G, method=method, dtype=fw.dtype(dtype))
+        return
     O = fw.orthogonalize(G, method=method, dtype=fw.dtype("bfloat16"))
     assert fw.dtype_name(O) == "float32"
     plan = make_plan(method, 5, None)
     check_against_exact(fw, fw.to_numpy(G), fw.to_numpy(O), plan, "bfloat16", "float32")
+
+
+def test_gram_computes_in_fp32_where_the_default_is_16_bit(fw, monkeypatch):
+    """Where the default compute dtype is 16-bit (GPUs; large matrices on CPUs with bf16 units),
+    the Gram-space iteration computes in fp32: in bf16 it diverged on this 3 x 40 Gaussian, to a
+    largest singular value of 187 (instead of about 1)."""
+    import importlib
+
+    module = importlib.import_module(f"fastmuon.{fw.name}.orthogonalize")
+    bf16 = fw.dtype("bfloat16")
+    if fw.name == "torch":
+        assert module.resolve_compute_dtype(None, "auto", "cuda", (3, 40), "gram") == fw.dtype("float32")
+        assert module.resolve_compute_dtype(None, "auto", "cuda", (3, 40)) == bf16
+        monkeypatch.setattr(module, "default_compute_dtype", lambda device, shape=None: bf16)
+    else:
+        monkeypatch.setattr(module, "default_compute_dtype", lambda: bf16)
+    G = fw.array(np.random.default_rng(14).standard_normal((3, 40)), "float32")
+    O = fw.to_numpy(fw.orthogonalize(G, method="gram", backend="reference"))
+    fp32 = fw.to_numpy(fw.orthogonalize(G, method="gram", backend="reference", dtype=fw.dtype("float32")))
+    assert np.array_equal(O, fp32) and np.linalg.norm(O, ord=2) < 1.1
+    default = fw.to_numpy(fw.orthogonalize(G, method="polar_express", backend="reference"))  # in bf16
+    assert np.array_equal(default, fw.to_numpy(fw.orthogonalize(G, method="polar_express", backend="reference",
+                                                                   dtype=bf16)))
 
 
 def test_custom_coefficients_and_steps(fw, backend):

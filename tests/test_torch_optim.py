@@ -329,6 +329,7 @@ def test_low_dimensional_params_are_rejected_by_name():
         (dict(lr=-0.1), "lr"),
         (dict(lr=lambda step: 0.1), "lr"),
         (dict(ns_dtype=torch.int32), "ns_dtype"),
+        (dict(method="gram", ns_dtype=torch.bfloat16), r"\['ns_dtype'\]=torch.bfloat16 with method=\"gram\""),
         (dict(sphere="exp"), "sphere"),
         (dict(sphere="project", weight_decay=0.1), "weight_decay"),
         (dict(distributed="yes"), "distributed"),

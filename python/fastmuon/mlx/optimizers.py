@@ -42,6 +42,7 @@ from ..rules import (
     normuon_state_shape,
     shape_scale,
 )
+from ..plan import check_compute_bits
 from .functional import decoupled_update, muon_momentum, normuon_normalize, rows_touched, signsgd_update
 from .orthogonalize import BACKENDS, orthogonalize
 from .routing import embedding_paths, muon_filter, under
@@ -282,6 +283,8 @@ class Muon(_TreeOptimizer):
             isinstance(ns_dtype, mx.Dtype) and mx.issubdtype(ns_dtype, mx.floating)
         ):
             raise ValueError(f"ns_dtype must be None or a floating mlx dtype, got {ns_dtype!r}")
+        if ns_dtype is not None:
+            check_compute_bits(method, 8 * ns_dtype.size, ns_dtype, "ns_dtype")
         super().__init__()
         self._maybe_schedule("learning_rate", learning_rate)
         del options["lr"]

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import mlx.core as mx
 
 from ..native import mlx_ext_available
-from ..plan import DEFAULT_STEPS, check_backend, check_matrix_shape, make_plan
+from ..plan import DEFAULT_STEPS, check_backend, check_compute_bits, check_matrix_shape, gram_needs_wider, make_plan
 from . import metal_backend, metal_kernels, native, reference
 
 BACKENDS = ("auto", "reference", "native", "metal")
@@ -48,7 +48,8 @@ def orthogonalize(
             (CPU stream, fp32 compute); ``"metal"`` the iteration with fastmuon's Metal kernels
             for the symmetric products (Apple GPU; float32, float16 or bfloat16 compute);
             ``"auto"`` picks metal on an Apple GPU and native on the CPU where they apply.
-        dtype: compute dtype; by default bf16 on an Apple GPU and fp32 on the CPU.
+        dtype: compute dtype; by default bf16 on an Apple GPU and fp32 on the CPU, and fp32 for
+            ``method="gram"``, which refuses 16-bit floats (``fastmuon.plan.GRAM_MIN_BITS``).
 
     Returns:
         An array of ``G``'s shape and dtype (lazy, as every mlx op). A zero matrix gives zeros.
@@ -59,6 +60,9 @@ def orthogonalize(
     compute_dtype = default_compute_dtype() if dtype is None else dtype
     if not (isinstance(compute_dtype, mx.Dtype) and mx.issubdtype(compute_dtype, mx.floating)):
         raise ValueError(f"dtype must be a floating mlx dtype, got {dtype!r}")
+    if dtype is None and gram_needs_wider(plan.method, 8 * compute_dtype.size):
+        compute_dtype = mx.float32
+    check_compute_bits(plan.method, 8 * compute_dtype.size, compute_dtype)
     if G.size == 0:  # the polar factor of an empty matrix is empty
         return mx.zeros(G.shape, dtype=G.dtype)
     chosen = select_backend(backend, compute_dtype)

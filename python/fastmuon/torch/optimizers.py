@@ -68,7 +68,7 @@ from .functional import (
     sphere_geodesic_update,
     sphere_project_update,
 )
-from ..plan import make_plan
+from ..plan import check_compute_bits, make_plan
 from .native import muon_step as native_muon_step
 from .orthogonalize import BACKENDS, orthogonalize_stacks, resolve_compute_dtype, runs_native
 
@@ -111,6 +111,8 @@ def _check_muon_group(group: dict, group_index: int) -> None:
     ns_dtype = group["ns_dtype"]
     if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
         raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
+    if ns_dtype is not None:
+        check_compute_bits(group["method"], torch.finfo(ns_dtype).bits, ns_dtype, f"param_groups[{group_index}]['ns_dtype']")
     for i, p in enumerate(group["params"]):
         name = _param_name(group, i, group_index)
         if p.ndim != 2 and not group["allow_nd"]:  # torch.optim.Muon's error, type and wording
@@ -551,7 +553,8 @@ class _MuonFamily(_CheckedOptimizer):
         for (rows, cols, dtype, device, *options), members in stacks.items():
             group = members[0][1]
             count = sum(batches[p] for p, _ in members)
-            compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (count, rows, cols))
+            compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (count, rows, cols),
+                                                  group["method"])
             stack_dtype = _narrower(dtype, compute_dtype)
             matrix_bytes = rows * cols * torch.finfo(stack_dtype).bits // 8
             per_chunk = max(1, STACK_BYTES // max(1, matrix_bytes))

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from .. import auto_table, cpu, native as _native_loader
-from ..plan import DEFAULT_STEPS, check_backend, check_matrix_shape, make_plan
+from ..plan import DEFAULT_STEPS, check_backend, check_compute_bits, check_matrix_shape, gram_needs_wider, make_plan
 from . import native, reference
 
 BACKENDS = ("auto", "reference", "native", "triton")
@@ -101,13 +101,16 @@ def runs_native(backend: str, device, shape, compute_dtype: torch.dtype) -> bool
             and not _reference_is_faster(shape))
 
 
-def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, shape=None) -> torch.dtype:
-    """The compute dtype of ``orthogonalize(G, dtype=dtype, backend=backend)`` for G of ``shape``
-    on ``device``: ``dtype`` when given; else fp32 for the native kernels (they compute in fp32
-    on every CPU) and ``default_compute_dtype(device, shape)`` for the others."""
+def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, shape=None,
+                          method: str = "polar_express") -> torch.dtype:
+    """The compute dtype of ``orthogonalize(G, dtype=dtype, backend=backend, method=method)`` for
+    G of ``shape`` on ``device``: ``dtype`` when given; else fp32 for the native kernels (they
+    compute in fp32 on every CPU) and ``default_compute_dtype(device, shape)`` for the others,
+    widened to fp32 for the Gram-space iteration (``fastmuon.plan.GRAM_MIN_BITS``)."""
     if dtype is not None:
         return dtype
-    return torch.float32 if backend == "native" else default_compute_dtype(device, shape)
+    chosen = torch.float32 if backend == "native" else default_compute_dtype(device, shape)
+    return torch.float32 if gram_needs_wider(method, torch.finfo(chosen).bits) else chosen
 
 
 def orthogonalize(
@@ -141,7 +144,8 @@ def orthogonalize(
         dtype: compute dtype; by default ``default_compute_dtype(G.device, G.shape)``: bf16 on
             CUDA, and on CPUs with bf16 matrix units for matrices of at least ``BF16_MIN_WORK``
             = m * m * n (``ONE_MATRIX_BF16_MIN_WORK`` for a single matrix); fp32 otherwise (and
-            always for ``backend="native"``).
+            always for ``backend="native"`` and ``method="gram"``, which refuses 16-bit floats:
+            ``fastmuon.plan.GRAM_MIN_BITS``).
 
     Returns:
         A tensor of ``G``'s shape and dtype. A zero matrix gives zeros, an empty one an empty
@@ -149,7 +153,7 @@ def orthogonalize(
     """
     plan = make_plan(method, steps, coefficients, eps)
     check_backend(backend, BACKENDS)
-    chosen, compute_dtype = _choose(G, "G", backend, dtype)
+    chosen, compute_dtype = _choose(G, "G", backend, dtype, plan.method)
     return _run(chosen, G, plan, compute_dtype)
 
 
@@ -170,7 +174,7 @@ def orthogonalize_stacks(
     plan = make_plan(method, steps, coefficients, eps)
     check_backend(backend, BACKENDS)
     Gs = list(Gs)
-    chosen = [_choose(G, f"Gs[{i}]", backend, dtype) for i, G in enumerate(Gs)]
+    chosen = [_choose(G, f"Gs[{i}]", backend, dtype, plan.method) for i, G in enumerate(Gs)]
     together = [i for i, (name, _) in enumerate(chosen) if name == "native" and not reference.through_operators(Gs[i])]
     skip = set(together)
     out = [None if i in skip else _run(name, G, plan, compute_dtype)
@@ -180,12 +184,13 @@ def orthogonalize_stacks(
     return out
 
 
-def _choose(G, name: str, backend: str, dtype) -> tuple:
+def _choose(G, name: str, backend: str, dtype, method: str) -> tuple:
     """(backend, compute dtype) for G, after checking it; backend "empty" for an empty G."""
     check_tensor(G, name)
-    compute_dtype = resolve_compute_dtype(dtype, backend, G.device, G.shape)
-    if not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    compute_dtype = resolve_compute_dtype(dtype, backend, G.device, G.shape, method)
+    check_compute_bits(method, torch.finfo(compute_dtype).bits, compute_dtype)
     if G.numel() == 0:
         return "empty", compute_dtype
     return select_backend(backend, G, compute_dtype), compute_dtype
