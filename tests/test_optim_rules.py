@@ -100,6 +100,31 @@ def test_shape_scale():
     assert rules.shape_scale(16, 64, "original") == 1.0
     assert rules.shape_scale(64, 16, "match_rms_adamw") == pytest.approx(1.6)
     assert rules.shape_scale(16, 100, "match_rms_adamw") == pytest.approx(2.0)
+    assert rules.shape_scale(8, 0, "original") == 1.0  # empty: no division by zero
+
+
+def test_empty_matrices_step_in_both_frameworks():
+    """A (8, 0) weight, and a (0, 8) one in a transposed group (its view read as (8, 0)), step
+    to empty results next to a non-empty weight, which steps as it does alone (both once
+    raised ZeroDivisionError in the lr scale)."""
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import Muon
+
+    w = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    for shape, transposed in [((8, 0), False), ((0, 8), True)]:
+        empty, alone, together = torch.nn.Parameter(torch.zeros(shape)), torch.nn.Parameter(w.clone()), \
+            torch.nn.Parameter(w.clone())
+        empty.grad, alone.grad, together.grad = torch.zeros(shape), g.clone(), g.clone()
+        Muon([dict(params=[empty, together], transposed=transposed)]).step()
+        Muon([dict(params=[alone], transposed=transposed)]).step()
+        assert empty.shape == shape and torch.equal(together, alone)
+    mx = pytest.importorskip("mlx.core")
+    from fastmuon.mlx import Muon as MlxMuon
+
+    params = {"empty": mx.zeros((8, 0)), "w": mx.array(w.numpy())}
+    out = MlxMuon(0.02).apply_gradients({"empty": mx.zeros((8, 0)), "w": mx.array(g.numpy())}, params)
+    assert out["empty"].shape == (8, 0) and out["w"].shape == (4, 4)
     with pytest.raises(ValueError, match="adjust_lr"):
         rules.shape_scale(4, 4, "none")
 

@@ -139,8 +139,8 @@ def shape_scale(rows: int, cols: int, adjust_lr: str) -> float:
     "original" (Keller Jordan): sqrt(max(1, rows / cols)); "match_rms_adamw" (Moonshot):
     0.2 sqrt(max(rows, cols)), which gives the update the RMS of a typical AdamW update.
     """
-    if adjust_lr == "original":
-        return math.sqrt(max(1.0, rows / cols))
+    if adjust_lr == "original":  # an empty matrix (no columns) has an empty update: any scale
+        return math.sqrt(max(1.0, rows / cols)) if cols else 1.0
     if adjust_lr == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
     raise ValueError(f"adjust_lr must be one of {', '.join(ADJUST_LR)}, got {adjust_lr!r}")
