@@ -202,6 +202,53 @@ def test_rule_matches_torch_optim_muon_in_float64(monkeypatch, rng, adjust_lr, n
         assert np.abs(theirs[i] - W0[i]).max() > 1000 * allowance  # the steps did move the weights
 
 
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
+@pytest.mark.parametrize("cls", [Muon, NorMuon])
+def test_resumes_a_torch_optim_muon_checkpoint(rng, cls):
+    """A state_dict saved by torch.optim.Muon loads into the drop-in, whose own defaults differ:
+    the groups take torch's hyperparameters (adjust_lr_fn as adjust_lr, ns_coefficients as
+    Newton-Schulz with them), the momenta carry over, and the next step equals that of the
+    drop-in built with the same options from that momentum, bitwise."""
+    shapes = [(8, 16), (24, 8)]
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(3)]
+    theirs = [nn.Parameter(w.clone()) for w in start]
+    torch_opt = torch.optim.Muon(theirs, lr=0.03, weight_decay=0.05, momentum=0.9, adjust_lr_fn="match_rms_adamw")
+    for step_grads in grads[:2]:
+        for p, g in zip(theirs, step_grads):
+            p.grad = g.clone()
+        torch_opt.step()
+    saved = io.BytesIO()
+    torch.save(torch_opt.state_dict(), saved)
+
+    def resumed(load: bool):
+        params = [nn.Parameter(p.detach().clone()) for p in theirs]
+        if load:
+            opt = cls(params)  # fastmuon's defaults: lr 0.02, no decay, Polar Express
+            saved.seek(0)
+            opt.load_state_dict(torch.load(saved))
+        else:
+            opt = cls(params, lr=0.03, weight_decay=0.05, momentum=0.9, adjust_lr="match_rms_adamw",
+                      ns_coefficients=coef.JORDAN_NEWTON_SCHULZ, eps=TORCH_MUON_EPS)
+            for p, q in zip(params, theirs):
+                opt.state[p]["momentum_buffer"] = torch_opt.state[q]["momentum_buffer"].clone()
+                opt._init_state(p, opt.param_groups[0])  # the rest of a first step's state
+        for p, g in zip(params, grads[2]):
+            p.grad = g.clone()
+        opt.step()
+        return opt, params
+
+    loaded, ours = resumed(True)
+    group = loaded.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["momentum"], group["adjust_lr"], group["method"]) == \
+        (0.03, 0.05, 0.9, "match_rms_adamw", "newton_schulz")
+    built, expected = resumed(False)
+    for p, q in zip(ours, expected):
+        assert torch.equal(p, q)
+        assert torch.equal(loaded.state[p]["momentum_buffer"], built.state[q]["momentum_buffer"])
+        assert loaded.state[p]["skipped_steps"].item() == 0
+
+
 def test_matches_torch_optim_muon_bf16(rng):
     """The real torch.optim.Muon (Newton-Schulz in bf16) against fastmuon's fp32 Muon.
 

@@ -402,17 +402,21 @@ class _MuonFamily(_CheckedOptimizer):
                 self._init_state(p, group)
 
     def _init_state(self, p: torch.Tensor, group: dict) -> None:
+        """Create the state entries ``p`` lacks (all of them before its first step)."""
         state = self.state[p]
-        state["skipped_steps"] = torch.zeros((), dtype=torch.int64, device=p.device)
+        fresh = {"skipped_steps": lambda: torch.zeros((), dtype=torch.int64, device=p.device)}
         if not group["use_muon"]:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            return
-        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        if group["beta2"] is not None:  # whole on every rank, also for a sharded parameter
-            shape = normuon_state_shape(*matrix_view(p.shape))
-            state["second_moment"] = torch.zeros(shape, dtype=p.dtype, device=_local(p).device)
+            fresh.update(step=lambda: torch.zeros((), dtype=torch.float32, device=p.device),
+                         exp_avg=lambda: torch.zeros_like(p, memory_format=torch.preserve_format),
+                         exp_avg_sq=lambda: torch.zeros_like(p, memory_format=torch.preserve_format))
+        else:
+            fresh["momentum_buffer"] = lambda: torch.zeros_like(p, memory_format=torch.contiguous_format)
+            if group["beta2"] is not None:  # whole on every rank, also for a sharded parameter
+                shape = normuon_state_shape(*matrix_view(p.shape))
+                fresh["second_moment"] = lambda: torch.zeros(shape, dtype=p.dtype, device=_local(p).device)
+        for key, make in fresh.items():
+            if key not in state:
+                state[key] = make()
 
     def _step(self) -> None:
         self._init_group()
@@ -872,6 +876,7 @@ class Muon(_MuonFamily):
                         ns_coefficients=None if ns_coefficients is None else tuple(ns_coefficients), eps=eps,
                         transposed=False, allow_nd=bool(allow_nd), use_muon=True)
         super().__init__(params, defaults, distributed=distributed, process_group=process_group)
+        self.register_load_state_dict_post_hook(_complete_torch_muon_state)
 
     def _fill_group_defaults(self, group: dict) -> None:
         if not group.setdefault("use_muon", True):
@@ -879,6 +884,26 @@ class Muon(_MuonFamily):
         if group.get("ns_coefficients") is not None:  # as in the constructor: Newton-Schulz with these
             group.setdefault("method", "newton_schulz")
             group["ns_coefficients"] = tuple(group["ns_coefficients"])
+
+
+def _complete_torch_muon_state(optimizer: "Muon") -> None:
+    """Complete what a ``torch.optim.Muon`` state_dict lacks, so that its checkpoint resumes in
+    the drop-in: its groups (no ``use_muon``; ``adjust_lr_fn`` for ``adjust_lr``, None meaning
+    "original"; its ``ns_coefficients`` meaning Newton-Schulz with them, as in the constructor)
+    take this optimizer's defaults for fastmuon's own options and are checked; its states get
+    the counters (and NorMuon's second moment) a first step would have made."""
+    for index, group in enumerate(optimizer.param_groups):
+        if "use_muon" in group:
+            continue
+        group["adjust_lr"] = group.pop("adjust_lr_fn", None) or MUON_DEFAULTS["adjust_lr"]
+        optimizer._fill_group_defaults(group)
+        for key, value in optimizer.defaults.items():
+            group.setdefault(key, value)
+        optimizer._check_group(group, index)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if optimizer.state.get(p):
+                optimizer._init_state(p, group)
 
 
 class NorMuon(Muon):
