@@ -48,8 +48,8 @@ def muon_lookahead(G: torch.Tensor, M: torch.Tensor, momentum: float, nesterov: 
 def muon_momentum_(M: torch.Tensor, grad: torch.Tensor, ok: torch.Tensor, momentum: float,
                    nesterov: bool) -> torch.Tensor:
     """``muon_momentum`` with M updated in place where ``ok`` (a 0-D bool): M <- M' there, M kept
-    bitwise elsewhere (the gradient is replaced by M itself, and lerp(M, M, w) == M), so the step
-    needs no copy of M. Returns U (M itself without Nesterov)."""
+    elsewhere (the gradient is replaced by M itself, and lerp(M, M, w) == M, bitwise but for -0.0,
+    which becomes +0.0), so the step needs no copy of M. Returns U (M itself without Nesterov)."""
     G = torch.where(ok, grad.to(M.dtype), M)
     M.lerp_(G, 1.0 - momentum)
     return muon_lookahead(G, M, momentum, nesterov)

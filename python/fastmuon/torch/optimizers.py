@@ -10,7 +10,8 @@ has ``beta2``, and the decoupled (or sphere) update.
 MuonWithAdamW also steps AdamW groups (``use_muon=False``).
 
 Non-finite gradients. A parameter whose gradient holds a NaN or an Inf is skipped for that step:
-its weight and every state tensor stay bitwise unchanged, and its ``state["skipped_steps"]``
+its weight and every state tensor stay unchanged (bitwise, but for a momentum entry of -0.0,
+which the per-parameter path's lerp turns into +0.0), and its ``state["skipped_steps"]``
 (an int64 tensor) goes up by one. The test is a per-parameter ``isfinite(G).all()`` kept as a
 tensor and applied with ``torch.where``, so the step never reads a value back to the host (no
 device sync). The gradient is replaced by zeros before use, so a NaN cannot reach the batched
@@ -834,8 +835,9 @@ class Muon(_MuonFamily):
             initialized with more than one rank; False never; True requires it.
         process_group: the group to shard over (default: the world).
 
-    Non-finite gradients skip the parameter for that step, leaving weight and state bitwise
-    unchanged and counting ``state["skipped_steps"]``; no device sync is forced.
+    Non-finite gradients skip the parameter for that step, leaving weight and state unchanged
+    (bitwise, but a -0.0 in the momentum may become +0.0) and counting ``state["skipped_steps"]``;
+    no device sync is forced.
     """
 
     _beta2: Optional[float] = None  # NorMuon sets it
