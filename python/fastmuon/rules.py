@@ -120,7 +120,7 @@ def matrix_view(shape: Sequence[int], name: str = "parameter") -> Tuple[int, int
     2-D (out, in) is one matrix; 3-D (E, a, b), e.g. stacked MoE experts, is E matrices of
     (a, b) each; 4-D conv (out, in, kh, kw) is one (out, in*kh*kw) matrix. Others raise.
     """
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(map(int, shape))
     if len(shape) == 2:
         return 1, shape[0], shape[1]
     if len(shape) == 3:

@@ -138,7 +138,8 @@ def muon_step(grads: List[torch.Tensor], momenta: List[torch.Tensor], weights: L
     False, having changed nothing, if a gradient is not finite. The tensors go in as numpy views
     of their memory (see ``_kernel_batch``; 8 parameters: 19 instead of 119 us a call)."""
     workers = use_threads(views)
-    return blas_module().muon_step([G.detach().numpy() for G in grads], [M.numpy() for M in momenta],
+    return blas_module().muon_step([(G.detach() if G.requires_grad else G).numpy() for G in grads],
+                                   [M.numpy() for M in momenta],
                                    [W.detach().numpy() for W in weights], views, hyper,
                                    _coefficient_array(plan.coefficients), plan.norm_scale, plan.eps, plan.uses_gram,
                                    GRAM_RESTART_EVERY, workers=workers)

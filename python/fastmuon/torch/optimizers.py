@@ -216,8 +216,11 @@ def _list_wide_applies(params: List[torch.Tensor], lr) -> bool:
     per-parameter path itself)."""
     if isinstance(lr, torch.Tensor) or torch.compiler.is_compiling():
         return False
-    return all(p.device.type == "cpu" and p.grad is not None and not p.grad.is_sparse and p.grad.dtype == p.dtype
-               and not _is_dtensor(p) for p in params)
+    for p in params:
+        grad = p.grad
+        if not (p.is_cpu and grad is not None and not grad.is_sparse and grad.dtype == p.dtype) or _is_dtensor(p):
+            return False
+    return True
 
 
 def _contiguous(members, state) -> bool:
@@ -242,12 +245,15 @@ def _few_passes_apply(chunk) -> bool:
     ``_list_wide_applies``. (On bf16 and fp16 tensors torch's list-wide ops round their scalars to
     the tensors' dtype: 1 - lr * wd = 0.998 became 0.9961, twice the weight decay; the
     per-parameter ops keep them in fp32.)"""
-    groups = [group for group, _ in _by_group(chunk)]
-    if any(g["beta2"] is not None or g["sphere"] is not None or g["cautious_weight_decay"] for g in groups):
+    groups = {id(group): group for _, group in chunk}.values()
+    if any(g["beta2"] is not None or g["sphere"] is not None or g["cautious_weight_decay"]
+           or isinstance(g["lr"], torch.Tensor) for g in groups):
         return False
     params = [p for p, _ in chunk]
-    return (all(p.dtype in (torch.float32, torch.float64) for p in params)
-            and not any(isinstance(g["lr"], torch.Tensor) for g in groups) and _list_wide_applies(params, groups[0]["lr"]))
+    return all(p.dtype in _LIST_WIDE_MUON_DTYPES for p in params) and _list_wide_applies(params, lr=None)
+
+
+_LIST_WIDE_MUON_DTYPES = (torch.float32, torch.float64)
 
 
 def _by_group(members) -> List[Tuple[dict, List[int]]]:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .. import auto_table, cpu, native as _native_loader
+from .. import auto_table, cpu, native as _native_loader, threads
 from ..plan import DEFAULT_STEPS, check_backend, check_compute_bits, check_matrix_shape, gram_needs_wider, make_plan
 from . import native, reference
 
@@ -54,6 +54,10 @@ BF16_MIN_WORK = 3e7
 ONE_MATRIX_BF16_MIN_WORK = 8e6
 
 
+def _device_type(device) -> str:
+    return device.type if isinstance(device, torch.device) else torch.device(device).type
+
+
 def default_compute_dtype(device, shape=None) -> torch.dtype:
     """The compute dtype ``dtype=None`` means for a stack of ``shape`` (..., m, n) on ``device``:
     bf16 on CUDA (as every public Muon does) and on CPUs with bf16 matrix units
@@ -61,16 +65,15 @@ def default_compute_dtype(device, shape=None) -> torch.dtype:
     ``BF16_MIN_WORK`` = m * m * n (``ONE_MATRIX_BF16_MIN_WORK`` for a single matrix on more than
     one thread; all matrices when ``shape`` is None); fp32 otherwise, and on CPUs without bf16
     units, where bf16 matmul is ~100x slower than fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
+    device_type = _device_type(device)
+    if device_type == "cuda":
         return torch.bfloat16
-    if device.type == "cpu" and has_fast_bf16_matmul():
+    if device_type == "cpu" and has_fast_bf16_matmul():
         if shape is None:
             return torch.bfloat16
-        m, n = sorted(shape[-2:])
-        one_matrix = math.prod(shape[:-2]) == 1 and torch_threads() > 1
-        threshold = ONE_MATRIX_BF16_MIN_WORK if one_matrix else BF16_MIN_WORK
-        return torch.bfloat16 if m * m * n >= threshold else torch.float32
+        matrices, work = threads.matrix_work(shape)
+        threshold = ONE_MATRIX_BF16_MIN_WORK if matrices == 1 and torch_threads() > 1 else BF16_MIN_WORK
+        return torch.bfloat16 if work >= threshold else torch.float32
     return torch.float32
 
 
@@ -84,16 +87,16 @@ ONE_MATRIX_REFERENCE_WORK = (8e6, 3e8)
 def _reference_is_faster(shape) -> bool:
     """Whether "auto" runs an fp32 CPU stack of this shape on the reference (see
     ONE_MATRIX_REFERENCE_WORK)."""
-    m, n = sorted(shape[-2:])
+    matrices, work = threads.matrix_work(shape)
     low, high = ONE_MATRIX_REFERENCE_WORK
-    return math.prod(shape[:-2]) == 1 and torch_threads() > 1 and low <= m * m * n < high
+    return matrices == 1 and torch_threads() > 1 and low <= work < high
 
 
 def runs_native(backend: str, device, shape, compute_dtype: torch.dtype) -> bool:
     """Whether a stack of ``shape`` on ``device``, computed in ``compute_dtype`` and not needing
     gradients, runs on the native kernels: ``select_backend``'s choice for it, from its shape
     alone (the optimizers ask before they build the stack)."""
-    if torch.device(device).type != "cpu":
+    if _device_type(device) != "cpu":
         return False
     if backend == "native":
         return True
