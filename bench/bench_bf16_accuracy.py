@@ -47,18 +47,6 @@ def exact_iteration(G: np.ndarray, plan) -> np.ndarray:
     return (U * apply_scalar(plan.coefficients, x)) @ Vt
 
 
-def all_bf16_iteration(G: torch.Tensor, plan) -> torch.Tensor:
-    """Every value in bf16, the norm included (wide orientation)."""
-    X = G.to(torch.bfloat16)
-    tall = X.shape[-2] > X.shape[-1]
-    X = X.mT if tall else X
-    X = X / (torch.linalg.matrix_norm(X) * plan.norm_scale + plan.eps)
-    for a, b, c in plan.coefficients:
-        A = X @ X.mT
-        X = a * X + (b * A + c * (A @ A)) @ X
-    return (X.mT if tall else X).float()
-
-
 def gram_bf16(G: torch.Tensor, restart_every: int) -> torch.Tensor:
     with mock.patch.object(plan_module, "GRAM_RESTART_EVERY", restart_every):
         return reference.orthogonalize(G, make_plan("gram", 5, None), torch.bfloat16)
@@ -71,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = make_plan("polar_express", 5, None)
     candidates = {
-        "all_bf16_iteration": lambda G: all_bf16_iteration(G, plan),
+        "all_bf16_iteration": lambda G: bench.torch_all_bf16_iteration(G, plan),
         "fastmuon_bf16_default": lambda G: orthogonalize(G, dtype=torch.bfloat16),
         "gram_bf16_restart_every_2": lambda G: gram_bf16(G, 2),
         "gram_bf16_restart_every_3": lambda G: gram_bf16(G, 3),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastmuon import cpu
+from fastmuon.bench import torch_all_bf16_iteration
 from fastmuon.plan import make_plan
 from support.frameworks import TorchFramework
 from support.spectral import exact_iteration, matrix_with_spectrum
@@ -107,18 +108,6 @@ def test_bf16_default_is_the_bf16_reference_and_native_stays_fp32(bf16_cpu, rng)
     assert torch.equal(orthogonalize(G, backend="native"), orthogonalize(G, backend="native", dtype=torch.float32))
 
 
-def all_bf16_iteration(G, plan):
-    """The plan's iteration with every value in bf16, norm included (the wide orientation)."""
-    X = G.to(torch.bfloat16)
-    tall = X.shape[-2] > X.shape[-1]
-    X = X.mT if tall else X
-    X = X / (torch.linalg.matrix_norm(X) * plan.norm_scale + plan.eps)
-    for a, b, c in plan.coefficients:
-        A = X @ X.mT
-        X = a * X + (b * A + c * (A @ A)) @ X
-    return (X.mT if tall else X).float()
-
-
 def polar_factor(G64):
     U, _, Vt = np.linalg.svd(G64, full_matrices=False)
     return U @ Vt
@@ -139,7 +128,7 @@ def test_bf16_default_is_as_accurate_as_an_all_bf16_iteration(bf16_cpu, shape):
         G64 = fw.to_numpy(G)
         exact = exact_iteration(G64, plan.coefficients, plan.norm_scale, plan.eps)[0]
         ours = fw.to_numpy(orthogonalize(G))
-        naive = fw.to_numpy(all_bf16_iteration(G, plan))
+        naive = fw.to_numpy(torch_all_bf16_iteration(G, plan))
         assert np.linalg.norm(ours - exact, ord=2) <= np.linalg.norm(naive - exact, ord=2)
         assert np.linalg.norm(ours - exact, ord=2) > 1e-3  # a bf16 result: fp32 would be far closer
         torch_muon = fw.to_numpy(zeropower(G, (3.4445, -4.7750, 2.0315), 5, 1e-7))
@@ -229,7 +218,7 @@ def test_bf16_muon_step_matches_fp32_within_bf16_rounding(bf16_cpu, rng):
     # all-bf16 orthogonalization; the default must be within 1x of its distance to fp32.
     plan = make_plan("polar_express", 5, None)
     momentum = 0.05 * G + 0.95 * (0.05 * G)  # Nesterov after one step from zero momentum
-    naive_step = -0.02 * all_bf16_iteration(momentum, plan).double().numpy()
+    naive_step = -0.02 * torch_all_bf16_iteration(momentum, plan).double().numpy()
     difference = np.linalg.norm(steps["default"] - steps["fp32"], ord=2)
     baseline = np.linalg.norm(naive_step - steps["fp32"], ord=2)
     assert 1e-3 * baseline < difference <= baseline

@@ -61,6 +61,22 @@ def torch_newton_schulz_addmm(G, steps: int = 5):
     return X.T if tall else X
 
 
+def torch_all_bf16_iteration(G, plan):
+    """A plan's iteration with every value in bf16, the norm included (wide orientation): the
+    accuracy bound of fastmuon's bf16 default (tests/test_cpu_defaults.py,
+    bench/bench_bf16_accuracy.py). Plain torch, independent of fastmuon's own code."""
+    import torch
+
+    X = G.to(torch.bfloat16)
+    tall = X.shape[-2] > X.shape[-1]
+    X = X.mT if tall else X
+    X = X / (torch.linalg.matrix_norm(X) * plan.norm_scale + plan.eps)
+    for a, b, c in plan.coefficients:
+        A = X @ X.mT
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return (X.mT if tall else X).float()
+
+
 def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]] = None) -> List[Provider]:
     """Every installed framework x backend x method, plus the torch baseline."""
     from .native import blas_available, mlx_ext_available
