@@ -1122,7 +1122,7 @@ def test_groups_sharing_a_stack_keep_their_own_hyperparameters(monkeypatch, rng,
             assert all(torch.equal(a, b) for a, b in zip(together[i], alone[i])), i
 
 
-def test_few_passes_batches_respect_options_and_bytes(monkeypatch):
+def test_chunk_batches_respect_options_and_bytes(monkeypatch):
     """Chunks share an orthogonalization call only with the same options, and a batch holds at
     most STACK_BYTES (a bigger chunk alone)."""
     monkeypatch.setattr(muon_module, "STACK_BYTES", 100)
@@ -1132,7 +1132,7 @@ def test_few_passes_batches_respect_options_and_bytes(monkeypatch):
 
     chunks = [chunk("a", 40), chunk("a", 40), chunk("a", 40), chunk("b", 10), chunk("b", 500), chunk("b", 10),
               chunk("b", 10, native=True), chunk("b", 10, native=True)]
-    sizes = [[c.nbytes for c in batch] for batch in muon_module._few_passes_batches(chunks)]
+    sizes = [[c.nbytes for c in batch] for batch in muon_module._chunk_batches(chunks)]
     assert sizes == [[40, 40], [40], [10], [500], [10], [10, 10]]
 
 

@@ -303,9 +303,10 @@ class _Chunk:
     native: bool  # fp32 weights, C-contiguous, on the native kernels: takes _native_step (no stack)
 
 
-def _few_passes_batches(chunks: List[_Chunk]):
+def _chunk_batches(chunks: List[_Chunk]):
     """Consecutive chunks with the same orthogonalization options, compute dtype and kernels
-    (native or not), at most ``STACK_BYTES`` a batch (a bigger chunk alone)."""
+    (native or not), at most ``STACK_BYTES`` a batch (a bigger chunk alone): the chunks that
+    share one orthogonalization call."""
     batch: List[_Chunk] = []
     for chunk in chunks:
         key = (chunk.options, chunk.compute_dtype, chunk.native)
@@ -542,16 +543,18 @@ class _MuonFamily(_CheckedOptimizer):
                 state["skipped_steps"].add_((~ok).to(torch.int64))
 
     def _local_muon_step(self, groups: List[dict]) -> None:
-        """One process: same-shape matrices are orthogonalized together, a chunk of at most
-        ``STACK_BYTES`` at a time, and each chunk is built, orthogonalized and applied before
-        the next, so the step's workspace stays bounded whatever the model's size. The stack is
-        held in the orthogonalization's compute dtype (half the bytes in bf16).
+        """One process: same-shape matrices are orthogonalized together, in chunks of at most
+        ``STACK_BYTES``, and consecutive chunks with the same orthogonalization options go in
+        batches of at most ``STACK_BYTES`` in all (``_chunk_batches``), each built,
+        orthogonalized in one call and applied before the next, so the step's workspace stays
+        bounded whatever the model's size. The stack is held in the orthogonalization's compute
+        dtype (half the bytes in bf16).
 
-        Chunks that may take the list-wide passes (``_few_passes_apply``) go in batches of
-        consecutive chunks with the same orthogonalization options, at most ``STACK_BYTES`` in
-        all: one finiteness check and one orthogonalization call a batch; a batch on the native
-        kernels (fp32, C-contiguous) takes the whole step in one native call instead, its
-        matrices shared out over the threads together (``_native_step``)."""
+        Batches of chunks that may take the list-wide passes (``_few_passes_apply``) make one
+        finiteness check; a batch on the native kernels (fp32, C-contiguous) takes the whole
+        step in one native call instead, its matrices shared out over the threads together
+        (``_native_step``). The other chunks (NorMuon, sphere, cautious decay, other devices and
+        dtypes) step parameter by parameter (``_per_parameter_chunks``)."""
         stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
         batches: Dict[torch.Tensor, int] = {}  # matrices in each parameter's view
         for group in groups:
@@ -561,6 +564,7 @@ class _MuonFamily(_CheckedOptimizer):
                     batches[p], rows, cols = matrix_view(p.shape)
                     stacks[(rows, cols, p.dtype, p.device, *options)].append((p, group))
         few_passes: List[_Chunk] = []
+        per_parameter: List[_Chunk] = []
         for (rows, cols, dtype, device, *options), members in stacks.items():
             group = members[0][1]
             count = sum(batches[p] for p, _ in members)
@@ -575,32 +579,36 @@ class _MuonFamily(_CheckedOptimizer):
                           and runs_native(group["backend"], device, (sum(counts), rows, cols), compute_dtype))
                 chunk = _Chunk(members_chunk, counts, group, rows, cols, stack_dtype, compute_dtype, tuple(options),
                                matrix_bytes * sum(counts), native)
-                if _few_passes_apply(members_chunk):
-                    few_passes.append(chunk)
-                else:
-                    self._per_parameter_chunk(chunk)
-        for batch in _few_passes_batches(few_passes):
+                (few_passes if _few_passes_apply(members_chunk) else per_parameter).append(chunk)
+        for batch in _chunk_batches(few_passes):
             if not self._few_passes(batch):
-                for chunk in batch:
-                    self._per_parameter_chunk(chunk)
+                self._per_parameter_chunks(batch)
+        for batch in _chunk_batches(per_parameter):
+            self._per_parameter_chunks(batch)
 
-    def _per_parameter_chunk(self, chunk: _Chunk) -> None:
-        """A chunk's step parameter by parameter (any device, dtype or option; a parameter with a
-        non-finite gradient is skipped), with one orthogonalization call for the chunk."""
-        items = [self._momentum_phase(p, g, commit=True) for p, g in chunk.members]
-        U = torch.empty((sum(item.batch for item in items), chunk.rows, chunk.cols), dtype=chunk.stack_dtype,
-                        device=items[0].param.device)
-        start = 0
-        for item in items:
-            U[start:start + item.batch].copy_(item.update)
-            item.update = None
-            start += item.batch
-        O = self._orthogonalize(U, chunk.group, chunk.compute_dtype)
-        del U
-        start = 0
-        for item in items:
-            self._update_phase(item, O[start:start + item.batch], item.finite)
-            start += item.batch
+    def _per_parameter_chunks(self, batch: List[_Chunk]) -> None:
+        """A batch of chunks (``_chunk_batches``) stepped parameter by parameter (any device,
+        dtype or option; a parameter with a non-finite gradient is skipped), with one
+        orthogonalization call for the batch's stacks."""
+        pending, stacks = [], []
+        for chunk in batch:
+            items = [self._momentum_phase(p, g, commit=True) for p, g in chunk.members]
+            U = torch.empty((sum(item.batch for item in items), chunk.rows, chunk.cols), dtype=chunk.stack_dtype,
+                            device=items[0].param.device)
+            start = 0
+            for item in items:
+                U[start:start + item.batch].copy_(item.update)
+                item.update = None
+                start += item.batch
+            pending.append(items)
+            stacks.append(U)
+        results = self._orthogonalize_stacks(stacks, batch[0].group, batch[0].compute_dtype)
+        del stacks
+        for items, O in zip(pending, results):
+            start = 0
+            for item in items:
+                self._update_phase(item, O[start:start + item.batch], item.finite)
+                start += item.batch
 
     def _few_passes(self, batch: List[_Chunk]) -> bool:
         """A batch of chunks stepped in a few list-wide passes (``torch._foreach_*``) when every
