@@ -248,7 +248,8 @@ class Muon(_TreeOptimizer):
             (0.2 sqrt(max(rows, cols))).
         cautious_weight_decay: decay only where sign(O) == sign(W).
         backend: orthogonalize backend (``"auto"``, ``"reference"``, ``"native"``, ...).
-        ns_dtype: compute dtype of the orthogonalization (default: orthogonalize's).
+        ns_dtype: compute dtype of the orthogonalization (default: orthogonalize's; 16-bit
+            floats are refused with ``method="gram"``).
         distributed: None (default) shares the orthogonalization over the ``mx.distributed``
             group when one of size > 1 is initialized (each process orthogonalizes a share of
             every same-shape stack, one all_gather per stack); False never; True requires it.

@@ -832,7 +832,7 @@ class Muon(_MuonFamily):
         adjust_lr_fn: torch.optim.Muon's name for ``adjust_lr`` (None: "original").
         method, backend, ns_dtype: passed to ``fastmuon.torch.orthogonalize`` (``ns_dtype`` is
             its compute ``dtype``; None: bf16 on CUDA and on CPUs with bf16 units for large
-            matrices, fp32 otherwise).
+            matrices, fp32 otherwise and for ``method="gram"``, which refuses 16-bit floats).
         adjust_lr: "original" or "match_rms_adamw".
         cautious_weight_decay: apply the decay only where update and weight agree in sign.
         allow_nd: accept 3-D weights (E, a, b), orthogonalized as E matrices (stacked MoE
