@@ -125,6 +125,30 @@ def test_empty_matrices_step_in_both_frameworks():
     params = {"empty": mx.zeros((8, 0)), "w": mx.array(w.numpy())}
     out = MlxMuon(0.02).apply_gradients({"empty": mx.zeros((8, 0)), "w": mx.array(g.numpy())}, params)
     assert out["empty"].shape == (8, 0) and out["w"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("shape", [(0, 8), (8, 0), (2, 0, 3)])
+def test_normuon_state_of_empty_matrices_stays_finite(shape):
+    """NorMuon's second moment of an empty weight is its mean of O^2 over an empty axis: zeros,
+    not 0/0 (it was NaN in both frameworks)."""
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import NorMuon
+
+    p = torch.nn.Parameter(torch.zeros(shape))
+    p.grad = torch.zeros(shape)
+    opt = NorMuon([p], allow_nd=True)
+    opt.step()
+    second = opt.state[p]["second_moment"]
+    assert torch.equal(second, torch.zeros_like(second)) and opt.state[p]["skipped_steps"].item() == 0
+    mx = pytest.importorskip("mlx.core")
+    import numpy as np
+
+    from fastmuon.mlx import NorMuon as MlxNorMuon
+
+    mlx_opt = MlxNorMuon(0.02)
+    mlx_opt.apply_gradients({"w": mx.zeros(shape)}, {"w": mx.zeros(shape)})
+    second = np.array(mlx_opt.state["w"]["second_moment"])
+    assert (second == 0).all() and mlx_opt.state["w"]["skipped_steps"].item() == 0
     with pytest.raises(ValueError, match="adjust_lr"):
         rules.shape_scale(4, 4, "none")
 

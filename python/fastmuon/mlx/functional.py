@@ -37,7 +37,9 @@ def normuon_normalize(O: mx.array, v: mx.array, beta2: float) -> Tuple[mx.array,
     v' = beta2 v + (1 - beta2) m; O' = O / sqrt(max(v', NORMUON_EPS)), rescaled to O's Frobenius
     norm (per matrix). A zero O gives zeros. Returns (O', v'), v' in v's dtype.
     """
-    m = mx.mean(O * O, axis=normuon_reduce_dim(O.shape[-2], O.shape[-1]), keepdims=True)
+    axis = normuon_reduce_dim(O.shape[-2], O.shape[-1])
+    # an empty view (a zero-length axis) has mean 0 here, not 0/0
+    m = (mx.mean if O.shape[axis] else mx.sum)(O * O, axis=axis, keepdims=True)
     v_new = (beta2 * v + (1.0 - beta2) * m).astype(v.dtype)
     normalized = O / mx.sqrt(mx.maximum(v_new, NORMUON_EPS)).astype(O.dtype)
     norm_before = mx.sqrt(mx.sum(O * O, axis=(-2, -1), keepdims=True))

@@ -126,7 +126,9 @@ def normuon_normalize(O: torch.Tensor, s: torch.Tensor, beta2: float) -> Tuple[t
     dim = normuon_reduce_dim(O.shape[-2], O.shape[-1])
     work = torch.promote_types(O.dtype, torch.float32)
     O32 = O.to(work)
-    m = (O32 * O32).mean(dim=dim, keepdim=True)
+    squares = O32 * O32
+    # an empty view (a zero-length axis) has mean 0 here, not 0/0
+    m = squares.mean(dim=dim, keepdim=True) if O.shape[dim] else squares.sum(dim=dim, keepdim=True)
     s_new = torch.lerp(s.to(work), m, 1.0 - beta2)
     normalized = O32 / s_new.clamp(min=NORMUON_EPS).sqrt()
     tiny = torch.finfo(work).tiny
