@@ -187,3 +187,32 @@ def test_sphere_modes_and_constants():
     assert rules.ADJUST_LR == ("original", "match_rms_adamw")
     assert rules.NORMUON_EPS == 1e-10
     assert math.isclose(rules.shape_scale(9, 1, "original"), 3.0)
+
+
+def test_adamw_eps_that_rounds_to_zero_in_float16_is_refused():
+    """AdamW's eps must not round to 0 in a weight's dtype: in float16 the default 1e-10 does,
+    and a zero gradient entry then turns its weight into NaN (0 / 0; torch.optim.AdamW does the
+    same silently). Both frameworks refuse it, naming the weight; a representable eps steps."""
+    assert rules.SMALLEST_SUBNORMAL["float16"] == 2.0**-24
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import MuonWithAdamW
+
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"eps=1e-10 rounds to 0 in torch.float16, the dtype of param_groups\[0\]"):
+        MuonWithAdamW([{"params": [p], "use_muon": False}])
+    opt = MuonWithAdamW([{"params": [p], "use_muon": False, "eps": 1e-4}])
+    p.grad = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=torch.float16)
+    opt.step()
+    assert torch.isfinite(p).all() and p[0].item() == 1.0
+    MuonWithAdamW([{"params": [torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))], "use_muon": False}])
+    mx = pytest.importorskip("mlx.core")
+    import numpy as np
+
+    import fastmuon.mlx as fm
+
+    params = {"w": mx.ones((4, 4)), "b": mx.ones((4,), dtype=mx.float16)}
+    grads = {"w": mx.ones((4, 4)), "b": mx.array([0.0, 1.0, 0.0, -1.0], dtype=mx.float16)}
+    with pytest.raises(ValueError, match="eps=1e-10 rounds to 0 in mlx.core.float16, the dtype of the parameter at 'b'"):
+        fm.MuonWithAdamW(0.02).apply_gradients(grads, params)
+    out = fm.MuonWithAdamW(0.02, adamw_eps=1e-4).apply_gradients(grads, params)
+    assert np.isfinite(np.array(out["b"].astype(mx.float32))).all()

@@ -80,6 +80,24 @@ def check_muon_options(options: dict, backends: Sequence[str]) -> None:
     check_backend(options["backend"], backends)
 
 
+# The smallest positive (subnormal) value of each float dtype: a positive number at or below half
+# of it rounds to zero there.
+SMALLEST_SUBNORMAL = {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149, "float64": 2.0**-1074}
+
+
+def check_adamw_eps(eps: float, dtype_name: str, name: str) -> None:
+    """Raise ValueError if AdamW's ``eps`` > 0 rounds to zero in a weight's dtype (float16 below
+    about 3e-8, e.g. the default 1e-10): the update of a zero gradient entry would be 0 / 0 and
+    its weight NaN (as with torch.optim.AdamW on float16 weights), with no warning."""
+    smallest = SMALLEST_SUBNORMAL.get(dtype_name.rpartition(".")[2])
+    if smallest is not None and 0 < eps <= smallest / 2:
+        raise ValueError(
+            f"AdamW eps={eps!r} rounds to 0 in {dtype_name}, the dtype of {name}: a zero gradient entry "
+            "would make its weight NaN (0 / 0); use eps >= 6e-8 for float16 weights (1e-4 is common), "
+            "or keep float32 weights"
+        )
+
+
 def check_hyperparameters(
     *,
     lr: float,

@@ -35,6 +35,7 @@ from ..rules import (
     DEFAULT_EXCLUDE,
     MUON_DEFAULTS,
     NORMUON_BETA2,
+    check_adamw_eps,
     check_hyperparameters,
     check_muon_options,
     matrix_view,
@@ -495,10 +496,13 @@ class _FiniteAdamW(AdamW):
         state["skipped_steps"] = mx.array(0, mx.int32)
 
     def apply_gradients(self, gradients, parameters):
+        leaves = check_gradient_tree(gradients, parameters)
+        for path, _, _, parameter in leaves:
+            check_adamw_eps(self.eps, str(parameter.dtype), f"the parameter at {path!r}")
         # A parameter routed here after ``init`` (an embedding recognised by its module type only
         # once the update is given the model) gets its state now instead of a KeyError.
         if self._initialized:  # else the base class initializes every state
-            _init_missing_state(self, gradients, check_gradient_tree(gradients, parameters))
+            _init_missing_state(self, gradients, leaves)
         return super().apply_gradients(gradients, parameters)
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):

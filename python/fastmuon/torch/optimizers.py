@@ -45,6 +45,7 @@ from ..rules import (
     ADAMW_DEFAULTS,
     MUON_DEFAULTS,
     NORMUON_BETA2,
+    check_adamw_eps,
     check_hyperparameters,
     check_muon_options,
     matrix_view,
@@ -132,7 +133,7 @@ def _adamw_betas(group: dict) -> Tuple[float, float]:
     return (group.get("momentum", beta1), beta2)
 
 
-def _check_adamw_group(group: dict) -> None:
+def _check_adamw_group(group: dict, group_index: int) -> None:
     lr, (beta1, beta2), eps, wd = group["lr"], _adamw_betas(group), group["eps"], group["weight_decay"]
     _check_lr(lr)
     check_hyperparameters(lr=0.0, weight_decay=wd)
@@ -140,6 +141,8 @@ def _check_adamw_group(group: dict) -> None:
         raise ValueError(f"betas must be in [0, 1), got {group['betas']!r}")
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    for i, p in enumerate(group["params"]):
+        check_adamw_eps(eps, str(p.dtype), _param_name(group, i, group_index))
 
 
 # Most bytes of a same-shape stack orthogonalized at once (in the compute dtype) by one process;
@@ -391,7 +394,7 @@ class _MuonFamily(_CheckedOptimizer):
         if group["use_muon"]:
             _check_muon_group(group, index)
         else:
-            _check_adamw_group(group)
+            _check_adamw_group(group, index)
 
     # ------------------------------------------------------------------- step
     def _init_group(self) -> None:
