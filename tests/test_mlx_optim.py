@@ -1019,3 +1019,16 @@ def test_mlx_generic_state_types_compiled_lr_and_reload(name):
     again = make()
     again.state = tree_unflatten(tree_flatten(opt.state))
     mx.eval(again.apply_gradients(grads, first))
+
+
+def test_momentum_keeps_the_weights_dtype_under_fp32_gradients():
+    """bf16 weights with fp32 gradients (accumulated in fp32): the momentum stays bf16, as
+    fastmuon.torch keeps its buffer's dtype (mx.where promoted it to fp32 after the first step,
+    twice its memory)."""
+    for cls in (fm.Muon, fm.NorMuon):
+        opt = cls(0.02)
+        params = {"w": mx.zeros((8, 12), dtype=mx.bfloat16)}
+        for _ in range(2):
+            params = opt.apply_gradients({"w": mx.ones((8, 12), dtype=mx.float32)}, params)
+            mx.eval(params, opt.state)
+            assert opt.state["w"]["momentum"].dtype == mx.bfloat16 and params["w"].dtype == mx.bfloat16

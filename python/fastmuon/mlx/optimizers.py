@@ -388,7 +388,8 @@ class Muon(_TreeOptimizer):
                                      scale=shape_scale(view[1], view[2], self.adjust_lr) if param.ndim >= 2 else 1.0,
                                      cautious=self.cautious_weight_decay)
             W_new = mx.where(ok, W_new, W).astype(param.dtype).reshape(param.shape)
-            state["momentum"] = mx.where(ok, M, M_old).reshape(param.shape)
+            # kept in its own dtype (the weight's): fp32 gradients on bf16 weights promote M
+            state["momentum"] = mx.where(ok, M, M_old).astype(M_old.dtype).reshape(param.shape)
             state["skipped_steps"] = state["skipped_steps"] + (1 - ok.astype(mx.int32))
             out.append(W_new)
         return out
