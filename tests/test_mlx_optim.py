@@ -1028,6 +1028,7 @@ def test_momentum_keeps_the_weights_dtype_under_fp32_gradients():
     for cls in (fm.Muon, fm.NorMuon):
         opt = cls(0.02)
         params = {"w": mx.zeros((8, 12), dtype=mx.bfloat16)}
+        opt.init(params)  # (without it mlx initializes the state from the first gradients, fp32 here)
         for _ in range(2):
             params = opt.apply_gradients({"w": mx.ones((8, 12), dtype=mx.float32)}, params)
             mx.eval(params, opt.state)
