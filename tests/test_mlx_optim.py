@@ -1033,3 +1033,13 @@ def test_momentum_keeps_the_weights_dtype_under_fp32_gradients():
             params = opt.apply_gradients({"w": mx.ones((8, 12), dtype=mx.float32)}, params)
             mx.eval(params, opt.state)
             assert opt.state["w"]["momentum"].dtype == mx.bfloat16 and params["w"].dtype == mx.bfloat16
+
+
+def test_a_dotted_key_that_collides_with_a_nested_path_raises():
+    """{"a.b": W1, "a": {"b": W2}} gives both parameters the path 'a.b', by which mlx's trees
+    are rebuilt: one update silently replaced the other. Every optimizer now raises, naming it."""
+    params = {"a.b": mx.zeros((4, 4)), "a": {"b": mx.ones((4, 4))}}
+    grads = {"a.b": mx.ones((4, 4)), "a": {"b": mx.ones((4, 4))}}
+    for opt in (fm.Muon(0.02), fm.SignSGD(0.01), fm.MuonWithAdamW(0.02)):
+        with pytest.raises(ValueError, match=r"two parameters share the path 'a\.b'"):
+            opt.apply_gradients(grads, params)

@@ -81,6 +81,14 @@ def check_gradient_tree(gradients, parameters) -> List[Tuple[str, tuple, mx.arra
         )
     leaves: List[Tuple[str, tuple, mx.array, mx.array]] = []
     _walk(gradients, parameters, (), leaves)
+    paths = [path for path, *_ in leaves]
+    if len(set(paths)) != len(paths):  # mlx's trees are keyed by these dotted paths
+        duplicate = next(path for path in paths if paths.count(path) > 1)
+        keys = [repr(keys) for path, keys, *_ in leaves if path == duplicate]
+        raise TreeMismatchError(
+            f"two parameters share the path {duplicate!r} (keys {', '.join(keys)}): a dict key "
+            "containing '.' collides with a nested key, and one update would overwrite the other; rename it"
+        )
     return leaves
 
 
