@@ -1043,3 +1043,37 @@ def test_a_dotted_key_that_collides_with_a_nested_path_raises():
     for opt in (fm.Muon(0.02), fm.SignSGD(0.01), fm.MuonWithAdamW(0.02)):
         with pytest.raises(ValueError, match=r"two parameters share the path 'a\.b'"):
             opt.apply_gradients(grads, params)
+
+
+def test_adamw_part_bias_corrects_by_each_parameters_own_steps():
+    """The AdamW part counts a parameter's own steps for its bias corrections, as fastmuon.torch
+    and torch.optim.AdamW do: after a skipped (NaN) step, and for a parameter whose first
+    gradient comes at step 3, the first real update is the t = 1 update, -lr * sign(g) here
+    (the optimizer's step gave 0.73x and 0.62x of it). With no skips it stays bitwise mlx's
+    AdamW(bias_correction=True)."""
+    import mlx.optimizers as mlx_optim
+
+    lr = 1e-3
+    g = np.array([0.5, -1.0, 2.0], np.float32)
+    expected = -lr * np.sign(g)
+    opt = fm.MuonWithAdamW(0.02, lr)
+    p = {"bias": mx.zeros((3,))}
+    for G in (np.array([np.nan, 1.0, 2.0], np.float32), g):
+        p = opt.apply_gradients({"bias": mx.array(G)}, p)
+    np.testing.assert_allclose(np.array(p["bias"]), expected, rtol=1e-5)
+
+    opt = fm.MuonWithAdamW(0.02, lr)
+    p = {"a": mx.zeros((3,)), "late": mx.zeros((3,))}
+    for step in range(3):
+        grads = {"a": mx.ones((3,)), "late": mx.array(g)} if step == 2 else {"a": mx.ones((3,))}
+        p.update(opt.apply_gradients(grads, p))
+    np.testing.assert_allclose(np.array(p["late"]), expected, rtol=1e-5)
+
+    ours, theirs = fm.MuonWithAdamW(0.02, lr, adamw_weight_decay=0.1), mlx_optim.AdamW(lr, betas=[0.9, 0.95],
+                                                                                     eps=1e-10, weight_decay=0.1,
+                                                                                     bias_correction=True)
+    a, b = {"bias": mx.ones((5,))}, {"bias": mx.ones((5,))}
+    for step in range(4):
+        G = {"bias": mx.array(np.random.default_rng(step).standard_normal(5).astype(np.float32))}
+        a, b = ours.apply_gradients(G, a), theirs.apply_gradients(G, b)
+        assert np.array_equal(np.array(a["bias"]), np.array(b["bias"]))

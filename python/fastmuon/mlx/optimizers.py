@@ -498,11 +498,16 @@ class SignSGD(_TreeOptimizer):
 class _FiniteAdamW(AdamW):
     """mlx's AdamW (bias-corrected here, as ``torch.optim.AdamW``), with the fastmuon
     non-finite policy: a parameter whose gradient holds a NaN or Inf keeps its value and its
-    moments for the step (counted in ``skipped_steps``)."""
+    moments for the step (counted in ``skipped_steps``). The bias corrections count the
+    parameter's own steps, as ``fastmuon.torch`` and ``torch.optim.AdamW`` do: the optimizer's
+    steps since its state was made (``steps_before`` holds the steps before that), less the
+    skipped ones. (mlx's AdamW takes the optimizer's step: after a skipped step, or for a
+    parameter that joined late, its first real update came out up to 0.6x too small.)"""
 
     def init_single(self, parameter: mx.array, state: dict):
         super().init_single(parameter, state)
         state["skipped_steps"] = mx.array(0, mx.int32)
+        state["steps_before"] = mx.array(self.step if "step" in self.state else 0, mx.int32)
 
     def apply_gradients(self, gradients, parameters):
         leaves = check_gradient_tree(gradients, parameters)
@@ -517,7 +522,14 @@ class _FiniteAdamW(AdamW):
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
         ok = mx.all(mx.isfinite(gradient))
         moments = {key: state[key] for key in ("m", "v")}
-        updated = super().apply_single(mx.where(ok, gradient, mx.zeros_like(gradient)), parameter, state)
+        optimizer_step = self.state["step"]
+        # mlx's Adam reads self.step for its corrections: this parameter's own count meanwhile
+        not_taken = state["skipped_steps"] + state.get("steps_before", 0)
+        self.state["step"] = optimizer_step - not_taken.astype(optimizer_step.dtype)  # stays an integer
+        try:
+            updated = super().apply_single(mx.where(ok, gradient, mx.zeros_like(gradient)), parameter, state)
+        finally:
+            self.state["step"] = optimizer_step
         for key, old in moments.items():
             state[key] = mx.where(ok, state[key], old)
         state["skipped_steps"] = state["skipped_steps"] + (1 - ok.astype(mx.int32))
