@@ -27,7 +27,7 @@ def matrix_work(shape) -> Tuple[int, float]:
     """(matrices, m * m * n per matrix) of a (..., m, n) stack, m <= n."""
     rows, cols = shape[-2], shape[-1]
     m, n = (rows, cols) if rows <= cols else (cols, rows)
-    return math.prod(shape[:-2]) if len(shape) != 3 else shape[0], float(m) * m * n
+    return math.prod(shape[:-2]), float(m) * m * n
 
 
 def _blas_threads(total_work: float, available: int) -> int:

@@ -507,7 +507,7 @@ class _FiniteAdamW(AdamW):
     def init_single(self, parameter: mx.array, state: dict):
         super().init_single(parameter, state)
         state["skipped_steps"] = mx.array(0, mx.int32)
-        state["steps_before"] = mx.array(self.step if "step" in self.state else 0, mx.int32)
+        state["steps_before"] = mx.array(self.step, mx.int32)
 
     def apply_gradients(self, gradients, parameters):
         leaves = check_gradient_tree(gradients, parameters)

@@ -296,7 +296,8 @@ class _Chunk:
 
     members: List[Tuple[torch.Tensor, dict]]  # (parameter, its group)
     counts: List[int]  # matrices in each member's view
-    group: dict
+    group: dict  # the first member's: the orthogonalization options all members share (each
+    # member's other hyperparameters are its own group's: _by_group)
     rows: int
     cols: int
     stack_dtype: torch.dtype
