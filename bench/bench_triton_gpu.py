@@ -324,14 +324,14 @@ class whole_stacks:
     """While active, fastmuon's Muon orthogonalizes each same-shape stack in one call."""
 
     def __enter__(self):
-        from fastmuon.torch import optimizers
+        from fastmuon.torch.optim import pipeline
 
-        self.saved, optimizers.STACK_BYTES = optimizers.STACK_BYTES, 1 << 62
+        self.saved, pipeline.STACK_BYTES = pipeline.STACK_BYTES, 1 << 62
 
     def __exit__(self, *exc):
-        from fastmuon.torch import optimizers
+        from fastmuon.torch.optim import pipeline
 
-        optimizers.STACK_BYTES = self.saved
+        pipeline.STACK_BYTES = self.saved
 
 
 def compiled_step_row(torch, timed, record) -> None:

@@ -307,21 +307,16 @@ def test_compiled_step_matches_reference(backend):
     run_step_by_step(cfg, opt, start, grads_seq, step_fn=step_fn)
 
 
-def test_same_shape_matrices_are_orthogonalized_in_one_call(monkeypatch):
-    import fastmuon.mlx.optimizers as optim_module
-
-    calls = []
-    original = optim_module.orthogonalize
-
-    def counting(U, **kwargs):
-        calls.append(U.shape)
-        return original(U, **kwargs)
-
-    monkeypatch.setattr(optim_module, "orthogonalize", counting)
+def test_same_shape_matrices_are_orthogonalized_in_one_call():
+    """explain() reports one orthogonalization call per matrix shape, stacked."""
     rng = np.random.default_rng(2)
     params, grads = random_tree(rng), random_tree(rng)
-    batched = fm.NorMuon(backend="reference").apply_gradients(grads, params)
-    assert sorted(calls) == sorted([(2, 16, 24), (1, 24, 16), (3, 8, 12), (1, 4, 12)])
+    opt = fm.NorMuon(backend="reference")
+    routes = opt.explain(grads, params)
+    calls = {r.call: r.stack_shape for r in routes if r.call is not None}
+    assert sorted(calls.values()) == sorted([(2, 16, 24), (1, 24, 16), (3, 8, 12), (1, 4, 12)])
+    assert {(r.impl, r.backend) for r in routes if r.call is not None} == {("per_parameter", "reference")}
+    batched = opt.apply_gradients(grads, params)
     # each parameter on its own gives the same numbers (the batch does not change the kernels)
     for path, p in tree_flatten(params):
         alone = fm.NorMuon(backend="reference").apply_gradients({"w": flat(grads)[path]}, {"w": p})

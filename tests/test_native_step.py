@@ -97,61 +97,60 @@ def test_muon_step_errors_name_the_array(blas_ext):
         assert torch.equal(t, torch.zeros(4, 6))
 
 
-def test_optimizer_keeps_the_torch_passes_for_a_strided_weight(blas_ext, monkeypatch):
+def test_optimizer_keeps_the_torch_passes_for_a_strided_weight(blas_ext):
     """A weight that is not C-contiguous (here a transposed view) cannot be updated in place by
-    the native step; its stack takes the torch passes, bitwise the same as the per-parameter
-    step, while the contiguous ones take the native step."""
-    import fastmuon.torch.optimizers as muon_module
+    the native step; its stack takes the torch passes (explain() says so), bitwise the same as
+    the per-parameter step, while the contiguous ones take the fused native step."""
     from fastmuon.torch import Muon
 
     gen = torch.Generator().manual_seed(2)
     start = [torch.randn(24, 16, generator=gen), torch.randn(16, 24, generator=gen).T, torch.randn(8, 40, generator=gen)]
     grads = [torch.randn(w.shape, generator=gen) for w in start]
-    native_shapes = []
-    real_step = muon_module.native_muon_step
-    monkeypatch.setattr(muon_module, "native_muon_step",
-                        lambda *args: native_shapes.extend(args[3]) or real_step(*args))
 
-    def run(few_passes: bool):
-        monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk: few_passes)
+    def run(impl: str):
         params = [torch.nn.Parameter(w.clone() if w.is_contiguous() else w.clone().T.contiguous().T) for w in start]
         assert not params[1].is_contiguous()
         for p, g in zip(params, grads):
             p.grad = g.clone()
-        opt = Muon(params, weight_decay=0.1)
+        opt = Muon(params, weight_decay=0.1, impl=impl)
+        routes = opt.explain()
         opt.step()
-        return params, opt
+        return params, opt, routes
 
-    fast, fast_opt = run(True)
-    assert sorted(native_shapes) == [(1, 8, 40)]  # the (24, 16) stack holds the strided weight: torch passes
-    slow, slow_opt = run(False)
+    fast, fast_opt, routes = run("auto")
+    # the (24, 16) stack holds the strided weight: torch passes
+    assert [(r.stack_shape, r.impl) for r in routes] == [((2, 24, 16), "foreach"), ((2, 24, 16), "foreach"),
+                                                         ((1, 8, 40), "fused")]
+    assert "not C-contiguous" in routes[0].why
+    slow, slow_opt, _ = run("per_parameter")
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)
         assert torch.equal(fast_opt.state[a]["momentum_buffer"], slow_opt.state[b]["momentum_buffer"])
+    with pytest.raises(ValueError, match='impl="fused" cannot step.*not C-contiguous'):
+        run("fused")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
-def test_optimizer_keeps_the_torch_passes_for_other_dtypes(blas_ext, monkeypatch, dtype):
+def test_optimizer_keeps_the_torch_passes_for_other_dtypes(blas_ext, dtype):
     """The native step takes fp32 weights only; the others step bitwise as the per-parameter path
     does. (bf16 and fp16 weights keep the per-parameter path: torch's list-wide ops round their
     scalars to those dtypes, and the weight decay came out twice too strong.)"""
-    import fastmuon.torch.optimizers as muon_module
     from fastmuon.torch import Muon
 
     gen = torch.Generator().manual_seed(3)
     start = [torch.randn(24, 16, generator=gen).to(dtype), torch.randn(8, 40, generator=gen).to(dtype)]
     grads = [torch.randn(w.shape, generator=gen).to(dtype) for w in start]
-    monkeypatch.setattr(muon_module, "native_muon_step", None)  # must not be called
-    real_apply = muon_module._few_passes_apply
 
-    def run(per_parameter: bool):
-        monkeypatch.setattr(muon_module, "_few_passes_apply",
-                            (lambda chunk: False) if per_parameter else real_apply)
+    def run(impl: str):
         params = [torch.nn.Parameter(w.clone()) for w in start]
         for p, g in zip(params, grads):
             p.grad = g.clone()
-        Muon(params, weight_decay=0.1, backend="native").step()
-        return params
+        opt = Muon(params, weight_decay=0.1, backend="native", impl=impl)
+        taken = {r.impl for r in opt.explain()}
+        opt.step()
+        return params, taken
 
-    for a, b, w in zip(run(False), run(True), start):
+    (auto, taken), (per_parameter, _) = run("auto"), run("per_parameter")
+    assert taken == ({"foreach"} if dtype == torch.float64 else {"per_parameter"})
+    for a, b, w in zip(auto, per_parameter, start):
         assert a.dtype == dtype and torch.equal(a, b) and not torch.equal(a, w)

@@ -12,6 +12,7 @@ of its row factors, kappa = sqrt(max s / min s), which the reference measures (f
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 
@@ -21,7 +22,6 @@ import torch
 from torch import nn
 
 import fastmuon
-import fastmuon.torch.optimizers as muon_module
 from fastmuon import coefficients as coef
 from fastmuon.native import blas_available
 from fastmuon.plan import make_plan
@@ -29,6 +29,24 @@ from fastmuon.torch import Muon, MuonWithAdamW, NorMuon, SignSGD, muon_param_gro
 from support import reference_optim as reference
 from support.bad_options import BAD_MUON_OPTIONS
 from support.spectral import UNIT_ROUNDOFF, amplification, rounding_allowance
+
+# the module (fastmuon.torch.orthogonalize, the attribute, is the function); the optimizers call
+# its orthogonalize_stacks, which tests wrap to count matrices
+ortho_module = importlib.import_module("fastmuon.torch.orthogonalize")
+pipeline = importlib.import_module("fastmuon.torch.optim.pipeline")
+
+
+def stacks_by_call(opt) -> dict:
+    """{call: sorted stack shapes} of the next step, from ``explain()``."""
+    calls: dict = {}
+    for route in opt.explain():
+        if route.kind == "muon":
+            calls.setdefault(route.call, {})[route.stack] = route.stack_shape
+    return {call: sorted(stacks.values()) for call, stacks in calls.items()}
+
+
+def impls(opt) -> list:
+    return [route.impl for route in opt.explain()]
 
 # ------------------------------------------------------------------------------------------
 # Float64 reference (numpy)
@@ -291,9 +309,12 @@ def test_matches_torch_optim_muon_bf16(rng):
 # ------------------------------------------------------------------------------------------
 
 
-def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
+def test_same_shape_matrices_are_stacked_into_one_call(rng):
+    """On the CPU the stacks of every shape go in one orthogonalization call (explain() says so,
+    and the call itself is wrapped to count them); the fused native step takes each parameter
+    where it lies, all in one call."""
     calls = []
-    real = muon_module.orthogonalize_stacks
+    real = ortho_module.orthogonalize_stacks
 
     def counting(stacks, **kwargs):
         calls.append([tuple(U.shape) for U in stacks])
@@ -304,24 +325,22 @@ def test_same_shape_matrices_are_stacked_into_one_call(monkeypatch, rng):
     grads = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
     for p, g in zip(params, grads):
         p.grad = g.clone()
-    monkeypatch.setattr(muon_module, "orthogonalize_stacks", counting)
-    reference = [nn.Parameter(p.detach().clone()) for p in params]
-    for p, g in zip(reference, grads):
+    reference_params = [nn.Parameter(p.detach().clone()) for p in params]
+    for p, g in zip(reference_params, grads):
         p.grad = g.clone()
-    Muon(reference, allow_nd=True, backend="reference").step()
-    assert len(calls) == 1  # on the CPU, the stacks of every shape in one call
-    assert sorted(calls[0]) == sorted([(6, 16, 24), (2, 24, 16), (1, 8, 27)])
-    if blas_available():  # the native step takes each parameter where it lies, all in one call
-        calls.clear()
-        real_step = muon_module.native_muon_step
-        monkeypatch.setattr(muon_module, "native_muon_step",
-                            lambda *args: calls.append(list(args[3])) or real_step(*args))  # the matrix views
-        Muon(params, allow_nd=True, backend="native").step()
-        assert len(calls) == 1
-        assert sorted(calls[0]) == sorted([(1, 16, 24), (1, 24, 16), (1, 16, 24), (4, 16, 24), (1, 8, 27),
-                                           (1, 24, 16)])
-        monkeypatch.setattr(muon_module, "native_muon_step", real_step)
-    monkeypatch.setattr(muon_module, "orthogonalize_stacks", real)
+    opt = Muon(reference_params, allow_nd=True, backend="reference")
+    expected = sorted([(6, 16, 24), (2, 24, 16), (1, 8, 27)])
+    assert stacks_by_call(opt) == {0: expected}
+    assert {route.backend for route in opt.explain()} == {"reference"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ortho_module, "orthogonalize_stacks", counting)
+        opt.step()
+    assert len(calls) == 1 and sorted(calls[0]) == expected
+    if blas_available():  # the fused native step: one call, each parameter where it lies
+        opt = Muon(params, allow_nd=True, backend="native")
+        routes = opt.explain()
+        assert {(r.impl, r.backend, r.call) for r in routes} == {("fused", "native", 0)}
+        assert "fp32 on the native kernels" in routes[0].why
 
     # Stacking changes nothing: each parameter stepped alone gives bitwise the same weights.
     start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
@@ -821,22 +840,26 @@ def test_big_stacks_are_orthogonalized_in_bounded_chunks(monkeypatch, rng):
     grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(2)]
 
     def run(stack_bytes):
-        monkeypatch.setattr(muon_module, "STACK_BYTES", stack_bytes)
+        monkeypatch.setattr(pipeline, "STACK_BYTES", stack_bytes)
         calls = []
-        real = muon_module.orthogonalize_stacks
-        monkeypatch.setattr(muon_module, "orthogonalize_stacks",
+        real = ortho_module.orthogonalize_stacks
+        monkeypatch.setattr(ortho_module, "orthogonalize_stacks",
                             lambda stacks, **kw: calls.extend(U.shape[0] for U in stacks) or real(stacks, **kw))
         params = [nn.Parameter(w.clone()) for w in start]
         opt = NorMuon(params, weight_decay=0.1)
         for step_grads in grads:
             for p, g in zip(params, step_grads):
                 p.grad = g.clone()
+            planned = stacks_by_call(opt)
             opt.step()
-        monkeypatch.setattr(muon_module, "orthogonalize_stacks", real)
-        return params, opt, calls
+        monkeypatch.setattr(ortho_module, "orthogonalize_stacks", real)
+        return params, opt, calls, planned
 
-    whole, whole_opt, whole_calls = run(2**30)
-    chunked, chunked_opt, chunked_calls = run(2 * 16 * 24 * 4)  # two fp32 matrices a chunk
+    whole, whole_opt, whole_calls, whole_plan = run(2**30)
+    chunked, chunked_opt, chunked_calls, chunked_plan = run(2 * 16 * 24 * 4)  # two fp32 matrices a chunk
+    assert whole_plan == {0: [(3, 24, 16), (5, 16, 24)]}
+    assert sorted(s for stacks in chunked_plan.values() for s in stacks) == sorted(
+        [(2, 16, 24), (2, 16, 24), (1, 16, 24), (2, 24, 16), (1, 24, 16)])
     assert sorted(whole_calls) == [3, 3, 5, 5]
     assert sorted(chunked_calls) == [1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
     for a, b in zip(whole, chunked):
@@ -1041,42 +1064,35 @@ def test_torch_optim_muons_error_cases():
 
 @pytest.mark.parametrize("options", [dict(), dict(nesterov=False, weight_decay=0.1), dict(backend="reference"),
                                      dict(ns_dtype=torch.bfloat16, adjust_lr="match_rms_adamw", weight_decay=0.05)])
-def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options):
-    """On the CPU, chunks whose gradients are all finite take the list-wide (foreach) step, all
-    shapes in one batch (on the native kernels one piece per parameter, else stacked); weights
-    and momenta are bitwise those of the per-parameter step, and a batch holding a NaN leaves
-    it (the NaN parameter is skipped, the others step)."""
+def test_few_passes_step_equals_the_per_parameter_step(rng, options):
+    """On the CPU, chunks whose gradients are all finite take the list-wide step ("fused" on the
+    native kernels, one piece per parameter, else "foreach", stacked), all shapes in one batch;
+    weights and momenta are bitwise those of impl="per_parameter", and a batch holding a NaN
+    leaves it (the NaN parameter is skipped, the others step)."""
     shapes = [(16, 24), (16, 24), (3, 16, 24), (24, 16), (0, 16)]
     start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
     grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(3)]
     grads[2][1][0, 0] = float("nan")
-    taken = []
-    real = muon_module._MuonFamily._few_passes
-
-    def counting(self, batch):
-        result = real(self, batch)
-        taken.append((len(batch), result))
-        natives.add(batch[0].native)
-        return result
-
-    natives = set()
     native = blas_available() and "ns_dtype" not in options and options.get("backend") != "reference"
 
-    def run(few_passes: bool):
-        monkeypatch.setattr(muon_module, "_few_passes_apply", lambda chunk: few_passes)
+    def run(impl: str):
         params = [nn.Parameter(w.clone()) for w in start]
-        opt = Muon(params, allow_nd=True, **options)
+        opt = Muon(params, allow_nd=True, impl=impl, **options)
+        taken = []
         for step_grads in grads:
             for p, g in zip(params, step_grads):
                 p.grad = g.clone()
+            routes = opt.explain()
+            taken.append(({r.impl for r in routes}, {r.call for r in routes}, len({r.stack for r in routes})))
             opt.step()
-        return params, opt
+        return params, opt, taken
 
-    monkeypatch.setattr(muon_module._MuonFamily, "_few_passes", counting)
-    fast, fast_opt = run(True)
-    assert taken == [(3, True), (3, True), (3, False)]  # 3 chunks a step in one batch; the NaN one fell back
-    assert natives == {native}
-    slow, slow_opt = run(False)
+    fast, fast_opt, taken = run("auto")
+    list_wide = "fused" if native else "foreach"
+    # 3 chunks a step in one batch; the NaN one fell back
+    assert taken == [({list_wide}, {0}, 3)] * 2 + [({"per_parameter"}, {0}, 3)]
+    slow, slow_opt, taken = run("per_parameter")
+    assert all(impl == {"per_parameter"} for impl, _, _ in taken)
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)
         assert torch.equal(fast_opt.state[a]["momentum_buffer"], slow_opt.state[b]["momentum_buffer"])
@@ -1086,7 +1102,7 @@ def test_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, options
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
-def test_groups_sharing_a_stack_keep_their_own_hyperparameters(monkeypatch, rng, backend):
+def test_groups_sharing_a_stack_keep_their_own_hyperparameters(rng, backend):
     """Same-shape matrices of two groups with the same orthogonalization options share a stack,
     yet each steps with its own group's lr, weight decay, momentum, Nesterov and lr scale: the
     list-wide step (on the native kernels with "auto") is bitwise the per-parameter step, and
@@ -1098,75 +1114,71 @@ def test_groups_sharing_a_stack_keep_their_own_hyperparameters(monkeypatch, rng,
     first = dict(lr=0.02, weight_decay=0.1)
     second = dict(lr=0.05, weight_decay=0.0, momentum=0.9, nesterov=False, adjust_lr="match_rms_adamw")
 
-    def run(indices, groups, few_passes):
-        monkeypatch.setattr(muon_module, "_few_passes_apply",
-                            real_apply if few_passes else (lambda chunk: False))
+    def run(indices, groups, impl):
         params = {i: nn.Parameter(start[i].clone()) for i in indices}
         opt = Muon([{"params": [params[i] for i in group_indices], **options} for group_indices, options in groups],
-                   backend=backend)
+                   backend=backend, impl=impl)
         for step_grads in grads:
             for i, p in params.items():
                 p.grad = step_grads[i].clone()
+            if impl == "auto":
+                native = backend == "auto" and blas_available()
+                assert {r.impl for r in opt.explain()} == {"fused" if native else "foreach"}
             opt.step()
         return {i: (p.detach(), opt.state[p]["momentum_buffer"]) for i, p in params.items()}
 
-    real_apply = muon_module._few_passes_apply
     two_groups = [([0, 1], first), ([2, 3], second)]
-    together = run(range(4), two_groups, few_passes=True)
-    per_parameter = run(range(4), two_groups, few_passes=False)
+    together = run(range(4), two_groups, "auto")
+    per_parameter = run(range(4), two_groups, "per_parameter")
     for i in range(4):
         assert all(torch.equal(a, b) for a, b in zip(together[i], per_parameter[i])), i
     if backend == "auto":  # the native kernels give each matrix bitwise the same result alone
-        alone = {**run([0, 1], [([0, 1], first)], True), **run([2, 3], [([2, 3], second)], True)}
+        alone = {**run([0, 1], [([0, 1], first)], "auto"), **run([2, 3], [([2, 3], second)], "auto")}
         for i in range(4):
             assert all(torch.equal(a, b) for a, b in zip(together[i], alone[i])), i
 
 
-def test_chunk_batches_respect_options_and_bytes(monkeypatch):
-    """Chunks share an orthogonalization call only with the same options, and a batch holds at
-    most STACK_BYTES (a bigger chunk alone)."""
-    monkeypatch.setattr(muon_module, "STACK_BYTES", 100)
-
-    def chunk(options, nbytes, native=False):
-        return muon_module._Chunk([], [], {}, 1, 1, torch.float32, torch.float32, options, nbytes, native)
-
-    chunks = [chunk("a", 40), chunk("a", 40), chunk("a", 40), chunk("b", 10), chunk("b", 500), chunk("b", 10),
-              chunk("b", 10, native=True), chunk("b", 10, native=True)]
-    sizes = [[c.nbytes for c in batch] for batch in muon_module._chunk_batches(chunks)]
-    assert sizes == [[40, 40], [40], [10], [500], [10], [10, 10]]
+def test_batches_respect_options_and_bytes(monkeypatch):
+    """Stacks share an orthogonalization call only with the same options, and a call holds at
+    most STACK_BYTES (a bigger stack alone)."""
+    monkeypatch.setattr(pipeline, "STACK_BYTES", 100)
+    gen = torch.Generator().manual_seed(5)
+    same = [nn.Parameter(torch.randn(2, 5, generator=gen)) for _ in range(3)]  # 40 bytes each
+    other = [nn.Parameter(torch.randn(*shape, generator=gen)) for shape in [(1, 2), (5, 25), (2, 2)]]  # 8, 500, 16
+    for p in same + other:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt = Muon([{"params": same}, {"params": other, "method": "newton_schulz"}])
+    assert stacks_by_call(opt) == {0: [(2, 2, 5)], 1: [(1, 2, 5)], 2: [(1, 1, 2)], 3: [(1, 5, 25)], 4: [(1, 2, 2)]}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_adamw_few_passes_step_equals_the_per_parameter_step(monkeypatch, rng, dtype):
+def test_adamw_few_passes_step_equals_the_per_parameter_step(rng, dtype):
     """MuonWithAdamW's AdamW group of fp32 weights on the CPU steps in list-wide (foreach) passes
-    when every gradient is finite: weights and moments bitwise those of the per-parameter path; a
+    when every gradient is finite: weights and moments bitwise those of impl="per_parameter"; a
     step with a NaN gradient falls back to it (that parameter skipped, the others stepped)."""
     shapes = [(7,), (5, 3), (), (4,)]
     start = [torch.tensor(rng.standard_normal(s), dtype=dtype) for s in shapes]
     grads = [[torch.tensor(rng.standard_normal(s), dtype=dtype) for s in shapes] for _ in range(4)]
     grads[2][0][3] = float("nan")
-    taken = []
-    real = muon_module._MuonFamily._adamw_few_passes
 
-    def run(few_passes: bool):
-        def gate(self, group):
-            result = few_passes and real(self, group)
-            taken.append(result)
-            return result
-
-        monkeypatch.setattr(muon_module._MuonFamily, "_adamw_few_passes", gate)
+    def run(impl: str):
         params = [nn.Parameter(w.clone()) for w in start]
-        opt = MuonWithAdamW([{"params": params, "use_muon": False}], adamw_lr=3e-2, adamw_weight_decay=0.1)
+        opt = MuonWithAdamW([{"params": params, "use_muon": False}], adamw_lr=3e-2, adamw_weight_decay=0.1,
+                            impl=impl)
+        taken = []
         for step_grads in grads:
             for p, g in zip(params, step_grads):
                 p.grad = g.clone()
+            taken.append({r.impl for r in opt.explain()})
             opt.step()
-        return params, opt
+        return params, opt, taken
 
-    fast, fast_opt = run(True)
+    fast, fast_opt, taken = run("auto")
     # step 3 holds the NaN; bf16 weights always take the per-parameter path
-    assert taken == ([True, True, False, True] if dtype == torch.float32 else [False] * 4)
-    slow, slow_opt = run(False)
+    foreach, per_parameter = {"foreach"}, {"per_parameter"}
+    assert taken == ([foreach, foreach, per_parameter, foreach] if dtype == torch.float32 else [per_parameter] * 4)
+    slow, slow_opt, taken = run("per_parameter")
+    assert taken == [per_parameter] * 4
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)
         for key in ("exp_avg", "exp_avg_sq", "step", "skipped_steps"):
@@ -1181,19 +1193,13 @@ def test_chunks_of_one_stack_share_its_compute_dtype(monkeypatch, rng):
     take bf16 at this size on a CPU with bf16 units)."""
     monkeypatch.setenv("FASTMUON_CPU_BF16", "1")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(muon_module, "STACK_BYTES", 2 * 256 * 256 * 4)  # two fp32 matrices a chunk
-    dtypes = []
-    real = muon_module.orthogonalize_stacks
-    monkeypatch.setattr(muon_module, "orthogonalize_stacks",
-                        lambda stacks, **kw: dtypes.append((sum(U.shape[0] for U in stacks), kw["dtype"]))
-                        or real(stacks, **kw))
-    real_step = muon_module.native_muon_step  # the native step computes in fp32
-    monkeypatch.setattr(muon_module, "native_muon_step",
-                        lambda *args: dtypes.append((sum(view[0] for view in args[3]), torch.float32))
-                        or real_step(*args))
+    monkeypatch.setattr(pipeline, "STACK_BYTES", 2 * 256 * 256 * 4)  # two fp32 matrices a chunk
     params = [nn.Parameter(torch.tensor(rng.standard_normal((256, 256)), dtype=torch.float32)) for _ in range(3)]
     for p in params:
         p.grad = torch.ones_like(p)
-    Muon(params).step()
-    assert dtypes and all(dtype == torch.float32 for _, dtype in dtypes)
-    assert sum(count for count, _ in dtypes) == 3  # the chunks (2 + 1 matrices), batched together or not
+    opt = Muon(params)
+    routes = opt.explain()
+    assert {r.compute_dtype for r in routes} == {"float32"}
+    stacks = {(r.call, r.stack): r.stack_shape[0] for r in routes}
+    assert sorted(stacks.values()) == [1, 2]  # the chunks (2 + 1 matrices), batched together or not
+    opt.step()

@@ -40,7 +40,16 @@ MUON_DEFAULTS = dict(
     cautious_weight_decay=False,
     backend="auto",
     ns_dtype=None,
+    impl="auto",
 )
+
+# How a Muon step is carried out ("auto": the fastest that applies; each optimizer's
+# ``explain()`` says which one a parameter took and why). torch has all three: "fused" (the
+# whole step in one native call: CPU, fp32), "foreach" (list-wide torch passes: CPU, eager) and
+# "per_parameter" (any device, dtype and option; what torch.compile traces). MLX has one,
+# "per_parameter" (mx.compile fuses it).
+IMPLS = ("auto", "fused", "foreach", "per_parameter")
+MLX_IMPLS = ("auto", "per_parameter")
 
 # The AdamW half of MuonWithAdamW (torch.optim.AdamW's rule), for both frameworks.
 ADAMW_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
@@ -58,8 +67,18 @@ def muon_options(given: dict, extra: Iterable[str] = ()) -> dict:
     return {**MUON_DEFAULTS, **given}
 
 
-def check_muon_options(options: dict, backends: Sequence[str]) -> None:
+def check_impl(impl, valid: Sequence[str] = IMPLS) -> str:
+    """Raise ValueError unless ``impl`` is one of ``valid`` (a framework's implementations)."""
+    if not (isinstance(impl, str) and impl in valid):
+        others = [name for name in IMPLS if name not in valid]
+        hint = f" ({', '.join(others)}: torch only)" if impl in others else ""
+        raise ValueError(f"impl must be one of {', '.join(map(repr, valid))}, got {impl!r}{hint}")
+    return impl
+
+
+def check_muon_options(options: dict, backends: Sequence[str], impls: Sequence[str] = IMPLS) -> None:
     """Raise ValueError naming the first bad Muon option (``lr`` is checked by the caller)."""
+    check_impl(options.get("impl", "auto"), impls)
     check_hyperparameters(
         lr=0.0,
         momentum=options["momentum"],

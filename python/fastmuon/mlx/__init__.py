@@ -2,15 +2,16 @@
 ``NorMuon``, ``MuonWithAdamW`` (with ``muon_filter``) and ``SignSGD``, and ``warmup_cosine``.
 
 Imports only mlx. The modules mirror ``fastmuon.torch``: orthogonalize (checks and dispatch),
-reference / native / metal_backend (the backends), ops, functional (update rules), optimizers,
-routing, schedules.
+reference / native / metal_backend (the backends), ops, functional (update rules), optim (the
+optimizers), routing, schedules.
 """
 
 from .ops import ba_plus_caa, xxt
-from .optimizers import (
+from .optim import (
     Muon,
     MuonWithAdamW,
     NorMuon,
+    Route,
     SignSGD,
     TreeMismatchError,
     embedding_signsgd_with_adamw,
@@ -20,6 +21,6 @@ from .routing import muon_filter
 from .schedules import warmup_cosine
 
 __all__ = [
-    "BACKENDS", "Muon", "MuonWithAdamW", "NorMuon", "SignSGD", "TreeMismatchError", "ba_plus_caa",
+    "BACKENDS", "Muon", "MuonWithAdamW", "NorMuon", "Route", "SignSGD", "TreeMismatchError", "ba_plus_caa",
     "embedding_signsgd_with_adamw", "muon_filter", "orthogonalize", "warmup_cosine", "xxt",
 ]

@@ -7,7 +7,7 @@ BLAS, CPU) and ``metal_backend.py`` (Apple GPU).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import mlx.core as mx
 
@@ -21,6 +21,17 @@ BACKENDS = ("auto", "reference", "native", "metal")
 def default_compute_dtype() -> mx.Dtype:
     """bf16 on an Apple GPU; fp32 on the CPU, where 16-bit matmul is far slower than fp32."""
     return mx.bfloat16 if mx.default_device().type == mx.DeviceType.gpu else mx.float32
+
+
+def resolve_compute_dtype(dtype: Optional[mx.Dtype], method: str = "polar_express") -> mx.Dtype:
+    """The compute dtype of ``orthogonalize(G, dtype=dtype, method=method)``: ``dtype`` when
+    given, else ``default_compute_dtype()`` widened to fp32 for the Gram-space iteration."""
+    compute_dtype = default_compute_dtype() if dtype is None else dtype
+    if not (isinstance(compute_dtype, mx.Dtype) and mx.issubdtype(compute_dtype, mx.floating)):
+        raise ValueError(f"dtype must be a floating mlx dtype, got {dtype!r}")
+    if dtype is None and gram_needs_wider(method, 8 * compute_dtype.size):
+        compute_dtype = mx.float32
+    return compute_dtype
 
 
 def orthogonalize(
@@ -57,11 +68,7 @@ def orthogonalize(
     plan = make_plan(method, steps, coefficients, eps)
     check_backend(backend, BACKENDS)
     check_array(G, "G")
-    compute_dtype = default_compute_dtype() if dtype is None else dtype
-    if not (isinstance(compute_dtype, mx.Dtype) and mx.issubdtype(compute_dtype, mx.floating)):
-        raise ValueError(f"dtype must be a floating mlx dtype, got {dtype!r}")
-    if dtype is None and gram_needs_wider(plan.method, 8 * compute_dtype.size):
-        compute_dtype = mx.float32
+    compute_dtype = resolve_compute_dtype(dtype, plan.method)
     check_compute_bits(plan.method, 8 * compute_dtype.size, compute_dtype)
     if G.size == 0:  # the polar factor of an empty matrix is empty
         return mx.zeros(G.shape, dtype=G.dtype)
@@ -81,21 +88,57 @@ def check_array(a, name: str) -> None:
         raise TypeError(f"{name} must be a floating array, got dtype {a.dtype}")
 
 
+def _metal_refusal(on_gpu: bool, compute_dtype: mx.Dtype) -> Optional[str]:
+    if not on_gpu:
+        return "metal runs on a GPU default device"
+    if compute_dtype not in metal_kernels.DTYPES:
+        return f"the Metal kernels take float32, float16 or bfloat16, not {compute_dtype}"
+    if not metal_kernels.metal_available():
+        return "Metal is not available"
+    return None
+
+
+def _native_refusal(on_gpu: bool, compute_dtype: mx.Dtype) -> Optional[str]:
+    if on_gpu:
+        return "native runs on the CPU"
+    if compute_dtype != mx.float32:
+        return f"native computes in float32, the compute dtype is {compute_dtype}"
+    if not mlx_ext_available():
+        return "fastmuon._mlx_ext is not built"
+    return None
+
+
+# The registry "auto" chooses from, in order: each backend's refusal (whether the default
+# device is a GPU, and the compute dtype); the reference takes the rest.
+AUTO_CANDIDATES = (("metal", _metal_refusal), ("native", _native_refusal))
+
+
+def auto_backend(compute_dtype: mx.Dtype) -> Tuple[str, str]:
+    """("metal" | "native" | "reference", why): what ``backend="auto"`` runs on the default
+    device for ``compute_dtype``, and the reason."""
+    on_gpu = mx.default_device().type == mx.DeviceType.gpu
+    refusals = []
+    for name, refusal in AUTO_CANDIDATES:
+        why = refusal(on_gpu, compute_dtype)
+        if why is None:
+            return name, f"{name} takes {compute_dtype} on the {'GPU' if on_gpu else 'CPU'}"
+        if not why.startswith(f"{name} runs on"):  # a backend for the other device says nothing
+            refusals.append(why)
+    return "reference", "reference (mlx's own ops)" + (": " + "; ".join(refusals) if refusals else "")
+
+
 def select_backend(backend: str, compute_dtype: mx.Dtype) -> str:
     """The one place that decides which backend runs.
 
-    "auto": on a GPU default device, the Metal kernels when Metal is available and the compute
-    dtype is one they take (float32, float16, bfloat16); on the CPU, the native kernels when the
-    compute dtype is fp32 and the extension built; else the reference. An explicit backend that
+    "auto" asks ``auto_backend`` (the registry ``AUTO_CANDIDATES``): on a GPU default device,
+    the Metal kernels when Metal is available and the compute dtype is one they take (float32,
+    float16, bfloat16); on the CPU, the native kernels when the compute dtype is fp32 and the
+    extension built; else the reference. An explicit backend that
     cannot run raises: "native" with a non-fp32 dtype (ValueError), "metal" without Metal
     (RuntimeError) or with float64 (ValueError).
     """
     if backend == "auto":
-        if mx.default_device().type == mx.DeviceType.gpu:
-            metal_fits = compute_dtype in metal_kernels.DTYPES
-            return "metal" if metal_fits and metal_kernels.metal_available() else "reference"
-        native_fits = compute_dtype == mx.float32
-        return "native" if native_fits and mlx_ext_available() else "reference"
+        return auto_backend(compute_dtype)[0]
     if backend == "native" and compute_dtype != mx.float32:
         raise ValueError(
             f'backend="native" computes in float32; dtype={compute_dtype} needs backend="reference"'

@@ -3,17 +3,18 @@
 ``warmup_cosine``.
 
 Imports only torch (Triton is imported lazily by the CUDA kernels). The modules mirror
-``fastmuon.mlx``: orthogonalize (checks and dispatch), reference / native / triton_backend (the
-backends), ops, functional (update rules), optimizers, routing, schedules.
+``fastmuon.mlx``: orthogonalize (checks, dispatch and the backend registry), reference / native /
+triton_backend (the backends), ops, functional (update rules), optim (the optimizers), routing,
+schedules.
 """
 
 from .ops import ba_plus_caa, xxt
-from .optimizers import Muon, MuonWithAdamW, NorMuon, SignSGD
+from .optim import Muon, MuonWithAdamW, NorMuon, Route, SignSGD
 from .orthogonalize import BACKENDS, orthogonalize
 from .routing import muon_param_groups
 from .schedules import warmup_cosine
 
 __all__ = [
-    "BACKENDS", "Muon", "MuonWithAdamW", "NorMuon", "SignSGD", "ba_plus_caa", "muon_param_groups",
+    "BACKENDS", "Muon", "MuonWithAdamW", "NorMuon", "Route", "SignSGD", "ba_plus_caa", "muon_param_groups",
     "orthogonalize", "warmup_cosine", "xxt",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -100,8 +100,7 @@ def runs_native(backend: str, device, shape, compute_dtype: torch.dtype) -> bool
         return False
     if backend == "native":
         return True
-    return (backend == "auto" and compute_dtype == torch.float32 and blas_available()
-            and not _reference_is_faster(shape))
+    return backend == "auto" and _native_refusal(device, shape, compute_dtype, False) is None
 
 
 def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, shape=None,
@@ -230,24 +229,71 @@ _CUDA_NAMES: dict = {}
 cuda_device_name._dynamo_marked_constant = True  # a machine query, read once at trace time
 
 
-def _auto_takes_triton(t: torch.Tensor, compute_dtype: torch.dtype, differentiable: bool) -> bool:
-    """Whether "auto" runs a CUDA tensor on the Triton kernels: only where ``auto_table`` records
-    them measured faster for this GPU, dtype and shape (the table is empty until a GPU run fills
-    it), the kernels can take the dtype, and no gradient is needed."""
-    if not auto_table.TRITON_FASTER or differentiable or not triton_installed():
-        return False
-    dtype = str(compute_dtype).removeprefix("torch.")
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _native_refusal(device, shape, compute_dtype: torch.dtype, differentiable: bool) -> Optional[str]:
+    """Why "auto" does not run a stack on the native kernels (None: it does)."""
+    device_type = _device_type(device)
+    if device_type != "cpu":
+        return f"native runs on CPU tensors, not {device_type}"
+    if differentiable:
+        return "native has no autograd and the input requires grad"
+    if compute_dtype != torch.float32:
+        return f"native computes in float32, the compute dtype is {_dtype_name(compute_dtype)}"
+    if not blas_available():
+        return "fastmuon._blas is not built"
+    if _reference_is_faster(shape):
+        return "one fp32 matrix in ONE_MATRIX_REFERENCE_WORK on several threads: torch's fp32 was faster there"
+    return None
+
+
+def _triton_refusal(device, shape, compute_dtype: torch.dtype, differentiable: bool) -> Optional[str]:
+    """Why "auto" does not run a stack on the Triton kernels (None: it does): only where
+    ``auto_table`` records them measured faster for this GPU, dtype and shape."""
+    device_type = _device_type(device)
+    if device_type != "cuda":
+        return f"triton runs on CUDA tensors, not {device_type}"
+    if differentiable:
+        return "triton has no autograd and the input requires grad"
+    if not auto_table.TRITON_FASTER:
+        return "auto_table records no shape where Triton beat cuBLAS"
+    if not triton_installed():
+        return "triton is not installed"
+    dtype = _dtype_name(compute_dtype)
     if dtype not in ("float32", "bfloat16", "float16"):
-        return False
-    batch, (m, n) = math.prod(t.shape[:-2]), t.shape[-2:]
-    return auto_table.triton_measured_faster(cuda_device_name(t.device), dtype, batch, m, n)
+        return f"the Triton kernels take float32, bfloat16 or float16, not {dtype}"
+    batch, (m, n) = math.prod(shape[:-2]), shape[-2:]
+    gpu = cuda_device_name(device)
+    if not auto_table.triton_measured_faster(gpu, dtype, batch, m, n):
+        return f"auto_table records no Triton win on {gpu} for {dtype} {tuple(shape)}"
+    return None
+
+
+# The registry "auto" chooses from, in order: each backend's refusal for a stack (its device
+# type, shape, compute dtype and whether it needs gradients); the reference takes the rest.
+AUTO_CANDIDATES = (("native", _native_refusal), ("triton", _triton_refusal))
+
+
+def auto_backend(device, shape, compute_dtype: torch.dtype, differentiable: bool = False) -> Tuple[str, str]:
+    """("native" | "triton" | "reference", why): what ``backend="auto"`` runs for a stack of
+    ``shape`` on ``device`` computed in ``compute_dtype``, and the reason."""
+    device_type = _device_type(device)
+    refusals = []
+    for name, refusal in AUTO_CANDIDATES:
+        why = refusal(device, shape, compute_dtype, differentiable)
+        if why is None:
+            return name, f"{name} takes {device_type} stacks of this shape in {_dtype_name(compute_dtype)}"
+        if not why.startswith(f"{name} runs on"):  # a backend for another device says nothing
+            refusals.append(why)
+    engine = "cuBLAS" if device_type == "cuda" else "plain torch"
+    return "reference", f"reference ({engine})" + (": " + "; ".join(refusals) if refusals else "")
 
 
 def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) -> str:
-    """The one place that decides which backend runs. "auto" takes the native kernels for CPU
-    tensors computed in fp32 when they are built; on CUDA the Triton kernels where
-    ``auto_table.TRITON_FASTER`` records them measured faster (nowhere yet); else the reference
-    (cuBLAS on CUDA).
+    """The one place that decides which backend runs: "auto" asks ``auto_backend`` (the
+    registry ``AUTO_CANDIDATES``); an explicit backend that cannot take ``t`` raises, saying why.
 
     On an H100 (bench/results/triton_gpu.jsonl, 2026-11-22) the full Triton iteration was 1.5-3x
     slower than the cuBLAS reference on GPT-2-sized matrices and level with it only at
@@ -255,11 +301,7 @@ def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) ->
     """
     differentiable = t.requires_grad and torch.is_grad_enabled()
     if backend == "auto":
-        if t.device.type == "cuda":
-            return "triton" if _auto_takes_triton(t, compute_dtype, differentiable) else "reference"
-        # the native kernels have no autograd: a tensor that needs gradients stays on the reference
-        native_fits = not differentiable and runs_native(backend, t.device, t.shape, compute_dtype)
-        return "native" if native_fits else "reference"
+        return auto_backend(t.device, t.shape, compute_dtype, differentiable)[0]
     if backend in ("native", "triton") and differentiable:
         raise ValueError(
             f'backend="{backend}" has no autograd and the input requires grad; use backend="reference" '

@@ -1,0 +1,64 @@
+"""The one implementation of an MLX Muon step, "per_parameter" (mx.compile fuses it): per
+parameter the momentum, then one batched orthogonalization per stack of same-shape matrices
+(``pipeline.stack_key``), then per parameter NorMuon's normalization and the update."""
+
+from __future__ import annotations
+
+from typing import List
+
+import mlx.core as mx
+
+from ...rules import shape_scale
+from ..functional import decoupled_update, muon_momentum
+from .base import update_view, work_dtype
+from .pipeline import stack_key
+
+
+def step_per_parameter(opt, items) -> List[mx.array]:
+    """The new weights of ``items`` ((path, gradient, parameter, state)) under Muon ``opt``."""
+    prepared = []
+    groups: dict = {}
+    orthogonal: dict = {}
+    for index, (path, grad, param, state) in enumerate(items):
+        view = update_view(param.shape, path)
+        opt._check_state(path, param, state)
+        G = grad.reshape(view)
+        ok = mx.all(mx.isfinite(G))  # one flag per parameter, kept on the device
+        G = mx.where(ok, G, mx.zeros_like(G))  # NaN/Inf never enter the arithmetic
+        M_old = state["momentum"].reshape(view)
+        M, U = muon_momentum(M_old, G, opt.momentum, opt.nesterov)
+        prepared.append((view, ok, M_old, M))
+        if param.ndim < 2:  # no matrix: the momentum is the update, as in mlx.optimizers.Muon
+            orthogonal[index] = U
+            continue
+        groups.setdefault(stack_key(view, U.dtype), []).append((index, U))
+
+    for k, members in enumerate(groups.values()):  # one batched call per matrix shape
+        if len(members) == 1:
+            index, U = members[0]
+            orthogonal[index] = opt._orthogonalize_stack(U, k)
+            continue
+        O = opt._orthogonalize_stack(mx.concatenate([U for _, U in members], axis=0), k)
+        sizes = [U.shape[0] for _, U in members]
+        splits = [sum(sizes[: k + 1]) for k in range(len(sizes) - 1)]
+        for (index, _), part in zip(members, mx.split(O, splits, axis=0)):
+            orthogonal[index] = part
+
+    out = []
+    for index, (path, grad, param, state) in enumerate(items):
+        view, ok, M_old, M = prepared[index]
+        work = work_dtype(param.dtype)
+        O = orthogonal[index].astype(work)
+        if param.ndim >= 2:
+            O = opt._transform(O, ok, state)
+        W = param.reshape(view).astype(work)
+        W_new = decoupled_update(W, O, lr=opt._lr(work), weight_decay=opt.weight_decay,
+                                 scale=shape_scale(view[1], view[2], opt.adjust_lr) if param.ndim >= 2 else 1.0,
+                                 cautious=opt.cautious_weight_decay)
+        W_new = mx.where(ok, W_new, W).astype(param.dtype).reshape(param.shape)
+        # kept in its own dtype (the weight's): fp32 gradients on bf16 weights promote M
+        state["momentum"] = mx.where(ok, M, M_old).astype(M_old.dtype).reshape(param.shape)
+        state["skipped_steps"] = state["skipped_steps"] + (1 - ok.astype(mx.int32))
+        out.append(W_new)
+    return out
+

@@ -1,0 +1,50 @@
+"""The plan of an MLX Muon step: which matrices share an orthogonalization call (one stack per
+matrix shape and dtype, ``stack_key``), and ``explain_routes``, which reports it with the
+implementation and backend each parameter takes, and why."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import mlx.core as mx
+
+from ...route import Route
+from ..orthogonalize import auto_backend, resolve_compute_dtype
+from .base import update_view
+
+
+def stack_key(view: Tuple[int, int, int], dtype: mx.Dtype) -> tuple:
+    """Matrices with the same (rows, cols) and dtype are orthogonalized in one stack."""
+    return (view[1], view[2], dtype)
+
+
+def explain_routes(opt, leaves, strategy: str) -> List[Route]:
+    """A Route per gradient leaf ((path, keys, gradient, parameter)) of Muon ``opt``, in order."""
+    compute_dtype = resolve_compute_dtype(opt.ns_dtype, opt.method)
+    if opt.backend == "auto":
+        backend, backend_why = auto_backend(compute_dtype)
+    else:
+        backend, backend_why = opt.backend, f'backend="{opt.backend}"'
+    impl_why = 'MLX has one implementation, "per_parameter" (mx.compile fuses it)'
+    stacks: Dict[tuple, List[int]] = {}
+    views = []
+    for index, (path, _, grad, param) in enumerate(leaves):
+        view = update_view(param.shape, path)
+        views.append(view)
+        if param.ndim >= 2:
+            stacks.setdefault(stack_key(view, param.dtype), []).append(index)
+    placed = {}
+    for call, members in enumerate(stacks.values()):  # one call a stack, in this order
+        shape = (sum(views[i][0] for i in members), views[members[0]][1], views[members[0]][2])
+        for i in members:
+            placed[i] = (call, shape)
+    routes = []
+    for index, (path, _, grad, param) in enumerate(leaves):
+        if index not in placed:
+            routes.append(Route(path, "muon", strategy, "per_parameter", "", str(param.dtype), None, None, None,
+                                f"{impl_why}; a 0-D/1-D parameter takes the momentum step, not orthogonalized"))
+            continue
+        call, shape = placed[index]
+        routes.append(Route(path, "muon", strategy, "per_parameter", backend, str(compute_dtype).removeprefix("mlx.core."),
+                            call, 0, shape, f"{impl_why}; {backend_why}"))
+    return routes

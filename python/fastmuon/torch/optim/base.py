@@ -1,0 +1,158 @@
+"""What every fastmuon.torch optimizer shares: group checks that name the option or parameter at
+fault, the ``skipped_steps`` counters across ``state_dict``, the step's closure handling, and
+the DTensor helpers of the distributed strategies."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Tuple
+
+import torch
+import torch.distributed as dist
+from torch.optim import Optimizer
+
+from ...plan import check_compute_bits
+from ...rules import IMPLS, check_adamw_eps, check_hyperparameters, check_impl, check_muon_options, matrix_view
+from ..orthogonalize import BACKENDS
+
+__all__ = ["IMPLS", "CheckedOptimizer", "param_name", "check_lr", "check_muon_group", "check_adamw_group"]
+
+
+def check_lr(lr, what: str = "lr") -> None:
+    """A float, or a 0-D floating Tensor (as torch's optimizers take, so that a scheduler can
+    change it in place without recompiling a compiled step); schedules are lr_schedulers."""
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise ValueError(f"Tensor {what} must be 1-element and floating, got shape {tuple(lr.shape)} "
+                             f"and dtype {lr.dtype}")
+        lr = float(lr)  # checked once, here
+    elif callable(lr):
+        raise ValueError(
+            f"{what} must be a float or a Tensor, got {type(lr).__name__}; schedule it with "
+            "torch.optim.lr_scheduler (e.g. fastmuon.torch.warmup_cosine)"
+        )
+    check_hyperparameters(lr=lr)
+
+
+def param_name(group: dict, index: int, group_index: int) -> str:
+    """The parameter's name when the group has ``param_names``, else its place in the groups."""
+    names = group.get("param_names")
+    if names is not None and index < len(names):
+        return str(names[index])
+    return f"param_groups[{group_index}]['params'][{index}]"
+
+
+def check_muon_group(group: dict, group_index: int) -> None:
+    check_lr(group["lr"])
+    check_muon_options(group, BACKENDS)
+    ns_dtype = group["ns_dtype"]
+    if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
+        raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
+    if ns_dtype is not None:
+        check_compute_bits(group["method"], torch.finfo(ns_dtype).bits, ns_dtype, f"param_groups[{group_index}]['ns_dtype']")
+    for i, p in enumerate(group["params"]):
+        name = param_name(group, i, group_index)
+        if p.ndim != 2 and not group["allow_nd"]:  # torch.optim.Muon's error, type and wording
+            raise ValueError(
+                f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()} ({name}); "
+                "pass allow_nd=True to orthogonalize 3-D weights as stacks of matrices and 4-D conv weights as "
+                "(out, in*kh*kw), or route 0-D/1-D parameters to AdamW (muon_param_groups, MuonWithAdamW)"
+            )
+        matrix_view(p.shape, name)
+
+
+def adamw_betas(group: dict) -> Tuple[float, float]:
+    """An AdamW group's (beta1, beta2); its ``momentum`` key, when present, is beta1 (so that
+    OneCycleLR / CyclicLR with cycle_momentum cycle it along with Muon's momentum)."""
+    beta1, beta2 = group["betas"]
+    return (group.get("momentum", beta1), beta2)
+
+
+def check_adamw_group(group: dict, group_index: int) -> None:
+    lr, (beta1, beta2), eps, wd = group["lr"], adamw_betas(group), group["eps"], group["weight_decay"]
+    check_lr(lr)
+    check_hyperparameters(lr=0.0, weight_decay=wd)
+    check_impl(group.get("impl", "auto"))
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        raise ValueError(f"betas must be in [0, 1), got {group['betas']!r}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    for i, p in enumerate(group["params"]):
+        check_adamw_eps(eps, str(p.dtype), param_name(group, i, group_index))
+
+
+def is_dtensor(t) -> bool:
+    # A DTensor exists only once its module is loaded: no import, nothing to cache.
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (sharing its storage), or the tensor itself."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def all_ranks(flag: torch.Tensor) -> torch.Tensor:
+    """A 0-D bool that is True only where it is True on every rank."""
+    value = flag.to(torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return value.bool()
+
+
+def _counters_as_ints(optimizer: Optimizer, state_dict: dict) -> dict:
+    state_dict["state"] = {
+        key: {**state, "skipped_steps": int(state["skipped_steps"])} if "skipped_steps" in state else state
+        for key, state in state_dict["state"].items()
+    }
+    return state_dict
+
+
+def _counters_as_tensors(optimizer: Optimizer) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and isinstance(state.get("skipped_steps"), int):
+                state["skipped_steps"] = torch.tensor(state["skipped_steps"], dtype=torch.int64, device=p.device)
+
+
+class CheckedOptimizer(Optimizer):
+    """An Optimizer whose ``add_param_group`` fills per-kind defaults and validates the group
+    (raising ValueError, with the optimizer left as it was), and whose ``step`` evaluates the
+    closure and then runs the subclass's ``_step``."""
+
+    def __init__(self, params, defaults: dict) -> None:
+        super().__init__(params, defaults)
+        # torch's load_state_dict casts every state tensor but "step" to the parameter's dtype;
+        # the int64 skipped_steps counters travel as ints instead (in bf16 they would stop at 256).
+        self.register_load_state_dict_pre_hook(_counters_as_ints)
+        self.register_load_state_dict_post_hook(_counters_as_tensors)
+
+    def _fill_group_defaults(self, group: dict) -> None:
+        """Fill a new group's per-kind defaults (before the base class adds ``self.defaults``)."""
+
+    def _check_group(self, group: dict, index: int) -> None:
+        """Raise ValueError naming the first bad option or parameter of ``group``."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        self._fill_group_defaults(param_group)
+        super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[-1], len(self.param_groups) - 1)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def _step(self) -> None:
+        """Update every parameter that has a gradient (under torch.no_grad)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step()
+        return loss

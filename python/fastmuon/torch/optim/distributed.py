@@ -1,0 +1,158 @@
+"""The two distributed strategies of a Muon step.
+
+* ``replicated_step`` (data parallel: DDP, or any process group of more than one rank):
+  gradients are expected to be averaged already, so that every rank holds the same ones. Each
+  rank orthogonalizes a disjoint share of every stack (contiguous chunks, the chunk-to-rank
+  assignment rotated from stack to stack) and one all-gather per stack shares the results;
+  every rank applies every update itself, so weights and state stay replicated and equal those
+  of a single process given the same gradients. Every Muon parameter joins every step, with
+  zeros standing in for a missing gradient, so no rank can deadlock; a parameter is updated only
+  if every rank had a finite gradient for it (otherwise it is skipped everywhere).
+* ``sharded_step`` (DTensor parameters: FSDP2's fully_shard, HSDP, tensor parallel): momentum,
+  state and update stay on each rank's shard; whole matrices are gathered to orthogonalize.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from ...rules import matrix_view
+from ..functional import muon_momentum_, normuon_normalize
+from .base import all_ranks, is_dtensor, local
+from .local import Pending, apply_update, momentum_phase, orthogonalize_group_stacks, update_phase
+from .pipeline import ORTHOGONALIZE_KEYS, freeze
+
+
+def replicated_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, dict]]]:
+    """Every Muon parameter (with a gradient or not) by stack, in the order every rank builds them."""
+    stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
+    for group in groups:
+        for p in group["params"]:
+            _, rows, cols = matrix_view(p.shape)
+            stacks[(rows, cols, p.dtype, p.device, *(freeze(group[k]) for k in ORTHOGONALIZE_KEYS))].append((p, group))
+    return stacks
+
+
+def replicated_step(groups: List[dict], state, world) -> None:
+    """One data-parallel step over ``world`` = (process group, rank, world size)."""
+    stacks: Dict[tuple, List[Pending]] = defaultdict(list)
+    for key, members in replicated_stacks(groups).items():
+        # Every parameter joins, so all ranks build the same stacks; each rank's verdict on its
+        # gradient is shared before the momentum is committed.
+        stacks[key] = [momentum_phase(p, group, state[p], commit=False) for p, group in members]
+    jobs = []
+    for members in stacks.values():
+        U = torch.cat([m.update for m in members]) if len(members) > 1 else members[0].update
+        valid = torch.cat([m.finite.expand(m.batch) for m in members])
+        for m in members:
+            m.update = None  # the stack holds them now; free the per-parameter copies
+        jobs.append((U, valid, members[0].group))
+    results = _share_out(jobs, *world)
+    for members, (O, ok) in zip(stacks.values(), results):
+        start = 0
+        for m in members:
+            stop = start + m.batch
+            update_phase(m, O[start:stop], ok[start:stop].all())
+            start = stop
+
+
+def _share_out(jobs, process_group, rank: int, world_size: int):
+    """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod
+    world_size of stack k, so single-matrix stacks spread over the ranks), then one all_gather
+    per stack shares [chunk, valid flags of the whole stack]. Chunks are padded to the same size
+    with zeros. A matrix may be updated only if it was valid on every rank. All gathers are
+    started before any is waited on."""
+    pending = []
+    for k, (U, valid, group) in enumerate(jobs):
+        n, rows, cols = U.shape
+        size = -(-n // world_size)
+        lo = min(n, ((rank + k) % world_size) * size)
+        hi = min(n, lo + size)
+        chunk = U.new_zeros((size, rows, cols))
+        if hi > lo:
+            chunk[: hi - lo] = orthogonalize_group_stacks([U[lo:hi]], group)[0]
+        message = torch.cat([chunk.reshape(-1), valid.to(U.dtype)])
+        gathered = [torch.empty_like(message) for _ in range(world_size)]
+        work = dist.all_gather(gathered, message, group=process_group, async_op=True)
+        pending.append((work, gathered, n, size, rows, cols, k))
+    results = []
+    for work, gathered, n, size, rows, cols, k in pending:
+        work.wait()
+        chunks: List[Optional[torch.Tensor]] = [None] * world_size
+        for r, message in enumerate(gathered):
+            chunks[(r + k) % world_size] = message[: size * rows * cols].reshape(size, rows, cols)
+        O = torch.cat(chunks)[:n]
+        flags = torch.stack([message[size * rows * cols:] for message in gathered])
+        results.append((O, flags.amin(dim=0) > 0))
+    return results
+
+
+def sharded_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, dict]]]:
+    """The DTensor parameters with a gradient by stack; refuses what the strategy cannot take."""
+    stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
+    for group in groups:
+        if group["sphere"] is not None:
+            raise ValueError("sphere= is not supported for sharded (DTensor) parameters")
+        for p in group["params"]:
+            if not is_dtensor(p):
+                raise ValueError("a Muon group mixes sharded (DTensor) and plain parameters")
+            if p.grad is not None:
+                _, rows, cols = matrix_view(p.shape)
+                stacks[(rows, cols, p.dtype, *(freeze(group[k]) for k in ORTHOGONALIZE_KEYS))].append((p, group))
+    return stacks
+
+
+def sharded_step(groups: List[dict], state) -> None:
+    """Parameters sharded as DTensors. Each matrix's U is gathered (one all-gather, O(parameters)
+    per step), and on a 1-D mesh the matrix's owner, rank (j + k) mod world for matrix j of
+    stack k, orthogonalizes it (same-shape matrices batched) and scatters the result's shards
+    back (``distribute_tensor`` from the owner). On other meshes every rank orthogonalizes every
+    matrix and keeps its shard. A gradient counts as finite only if every shard is; NorMuon's
+    second moment (one value per row or column) is kept whole on every rank."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for k, ((rows, cols, *_), members) in enumerate(sharded_stacks(groups).items()):
+        pending = []
+        for p, group in members:
+            p_state = state[p]
+            grad, M = local(p.grad), local(p_state["momentum_buffer"])
+            ok = all_ranks(torch.isfinite(grad).all())
+            U = muon_momentum_(M, grad, ok, group["momentum"], group["nesterov"])
+            U_full = DTensor.from_local(U, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(),
+                                        run_check=False).full_tensor()
+            pending.append((p, group, p_state, ok, U_full))
+        one_dim = all(p.device_mesh.ndim == 1 for p, *_ in pending)
+        owners = [(j + k) % world if one_dim else rank for j in range(len(pending))]
+        mine = [j for j, owner in enumerate(owners) if owner == rank]
+        results: Dict[int, torch.Tensor] = {}
+        if mine:
+            group = pending[mine[0]][1]
+            views = [pending[j][4].reshape(matrix_view(pending[j][0].shape)) for j in mine]
+            O = orthogonalize_group_stacks([torch.cat(views)], group)[0]
+            start = 0
+            for j, view in zip(mine, views):
+                results[j] = O[start:start + view.shape[0]]
+                start += view.shape[0]
+        for j, (p, group, p_state, ok, U_full) in enumerate(pending):
+            owner = owners[j]
+            O = results.get(j)
+            if group["beta2"] is not None:
+                s_old = p_state["second_moment"]
+                if O is not None:
+                    O, s_new = normuon_normalize(O, s_old, group["beta2"])
+                else:
+                    s_new = torch.empty_like(s_old)
+                if one_dim:
+                    dist.broadcast(s_new, src=owner)
+                s_old.copy_(torch.where(ok, s_new, s_old))
+            O_full = O.reshape(p.shape) if O is not None else torch.empty(p.shape, dtype=U_full.dtype,
+                                                                          device=U_full.device)
+            O_local = distribute_tensor(O_full, p.device_mesh, p.placements,
+                                        src_data_rank=owner if one_dim else None).to_local()
+            apply_update(local(p.detach()), O_local, ok, group, matrix_view(p.shape))
+            p_state["skipped_steps"].add_((~ok).to(torch.int64))
