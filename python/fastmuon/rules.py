@@ -1,9 +1,9 @@
-"""Framework-neutral parts of the Muon-family optimizers: defaults, hyperparameter checks, how
+"""Framework-neutral parts of the Muon-family optimizers: hyperparameter checks, how
 a weight is viewed as matrices, the learning-rate shape scale and the routing of parameters by
 name.
 
-``fastmuon.torch`` and ``fastmuon.mlx`` optimizers both use these, so their defaults, errors and
-semantics cannot drift apart. The update rules themselves are each framework's
+``fastmuon.torch`` and ``fastmuon.mlx`` optimizers both use these (and ``fastmuon.options``, the
+Muon options), so their defaults, errors and semantics cannot drift apart. The update rules themselves are each framework's
 ``functional.py``.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence, Tuple
 
-from .plan import check_backend, make_plan
 
 ADJUST_LR = ("original", "match_rms_adamw")
 # nGPT weights kept on the unit sphere: every row of the matrix view (the last axis; for a
@@ -27,76 +26,8 @@ DEFAULT_EXCLUDE = ("embed", "lm_head", "head", "output")
 NORMUON_EPS = 1e-10
 NORMUON_BETA2 = 0.95  # the NorMuon paper's code; modded-nanogpt uses 0.9
 
-# Muon's options and their defaults, for both frameworks. ``lr`` is "learning_rate" in MLX;
-# ``ns_dtype`` None means orthogonalize's default compute dtype.
-MUON_DEFAULTS = dict(
-    lr=0.02,
-    momentum=0.95,
-    nesterov=True,
-    weight_decay=0.0,
-    method="polar_express",
-    ns_steps=5,
-    adjust_lr="original",
-    cautious_weight_decay=False,
-    backend="auto",
-    ns_dtype=None,
-    impl="auto",
-)
-
-# How a Muon step is carried out ("auto": the fastest that applies; each optimizer's
-# ``explain()`` says which one a parameter took and why). torch has all three: "fused" (the
-# whole step in one native call: CPU, fp32), "foreach" (list-wide torch passes: CPU, eager) and
-# "per_parameter" (any device, dtype and option; what torch.compile traces). MLX has one,
-# "per_parameter" (mx.compile fuses it).
-IMPLS = ("auto", "fused", "foreach", "per_parameter")
-MLX_IMPLS = ("auto", "per_parameter")
-
 # The AdamW half of MuonWithAdamW (torch.optim.AdamW's rule), for both frameworks.
 ADAMW_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
-
-
-def muon_options(given: dict, extra: Iterable[str] = ()) -> dict:
-    """MUON_DEFAULTS updated with ``given``; a name that is neither a Muon option nor in
-    ``extra`` raises TypeError naming it (as a misspelt keyword argument would)."""
-    allowed = set(MUON_DEFAULTS) | set(extra)
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise TypeError(
-            f"unexpected Muon option(s) {', '.join(map(repr, unknown))}; valid: {', '.join(sorted(allowed))}"
-        )
-    return {**MUON_DEFAULTS, **given}
-
-
-def check_impl(impl, valid: Sequence[str] = IMPLS) -> str:
-    """Raise ValueError unless ``impl`` is one of ``valid`` (a framework's implementations)."""
-    if not (isinstance(impl, str) and impl in valid):
-        others = [name for name in IMPLS if name not in valid]
-        hint = f" ({', '.join(others)}: torch only)" if impl in others else ""
-        raise ValueError(f"impl must be one of {', '.join(map(repr, valid))}, got {impl!r}{hint}")
-    return impl
-
-
-def check_muon_options(options: dict, backends: Sequence[str], impls: Sequence[str] = IMPLS) -> None:
-    """Raise ValueError naming the first bad Muon option (``lr`` is checked by the caller)."""
-    check_impl(options.get("impl", "auto"), impls)
-    check_hyperparameters(
-        lr=0.0,
-        momentum=options["momentum"],
-        weight_decay=options["weight_decay"],
-        adjust_lr=options["adjust_lr"],
-        beta2=options.get("beta2"),
-        ns_steps=options["ns_steps"],
-        sphere=options.get("sphere"),
-    )
-    steps, coefficients = options["ns_steps"], options.get("ns_coefficients")
-    if coefficients is not None:  # torch.optim.Muon's: one (a, b, c) for every Newton-Schulz step
-        if options["method"] != "newton_schulz":
-            raise ValueError(f"ns_coefficients sets Newton-Schulz's coefficients; method={options['method']!r} "
-                             "has its own (leave ns_coefficients at None, or use method='newton_schulz')")
-        make_plan("newton_schulz", steps, [tuple(coefficients)] * steps, options.get("eps"))
-    else:  # validates method, steps and eps
-        make_plan(options["method"], steps, None, options.get("eps"))
-    check_backend(options["backend"], backends)
 
 
 # The smallest positive (subnormal) value of each float dtype: a positive number at or below half

@@ -30,18 +30,8 @@ import mlx.nn as nn
 from mlx.optimizers import AdamW
 
 from ...plan import check_compute_bits
-from ...rules import (
-    ADAMW_DEFAULTS,
-    DEFAULT_EXCLUDE,
-    MLX_IMPLS,
-    MUON_DEFAULTS,
-    NORMUON_BETA2,
-    check_hyperparameters,
-    check_muon_options,
-    matrix_view,
-    muon_options,
-    normuon_state_shape,
-)
+from ...options import MLX_IMPLS, MUON_DEFAULTS, MuonOptions, orthogonalize_kwargs
+from ...rules import ADAMW_DEFAULTS, DEFAULT_EXCLUDE, NORMUON_BETA2, check_hyperparameters, matrix_view, normuon_state_shape
 from ..functional import normuon_normalize
 from ..orthogonalize import BACKENDS, orthogonalize
 from ..routing import embedding_paths, muon_filter, under
@@ -107,9 +97,15 @@ class Muon(TreeOptimizer):
         backend: orthogonalize backend (``"auto"``, ``"reference"``, ``"native"``, ...).
         ns_dtype: compute dtype of the orthogonalization (default: orthogonalize's; 16-bit
             floats are refused with ``method="gram"``).
+        ns_coefficients: one (a, b, c) for every step: Newton-Schulz with these coefficients
+            (``method="newton_schulz"``), as in torch.optim.Muon and ``fastmuon.torch.Muon``.
+        eps: the normalization's epsilon, X / (||X||_F * scale + eps); default the method's.
         impl: "auto" or "per_parameter", the one implementation MLX has (mx.compile fuses it;
             torch's "fused" and "foreach" are refused). ``explain(gradients)`` says how each
             parameter steps and why.
+        sphere: torch only (``fastmuon.torch.Muon``); any value but None is refused here.
+        allow_nd: MLX's Muon always takes 3-D and 4-D weights (and 0-D/1-D ones): True (the
+            default) is accepted for parity with ``fastmuon.torch``, False is refused.
         distributed: None (default) shares the orthogonalization over the ``mx.distributed``
             group when one of size > 1 is initialized (each process orthogonalizes a share of
             every same-shape stack, one all_gather per stack); False never; True requires it.
@@ -130,18 +126,25 @@ class Muon(TreeOptimizer):
         cautious_weight_decay: bool = MUON_DEFAULTS["cautious_weight_decay"],
         backend: str = MUON_DEFAULTS["backend"],
         ns_dtype: Optional[mx.Dtype] = MUON_DEFAULTS["ns_dtype"],
+        ns_coefficients: Optional[Tuple[float, float, float]] = None,
+        eps: Optional[float] = None,
         impl: str = MUON_DEFAULTS["impl"],
+        sphere: Optional[str] = None,
+        allow_nd: bool = True,
         distributed: Optional[bool] = None,
     ):
         check_learning_rate(learning_rate)
         if distributed not in (None, True, False):
             raise ValueError(f"distributed must be None, True or False, got {distributed!r}")
-        options = muon_options(dict(
+        if ns_coefficients is not None and method == MUON_DEFAULTS["method"]:
+            method = "newton_schulz"  # torch.optim.Muon's meaning: Newton-Schulz with these
+        checked = MuonOptions(
             momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, method=method, ns_steps=ns_steps,
             adjust_lr=adjust_lr, cautious_weight_decay=cautious_weight_decay, backend=backend, ns_dtype=ns_dtype,
-            impl=impl,
-        ))
-        check_muon_options(options, BACKENDS, MLX_IMPLS)
+            impl=impl, ns_coefficients=None if ns_coefficients is None else tuple(ns_coefficients), eps=eps,
+            sphere=sphere, allow_nd=allow_nd,
+        ).check(BACKENDS, MLX_IMPLS, "mlx")
+        options = {name: getattr(checked, name) for name in MUON_DEFAULTS}
         if ns_dtype is not None and not (
             isinstance(ns_dtype, mx.Dtype) and mx.issubdtype(ns_dtype, mx.floating)
         ):
@@ -154,6 +157,7 @@ class Muon(TreeOptimizer):
         for name, value in options.items():
             default = MUON_DEFAULTS[name]
             setattr(self, name, type(default)(value) if isinstance(default, (bool, int, float)) else value)
+        self.ns_coefficients, self.eps = checked.ns_coefficients, checked.eps
         self.distributed = distributed
         self._group = None  # the mx.distributed group, looked up on first use
 
@@ -196,9 +200,8 @@ class Muon(TreeOptimizer):
         return self._apply_all([("parameter", gradient, parameter, state)])[0]
 
     def _orthogonalize(self, U: mx.array) -> mx.array:
-        return orthogonalize(
-            U, method=self.method, steps=self.ns_steps, backend=self.backend, dtype=self.ns_dtype
-        )
+        iteration = orthogonalize_kwargs(self.method, self.ns_steps, self.ns_coefficients, self.eps)
+        return orthogonalize(U, **iteration, backend=self.backend, dtype=self.ns_dtype)
 
     def _apply_all(self, items) -> List[mx.array]:
         return step_per_parameter(self, items)

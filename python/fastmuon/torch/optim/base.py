@@ -13,7 +13,8 @@ import torch.distributed as dist
 from torch.optim import Optimizer
 
 from ...plan import check_compute_bits
-from ...rules import IMPLS, check_adamw_eps, check_hyperparameters, check_impl, check_muon_options, matrix_view
+from ...options import IMPLS, MuonOptions, check_impl
+from ...rules import check_adamw_eps, check_hyperparameters, matrix_view
 from ..orthogonalize import BACKENDS
 
 __all__ = ["IMPLS", "CheckedOptimizer", "param_name", "check_lr", "check_muon_group", "check_adamw_group"]
@@ -45,7 +46,7 @@ def param_name(group: dict, index: int, group_index: int) -> str:
 
 def check_muon_group(group: dict, group_index: int) -> None:
     check_lr(group["lr"])
-    check_muon_options(group, BACKENDS)
+    MuonOptions.from_mapping(group).check(BACKENDS, IMPLS, "torch", where=f"param_groups[{group_index}]")
     ns_dtype = group["ns_dtype"]
     if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
         raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
@@ -73,7 +74,7 @@ def check_adamw_group(group: dict, group_index: int) -> None:
     lr, (beta1, beta2), eps, wd = group["lr"], adamw_betas(group), group["eps"], group["weight_decay"]
     check_lr(lr)
     check_hyperparameters(lr=0.0, weight_decay=wd)
-    check_impl(group.get("impl", "auto"))
+    check_impl(group.get("impl", "auto"), where=f"param_groups[{group_index}]")
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
         raise ValueError(f"betas must be in [0, 1), got {group['betas']!r}")
     if not (math.isfinite(eps) and eps >= 0):

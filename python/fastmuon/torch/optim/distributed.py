@@ -24,7 +24,8 @@ from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
 from .base import all_ranks, is_dtensor, local
 from .local import Pending, apply_update, momentum_phase, orthogonalize_group_stacks, update_phase
-from .pipeline import ORTHOGONALIZE_KEYS, freeze
+from ...options import ORTHOGONALIZE_KEYS
+from .pipeline import freeze
 
 
 def replicated_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, dict]]]:

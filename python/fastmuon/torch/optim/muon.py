@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from ...route import Route
-from ...rules import ADAMW_DEFAULTS, MUON_DEFAULTS, NORMUON_BETA2, matrix_view, muon_options, normuon_state_shape
+from ...options import GROUP_EXTRAS, MUON_DEFAULTS, muon_options
+from ...rules import ADAMW_DEFAULTS, NORMUON_BETA2, matrix_view, normuon_state_shape
 from ..functional import all_finite
 from ..orthogonalize import auto_backend, resolve_compute_dtype
 from .adamw import adamw_impl, adamw_step
@@ -33,14 +34,6 @@ from .local import run_batch
 from .pipeline import chunk_backend, plan_local_step
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "Route"]
-
-# Muon group options besides MUON_DEFAULTS: NorMuon's beta2 (None: plain Muon), nGPT's sphere,
-# torch.optim.Muon's ns_coefficients (one (a, b, c) for every Newton-Schulz step) and eps (the
-# normalization's; None: the method's), transposed (weights stored (in, out), as HF's Conv1D:
-# the lr shape scale reads them the other way round) and allow_nd (accept 3-D stacks and 4-D conv
-# weights; off by default, as torch.optim.Muon accepts only 2-D weights).
-GROUP_EXTRAS = dict(beta2=None, sphere=None, ns_coefficients=None, eps=None, transposed=False, allow_nd=False)
-
 
 class _MuonFamily(CheckedOptimizer):
     """Shared step of Muon, NorMuon and MuonWithAdamW (see the module docstring)."""

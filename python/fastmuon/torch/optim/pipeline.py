@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ...options import ORTHOGONALIZE_KEYS, orthogonalize_kwargs
 from ...rules import matrix_view, shape_scale
 from ..orthogonalize import auto_backend, resolve_compute_dtype, runs_native
 from .base import is_dtensor
@@ -36,9 +37,6 @@ from .base import is_dtensor
 # at least one matrix. Bounds the step's workspace; bigger stacks go in several calls.
 STACK_BYTES = 16 * 2**20
 
-# The group options that decide how a matrix is orthogonalized: matrices are stacked only when
-# these agree.
-ORTHOGONALIZE_KEYS = ("method", "ns_steps", "backend", "ns_dtype", "ns_coefficients", "eps")
 
 # Weights the list-wide passes take. (On bf16 and fp16 tensors torch's list-wide ops round their
 # scalars to the tensors' dtype: 1 - lr * wd = 0.998 became 0.9961, twice the weight decay; the
@@ -53,10 +51,7 @@ def freeze(value):
 def orthogonalize_options(group: dict) -> dict:
     """The group's polynomial iteration as ``orthogonalize`` takes it (method, steps,
     coefficients, eps)."""
-    coefficients = group["ns_coefficients"]
-    if coefficients is not None:
-        coefficients = [tuple(coefficients)] * group["ns_steps"]
-    return dict(method=group["method"], steps=group["ns_steps"], coefficients=coefficients, eps=group["eps"])
+    return orthogonalize_kwargs(group["method"], group["ns_steps"], group["ns_coefficients"], group["eps"])
 
 
 def lr_scale(group: dict, rows: int, cols: int) -> float:
