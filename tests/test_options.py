@@ -1,0 +1,120 @@
+"""fastmuon.options.MuonOptions: every Muon option checked in one place, for type and range,
+with the option's name in the error, the same in both frameworks; MLX takes every option torch
+has or refuses it by name; and the public impl=/explain() switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastmuon.options import IMPLS, MLX_IMPLS, MuonOptions
+
+# (options, the word the ValueError must contain): wrong types that once reached the step
+# (a nanobind signature dump, a TypeError from deep inside) and out-of-range values.
+BAD_TYPES = [
+    (dict(momentum="0.9"), "momentum"),
+    (dict(momentum=None), "momentum"),
+    (dict(weight_decay=None), "weight_decay"),
+    (dict(weight_decay="0.1"), "weight_decay"),
+    (dict(nesterov="no"), "nesterov"),
+    (dict(nesterov=1), "nesterov"),
+    (dict(ns_steps=2.5), "ns_steps"),
+    (dict(cautious_weight_decay="yes"), "cautious_weight_decay"),
+    (dict(impl="fast"), "impl"),
+    (dict(impl=None), "impl"),
+    (dict(eps=-1.0), "eps"),
+    (dict(eps="1e-7"), "eps"),
+    (dict(ns_coefficients=(3.0, -4.0)), "ns_coefficients"),
+    (dict(ns_coefficients=("a", "b", "c")), "ns_coefficients"),
+]
+
+
+@pytest.mark.parametrize("options,word", BAD_TYPES)
+def test_options_object_names_the_bad_option(options, word):
+    if "ns_coefficients" in options:
+        options = dict(options, method="newton_schulz")
+    with pytest.raises(ValueError, match=word):
+        MuonOptions(**options).check(("auto",))
+
+
+def test_options_object_accepts_its_defaults_and_numpy_scalars():
+    MuonOptions().check(("auto",))
+    MuonOptions(momentum=np.float32(0.9), nesterov=np.bool_(False), ns_steps=np.int64(3)).check(("auto",))
+
+
+@pytest.mark.parametrize("options,word", BAD_TYPES)
+def test_torch_optimizers_refuse_bad_options_by_name(options, word):
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import Muon
+
+    p = torch.nn.Parameter(torch.zeros(4, 6))
+    with pytest.raises(ValueError, match=rf"{word}.*param_groups\[0\]|{word}"):
+        Muon([p], **options)
+
+
+@pytest.mark.parametrize("options,word", [o for o in BAD_TYPES if "impl" not in o[0]])
+def test_mlx_optimizers_refuse_bad_options_by_name(options, word):
+    pytest.importorskip("mlx.core")
+    from fastmuon.mlx import Muon
+
+    with pytest.raises(ValueError, match=word):
+        Muon(**options)
+
+
+def test_mlx_takes_every_torch_option_or_refuses_it_by_name():
+    mx = pytest.importorskip("mlx.core")
+    torch = pytest.importorskip("torch")
+    import fastmuon.mlx as fm
+    import fastmuon.torch as ft
+
+    with pytest.raises(ValueError, match="sphere.*fastmuon.torch only"):
+        fm.Muon(sphere="project")
+    with pytest.raises(ValueError, match="allow_nd"):
+        fm.Muon(allow_nd=False)
+    for impl in ("fused", "foreach"):
+        with pytest.raises(ValueError, match="torch only"):
+            fm.Muon(impl=impl)
+    assert set(MLX_IMPLS) < set(IMPLS)
+    # eps and ns_coefficients reach the orthogonalization in both frameworks alike
+    rng = np.random.default_rng(11)
+    w, g = rng.standard_normal((12, 20)), rng.standard_normal((12, 20))
+    options = dict(ns_coefficients=(3.0, -3.2, 1.2), eps=0.5, ns_steps=3)
+    out = {}
+    for name, fw_options in (("default", {}), ("custom", options)):
+        W = mx.array(w.astype(np.float32))
+        new = fm.Muon(0.1, **fw_options).apply_gradients({"w": mx.array(g.astype(np.float32))}, {"w": W})["w"]
+        p = torch.nn.Parameter(torch.tensor(w, dtype=torch.float32))
+        p.grad = torch.tensor(g, dtype=torch.float32)
+        ft.Muon([p], lr=0.1, ns_dtype=torch.float32, **fw_options).step()
+        out[name] = (np.array(new), p.detach().numpy())
+    np.testing.assert_allclose(out["custom"][0], out["custom"][1], rtol=0, atol=1e-5)
+    assert np.abs(out["custom"][0] - out["default"][0]).max() > 1e-3  # the options changed the step
+
+
+def test_explicit_impl_that_cannot_run_says_why():
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import Muon, NorMuon
+
+    p = torch.nn.Parameter(torch.randn(8, 12, dtype=torch.bfloat16))
+    p.grad = torch.randn(8, 12, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match='impl="foreach" cannot step.*bfloat16 weights'):
+        Muon([p], impl="foreach").step()
+    q = torch.nn.Parameter(torch.randn(8, 12))
+    q.grad = torch.randn(8, 12)
+    with pytest.raises(ValueError, match="impl=\"fused\" cannot step.*NorMuon's second moment"):
+        NorMuon([q], impl="fused").step()
+    routes = NorMuon([q]).explain()
+    assert [(r.impl, r.kind) for r in routes] == [("per_parameter", "muon")]
+    assert "NorMuon's second moment" in routes[0].why
+
+
+def test_explain_changes_nothing():
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import Muon
+
+    p = torch.nn.Parameter(torch.randn(8, 12))
+    p.grad = torch.randn(8, 12)
+    opt = Muon([p])
+    before = p.detach().clone()
+    opt.explain()
+    assert not opt.state and torch.equal(p.detach(), before)
