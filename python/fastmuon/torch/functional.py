@@ -87,7 +87,9 @@ def adamw_update_lists_(weights: List[torch.Tensor], grads: List[torch.Tensor], 
     torch._foreach_add_(steps, 1.0)
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    squares = torch._foreach_mul(grads, grads)
+    torch._foreach_mul_(squares, 1.0 - beta2)
+    torch._foreach_add_(exp_avg_sqs, squares)
     corrections = []
     for beta in (beta1, beta2):  # 1 - beta^t, as -(beta^t) + 1 (the same rounding)
         c = torch._foreach_pow(beta, steps)
@@ -208,7 +210,10 @@ def adamw_update(
     beta1, beta2 = betas
     step = step + 1
     exp_avg = torch.lerp(exp_avg, G, 1.0 - beta1)
-    exp_avg_sq = exp_avg_sq.mul(beta2).addcmul_(G, G, value=1.0 - beta2)
+    # v beta2 + (1 - beta2) G^2 as separate products and a sum (torch.optim.AdamW's addcmul
+    # rounds once or twice depending on the CPU's kernel, and torch.compile decomposes it into an
+    # fma: compiled and eager steps then drifted apart by an ulp a step)
+    exp_avg_sq = exp_avg_sq.mul(beta2).add_(G.mul(G).mul_(1.0 - beta2))
     # The corrections in at least fp32, and in float64 for float64 weights.
     t = step.to(torch.promote_types(W.dtype, torch.float32))
     bias_correction1 = 1.0 - torch.pow(beta1, t)
