@@ -226,7 +226,10 @@ def launch_plan(kernel, tuned, batch: int, m: int, dtype: torch.dtype, device: t
     ``use_autotuning`` is on."""
     precision = dot_precision(dtype)
     key = (kernel, batch, m, dtype, device, precision, _autotune)
-    plan = _plans.get(key)
+    # symbolic sizes (torch.compile's dynamic shapes, opcheck's AOT dispatch) are not hashable:
+    # such a launch plans afresh each time it is traced
+    cached = isinstance(batch, int) and isinstance(m, int)
+    plan = _plans.get(key) if cached else None
     if plan is None:
         meta = dict(launch_meta(dtype), COUNT_TILES=False)
         if _autotune and not INTERPRETED:
@@ -234,7 +237,8 @@ def launch_plan(kernel, tuned, batch: int, m: int, dtype: torch.dtype, device: t
         else:
             config = INTERPRETER_CONFIG if INTERPRETED else tile_config_for(batch, m, dtype, sm_count(device))
             plan = LaunchPlan(kernel, grid_for(batch, m, config), {**meta, **config.meta()})
-        _plans[key] = plan
+        if cached:
+            _plans[key] = plan
     return plan
 
 
