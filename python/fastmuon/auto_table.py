@@ -2,9 +2,10 @@
 
 "auto" orthogonalizes a CUDA tensor with the cuBLAS reference unless ``TRITON_FASTER`` records
 that the Triton iteration was measured faster on that GPU (its name as torch reports it), compute
-dtype and shape bucket. The table starts empty: no GPU run has yet measured a shape where the
+dtype and shape bucket. The table is empty: no GPU run has yet measured a shape where the
 Triton iteration wins (on an H100, 2026-11-22, it was 1.5-3x slower than cuBLAS at GPT-2 sizes
-and level at 4096 x 4096). ``bench/bench_triton_gpu.py`` prints the entries its measurements
+and level at 4096 x 4096; on an H200, 2026-12-04, 1.2x slower at 4096 x 4096 and 3-5x at GPT-2
+sizes, where its launches cost ~0.15-0.3 ms each). ``bench/bench_triton_gpu.py`` prints the entries its measurements
 support (``entries_from_rows``, ``format_entries``), to be pasted here with the run's rows
 committed beside them.
 

@@ -295,9 +295,10 @@ def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) ->
     """The one place that decides which backend runs: "auto" asks ``auto_backend`` (the
     registry ``AUTO_CANDIDATES``); an explicit backend that cannot take ``t`` raises, saying why.
 
-    On an H100 (bench/results/triton_gpu.jsonl, 2026-11-22) the full Triton iteration was 1.5-3x
-    slower than the cuBLAS reference on GPT-2-sized matrices and level with it only at
-    4096 x 4096, so the table starts empty; backend="triton" asks for the kernels anywhere.
+    On an H100 (2026-11-22) and an H200 (2026-12-04; bench/results/triton_gpu.jsonl) the full
+    Triton iteration was slower than the cuBLAS reference at every measured shape (3-5x at GPT-2
+    sizes on the H200, 1.2x at 4096 x 4096), so the table is empty; backend="triton" asks for
+    the kernels anywhere.
     """
     differentiable = t.requires_grad and torch.is_grad_enabled()
     if backend == "auto":
