@@ -1,7 +1,6 @@
-// fastmuon/csrc/iteration.h: the polynomial iteration of every C++ back-end,
-// written once: the BLAS kernels (cpu_kernels.cpp) and the Metal kernels
-// (mlx/orthogonalize.cpp, eval_gpu) each supply the few matrix operations
-// below and run `iterate`. The order of operations is that of
+// fastmuon/csrc/iteration.h: the polynomial iteration of the C++ back-end,
+// written once: the BLAS kernels (cpu_kernels.cpp) supply the few matrix
+// operations below and run `iterate`. The order of operations is that of
 // python/fastmuon/iteration.py, whose MatrixOps the operations mirror.
 #pragma once
 

@@ -1,10 +1,9 @@
-// fastmuon/metal/fastmuon_tiles.h: the symmetric-product tile routine shared by
-// the kernels of fastmuon.metallib (metal/*.metal) and the mx.fast.metal_kernel
-// path (python/fastmuon/mlx/metal_kernels.py).
+// fastmuon/metal/fastmuon_tiles.h: the symmetric-product tile routine of the
+// mx.fast.metal_kernel kernels (python/fastmuon/mlx/metal_kernels.py).
 //
 // The build installs this file with the package; metal_kernels.py reads the
-// block between the BEGIN/END markers from there as its kernels' header, so the
-// tile schedule and the index math exist once.
+// block between the BEGIN/END markers from there as its kernels' header (MLX
+// compiles it at run time: no metallib is built).
 #pragma once
 
 #include <metal_stdlib>

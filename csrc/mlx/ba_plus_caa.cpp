@@ -6,7 +6,6 @@
 
 #include "common.h"
 #include "cpu_kernels.h"
-#include "metal_dispatch.h"
 
 namespace fastmuon {
 
@@ -17,7 +16,7 @@ mx::array ba_plus_caa(const mx::array& a, double alpha, double beta,
                       "a batch of square matrices (..., m, m)");
   const BaPlusCaaParams params{
       static_cast<float>(alpha), static_cast<float>(beta)};
-  return detail::make_op<BaPlusCaa>(a, a.shape(), params, s);
+  return detail::make_op<BaPlusCaa>("ba_plus_caa", a, a.shape(), params, s);
 }
 
 std::vector<mx::Shape> BaPlusCaa::output_shapes(
@@ -32,22 +31,6 @@ void BaPlusCaa::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
         cpu::ba_plus_caa_f32(a, a, batch, m, p.alpha, p.beta);
       });
 }
-
-#ifdef _METAL_
-// metal/symmetric.metal: fastmuon_ba_plus_caa_<dtype> on the upper-triangle
-// tiles (reading a's upper triangle), mirrored.
-void BaPlusCaa::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  gpu::Launcher launch(stream());
-  if (launch.allocate(out)) {
-    launch.ba_plus_caa(
-        launch.row_contiguous(inputs[0]), out, params_.alpha, params_.beta);
-  }
-}
-#else
-void BaPlusCaa::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  detail::throw_no_gpu("ba_plus_caa");
-}
-#endif
 
 // d(alpha A A + beta A) = alpha (T A + A T) + beta T. The vjp has the same
 // form: dL/dA = alpha (G A^T + A^T G) + beta G.

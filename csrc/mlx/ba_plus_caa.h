@@ -25,8 +25,8 @@ struct BaPlusCaaParams {
   bool operator==(const BaPlusCaaParams&) const = default;
 };
 
-// Primitive on float32 data on the CPU, on the input's dtype on a GPU stream
-// (Metal kernels, float32 accumulation); input and output (..., m, m). Its
+// Primitive on float32 data, on the CPU (no GPU kernel: the op refuses GPU
+// streams, see detail::cpu_stream); input and output (..., m, m). Its
 // derivatives are those of the map A -> alpha A A + beta A (for a general A).
 class BaPlusCaa : public ParamPrimitive<BaPlusCaaParams> {
  public:

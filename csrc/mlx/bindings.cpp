@@ -20,15 +20,15 @@ using namespace nb::literals;
 
 // The `stream` argument of every op below.
 #define FASTMUON_STREAM_DOC                                                  \
-  "    stream (Stream or Device, optional): where to run. On a GPU stream\n" \
-  "        (macOS, MLX with Metal) the kernels of fastmuon.metallib run in\n" \
-  "        the input's dtype, accumulating in float32 (not yet run on Apple\n" \
-  "        hardware); builds without Metal raise at evaluation.\n"
+  "    stream (Stream or Device, optional): a CPU stream or device; default\n" \
+  "        the CPU's default stream, whatever the default device. There is\n" \
+  "        no GPU kernel here: a GPU stream raises RuntimeError (on an Apple\n" \
+  "        GPU, fastmuon.mlx's ops run Metal kernels with backend=\"metal\").\n"
 
 NB_MODULE(_mlx_ext, m) {
   m.doc() =
       "fastmuon._mlx_ext: MLX primitives backed by fastmuon's CPU kernels "
-      "(BLAS) and, on Apple silicon, Metal kernels (fastmuon.metallib).";
+      "(BLAS); CPU streams only.";
 
   m.def(
       "xxt",

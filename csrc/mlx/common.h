@@ -18,18 +18,22 @@
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 #include "mlx/stream.h"
+#include "mlx/utils.h"
 
 namespace fastmuon {
 
 namespace mx = mlx::core;
 
 // The overrides every fastmuon primitive declares beside those of
-// ParamPrimitive, defined in its .cpp; NAME is its name in MLX graphs.
+// ParamPrimitive, defined in its .cpp; NAME is its name in MLX graphs. The
+// primitives have CPU kernels only: the ops refuse GPU streams (cpu_stream),
+// so eval_gpu is never reached, and throws if it were.
 #define FASTMUON_PRIMITIVE_OVERRIDES(NAME)                                    \
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out)         \
       override;                                                               \
-  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out)         \
-      override;                                                               \
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {         \
+    detail::throw_cpu_only(NAME);                                             \
+  }                                                                           \
   std::vector<mx::array> jvp(                                                 \
       const std::vector<mx::array>& primals,                                  \
       const std::vector<mx::array>& tangents,                                 \
@@ -109,11 +113,24 @@ inline void check_input(const mx::array& x, const char* op, bool shape_ok,
   check_float_dtype(x, op);
 }
 
-// The dtype a primitive computes in: float32 on the CPU (the BLAS kernels),
-// the input's own float dtype on a GPU stream (the Metal kernels accumulate
-// in float32 and round once).
-inline mx::Dtype primitive_dtype(mx::Dtype in_dtype, const mx::Stream& stream) {
-  return stream.device.type == mx::Device::gpu ? in_dtype : mx::float32;
+// The primitives have CPU kernels only; on an Apple GPU, fastmuon.mlx runs
+// its mx.fast.metal_kernel kernels instead (backend="metal").
+[[noreturn]] inline void throw_cpu_only(const char* op) {
+  throw std::runtime_error(
+      std::string("[fastmuon.") + op +
+      "] fastmuon._mlx_ext has CPU kernels only (no Metal kernel): run it "
+      "with stream=mx.cpu, or on an Apple GPU use fastmuon.mlx's op with "
+      "backend=\"metal\"");
+}
+
+// The stream an op runs on: s, or the CPU's default stream when s is unset
+// (whatever the default device); a GPU stream is refused (throw_cpu_only).
+inline mx::Stream cpu_stream(mx::StreamOrDevice s, const char* op) {
+  const mx::Stream stream = mx::to_stream(s, mx::Device::cpu);
+  if (stream.device.type != mx::Device::cpu) {
+    throw_cpu_only(op);
+  }
+  return stream;
 }
 
 // Gather a strided (any layout) float32 array into a dense row-major buffer.
@@ -205,14 +222,14 @@ inline InputCopy prepare_inplace_output(const mx::array& x, mx::array& out) {
   return copy;
 }
 
-// The op of primitive P on x: P computes in primitive_dtype, so x is cast to
-// it and the result back (once each) where that differs from x's dtype.
+// The op `op` of primitive P on x, on cpu_stream(s). P computes in float32,
+// so a 16-bit x is cast to it and the result back (once each).
 template <class P, class Params>
-mx::array make_op(const mx::array& x, mx::Shape out_shape, Params params,
-                  mx::StreamOrDevice s) {
+mx::array make_op(const char* op, const mx::array& x, mx::Shape out_shape,
+                  Params params, mx::StreamOrDevice s) {
   const mx::Dtype in_dtype = x.dtype();
-  const mx::Stream stream = mx::to_stream(s);
-  const mx::Dtype dtype = primitive_dtype(in_dtype, stream);
+  const mx::Stream stream = cpu_stream(s, op);
+  const mx::Dtype dtype = mx::float32;
   auto out = mx::array(
       std::move(out_shape),
       dtype,
@@ -270,13 +287,6 @@ void eval_cpu_in_place(const char* primitive, const mx::Stream& stream,
     fill();
     kernel(out_ptr, batch, rows, cols);
   });
-}
-
-// eval_gpu where MLX has no Metal back-end (_METAL_ unset).
-[[noreturn]] inline void throw_no_gpu(const char* op) {
-  throw std::runtime_error(
-      std::string("[fastmuon.") + op +
-      "] this build has no GPU support; run it on the CPU with stream=mx.cpu");
 }
 
 // vmap: the primitives batch over every leading axis, so a mapped axis among

@@ -1,7 +1,6 @@
 // fastmuon/csrc/mlx/orthogonalize.cpp: see orthogonalize.h.
 #include "orthogonalize.h"
 
-#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -9,7 +8,6 @@
 
 #include "common.h"
 #include "cpu_kernels.h"
-#include "metal_dispatch.h"
 
 namespace fastmuon {
 
@@ -26,7 +24,8 @@ mx::array orthogonalize(const mx::array& x, OrthogonalizeParams params,
         "got " + std::to_string(params.workers) + " and " +
         std::to_string(params.blas_threads));
   }
-  return detail::make_op<Orthogonalize>(x, x.shape(), std::move(params), s);
+  return detail::make_op<Orthogonalize>("orthogonalize", x, x.shape(),
+                                        std::move(params), s);
 }
 
 std::vector<mx::Shape> Orthogonalize::output_shapes(
@@ -47,45 +46,6 @@ void Orthogonalize::eval_cpu(
         cpu::orthogonalize_f32(x, batch, rows, cols, p.plan, p.workers);
       });
 }
-
-#ifdef _METAL_
-// fastmuon::iterate (as on the CPU) on fastmuon.metallib kernels, on float32
-// working matrices in the wide orientation (m x n, m <= n): the norm
-// (fastmuon_sumsq, float32 accumulation), the normalized and, for tall
-// inputs, transposed copy (fastmuon_load_wide, any input layout), the
-// iteration's products (gpu::Launcher) and the rounded, transposed-back
-// result (fastmuon_store_wide).
-void Orthogonalize::eval_gpu(
-    const std::vector<mx::array>& inputs,
-    mx::array& out) {
-  const auto& x = inputs[0];
-  gpu::Launcher launch(stream());
-  if (!launch.allocate(out)) {
-    return;
-  }
-  const auto b = static_cast<mx::ShapeElem>(detail::matrix_batch(x));
-  const auto m = std::min(x.shape(-2), x.shape(-1));
-  const auto n = std::max(x.shape(-2), x.shape(-1));
-
-  mx::array sumsq = launch.temporary({b}, mx::float32);
-  launch.sumsq(x, sumsq);
-  mx::array X = launch.temporary({b, m, n}, mx::float32);
-  mx::array X2 = launch.temporary({b, m, n}, mx::float32);
-  const auto& plan = params_.plan;
-  launch.load_wide(x, sumsq, X, static_cast<float>(plan.norm_scale),
-                   static_cast<float>(plan.eps));
-  std::vector<mx::array> squares;
-  for (int i = 0; i < square_buffers(plan); ++i) {
-    squares.push_back(launch.temporary({b, m, m}, mx::float32));
-  }
-  iterate(launch, plan, X, X2, squares);
-  launch.store_wide(X, out);
-}
-#else
-void Orthogonalize::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  detail::throw_no_gpu("orthogonalize");
-}
-#endif
 
 namespace {
 

@@ -15,8 +15,7 @@ namespace fastmuon {
 // by fastmuon::cpu::orthogonalize_f32; 16-bit inputs are upcast and the result
 // rounded back once. Returns x's shape and dtype.
 //
-// The primitive's parameters: the iteration, and how the CPU path runs it
-// (the GPU path ignores the threads).
+// The primitive's parameters: the iteration, and the CPU threads running it.
 struct OrthogonalizeParams {
   OrthogonalizePlan plan;
   int workers = 1;       // threads sharing a batch (cpu::orthogonalize_f32)
@@ -31,9 +30,8 @@ struct OrthogonalizeParams {
 mx::array orthogonalize(const mx::array& x, OrthogonalizeParams params,
                         mx::StreamOrDevice s = {});
 
-// Primitive on float32 data on the CPU; on a GPU stream on the input's dtype,
-// iterating on float32 working matrices with fastmuon.metallib's kernels
-// (see eval_gpu); input and output (..., rows, cols).
+// Primitive on float32 data, on the CPU (no GPU kernel: the op refuses GPU
+// streams, see detail::cpu_stream); input and output (..., rows, cols).
 // Not differentiable (the iteration is used as an optimizer update).
 class Orthogonalize : public ParamPrimitive<OrthogonalizeParams> {
  public:

@@ -6,7 +6,6 @@
 
 #include "common.h"
 #include "cpu_kernels.h"
-#include "metal_dispatch.h"
 
 namespace fastmuon {
 
@@ -15,7 +14,8 @@ mx::array xxt(const mx::array& x, mx::StreamOrDevice s) {
                       "an array with at least 2 dimensions (..., m, k)");
   mx::Shape out_shape = x.shape();
   out_shape.back() = x.shape(-2);
-  return detail::make_op<Xxt>(x, std::move(out_shape), std::monostate{}, s);
+  return detail::make_op<Xxt>("xxt", x, std::move(out_shape),
+                              std::monostate{}, s);
 }
 
 std::vector<mx::Shape> Xxt::output_shapes(
@@ -54,21 +54,6 @@ void Xxt::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
     });
   }
 }
-
-#ifdef _METAL_
-// metal/symmetric.metal: fastmuon_xxt_<dtype> on the upper-triangle tiles,
-// mirrored; a strided input is gathered to a dense copy first.
-void Xxt::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  gpu::Launcher launch(stream());
-  if (launch.allocate(out)) {
-    launch.xxt(launch.row_contiguous(inputs[0]), out);
-  }
-}
-#else
-void Xxt::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  detail::throw_no_gpu("xxt");
-}
-#endif
 
 // d(X X^T) = dX X^T + X dX^T = P + P^T with P = dX X^T.
 std::vector<mx::array> Xxt::jvp(

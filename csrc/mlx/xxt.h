@@ -15,8 +15,8 @@ namespace fastmuon {
 // Throws std::invalid_argument (ValueError in Python) for bad input.
 mx::array xxt(const mx::array& x, mx::StreamOrDevice s = {});
 
-// Primitive on float32 data on the CPU, on the input's dtype on a GPU stream
-// (Metal kernels, float32 accumulation). Input (..., m, k), output
+// Primitive on float32 data, on the CPU (no GPU kernel: the op refuses GPU
+// streams, see detail::cpu_stream). Input (..., m, k), output
 // (..., m, m), both triangles written and exactly symmetric. No parameters:
 // any two instances compute the same function.
 class Xxt : public ParamPrimitive<std::monostate> {

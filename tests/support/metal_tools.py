@@ -1,4 +1,4 @@
-"""Helpers for checking fastmuon's Metal sources without Metal (``tests/metal_stub``).
+"""Helpers for checking fastmuon's Metal sources without Metal (``tests/support/metal_stub``).
 
 * ``compile_check``: g++ -fsyntax-only of a Metal source against the stub ``metal_stdlib``.
 * ``generated_sources``: the exact sources MLX generates for ``mx.fast.metal_kernel`` calls
@@ -56,17 +56,15 @@ def cxx() -> Optional[str]:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
-def compile_check(source: str, name: str = "kernel.metal", extra_flags: Sequence[str] = ()):
+def compile_check(source: str):
     """Compile ``source`` (text) as C++ against the stub; returns the CompletedProcess."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
+        path = Path(tmp) / "kernel.metal"
         path.write_text(source)
         cmd = [
             cxx(),
             *SYNTAX_FLAGS,
-            *extra_flags,
             f"-I{STUB_DIR}",
-            f"-I{METAL_DIR}",
             "-x",
             "c++",
             str(path),
@@ -299,8 +297,8 @@ class Entry:
 class KernelProgram:
     """Kernels compiled for the CPU with the stub's run mode (one executable for several).
 
-    ``source`` is C++/Metal text holding the kernels (a metal/*.metal file, or sources MLX
-    generates for metal_kernels, each wrapped in its own namespace), ``entries`` the kernels to
+    ``source`` is C++/Metal text holding the kernels (sources MLX generates for metal_kernels,
+    each wrapped in its own namespace), ``entries`` the kernels to
     expose: function, template arguments (e.g. "float, false") and namespace. Arguments are
     exchanged as files named after the kernel's parameters.
     """
@@ -340,14 +338,11 @@ class KernelProgram:
         src = self.workdir / "kernels_run.cpp"
         src.write_text(source + "\n" + "".join(parts))
         self.binary = self.workdir / "kernels_run"
-        cmd = [cxx(), *RUN_FLAGS, f"-I{STUB_DIR}", f"-I{METAL_DIR}", "-include", "metal_stdlib",
+        cmd = [cxx(), *RUN_FLAGS, f"-I{STUB_DIR}", "-include", "metal_stdlib",
                "-x", "c++", str(src), "-o", str(self.binary)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"building the kernels for the CPU failed:\n{proc.stderr[-4000:]}")
-
-    def index(self, function: str, template: str = "", scope: str = "") -> int:
-        return self.entries.index(Entry(function, template, scope))
 
     def run(
         self,

@@ -10,8 +10,10 @@ triangles, so the result is exactly symmetric. Inputs and outputs stay in their 
 (float32, float16 or bfloat16); 16-bit values are rounded once, at the end. Leading axes are a
 batch (one launch for all of it).
 
-The tile routine is ``shared_core()``: the marked block of ``metal/fastmuon_tiles.h``, the header
-the compiled extension's kernels include, installed with the package and read from there. Kernels need an Apple GPU (``mx.metal.is_available()``); elsewhere the functions
+The tile routine is ``shared_core()``: the marked block of ``metal/fastmuon_tiles.h``, installed
+with the package and read from there. These are fastmuon's only Metal kernels (the compiled
+extension ``fastmuon._mlx_ext`` runs on the CPU only), so no Metal compiler or metallib is needed
+at build time. Kernels need an Apple GPU (``mx.metal.is_available()``); elsewhere the functions
 raise ``RuntimeError`` saying so. Not yet run on Apple hardware: see the README's status table.
 """
 
@@ -41,8 +43,7 @@ def tiles_header_path():
 @functools.lru_cache(maxsize=None)
 def shared_core() -> str:
     """The block between the BEGIN/END markers of metal/fastmuon_tiles.h: the tile schedule,
-    index math and tile routine the metallib kernels include, used here as the header of the
-    ``mx.fast.metal_kernel`` kernels."""
+    index math and tile routine, used as the header of the ``mx.fast.metal_kernel`` kernels."""
     path = tiles_header_path()
     try:
         text = path.read_text()
