@@ -5,7 +5,6 @@
 // only the BLAS, never libmlx, so PyTorch users do not need MLX installed.
 #include <cstdint>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include <nanobind/nanobind.h>
@@ -14,98 +13,18 @@
 #include <nanobind/stl/vector.h>
 
 #include "cpu_kernels.h"
+#include "plan_args.h"
+#include "py_args.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 
 namespace {
 
-// What the kernels take: C-contiguous CPU arrays of T, viewed without a copy
-// (DLPack or the buffer protocol); const T accepts read-only arrays too.
-template <typename T>
-using CpuArray = nb::ndarray<T, nb::c_contig, nb::device::cpu>;
-
-template <typename A>
-std::string shape_str(const A& a) {
-  std::string s = "(";
-  for (size_t i = 0; i < a.ndim(); ++i) {
-    s += std::to_string(a.shape(i));
-    if (a.ndim() == 1 || i + 1 < a.ndim()) {
-      s += i + 1 < a.ndim() ? ", " : ",";
-    }
-  }
-  return s + ")";
-}
-
-std::string dtype_str(nb::dlpack::dtype dt) {
-  const char* kind = "?";
-  switch (static_cast<nb::dlpack::dtype_code>(dt.code)) {
-    case nb::dlpack::dtype_code::Int: kind = "int"; break;
-    case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
-    case nb::dlpack::dtype_code::Float: kind = "float"; break;
-    case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
-    case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
-    case nb::dlpack::dtype_code::Bool: kind = "bool"; break;
-    default: break;
-  }
-  return std::string(kind) + std::to_string(dt.bits);
-}
-
-// Every argument error reads "fn(): `name` <what is wrong>".
-std::string arg_error(const char* fn, const char* name,
-                      const std::string& what) {
-  return std::string(fn) + "(): `" + name + "` " + what;
-}
-
-[[noreturn]] void bad_value(const char* fn, const char* name,
-                            const std::string& what) {
-  throw nb::value_error(arg_error(fn, name, what).c_str());
-}
-
-[[noreturn]] void bad_type(const char* fn, const char* name,
-                           const std::string& what) {
-  throw nb::type_error(arg_error(fn, name, what).c_str());
-}
-
-// `obj` as a CpuArray<T>, or raise naming the argument and the first of:
-// not an array (TypeError), read-only where T is writable, not in CPU memory
-// (ValueError), another dtype (TypeError), another layout (ValueError).
-// nanobind's typed cast decides; the untyped views below only explain a
-// refusal.
-template <typename T>
-CpuArray<T> as_array(nb::handle obj, const char* fn, const char* name) {
-  CpuArray<T> arr;
-  if (nb::try_cast(obj, arr, /*convert=*/false)) {
-    return arr;
-  }
-  nb::ndarray<nb::ro> any;
-  if (!nb::try_cast(obj, any, /*convert=*/false)) {
-    bad_type(fn, name,
-             "must be a CPU array that supports DLPack or the buffer protocol "
-             "(numpy.ndarray, torch CPU tensor without requires_grad, ...); "
-             "got " + std::string(nb::type_name(obj.type()).c_str()));
-  }
-  nb::ndarray<> writable;
-  if (!std::is_const_v<T> && !nb::try_cast(obj, writable, /*convert=*/false)) {
-    bad_value(fn, name, "is read-only; pass a writable array");
-  }
-  if (any.device_type() != nb::device::cpu::value) {
-    bad_value(fn, name, "must live in CPU memory (DLPack device type " +
-                            std::to_string(any.device_type()) + ")");
-  }
-  using Scalar = std::remove_const_t<T>;
-  if (any.dtype() != nb::dtype<Scalar>()) {
-    bad_type(fn, name,
-             std::string("must have dtype ") +
-                 (std::is_same_v<Scalar, float> ? "float32" : "float64") +
-                 ", got " + dtype_str(any.dtype()));
-  }
-  bad_value(fn, name,
-            "must be C-contiguous (row-major, no gaps); got a strided view of "
-            "shape " + shape_str(any) +
-                ". Pass a contiguous copy (np.ascontiguousarray / "
-                "tensor.contiguous()).");
-}
+using fastmuon::py_args::as_array;
+using fastmuon::py_args::bad_value;
+using fastmuon::py_args::CpuArray;
+using fastmuon::py_args::shape_str;
 
 // The kernels take (batch, r, c) or one (r, c) matrix.
 template <typename A>
@@ -195,26 +114,6 @@ void ba_plus_caa(nb::handle a_obj, nb::handle out_obj, double alpha,
                                  dim(a, nd - 1), alpha32, beta32);
 }
 
-// The plan of an orthogonalize call, which owns a copy of the (steps x 3)
-// coefficients.
-fastmuon::OrthogonalizePlan plan_from(nb::handle coef_obj, const char* fn,
-                                      double norm_scale, double eps, bool gram,
-                                      int64_t gram_restart_every) {
-  auto coef = as_array<const double>(coef_obj, fn, "coefficients");
-  if (coef.ndim() != 2 || coef.shape(1) != 3 || coef.shape(0) < 1) {
-    bad_value(fn, "coefficients",
-              "must have shape (steps, 3) with steps >= 1, got shape " +
-                  shape_str(coef));
-  }
-  fastmuon::OrthogonalizePlan plan{
-      {}, norm_scale, eps, gram, gram_restart_every};
-  const double* c = coef.data();
-  for (size_t i = 0; i < coef.shape(0); ++i) {
-    plan.coefficients.push_back({c[3 * i], c[3 * i + 1], c[3 * i + 2]});
-  }
-  return plan;
-}
-
 // A writable (rows, cols) or (batch, rows, cols) float32 array as a Stack.
 fastmuon::cpu::Stack stack_from(const CpuArray<float>& x, const char* fn,
                                 const char* name) {
@@ -227,21 +126,16 @@ fastmuon::cpu::Stack stack_from(const CpuArray<float>& x, const char* fn,
   return {x.data(), batch_of(x), dim(x, nd - 2), dim(x, nd - 1)};
 }
 
-void orthogonalize(nb::handle x_obj, nb::handle coef_obj, double norm_scale,
-                   double eps, bool gram, int64_t gram_restart_every,
-                   int workers) {
+void orthogonalize(nb::handle x_obj, nb::handle plan_obj, int workers) {
   constexpr const char* fn = "orthogonalize";
   auto x = as_array<float>(x_obj, fn, "x");
   const auto stack = stack_from(x, fn, "x");
-  const auto plan =
-      plan_from(coef_obj, fn, norm_scale, eps, gram, gram_restart_every);
+  const auto plan = fastmuon::plan_from_mapping(plan_obj, fn);
   nb::gil_scoped_release release;
   fastmuon::cpu::orthogonalize_stacks_f32({stack}, plan, workers);
 }
 
-void orthogonalize_stacks(nb::list xs, nb::handle coef_obj, double norm_scale,
-                          double eps, bool gram, int64_t gram_restart_every,
-                          int workers) {
+void orthogonalize_stacks(nb::list xs, nb::handle plan_obj, int workers) {
   constexpr const char* fn = "orthogonalize_stacks";
   std::vector<CpuArray<float>> arrays;
   std::vector<std::string> names;
@@ -258,23 +152,44 @@ void orthogonalize_stacks(nb::list xs, nb::handle coef_obj, double norm_scale,
       }
     }
   }
-  const auto plan =
-      plan_from(coef_obj, fn, norm_scale, eps, gram, gram_restart_every);
+  const auto plan = fastmuon::plan_from_mapping(plan_obj, fn);
   nb::gil_scoped_release release;
   fastmuon::cpu::orthogonalize_stacks_f32(stacks, plan, workers);
 }
 
-// Per parameter: (momentum_weight, lookahead_weight, nesterov, decays, decay,
-// step), as fastmuon::cpu::MuonParam names them.
-using MuonHyper = std::tuple<double, double, bool, bool, double, double>;
 // Per parameter: its matrix view (batch, rows, cols).
 using MatrixView = std::tuple<int64_t, int64_t, int64_t>;
 
+// One parameter of muon_step: its arrays, their matrix view, and the
+// hyperparameters `hyper`, a dict with exactly the keys that name them in
+// fastmuon::cpu::MuonParam (cpu_kernels.h), each rounded to float32 as torch
+// rounds a Python scalar for a float32 tensor.
+fastmuon::cpu::MuonParam muon_param(const float* grad, float* momentum,
+                                    float* weight, const MatrixView& view,
+                                    nb::handle hyper, const char* fn,
+                                    const std::string& name) {
+  static const fastmuon::py_args::Keys<6> keys({"momentum_weight",
+                                                "lookahead_weight", "nesterov",
+                                                "decays", "decay", "step"});
+  const fastmuon::py_args::DictArg<6> h(hyper, fn, name, keys);
+  const auto [batch, rows, cols] = view;
+  return {grad,
+          momentum,
+          weight,
+          batch,
+          rows,
+          cols,
+          static_cast<float>(h.get<double>("momentum_weight")),
+          static_cast<float>(h.get<double>("lookahead_weight")),
+          h.get<bool>("nesterov"),
+          h.get<bool>("decays"),
+          static_cast<float>(h.get<double>("decay")),
+          static_cast<float>(h.get<double>("step"))};
+}
+
 bool muon_step(nb::list grads, nb::list momenta, nb::list weights,
-               const std::vector<MatrixView>& views,
-               const std::vector<MuonHyper>& hyper, nb::handle coef_obj,
-               double norm_scale, double eps, bool gram,
-               int64_t gram_restart_every, int workers) {
+               const std::vector<MatrixView>& views, nb::list hyper,
+               nb::handle plan_obj, int workers) {
   constexpr const char* fn = "muon_step";
   const size_t count = grads.size();
   if (momenta.size() != count || weights.size() != count ||
@@ -308,14 +223,11 @@ bool muon_step(nb::list grads, nb::list momenta, nb::list weights,
         overlaps(gs.back(), ws.back())) {
       bad_value(fn, w_name.c_str(), "must not overlap " + g_name + " or " + m_name);
     }
-    const auto& [mw, lw, nesterov, decays, decay, step] = hyper[i];
-    params.push_back({gs.back().data(), ms.back().data(), ws.back().data(),
-                      batch, rows, cols, static_cast<float>(mw),
-                      static_cast<float>(lw), nesterov, decays,
-                      static_cast<float>(decay), static_cast<float>(step)});
+    params.push_back(muon_param(gs.back().data(), ms.back().data(),
+                                ws.back().data(), views[i], hyper[i], fn,
+                                "hyper" + at));
   }
-  const auto plan =
-      plan_from(coef_obj, fn, norm_scale, eps, gram, gram_restart_every);
+  const auto plan = fastmuon::plan_from_mapping(plan_obj, fn);
   nb::gil_scoped_release release;
   return fastmuon::cpu::muon_step_f32(params, plan, workers);
 }
@@ -392,66 +304,49 @@ Raises:
       "orthogonalize",
       &orthogonalize,
       "x"_a.none(),
-      "coefficients"_a.none(),
-      "norm_scale"_a,
-      "eps"_a,
-      "gram"_a,
-      "gram_restart_every"_a,
+      "plan"_a.none(),
       "workers"_a = 1,
-      nb::sig("def orthogonalize(x: object, coefficients: object, norm_scale: "
-              "float, eps: float, gram: bool, gram_restart_every: int, "
-              "workers: int = 1) -> None"),
+      nb::sig("def orthogonalize(x: object, plan: dict, workers: int = 1) "
+              "-> None"),
       R"doc(Orthogonalize every matrix of ``x`` in place (polynomial iteration).
 
 Each matrix ``X`` is normalized to ``X / (||X||_F * norm_scale + eps)``
 (the norm accumulated in float64), then the odd polynomials
-``p(X) = a X + b (X X^T) X + c (X X^T)^2 X`` of ``coefficients`` are
-applied in the order of ``fastmuon.iteration.iterate``: the standard
-iteration (``A = X X^T``, ``B = b A + c A A``, ``X <- a X + B X``), or
-with ``gram=True`` the Gram-space iteration on ``R = X X^T``,
-recomputing ``X`` and ``R`` after every ``gram_restart_every``-th step.
-Tall matrices are iterated in the wide orientation without a
-transposed copy. All arithmetic is float32 on the BLAS; the GIL is
-released. With ``workers=1`` the matrices run one after another, each
-product on the BLAS threads; with ``workers > 1`` the batch is split
-into that many shares, each on a thread of its own (set the BLAS to one
-thread first). The result does not depend on ``workers``. A zero matrix
-stays zero.
+``p(X) = a X + b (X X^T) X + c (X X^T)^2 X`` of the plan's
+``coefficients`` are applied in the order of
+``fastmuon.iteration.iterate``: the standard iteration (``A = X X^T``,
+``B = b A + c A A``, ``X <- a X + B X``), or with ``gram`` the
+Gram-space iteration on ``R = X X^T``, recomputing ``X`` and ``R``
+after every ``gram_restart_every``-th step. Tall matrices are iterated
+in the wide orientation without a transposed copy. All arithmetic is
+float32 on the BLAS; the GIL is released. With ``workers=1`` the
+matrices run one after another, each product on the BLAS threads; with
+``workers > 1`` the batch is split into that many shares, each on a
+thread of its own (set the BLAS to one thread first). The result does
+not depend on ``workers``. A zero matrix stays zero.
 
 Args:
     x: writable float32, C-contiguous CPU array of shape
        ``(batch, rows, cols)`` or ``(rows, cols)``; overwritten with
        the result.
-    coefficients: float64, C-contiguous array of shape ``(steps, 3)``,
-       one ``(a, b, c)`` row per step, ``steps >= 1``.
-    norm_scale: positive factor on the Frobenius norm.
-    eps: non-negative constant added to the scaled norm.
-    gram: iterate on the Gram matrix instead of ``X``.
-    gram_restart_every: restart period (``>= 1``) of the Gram iteration;
-       ignored when ``gram`` is false.
-    workers: threads sharing the batch (``>= 1``).
+)doc" FASTMUON_PLAN_DOC R"doc(    workers: threads sharing the batch (``>= 1``).
 
 Raises:
-    TypeError: ``x``/``coefficients`` is not an array or has the wrong
-        dtype.
+    TypeError: ``x`` is not an array or has the wrong dtype; ``plan`` is
+        not a dict, or a value of it has the wrong type.
     ValueError: wrong shape, non-contiguous, read-only ``x``, non-CPU
-        memory, or an invalid ``norm_scale``/``eps``/coefficient value,
-        ``gram_restart_every`` or ``workers``.
+        memory, a missing or unknown key of ``plan`` or an invalid value
+        of it, or ``workers < 1``.
 )doc");
 
   m.def(
       "orthogonalize_stacks",
       &orthogonalize_stacks,
       "xs"_a,
-      "coefficients"_a.none(),
-      "norm_scale"_a,
-      "eps"_a,
-      "gram"_a,
-      "gram_restart_every"_a,
+      "plan"_a.none(),
       "workers"_a = 1,
-      nb::sig("def orthogonalize_stacks(xs: list, coefficients: object, "
-              "norm_scale: float, eps: float, gram: bool, gram_restart_every: "
-              "int, workers: int = 1) -> None"),
+      nb::sig("def orthogonalize_stacks(xs: list, plan: dict, workers: int = "
+              "1) -> None"),
       R"doc(``orthogonalize`` on every array of the list ``xs`` in one call.
 
 The arrays may have different shapes (each ``(rows, cols)`` or
@@ -475,38 +370,36 @@ Raises:
       "weights"_a,
       "views"_a,
       "hyper"_a,
-      "coefficients"_a.none(),
-      "norm_scale"_a,
-      "eps"_a,
-      "gram"_a,
-      "gram_restart_every"_a,
+      "plan"_a.none(),
       "workers"_a = 1,
       nb::sig("def muon_step(grads: list, momenta: list, weights: list, "
-              "views: list, hyper: list, coefficients: object, norm_scale: float, eps: "
-              "float, gram: bool, gram_restart_every: int, workers: int = 1) "
-              "-> bool"),
+              "views: list, hyper: list, plan: dict, workers: int = 1) -> "
+              "bool"),
       R"doc(One Muon step on fp32 parameters, in place; False, with nothing
 written, if a gradient holds a NaN or an Inf.
 
 For each i, ``grads[i]``, ``momenta[i]`` and ``weights[i]`` are float32,
 C-contiguous arrays of one shape (momenta and weights writable),
 ``views[i]`` is the ``(batch, rows, cols)`` matrix view of their entries
-and ``hyper[i]`` is
-``(momentum_weight, lookahead_weight, nesterov, decays, decay, step)``.
-Per matrix: ``M <- lerp(M, G, momentum_weight)``; ``U = lerp(G, M,
-lookahead_weight)`` with Nesterov, else ``M``; ``O = orthogonalize(U)``
-(the plan as in ``orthogonalize``); ``W <- W * decay`` if ``decays``;
-``W <- W + step * O``. The arithmetic is torch's op for op (lerp and the
-add as fused multiply-adds, the hyperparameters rounded to float32), so
-the results are bitwise those of ``torch.lerp``, ``Tensor.mul_`` and
-``Tensor.add_(alpha=step)``. With ``workers > 1`` the matrices are shared
-out over that many threads as in ``orthogonalize_stacks``. The GIL is
-released.
+and ``hyper[i]`` a dict with exactly the keys ``momentum_weight``,
+``lookahead_weight``, ``nesterov``, ``decays``, ``decay`` and ``step``
+(as ``fastmuon.torch.functional.muon_step_scalars`` gives it). Per
+matrix: ``M <- lerp(M, G, momentum_weight)``; ``U = lerp(G, M,
+lookahead_weight)`` with ``nesterov``, else ``M``; ``O =
+orthogonalize(U)`` (``plan`` as in ``orthogonalize``); ``W <- W * decay``
+if ``decays``; ``W <- W + step * O``. The arithmetic is torch's op for
+op (lerp and the add as fused multiply-adds, the hyperparameters rounded
+to float32), so the results are bitwise those of ``torch.lerp``,
+``Tensor.mul_`` and ``Tensor.add_(alpha=step)``. With ``workers > 1``
+the matrices are shared out over that many threads as in
+``orthogonalize_stacks``. The GIL is released.
 
 Raises:
     TypeError, ValueError: naming the array at fault (``grads[i]``, ...),
         for a wrong dtype, shape or layout, read-only momenta or weights,
-        or overlapping arrays; as ``orthogonalize`` for the plan.
+        or overlapping arrays; naming the key at fault (``hyper[i]``) for
+        a missing or unknown key or a value of the wrong type; as
+        ``orthogonalize`` for the plan.
 )doc");
 
   m.def(

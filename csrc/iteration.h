@@ -29,37 +29,43 @@ struct OrthogonalizePlan {
 // Throws std::invalid_argument (ValueError in Python) for no steps,
 // non-finite coefficients, norm_scale <= 0, eps < 0 (or either non-finite), or
 // gram_restart_every < 1 with gram. Both extensions check plans here, before
-// any data is touched.
-inline void check_plan(const OrthogonalizePlan& plan) {
-  const std::string op = "[fastmuon.orthogonalize] ";
+// any data is touched. The messages read "<field(name)> must ...", where
+// `field` names a field for the caller (a std::string from a const char*).
+template <class FieldName>
+void check_plan(const OrthogonalizePlan& plan, const FieldName& field) {
+  const auto fail = [&field](const char* name, const std::string& what) {
+    throw std::invalid_argument(field(name) + " " + what);
+  };
   if (plan.coefficients.empty()) {
-    throw std::invalid_argument(
-        op + "coefficients must hold at least one (a, b, c) step, got 0");
+    fail("coefficients", "must hold at least one (a, b, c) step, got 0");
   }
   for (size_t i = 0; i < plan.coefficients.size(); ++i) {
     for (double v : plan.coefficients[i]) {
       if (!std::isfinite(v)) {
-        throw std::invalid_argument(
-            op + "coefficients must be finite; step " + std::to_string(i) +
-            " has " + std::to_string(v));
+        fail("coefficients", "must be finite; step " + std::to_string(i) +
+                                 " has " + std::to_string(v));
       }
     }
   }
   if (!(std::isfinite(plan.norm_scale) && plan.norm_scale > 0.0)) {
-    throw std::invalid_argument(
-        op + "norm_scale must be finite and positive, got " +
-        std::to_string(plan.norm_scale));
+    fail("norm_scale", "must be finite and positive, got " +
+                           std::to_string(plan.norm_scale));
   }
   if (!(std::isfinite(plan.eps) && plan.eps >= 0.0)) {
-    throw std::invalid_argument(
-        op + "eps must be finite and non-negative, got " +
-        std::to_string(plan.eps));
+    fail("eps", "must be finite and non-negative, got " +
+                    std::to_string(plan.eps));
   }
   if (plan.gram && plan.gram_restart_every < 1) {
-    throw std::invalid_argument(
-        op + "gram_restart_every must be >= 1, got " +
-        std::to_string(plan.gram_restart_every));
+    fail("gram_restart_every",
+         "must be >= 1, got " + std::to_string(plan.gram_restart_every));
   }
+}
+
+// check_plan with the fields named "[fastmuon.orthogonalize] <field>".
+inline void check_plan(const OrthogonalizePlan& plan) {
+  check_plan(plan, [](const char* name) {
+    return std::string("[fastmuon.orthogonalize] ") + name;
+  });
 }
 
 // Square (m x m) buffers `iterate` needs: A, B (standard) or R, Z, Q, RZ

@@ -23,7 +23,10 @@ from support.native_helpers import (
     assert_exactly_symmetric,
     assert_within_dot_bound,
     mx_to_np,
+    plan_arg,
+    require_native,
 )
+from support.seeds import stable_seed
 from support.spectral import SPECTRA, exact_iteration, matrix_with_spectrum, rounding_allowance
 from test_orthogonalize import check_against_exact
 
@@ -288,9 +291,7 @@ def test_mlx_gpu_stream_raises_cleanly(mlx_ext):
     plan = make_plan("polar_express", 5, None)
     calls = [
         lambda: mlx_ext.ba_plus_caa(mx.ones((3, 3)), 1.0, 0.0, stream=mx.gpu),
-        lambda: mlx_ext.orthogonalize(
-            mx.ones((3, 4)), plan.coefficients, plan.norm_scale, plan.eps, False, 2, stream=mx.gpu
-        ),
+        lambda: mlx_ext.orthogonalize(mx.ones((3, 4)), plan_arg(plan), stream=mx.gpu),
     ]
     for call in calls:
         if mx.metal.is_available():
@@ -308,34 +309,25 @@ ORTHO_SHAPES = [(48, 80), (80, 48), (1, 37), (37, 1), (3, 40, 56), (2, 2, 24, 16
 ORTHO_APIS = ("numpy", "torch", "mlx")
 
 
-def _plan_args(plan, restart_every=GRAM_RESTART_EVERY):
-    return plan.norm_scale, plan.eps, plan.uses_gram, restart_every
-
-
 def _run_native(api, G32: np.ndarray, plan, restart_every=GRAM_RESTART_EVERY) -> np.ndarray:
     """Orthogonalize the float32 array G32 with the native kernel through ``api``."""
-    from support.native_helpers import require_native
-
     shape = G32.shape
     if api == "mlx":
         ext = require_native("mlx_ext")
         import mlx.core as mx
 
-        out = ext.orthogonalize(
-            mx.array(G32), plan.coefficients, *_plan_args(plan, restart_every), stream=mx.cpu
-        )
+        out = ext.orthogonalize(mx.array(G32), plan_arg(plan, gram_restart_every=restart_every), stream=mx.cpu)
         assert out.shape == shape and out.dtype == mx.float32
         return np.array(out)
     ext = require_native("blas")
-    coefficients = np.asarray(plan.coefficients, dtype=np.float64)
     x = np.ascontiguousarray(G32).reshape(-1, *shape[-2:])  # _blas takes (batch, rows, cols)
     if api == "torch":
         torch = pytest.importorskip("torch")
         t = torch.from_numpy(x.copy())
-        assert ext.orthogonalize(t, coefficients, *_plan_args(plan, restart_every)) is None
+        assert ext.orthogonalize(t, plan=plan_arg(plan, gram_restart_every=restart_every)) is None
         return t.numpy().reshape(shape)
     x = x.copy()
-    assert ext.orthogonalize(x, coefficients, *_plan_args(plan, restart_every)) is None
+    assert ext.orthogonalize(x, plan=plan_arg(plan, gram_restart_every=restart_every)) is None
     return x.reshape(shape)
 
 
@@ -356,7 +348,7 @@ def _label(api):
 @pytest.mark.parametrize("shape", ORTHO_SHAPES, ids=str)
 @pytest.mark.parametrize("kind", SPECTRA)
 def test_orthogonalize_matches_reference(api, method, shape, kind):
-    rng = np.random.default_rng(abs(hash((method, shape, kind))) % 2**32)
+    rng = np.random.default_rng(stable_seed(method, shape, kind))
     G32 = matrix_with_spectrum(rng, shape, kind).astype(np.float32)
     plan = make_plan(method, 5, None)
     O = _run_native(api, G32, plan)
@@ -409,16 +401,15 @@ def test_orthogonalize_zero_matrix_stays_zero(api, method):
 
 def test_blas_orthogonalize_empty_and_in_place(blas_ext):
     plan = make_plan("polar_express", 5, None)
-    coefficients = np.asarray(plan.coefficients, dtype=np.float64)
     for shape in [(0, 4, 5), (2, 0, 5), (2, 4, 0)]:
         x = np.zeros(shape, np.float32)
-        blas_ext.orthogonalize(x, coefficients, *_plan_args(plan))
+        blas_ext.orthogonalize(x, plan_arg(plan))
     # In place: the very array passed in holds the result.
     rng = np.random.default_rng(3)
     x = rng.standard_normal((24, 40)).astype(np.float32)
     G64 = x.astype(np.float64)
     view = x
-    blas_ext.orthogonalize(x, coefficients, *_plan_args(plan))
+    blas_ext.orthogonalize(x, plan_arg(plan))
     assert view is x
     check_against_exact(_label("numpy"), G64, x.astype(np.float64), plan, "float32", "float32")
 
@@ -432,7 +423,7 @@ def test_mlx_orthogonalize_16bit(mlx_ext, dtype_name, method):
     G = mx.array(matrix_with_spectrum(rng, (2, 40, 56), "sigma_min_1e-3").astype(np.float32))
     G = G.astype(getattr(mx, dtype_name))
     plan = make_plan(method, 5, None)
-    O = mlx_ext.orthogonalize(G, plan.coefficients, *_plan_args(plan), stream=mx.cpu)
+    O = mlx_ext.orthogonalize(G, plan_arg(plan), stream=mx.cpu)
     assert O.dtype == G.dtype and O.shape == G.shape
     to64 = lambda a: np.array(a.astype(mx.float32)).astype(np.float64)  # noqa: E731
     check_against_exact(_label("mlx"), to64(G), to64(O), plan, "float32", dtype_name)
@@ -466,9 +457,9 @@ def test_mlx_orthogonalize_noncontiguous_views(mlx_ext, rng, make_view):
     G = make_view(mx, rng)
     before = np.array(G)
     plan = make_plan("polar_express", 5, None)
-    O = np.array(mlx_ext.orthogonalize(G, plan.coefficients, *_plan_args(plan), stream=mx.cpu))
+    O = np.array(mlx_ext.orthogonalize(G, plan_arg(plan), stream=mx.cpu))
     # Same as on a contiguous copy of the view, bit for bit (same kernel, same data).
-    dense = mlx_ext.orthogonalize(mx.array(before), plan.coefficients, *_plan_args(plan), stream=mx.cpu)
+    dense = mlx_ext.orthogonalize(mx.array(before), plan_arg(plan), stream=mx.cpu)
     np.testing.assert_array_equal(O, np.array(dense))
     np.testing.assert_array_equal(np.array(G), before)  # the viewed buffer is untouched
     check_against_exact(_label("mlx"), before.astype(np.float64), O.astype(np.float64), plan, "float32", "float32")
@@ -480,11 +471,11 @@ def test_mlx_orthogonalize_does_not_clobber_a_live_input(mlx_ext, rng):
     G_np = rng.standard_normal((2, 12, 20)).astype(np.float32)
     G = mx.array(G_np)
     plan = make_plan("gram", 5, None)
-    O = mlx_ext.orthogonalize(G, plan.coefficients, *_plan_args(plan), stream=mx.cpu)
+    O = mlx_ext.orthogonalize(G, plan_arg(plan), stream=mx.cpu)
     mx.eval(O)
     np.testing.assert_array_equal(np.array(G), G_np)
     # A temporary input (its buffer is donated to the output) gives the same result.
-    O2 = mlx_ext.orthogonalize(G * 1.0, plan.coefficients, *_plan_args(plan), stream=mx.cpu)
+    O2 = mlx_ext.orthogonalize(G * 1.0, plan_arg(plan), stream=mx.cpu)
     np.testing.assert_array_equal(np.array(O2), np.array(O))
     np.testing.assert_array_equal(np.array(G), G_np)
 
@@ -496,7 +487,7 @@ def test_mlx_orthogonalize_compile_vmap_and_no_grad(mlx_ext, rng):
     coefficients = [tuple(step) for step in plan.coefficients]
 
     def fn(x, scale=plan.norm_scale):
-        return mlx_ext.orthogonalize(x, coefficients, scale, plan.eps, False, 2, stream=mx.cpu)
+        return mlx_ext.orthogonalize(x, plan_arg(plan, coefficients=coefficients, norm_scale=scale), stream=mx.cpu)
 
     G_np = rng.standard_normal((3, 16, 24)).astype(np.float32)
     G = mx.array(G_np)
@@ -519,64 +510,101 @@ def test_mlx_orthogonalize_compile_vmap_and_no_grad(mlx_ext, rng):
         mx.jvp(fn, [G], [G])
 
 
-def test_mlx_orthogonalize_accepts_coefficient_forms(mlx_ext):
-    import mlx.core as mx
-
+@pytest.mark.parametrize("api", ["numpy", "mlx"])
+def test_orthogonalize_accepts_coefficient_forms(api):
+    """plan["coefficients"]: a (steps, 3) float64 array, or a sequence of 3-sequences."""
     plan = make_plan("newton_schulz", 3, None)
-    G = mx.array(np.random.default_rng(0).standard_normal((6, 9)).astype(np.float32))
-    args = _plan_args(plan)
-    tuples = np.array(mlx_ext.orthogonalize(G, plan.coefficients, *args, stream=mx.cpu))
-    lists = np.array(mlx_ext.orthogonalize(G, [list(s) for s in plan.coefficients], *args, stream=mx.cpu))
-    ndarray = np.array(mlx_ext.orthogonalize(G, np.asarray(plan.coefficients), *args, stream=mx.cpu))
-    np.testing.assert_array_equal(tuples, lists)
-    np.testing.assert_array_equal(tuples, ndarray)
+    G = np.random.default_rng(0).standard_normal((6, 9)).astype(np.float32)
+    forms = {
+        "tuples": plan.coefficients,
+        "lists": [list(s) for s in plan.coefficients],
+        "ndarray": np.asarray(plan.coefficients),
+        "rows": list(np.asarray(plan.coefficients)),
+    }
+    results = {}
+    for name, coefficients in forms.items():
+        if api == "mlx":
+            ext = require_native("mlx_ext")
+            import mlx.core as mx
+
+            results[name] = np.array(ext.orthogonalize(mx.array(G), plan_arg(plan, coefficients=coefficients),
+                                                       stream=mx.cpu))
+        else:
+            x = G.copy()
+            require_native("blas").orthogonalize(x, plan_arg(plan, coefficients=coefficients))
+            results[name] = x
+    for name, O in results.items():
+        np.testing.assert_array_equal(O, results["ndarray"], err_msg=name)
+
+
+def _assert_plan_key_errors(call, fn):
+    """``call(plan)`` refuses a plan with a missing or an unknown key, or that is no dict, naming
+    the function and the key."""
+    plan = plan_arg()
+    for key in plan:
+        missing = {k: v for k, v in plan.items() if k != key}
+        with pytest.raises(ValueError, match=rf"{fn}\(\): `plan` has no key '{key}'"):
+            call(missing)
+    with pytest.raises(ValueError, match=rf"{fn}\(\): `plan` has an unknown key 'precondition'"):
+        call({**plan, "precondition": True})
+    with pytest.raises(TypeError, match=rf"{fn}\(\): `plan` must be a dict with the keys 'coefficients', "):
+        call(list(plan.values()))
+    with pytest.raises(TypeError, match=rf"{fn}\(\): `plan\['eps'\]` must be a float, got str"):
+        call({**plan, "eps": "1e-7"})
+    with pytest.raises(TypeError, match=rf"{fn}\(\): `plan\['gram'\]` must be a bool, got int"):
+        call({**plan, "gram": 1})
+    with pytest.raises(TypeError, match=rf"{fn}\(\): `plan\['gram_restart_every'\]` must be an int, got float"):
+        call({**plan, "gram_restart_every": 2.0})
 
 
 def test_blas_orthogonalize_errors(blas_ext):
     plan = make_plan("polar_express", 5, None)
     coef = np.asarray(plan.coefficients, dtype=np.float64)
     x = np.ones((2, 4, 6), np.float32)
-    args = _plan_args(plan)
+    good = plan_arg(plan)
     with pytest.raises(TypeError, match=r"orthogonalize\(\): `x` must have dtype float32, got float64"):
-        blas_ext.orthogonalize(x.astype(np.float64), coef, *args)
+        blas_ext.orthogonalize(x.astype(np.float64), good)
     with pytest.raises(ValueError, match=r"`x` must be C-contiguous"):
-        blas_ext.orthogonalize(np.ones((2, 6, 4), np.float32).transpose(0, 2, 1), coef, *args)
+        blas_ext.orthogonalize(np.ones((2, 6, 4), np.float32).transpose(0, 2, 1), good)
     with pytest.raises(ValueError, match=r"`x` must have shape \(rows, cols\) or \(batch, rows, cols\), got shape \(6,\)"):
-        blas_ext.orthogonalize(np.ones(6, np.float32), coef, *args)
+        blas_ext.orthogonalize(np.ones(6, np.float32), good)
     with pytest.raises(ValueError, match=r"`x` must have shape .* got shape \(1, 2, 4, 6\)"):
-        blas_ext.orthogonalize(np.ones((1, 2, 4, 6), np.float32), coef, *args)
+        blas_ext.orthogonalize(np.ones((1, 2, 4, 6), np.float32), good)
     ro = x.copy()
     ro.setflags(write=False)
     with pytest.raises(ValueError, match=r"`x` is read-only"):
-        blas_ext.orthogonalize(ro, coef, *args)
+        blas_ext.orthogonalize(ro, good)
     with pytest.raises(TypeError, match=r"`x` must be a CPU array"):
-        blas_ext.orthogonalize([[1.0]], coef, *args)
-    with pytest.raises(TypeError, match=r"`coefficients` must have dtype float64, got float32"):
-        blas_ext.orthogonalize(x, coef.astype(np.float32), *args)
-    with pytest.raises(TypeError, match=r"`coefficients` must be a CPU array"):
-        blas_ext.orthogonalize(x, [list(s) for s in plan.coefficients], *args)
+        blas_ext.orthogonalize([[1.0]], good)
+    coefficients = r"orthogonalize\(\): `plan\['coefficients'\]`"
+    with pytest.raises(TypeError, match=coefficients + r" must have dtype float64, got float32"):
+        blas_ext.orthogonalize(x, plan_arg(plan, coefficients=coef.astype(np.float32)))
+    for bad in (3.0, [(1.0, 2.0)], "abc"):
+        with pytest.raises(TypeError, match=coefficients + r" must be a \(steps, 3\) float64 array or a sequence"):
+            blas_ext.orthogonalize(x, plan_arg(plan, coefficients=bad))
     for bad in (coef[:, :2].copy(), coef.reshape(-1), np.zeros((0, 3))):
-        with pytest.raises(ValueError, match=r"`coefficients` must have shape \(steps, 3\) with steps >= 1"):
-            blas_ext.orthogonalize(x, bad, *args)
-    with pytest.raises(ValueError, match=r"`coefficients` must be C-contiguous"):
-        blas_ext.orthogonalize(x, np.asfortranarray(coef), *args)
-    with pytest.raises(ValueError, match=r"coefficients must be finite"):
-        blas_ext.orthogonalize(x, np.where(coef == coef[0, 0], np.nan, coef), *args)
-    with pytest.raises(ValueError, match=r"norm_scale must be finite and positive"):
-        blas_ext.orthogonalize(x, coef, 0.0, plan.eps, False, 2)
-    with pytest.raises(ValueError, match=r"eps must be finite and non-negative"):
-        blas_ext.orthogonalize(x, coef, 1.0, -1e-7, False, 2)
-    with pytest.raises(ValueError, match=r"gram_restart_every must be >= 1"):
-        blas_ext.orthogonalize(x, coef, 1.0, 1e-7, True, 0)
+        with pytest.raises(ValueError, match=coefficients + r" must have shape \(steps, 3\) with steps >= 1"):
+            blas_ext.orthogonalize(x, plan_arg(plan, coefficients=bad))
+    with pytest.raises(ValueError, match=coefficients + r" must be C-contiguous"):
+        blas_ext.orthogonalize(x, plan_arg(plan, coefficients=np.asfortranarray(coef)))
+    with pytest.raises(ValueError, match=coefficients + r" must hold at least one"):
+        blas_ext.orthogonalize(x, plan_arg(plan, coefficients=[]))
+    with pytest.raises(ValueError, match=coefficients + r" must be finite"):
+        blas_ext.orthogonalize(x, plan_arg(plan, coefficients=np.where(coef == coef[0, 0], np.nan, coef)))
+    with pytest.raises(ValueError, match=r"`plan\['norm_scale'\]` must be finite and positive"):
+        blas_ext.orthogonalize(x, plan_arg(plan, norm_scale=0.0))
+    with pytest.raises(ValueError, match=r"`plan\['eps'\]` must be finite and non-negative"):
+        blas_ext.orthogonalize(x, plan_arg(plan, norm_scale=1.0, eps=-1e-7))
+    with pytest.raises(ValueError, match=r"`plan\['gram_restart_every'\]` must be >= 1"):
+        blas_ext.orthogonalize(x, plan_arg(plan, gram=True, gram_restart_every=0))
+    _assert_plan_key_errors(lambda bad: blas_ext.orthogonalize(x, bad), "orthogonalize")
     np.testing.assert_array_equal(x, 1.0)  # nothing ran on bad input
 
 
 def test_blas_orthogonalize_torch_noncontiguous_rejected(blas_ext):
     torch = pytest.importorskip("torch")
-    plan = make_plan("polar_express", 5, None)
-    coef = np.asarray(plan.coefficients, dtype=np.float64)
     with pytest.raises(ValueError, match=r"`x` must be C-contiguous"):
-        blas_ext.orthogonalize(torch.randn(2, 24, 16).mT, coef, *_plan_args(plan))
+        blas_ext.orthogonalize(torch.randn(2, 24, 16).mT, plan_arg())
 
 
 def test_mlx_orthogonalize_errors(mlx_ext):
@@ -585,26 +613,28 @@ def test_mlx_orthogonalize_errors(mlx_ext):
     plan = make_plan("polar_express", 5, None)
     c = plan.coefficients
     G = mx.ones((4, 6))
+    good = plan_arg(plan, coefficients=c, norm_scale=1.0, eps=1e-7)
     with pytest.raises(ValueError, match=r"at least 2 dimensions .* got shape \(5,\)"):
-        mlx_ext.orthogonalize(mx.ones((5,)), c, 1.0, 1e-7, False, 2, stream=mx.cpu)
+        mlx_ext.orthogonalize(mx.ones((5,)), good, stream=mx.cpu)
     with pytest.raises(ValueError, match=r"float32, float16 or bfloat16 .* float64"):
-        mlx_ext.orthogonalize(G.astype(mx.float64), c, 1.0, 1e-7, False, 2, stream=mx.cpu)
+        mlx_ext.orthogonalize(G.astype(mx.float64), good, stream=mx.cpu)
     with pytest.raises(ValueError, match=r"float32, float16 or bfloat16 .* int32"):
-        mlx_ext.orthogonalize(G.astype(mx.int32), c, 1.0, 1e-7, False, 2, stream=mx.cpu)
-    with pytest.raises(ValueError, match=r"at least one"):
-        mlx_ext.orthogonalize(G, [], 1.0, 1e-7, False, 2, stream=mx.cpu)
-    with pytest.raises(ValueError, match=r"coefficients must be finite; step 1"):
-        mlx_ext.orthogonalize(G, [c[0], (1.0, float("inf"), 0.0)], 1.0, 1e-7, False, 2, stream=mx.cpu)
+        mlx_ext.orthogonalize(G.astype(mx.int32), good, stream=mx.cpu)
+    with pytest.raises(ValueError, match=r"`plan\['coefficients'\]` must hold at least one"):
+        mlx_ext.orthogonalize(G, {**good, "coefficients": []}, stream=mx.cpu)
+    with pytest.raises(ValueError, match=r"`plan\['coefficients'\]` must be finite; step 1"):
+        mlx_ext.orthogonalize(G, {**good, "coefficients": [c[0], (1.0, float("inf"), 0.0)]}, stream=mx.cpu)
+    with pytest.raises(TypeError, match=r"`plan\['coefficients'\]` must be a \(steps, 3\) float64 array"):
+        mlx_ext.orthogonalize(G, {**good, "coefficients": [(1.0, 2.0)]}, stream=mx.cpu)
+    with pytest.raises(ValueError, match=r"`plan\['norm_scale'\]` must be finite and positive"):
+        mlx_ext.orthogonalize(G, {**good, "norm_scale": -1.0}, stream=mx.cpu)
+    with pytest.raises(ValueError, match=r"`plan\['eps'\]` must be finite and non-negative"):
+        mlx_ext.orthogonalize(G, {**good, "eps": float("nan")}, stream=mx.cpu)
+    with pytest.raises(ValueError, match=r"`plan\['gram_restart_every'\]` must be >= 1"):
+        mlx_ext.orthogonalize(G, {**good, "gram": True, "gram_restart_every": 0}, stream=mx.cpu)
+    _assert_plan_key_errors(lambda bad: mlx_ext.orthogonalize(G, bad, stream=mx.cpu), "orthogonalize")
     with pytest.raises(TypeError):
-        mlx_ext.orthogonalize(G, [(1.0, 2.0)], 1.0, 1e-7, False, 2, stream=mx.cpu)
-    with pytest.raises(ValueError, match=r"norm_scale must be finite and positive"):
-        mlx_ext.orthogonalize(G, c, -1.0, 1e-7, False, 2, stream=mx.cpu)
-    with pytest.raises(ValueError, match=r"eps must be finite and non-negative"):
-        mlx_ext.orthogonalize(G, c, 1.0, float("nan"), False, 2, stream=mx.cpu)
-    with pytest.raises(ValueError, match=r"gram_restart_every must be >= 1"):
-        mlx_ext.orthogonalize(G, c, 1.0, 1e-7, True, 0, stream=mx.cpu)
-    with pytest.raises(TypeError):
-        mlx_ext.orthogonalize(G, c, 1.0, 1e-7, False, 2, mx.cpu)  # stream is keyword-only
+        mlx_ext.orthogonalize(G, good, mx.cpu)  # stream is keyword-only
 
 
 def test_allowance_is_meaningful():

@@ -7,18 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
+from support.native_helpers import plan_arg
 
 torch = pytest.importorskip("torch")
 
 SHAPES = [(1, 192, 64), (1, 64, 64), (3, 40, 24), (1, 7, 33), (2, 16, 130)]
-
-
-def _plan_args(method="polar_express"):
-    plan = make_plan(method, 5, None)
-    return np.asarray(plan.coefficients, dtype=np.float64), plan.norm_scale, plan.eps, plan.uses_gram, \
-        GRAM_RESTART_EVERY
 
 
 def _torch_step(G, M, W, momentum, nesterov, lr, weight_decay, scale, method):
@@ -49,7 +42,7 @@ def test_muon_step_is_bitwise_the_torch_ops(blas_ext, method, nesterov, weight_d
     hyper = [muon_step_scalars(momentum, nesterov, lr, weight_decay, scale) for scale in scales]
     for workers in (1, 2, 3):
         m, w = [M.clone() for M in M0], [W.clone() for W in W0]
-        assert blas_ext.muon_step(Gs, m, w, SHAPES, hyper, *_plan_args(method), workers=workers) is True
+        assert blas_ext.muon_step(Gs, m, w, SHAPES, hyper, plan=plan_arg(method), workers=workers) is True
         for name, got, want in (("momentum", m, Ms), ("weight", w, Ws)):
             for i, (a, b) in enumerate(zip(got, want)):
                 assert torch.equal(a, b), f"{name} {i} (shape {SHAPES[i]}), workers={workers}"
@@ -66,33 +59,72 @@ def test_muon_step_writes_nothing_for_a_non_finite_gradient(blas_ext, bad):
     Ws = [torch.randn(s, generator=gen) for s in SHAPES]
     before = [t.clone() for t in Ms + Ws]
     hyper = [muon_step_scalars(0.95, True, 0.02, 0.1, 1.0)] * len(SHAPES)
-    assert blas_ext.muon_step(Gs, Ms, Ws, SHAPES, hyper, *_plan_args(), workers=2) is False
+    assert blas_ext.muon_step(Gs, Ms, Ws, SHAPES, hyper, plan=plan_arg(), workers=2) is False
     for a, b in zip(Ms + Ws, before):
         assert torch.equal(a, b)
 
 
 def test_muon_step_errors_name_the_array(blas_ext):
-    hyper = [(0.05, 0.95, True, False, 1.0, -0.02)] * 2
+    hyper = [{"momentum_weight": 0.05, "lookahead_weight": 0.95, "nesterov": True, "decays": False, "decay": 1.0,
+              "step": -0.02}] * 2
     views = [(1, 4, 6)] * 2
     G = [torch.ones(4, 6), torch.ones(4, 6)]
     M = [torch.zeros(4, 6), torch.zeros(4, 6)]
     W = [torch.zeros(4, 6), torch.zeros(4, 6)]
     with pytest.raises(TypeError, match=r"`grads\[1\]` must have dtype float32"):
-        blas_ext.muon_step([G[0], G[1].double()], M, W, views, hyper, *_plan_args())
+        blas_ext.muon_step([G[0], G[1].double()], M, W, views, hyper, plan_arg())
     with pytest.raises(ValueError, match=r"`weights\[1\]` must be C-contiguous"):
-        blas_ext.muon_step(G, M, [W[0], torch.zeros(6, 4).T], views, hyper, *_plan_args())
+        blas_ext.muon_step(G, M, [W[0], torch.zeros(6, 4).T], views, hyper, plan_arg())
     with pytest.raises(ValueError, match=r"`grads\[0\]` and momenta\[0\] must have the shape of weights\[0\]"):
-        blas_ext.muon_step([torch.ones(4, 5), G[1]], M, W, views, hyper, *_plan_args())
+        blas_ext.muon_step([torch.ones(4, 5), G[1]], M, W, views, hyper, plan_arg())
     with pytest.raises(ValueError, match=r"`views\[1\]` must be \(batch, rows, cols\) holding the 24 entries"):
-        blas_ext.muon_step(G, M, W, [(1, 4, 6), (2, 4, 6)], hyper, *_plan_args())
+        blas_ext.muon_step(G, M, W, [(1, 4, 6), (2, 4, 6)], hyper, plan_arg())
     with pytest.raises(ValueError, match=r"`weights\[0\]` must not overlap"):
-        blas_ext.muon_step(G, M, [M[0], W[1]], views, hyper, *_plan_args())
+        blas_ext.muon_step(G, M, [M[0], W[1]], views, hyper, plan_arg())
     with pytest.raises(ValueError, match=r"one entry per gradient"):
-        blas_ext.muon_step(G, M, W, views, hyper[:1], *_plan_args())
+        blas_ext.muon_step(G, M, W, views, hyper[:1], plan_arg())
     read_only = np.zeros((4, 6), np.float32)
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match=r"`momenta\[0\]` is read-only"):
-        blas_ext.muon_step(G, [read_only, M[1]], W, views, hyper, *_plan_args())
+        blas_ext.muon_step(G, [read_only, M[1]], W, views, hyper, plan_arg())
+    for t in M + W:
+        assert torch.equal(t, torch.zeros(4, 6))
+
+
+def test_muon_step_errors_name_the_key(blas_ext):
+    """``hyper[i]`` and ``plan`` are dicts read by key: a missing or unknown key, a value of the
+    wrong type or a bad plan value is refused, naming the function and the key, before anything
+    is written."""
+    from fastmuon.torch.functional import muon_step_scalars
+
+    good = muon_step_scalars(0.95, True, 0.02, 0.1, 1.0)
+    assert list(good) == ["momentum_weight", "lookahead_weight", "nesterov", "decays", "decay", "step"]
+    views = [(1, 4, 6)] * 2
+    G = [torch.ones(4, 6), torch.ones(4, 6)]
+    M = [torch.zeros(4, 6), torch.zeros(4, 6)]
+    W = [torch.zeros(4, 6), torch.zeros(4, 6)]
+
+    def step(hyper, plan=None):
+        return blas_ext.muon_step(G, M, W, views, hyper, plan=plan_arg() if plan is None else plan)
+
+    for key in good:
+        with pytest.raises(ValueError, match=rf"muon_step\(\): `hyper\[1\]` has no key '{key}'"):
+            step([good, {k: v for k, v in good.items() if k != key}])
+    with pytest.raises(ValueError, match=r"muon_step\(\): `hyper\[0\]` has an unknown key 'precondition'"):
+        step([{**good, "precondition": True}, good])
+    with pytest.raises(TypeError, match=r"muon_step\(\): `hyper\[0\]` must be a dict with the keys "
+                                        r"'momentum_weight', 'lookahead_weight', 'nesterov', 'decays', 'decay' and 'step'"):
+        step([tuple(good.values()), good])
+    with pytest.raises(TypeError, match=r"`hyper\[1\]\['nesterov'\]` must be a bool, got float"):
+        step([good, {**good, "nesterov": 1.0}])
+    with pytest.raises(TypeError, match=r"`hyper\[1\]\['step'\]` must be a float, got str"):
+        step([good, {**good, "step": "-0.02"}])
+    with pytest.raises(ValueError, match=r"muon_step\(\): `plan` has no key 'gram'"):
+        step([good, good], {k: v for k, v in plan_arg().items() if k != "gram"})
+    with pytest.raises(ValueError, match=r"muon_step\(\): `plan` has an unknown key 'precondition'"):
+        step([good, good], plan_arg(precondition=True))
+    with pytest.raises(ValueError, match=r"muon_step\(\): `plan\['norm_scale'\]` must be finite and positive"):
+        step([good, good], plan_arg(norm_scale=0.0))
     for t in M + W:
         assert torch.equal(t, torch.zeros(4, 6))
 

@@ -12,12 +12,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from support.native_helpers import plan_arg
 
 from fastmuon.plan import make_plan
-
-
-def _plan_args(plan):
-    return np.asarray(plan.coefficients, dtype=np.float64), plan.norm_scale, plan.eps, plan.uses_gram, 2
 
 
 @pytest.mark.parametrize("method", ["polar_express", "gram"])
@@ -29,19 +26,18 @@ def test_batch_split_is_bitwise_the_sequential_result(blas_ext, method, shape):
     blas_ext.set_num_threads(1)
     alone = [G[i:i + 1].copy() for i in range(shape[0])]
     for x in alone:
-        blas_ext.orthogonalize(x, *_plan_args(plan))
+        blas_ext.orthogonalize(x, plan_arg(plan))
     expected = np.concatenate(alone)
     for workers in (1, 2, 3, 8):
         x = G.copy()
-        blas_ext.orthogonalize(x, *_plan_args(plan), workers=workers)
+        blas_ext.orthogonalize(x, plan_arg(plan), workers=workers)
         np.testing.assert_array_equal(x, expected, err_msg=f"workers={workers}")
 
 
 def test_workers_must_be_positive(blas_ext):
-    plan = make_plan("polar_express", 5, None)
     x = np.ones((2, 4, 6), np.float32)
     with pytest.raises(ValueError, match=r"workers must be >= 1, got 0"):
-        blas_ext.orthogonalize(x, *_plan_args(plan), workers=0)
+        blas_ext.orthogonalize(x, plan_arg(), workers=0)
     np.testing.assert_array_equal(x, 1.0)
 
 
@@ -144,12 +140,15 @@ def test_orthogonalize_stacks_errors(blas_ext):
 
     with pytest.raises(TypeError, match=r"Gs\[1\] must be a floating tensor"):
         orthogonalize_stacks([torch.ones(4, 4), torch.ones(4, 4, dtype=torch.int64)])
-    plan = make_plan("polar_express", 5, None)
     x = np.ones((4, 6, 8), np.float32)
     with pytest.raises(ValueError, match=r"`xs\[1\]` overlaps xs\[0\]"):
-        blas_ext.orthogonalize_stacks([x[:2], x[1:]], *_plan_args(plan))
+        blas_ext.orthogonalize_stacks([x[:2], x[1:]], plan_arg())
     with pytest.raises(TypeError, match=r"`xs\[0\]` must have dtype float32"):
-        blas_ext.orthogonalize_stacks([x.astype(np.float64)], *_plan_args(plan))
+        blas_ext.orthogonalize_stacks([x.astype(np.float64)], plan_arg())
+    with pytest.raises(ValueError, match=r"orthogonalize_stacks\(\): `plan\['eps'\]` must be finite"):
+        blas_ext.orthogonalize_stacks([x], plan=plan_arg(eps=-1.0))
+    with pytest.raises(ValueError, match=r"orthogonalize_stacks\(\): `plan` has an unknown key 'precondition'"):
+        blas_ext.orthogonalize_stacks([x], plan=plan_arg(precondition=True))
     np.testing.assert_array_equal(x, 1.0)
 
 
@@ -161,19 +160,18 @@ def test_split_in_a_forked_child_finishes(blas_ext):
     code = """
         import os, signal, time
         import numpy as np
-        from fastmuon.native import blas_module
+        from fastmuon.native import blas_module, kernel_plan
         from fastmuon.plan import make_plan
-        plan = make_plan("polar_express", 5, None)
-        args = (np.asarray(plan.coefficients, dtype=np.float64), plan.norm_scale, plan.eps, False, 2)
+        plan = kernel_plan(make_plan("polar_express", 5, None))
         blas = blas_module()
         blas.set_num_threads(1)
         G = np.random.default_rng(0).standard_normal((4, 24, 40)).astype(np.float32)
         parent = G.copy()
-        blas.orthogonalize(parent, *args, workers=2)
+        blas.orthogonalize(parent, plan, workers=2)
         pid = os.fork()
         if pid == 0:
             child = G.copy()
-            blas.orthogonalize(child, *args, workers=2)
+            blas.orthogonalize(child, plan, workers=2)
             os._exit(0 if np.array_equal(child, parent) else 3)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -199,16 +197,16 @@ def test_mlx_batch_split_is_bitwise_the_sequential_result(mlx_ext):
     from fastmuon.mlx import native as mlx_native
 
     plan = make_plan("polar_express", 5, None)
-    args = ([tuple(s) for s in plan.coefficients], plan.norm_scale, plan.eps, False, 2)
+    args = plan_arg(plan, coefficients=[tuple(s) for s in plan.coefficients])
     G = mx.array(np.random.default_rng(2).standard_normal((5, 24, 40)).astype(np.float32))
-    one = mlx_ext.orthogonalize(G, *args, workers=1, blas_threads=1, stream=mx.cpu)
+    one = mlx_ext.orthogonalize(G, args, workers=1, blas_threads=1, stream=mx.cpu)
     for workers in (2, 3, 8):
-        split = mlx_ext.orthogonalize(G, *args, workers=workers, blas_threads=1, stream=mx.cpu)
+        split = mlx_ext.orthogonalize(G, args, workers=workers, blas_threads=1, stream=mx.cpu)
         np.testing.assert_array_equal(np.array(split), np.array(one))
     assert threads.plan_threads([G.shape], 4) == (1, 4)
     np.testing.assert_array_equal(np.array(mlx_native.orthogonalize(G, plan)), np.array(one))
     with pytest.raises(ValueError, match=r"workers must be >= 1 and blas_threads >= 0, got 0 and 0"):
-        mlx_ext.orthogonalize(G, *args, workers=0, stream=mx.cpu)
+        mlx_ext.orthogonalize(G, args, workers=0, stream=mx.cpu)
 
 
 def test_mlx_threads_follow_the_thread_variables(monkeypatch):

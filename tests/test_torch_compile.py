@@ -92,31 +92,35 @@ def test_scheduled_tensor_lr_recompiles_no_more_than_torch_optim_muon(name):
 def test_native_calls_under_fake_tensors_go_through_the_operator(monkeypatch):
     """Under a dispatch mode (fake tensors, as make_fx and export use) the native iteration is
     dispatched as its operator, whose fake implementation gives the shape without handing
-    the BLAS a fake data pointer; plain eager calls run the kernel directly, with the same bits."""
+    the BLAS a fake data pointer; plain eager calls run the kernel directly, with the same bits
+    as the operator (the plan crosses its typed schema and back unchanged)."""
     require_native("blas")
     import warnings
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import fastmuon.torch.native as native
+    from fastmuon.native import kernel_plan
+    from fastmuon.plan import make_plan
     from fastmuon.torch import orthogonalize
 
     x = torch.randn(2, 16, 32)
-    direct = []
-    kernel = native._orthogonalize_fused
-    monkeypatch.setattr(native, "_orthogonalize_fused", lambda *args: direct.append(1) or kernel(*args))
+    kernel_calls = []
+    kernel = native._run_kernel
+    monkeypatch.setattr(native, "_run_kernel", lambda *args: kernel_calls.append(1) or kernel(*args))
     eager = orthogonalize(x, backend="native")
-    assert direct == [1] and torch.equal(eager, native._orthogonalize_op(x, *_plan_args()))
+    assert kernel_calls == [1]
+    plan = make_plan("polar_express", 5, None)
+    assert torch.equal(eager, native._orthogonalize_op(x, **native._op_arguments(plan)))
+    kernel_calls.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns when a FakeTensor's data pointer is read
         with FakeTensorMode() as mode:
             fake = orthogonalize(mode.from_tensor(x), backend="native")
-    assert direct == [1] and fake.shape == x.shape
-
-
-def _plan_args():
-    from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
-
-    plan = make_plan("polar_express", 5, None)
-    return ([float(c) for step in plan.coefficients for c in step], plan.norm_scale, plan.eps, False,
-            GRAM_RESTART_EVERY)
+    assert kernel_calls == [] and fake.shape == x.shape
+    # The operator's keyword arguments are kernel_plan's keys, in its order.
+    schema = torch.ops.fastmuon.native_orthogonalize.default._schema
+    assert [a.name for a in schema.arguments if a.kwarg_only] == list(kernel_plan(plan))
+    for method in ("newton_schulz", "gram"):
+        plan = make_plan(method, 3, None)
+        assert native._op_kernel_plan(native._op_arguments(plan)) == kernel_plan(plan)

@@ -3,16 +3,11 @@
 // Built in nanobind's `mlx` domain so that mlx.core.array / Stream / Device
 // objects pass straight through. Import mlx.core before this module.
 #include <nanobind/nanobind.h>
-#include <nanobind/stl/array.h>
 #include <nanobind/stl/variant.h>
-#include <nanobind/stl/vector.h>
-
-#include <array>
-#include <cstdint>
-#include <vector>
 
 #include "ba_plus_caa.h"
 #include "orthogonalize.h"
+#include "plan_args.h"
 #include "xxt.h"
 
 namespace nb = nanobind;
@@ -98,44 +93,33 @@ Raises:
   m.def(
       "orthogonalize",
       [](const mlx::core::array& x,
-         std::vector<std::array<double, 3>> coefficients,
-         double norm_scale,
-         double eps,
-         bool gram,
-         int64_t gram_restart_every,
+         nb::handle plan,
          int workers,
          int blas_threads,
          mlx::core::StreamOrDevice s) {
         fastmuon::OrthogonalizeParams params{
-            {std::move(coefficients), norm_scale, eps, gram, gram_restart_every},
-            workers,
+            fastmuon::plan_from_mapping(plan, "orthogonalize"), workers,
             blas_threads};
         return fastmuon::orthogonalize(x, std::move(params), s);
       },
       "x"_a,
-      "coefficients"_a,
-      "norm_scale"_a,
-      "eps"_a,
-      "gram"_a,
-      "gram_restart_every"_a,
+      "plan"_a.none(),
       nb::kw_only(),
       "workers"_a = 1,
       "blas_threads"_a = 0,
       "stream"_a = nb::none(),
       nb::sig(
-          "def orthogonalize(x: mlx.core.array, coefficients: "
-          "collections.abc.Sequence[tuple[float, float, float]], norm_scale: "
-          "float, eps: float, gram: bool, gram_restart_every: int, *, workers: "
+          "def orthogonalize(x: mlx.core.array, plan: dict, *, workers: "
           "int = 1, blas_threads: int = 0, stream: "
           "None | mlx.core.Stream | mlx.core.Device = None) -> mlx.core.array"),
       R"doc(Orthogonalize every matrix of ``x`` (last two axes) in one primitive.
 
 Each matrix ``X`` is normalized to ``X / (||X||_F * norm_scale + eps)``
 (the norm accumulated in float64), then one odd quintic
-``a X + b (X X^T) X + c (X X^T)^2 X`` per ``(a, b, c)`` of
+``a X + b (X X^T) X + c (X X^T)^2 X`` per ``(a, b, c)`` of the plan's
 ``coefficients`` is applied in the order of
 ``fastmuon.iteration.iterate``: the standard iteration, or with
-``gram=True`` the Gram-space iteration, recomputing ``X`` and its Gram
+``gram`` the Gram-space iteration, recomputing ``X`` and its Gram
 matrix after every ``gram_restart_every``-th step. Tall matrices are
 iterated in the wide orientation without a transposed copy. The CPU
 path runs in float32 on the BLAS (symmetric products with ``ssyrk``);
@@ -146,14 +130,7 @@ not differentiable.
 Args:
     x (array): float32, float16 or bfloat16 array with ``ndim >= 2``.
         Any layout (strided views are packed internally).
-    coefficients (sequence of (a, b, c)): one triple per step, at least
-        one, all finite.
-    norm_scale (float): positive factor on the Frobenius norm.
-    eps (float): non-negative constant added to the scaled norm.
-    gram (bool): iterate on the Gram matrix instead of ``X``.
-    gram_restart_every (int): restart period (``>= 1``) of the Gram
-        iteration; ignored when ``gram`` is false.
-    workers (int): CPU threads sharing the batch (``>= 1``; the result
+)doc" FASTMUON_PLAN_DOC R"doc(    workers (int): CPU threads sharing the batch (``>= 1``; the result
         does not depend on it).
     blas_threads (int): the BLAS's threads, set when the CPU path runs
         (``0``: left as they are; pass 1 with ``workers > 1``).
@@ -163,8 +140,10 @@ Returns:
 
 Raises:
     ValueError: ``x`` has fewer than 2 dimensions or a non-floating /
-        float64 dtype, or a parameter is out of range.
-    TypeError: ``coefficients`` is not a sequence of 3-sequences of
-        floats.
+        float64 dtype, ``plan`` misses a key or has an unknown one, or a
+        value of it or a parameter is out of range.
+    TypeError: ``plan`` is not a dict, or a value of it has the wrong
+        type (``coefficients`` neither a float64 (steps, 3) array nor a
+        sequence of 3-sequences of floats).
 )doc");
 }

@@ -13,6 +13,10 @@ with a short spin (``OPENBLAS_SPIN_CYCLES``, unless the user set
 0.1 s after every multi-threaded call, taking a core from the torch or MLX
 work that follows (``tests/test_native_threads.py`` checks the spin is gone).
 
+Every extension function that runs the iteration takes it as one argument, ``plan``: the dict
+that :func:`kernel_plan` builds from a :class:`fastmuon.plan.Plan` (read by key in C++,
+``csrc/plan_args.h``).
+
 Both are imported lazily, on first use, and the outcome is cached. A missing
 or broken build never breaks ``import fastmuon``: the accessors raise
 :class:`NativeExtensionMissing` (an ``ImportError``) with a build hint, and the
@@ -27,11 +31,15 @@ import importlib
 import os
 import threading
 from types import ModuleType
+from typing import Any, Dict
+
+from .plan import GRAM_RESTART_EVERY, Plan
 
 __all__ = [
     "NativeExtensionMissing",
     "blas_available",
     "blas_module",
+    "kernel_plan",
     "mlx_ext_available",
     "mlx_ext_module",
 ]
@@ -60,6 +68,24 @@ def _short_blas_spin():
         yield
     finally:
         os.environ.pop("OPENBLAS_THREAD_TIMEOUT", None)
+
+
+def kernel_plan(plan: Plan) -> Dict[str, Any]:
+    """``plan`` as the extensions take it (their ``plan`` argument): a dict with exactly the
+    fields of the C++ ``fastmuon::OrthogonalizePlan`` (``csrc/iteration.h``), read by key in
+    ``csrc/plan_args.h``; a new field is one key here and one there.
+
+    ``coefficients`` are the plan's (a, b, c) rows, a tuple of float triples (the extensions
+    also take a (steps, 3) float64 array). Plain Python values, so that torch.compile folds the
+    dict into constants; numpy calls here would be traced into the graph as tensor ops.
+    """
+    return {
+        "coefficients": plan.coefficients,
+        "norm_scale": plan.norm_scale,
+        "eps": plan.eps,
+        "gram": plan.uses_gram,
+        "gram_restart_every": GRAM_RESTART_EVERY,
+    }
 
 
 class NativeExtensionMissing(ImportError):

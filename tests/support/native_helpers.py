@@ -65,6 +65,18 @@ def mx_to_np(a) -> np.ndarray:
     return np.array(a.astype(mx.float32)) if a.dtype not in (mx.float32, mx.float64) else np.array(a)
 
 
+def plan_arg(plan="polar_express", **changes) -> dict:
+    """The extensions' ``plan`` argument: ``fastmuon.native.kernel_plan`` of ``plan`` (a Plan, or
+    a method name for its 5-step plan), with the entries of ``changes`` set (a bad value, a
+    restart period, an extra key)."""
+    from fastmuon.native import kernel_plan
+    from fastmuon.plan import make_plan
+
+    if isinstance(plan, str):
+        plan = make_plan(plan, 5, None)
+    return {**kernel_plan(plan), **changes}
+
+
 # ---------------------------------------------------------------------------
 # Native extensions (fastmuon._blas, fastmuon._mlx_ext)
 #

@@ -12,8 +12,8 @@ from __future__ import annotations
 import mlx.core as mx
 
 from .. import threads
-from ..native import mlx_ext_module
-from ..plan import GRAM_RESTART_EVERY, Plan
+from ..native import kernel_plan, mlx_ext_module
+from ..plan import Plan
 
 
 def xxt(X: mx.array, stream=None) -> mx.array:
@@ -32,11 +32,7 @@ def orthogonalize(G: mx.array, plan: Plan) -> mx.array:
     blas_threads, workers = threads.plan_threads([G.shape], threads.available_cpus())
     return mlx_ext_module().orthogonalize(
         G,
-        [tuple(step) for step in plan.coefficients],
-        plan.norm_scale,
-        plan.eps,
-        plan.uses_gram,
-        GRAM_RESTART_EVERY,
+        plan=kernel_plan(plan),
         workers=workers,
         blas_threads=blas_threads,
         stream=mx.cpu,

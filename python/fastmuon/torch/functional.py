@@ -14,7 +14,7 @@ Matrix arguments named ``O``, ``s`` or ``W`` below are matrix views ``(batch, ro
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -61,12 +61,20 @@ def muon_momentum_lists_(momenta: List[torch.Tensor], grads: List[torch.Tensor],
 
 
 def muon_step_scalars(momentum: float, nesterov: bool, lr: float, weight_decay: float,
-                      scale: float) -> Tuple[float, float, bool, bool, float, float]:
+                      scale: float) -> Dict[str, Union[float, bool]]:
     """The scalars of ``muon_momentum_lists_``, ``muon_lookahead`` and ``decoupled_update_lists_``
-    as the fused native step takes them (``fastmuon.torch.native.muon_step``): the lerp weights
-    1 - beta and beta, Nesterov, whether weight decay is on, the decay factor and the update's
-    alpha, each the same expression as in those rules, so the arithmetic is the same."""
-    return (1.0 - momentum, momentum, nesterov, weight_decay != 0.0, 1.0 - lr * weight_decay, -lr * scale)
+    as the fused native step takes them (``fastmuon.torch.native.muon_step``; the names are those
+    of ``fastmuon::cpu::MuonParam``, csrc/cpu_kernels.h): the lerp weights 1 - beta and beta,
+    Nesterov, whether weight decay is on, the decay factor and the update's alpha, each the same
+    expression as in those rules, so the arithmetic is the same."""
+    return {
+        "momentum_weight": 1.0 - momentum,
+        "lookahead_weight": momentum,
+        "nesterov": nesterov,
+        "decays": weight_decay != 0.0,
+        "decay": 1.0 - lr * weight_decay,
+        "step": -lr * scale,
+    }
 
 
 def decoupled_update_lists_(weights: List[torch.Tensor], updates: List[torch.Tensor], *, lr: float,

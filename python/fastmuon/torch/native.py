@@ -11,14 +11,14 @@ are OpenMP's, with torch loaded torch's own; csrc/parallel.h).
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
 
 from .. import threads
-from ..native import blas_module
-from ..plan import GRAM_RESTART_EVERY, Plan
+from ..native import blas_module, kernel_plan
+from ..plan import Plan
 from .reference import as_batch, through_operators
 
 
@@ -87,59 +87,70 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     return out.to(A.dtype)
 
 
-def _coefficient_array(coefficients) -> np.ndarray:
-    return np.asarray(coefficients, dtype=np.float64).reshape(-1, 3)
-
-
-def _run_kernel(Gs: List[torch.Tensor], coefficients, norm_scale: float, eps: float, gram: bool,
-                restart_every: int) -> List[torch.Tensor]:
-    """The fused iteration on every tensor of ``Gs``, in one kernel call on fp32 copies (the kernel
-    works in place), the results in the inputs' dtypes."""
+def _run_kernel(Gs: List[torch.Tensor], plan: Dict[str, Any]) -> List[torch.Tensor]:
+    """The fused iteration (``plan`` as ``kernel_plan`` gives it) on every tensor of ``Gs``, in one
+    kernel call on fp32 copies (the kernel works in place), the results in the inputs' dtypes."""
     Xs = [_fp32_copy(G) for G in Gs]
     workers = use_threads([G.shape for G in Gs])
-    blas_module().orthogonalize_stacks([_kernel_batch(X) for X in Xs], _coefficient_array(coefficients), norm_scale, eps,
-                                       gram, restart_every, workers=workers)
+    blas_module().orthogonalize_stacks([_kernel_batch(X) for X in Xs], plan=plan, workers=workers)
     return [X.to(G.dtype) for X, G in zip(Xs, Gs)]
 
 
-def _orthogonalize_fused(G: torch.Tensor, coefficients: List[float], norm_scale: float, eps: float, gram: bool,
-                        restart_every: int) -> torch.Tensor:
-    return _run_kernel([G], coefficients, norm_scale, eps, gram, restart_every)[0]
-
-
 # The fused iteration as a torch operator with a fake (shape-only) implementation, so that
-# torch.compile(fullgraph=True) keeps an optimizer step that calls it in one graph.
-_orthogonalize_op = torch.library.custom_op("fastmuon::native_orthogonalize", mutates_args=())(_orthogonalize_fused)
+# torch.compile(fullgraph=True) keeps an optimizer step that calls it in one graph. An operator's
+# schema is typed and has no dict, so the plan crosses it as keyword arguments, kernel_plan's keys
+# with the coefficients flattened to a float list: _op_arguments builds them, _op_kernel_plan turns
+# them back. A new plan field is a new keyword here.
+_OP_SCHEMA = ("(Tensor G, *, float[] coefficients, float norm_scale, float eps, bool gram, int gram_restart_every)"
+              " -> Tensor")
+
+
+def _op_arguments(plan: Plan) -> Dict[str, Any]:
+    args = kernel_plan(plan)
+    args["coefficients"] = [float(c) for step in args["coefficients"] for c in step]
+    return args
+
+
+def _op_kernel_plan(args: Dict[str, Any]) -> Dict[str, Any]:
+    flat = args["coefficients"]
+    return dict(args, coefficients=tuple(tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)))
+
+
+def _orthogonalize_kernel(G: torch.Tensor, **args) -> torch.Tensor:
+    return _run_kernel([G], _op_kernel_plan(args))[0]
+
+
+_orthogonalize_op = torch.library.custom_op("fastmuon::native_orthogonalize", _orthogonalize_kernel, mutates_args=(),
+                                            schema=_OP_SCHEMA)
 
 
 @_orthogonalize_op.register_fake
-def _(G, coefficients, norm_scale, eps, gram, restart_every):
+def _(G, **args):
     return torch.empty_like(G, memory_format=torch.contiguous_format)
 
 
 def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
-    coefficients = [float(c) for step in plan.coefficients for c in step]
-    fused = _orthogonalize_op if through_operators(G) else _orthogonalize_fused
-    return fused(G, coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)
+    if through_operators(G):
+        return _orthogonalize_op(G, **_op_arguments(plan))
+    return _run_kernel([G], kernel_plan(plan))[0]
 
 
 def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan) -> List[torch.Tensor]:
     """``orthogonalize`` of each tensor, in one kernel call (eager tensors only: no operator)."""
     if not Gs:
         return []
-    return _run_kernel(Gs, plan.coefficients, plan.norm_scale, plan.eps, plan.uses_gram, GRAM_RESTART_EVERY)
+    return _run_kernel(Gs, kernel_plan(plan))
 
 
 def muon_step(grads: List[torch.Tensor], momenta: List[torch.Tensor], weights: List[torch.Tensor], views: list,
               hyper: list, plan: Plan) -> bool:
     """One Muon step of fp32 CPU parameters in one native call (``_blas.muon_step``): each
     parameter's C-contiguous gradient, momentum and weight, updated in place, seen as its
-    (batch, rows, cols) ``views`` entry; ``hyper`` as ``functional.muon_step_scalars`` gives them.
+    (batch, rows, cols) ``views`` entry; ``hyper`` the dicts ``functional.muon_step_scalars`` gives.
     False, having changed nothing, if a gradient is not finite. The tensors go in as numpy views
     of their memory (see ``_kernel_batch``; 8 parameters: 19 instead of 119 us a call)."""
     workers = use_threads(views)
     return blas_module().muon_step([(G.detach() if G.requires_grad else G).numpy() for G in grads],
                                    [M.numpy() for M in momenta],
                                    [W.detach().numpy() for W in weights], views, hyper,
-                                   _coefficient_array(plan.coefficients), plan.norm_scale, plan.eps, plan.uses_gram,
-                                   GRAM_RESTART_EVERY, workers=workers)
+                                   plan=kernel_plan(plan), workers=workers)
