@@ -25,7 +25,7 @@ from fastmuon import bench, plan as plan_module
 from fastmuon.coefficients import apply_scalar
 from fastmuon.plan import make_plan
 from fastmuon.torch import orthogonalize
-from fastmuon.torch import reference
+from fastmuon.torch.backends import reference
 
 SHAPES = ((2304, 768), (768, 768), (3072, 768), (768, 3072))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bf16_accuracy.jsonl")

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
                 guarded(f"{op} {shape}", lambda: kernel_rows(torch, timed, record, op, shape, dtype, autotuned=False))
     # the slow extras last, so that a spent budget leaves them out rather than the plain rows
     if args.autotune:
-        from fastmuon.torch import triton_common
+        from fastmuon.torch.backends import triton_common
 
         triton_common.use_autotuning(True)
         for op in [op for op in args.ops if op != "optimizer_step"]:
@@ -197,7 +197,7 @@ def print_step_speedups(rows) -> None:
 def kernel_rows(torch, timed, record, op, shape, dtype, autotuned: bool) -> None:
     """The rows of one kernel op (xxt, ba_plus_caa, orthogonalize) at one shape."""
     from fastmuon.torch import orthogonalize
-    from fastmuon.torch import triton_backend as tb
+    from fastmuon.torch.backends import triton_backend as tb
 
     B, m, n = shape
     suffix = "_autotuned" if autotuned else ""

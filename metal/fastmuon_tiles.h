@@ -1,5 +1,5 @@
 // fastmuon/metal/fastmuon_tiles.h: the symmetric-product tile routine of the
-// mx.fast.metal_kernel kernels (python/fastmuon/mlx/metal_kernels.py).
+// mx.fast.metal_kernel kernels (python/fastmuon/mlx/backends/metal_kernels.py).
 //
 // The build installs this file with the package; metal_kernels.py reads the
 // block between the BEGIN/END markers from there as its kernels' header (MLX

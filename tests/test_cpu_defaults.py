@@ -143,7 +143,7 @@ def test_cpu_gram_from_upper_blocks(dtype_name):
     (2 * n * u * |X| |X|^T for the accumulation, plus the output rounding), odd rows too."""
     import torch
 
-    from fastmuon.torch import reference
+    from fastmuon.torch.backends import reference
 
     dtype = getattr(torch, dtype_name)
     u = 2.0**-24  # fp32 accumulation
@@ -167,7 +167,7 @@ def test_cpu_square_plus_from_upper_blocks(dtype_name):
     product."""
     import torch
 
-    from fastmuon.torch import reference
+    from fastmuon.torch.backends import reference
 
     dtype = getattr(torch, dtype_name)
     u = 2.0**-24  # fp32 accumulation
@@ -193,7 +193,7 @@ def test_cpu_symmetric_blocks_keep_autograd():
     that needs gradients takes the full product, and the gradient flows."""
     import torch
 
-    from fastmuon.torch import reference
+    from fastmuon.torch.backends import reference
 
     m = reference.SQUARE_BLOCKS_MIN_ROWS
     X = (torch.randn(1, m, m + 8, generator=torch.Generator().manual_seed(0)) / m).requires_grad_()

@@ -15,7 +15,8 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from fastmuon.mlx import BACKENDS, ba_plus_caa, metal_kernels, orthogonalize, xxt  # noqa: E402
+from fastmuon.mlx import BACKENDS, ba_plus_caa, orthogonalize, xxt  # noqa: E402
+from fastmuon.mlx.backends import metal_kernels  # noqa: E402
 
 # the module (fastmuon.mlx.orthogonalize, the attribute, is the function)
 orth = importlib.import_module("fastmuon.mlx.orthogonalize")

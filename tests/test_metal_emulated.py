@@ -115,7 +115,7 @@ class EmulatedKernel:
 
     def __call__(self, *, inputs, template, grid, threadgroup, output_shapes, output_dtypes,
                  init_value=None, stream=None, verbose=False):
-        from fastmuon.mlx import metal_kernels
+        from fastmuon.mlx.backends import metal_kernels
 
         (tname, dtype), = template
         assert tname == "T"
@@ -135,7 +135,7 @@ class EmulatedKernel:
 
 def emulate(monkeypatch, programs):
     """Make fastmuon.mlx's Metal backend run ``programs`` on the CPU; returns the call log."""
-    from fastmuon.mlx import metal_kernels
+    from fastmuon.mlx.backends import metal_kernels
 
     calls = []
     monkeypatch.setattr(metal_kernels, "metal_unavailable_reason", lambda: None)
@@ -186,7 +186,7 @@ def test_metal_kernel_ba_plus_caa_through_the_public_op(emulated_metal, rng, sha
 
 
 def test_metal_kernel_ba_plus_caa_reads_only_the_upper_triangle(emulated_metal, rng):
-    from fastmuon.mlx import metal_kernels
+    from fastmuon.mlx.backends import metal_kernels
 
     a = symmetric(rng, (40, 40), "float32")
     poisoned = a.copy()
@@ -197,7 +197,7 @@ def test_metal_kernel_ba_plus_caa_reads_only_the_upper_triangle(emulated_metal, 
 
 def test_metal_kernel_transposed_input(emulated_metal, rng):
     """A non-contiguous view goes through (MLX makes it row-contiguous first)."""
-    from fastmuon.mlx import metal_kernels
+    from fastmuon.mlx.backends import metal_kernels
 
     x = rounded(rng.standard_normal((40, 70)), "float32")
     view = _mx(x, "float32").T
@@ -244,7 +244,7 @@ MUTANTS = {
 def test_the_emulation_catches_broken_kernels(programs, monkeypatch, tmp_path, rng):
     """Two one-line bugs in the tile routine, each built into the generated xxt source and run
     through metal_kernels.xxt like the real kernel: the checks above reject both."""
-    from fastmuon.mlx import metal_kernels
+    from fastmuon.mlx.backends import metal_kernels
 
     key = ("fastmuon_xxt", "float32")
     source, real = programs["sources"][key], programs["entries"][key]

@@ -1,7 +1,7 @@
 """The Metal kernels on a real Apple GPU: kernel vs float64 reference, odd shapes, batches,
 every dtype, poisoned outputs, exact symmetry, and the whole iteration.
 
-The kernels are ``fastmuon.mlx.metal_kernels`` (``mx.fast.metal_kernel``), which
+The kernels are ``fastmuon.mlx.backends.metal_kernels`` (``mx.fast.metal_kernel``), which
 ``backend="metal"`` and ``backend="auto"`` on an Apple GPU use; the C++ primitives
 (``fastmuon._mlx_ext``) have CPU kernels only, and stay on the CPU with a GPU default device.
 
@@ -68,7 +68,7 @@ def _check_ba_plus_caa(out, a64, alpha, beta, u_out, eta):
 @pytest.mark.parametrize("dtype,u_out,eta", MLX_DTYPES)
 @pytest.mark.parametrize("shape", XXT_SHAPES, ids=str)
 def test_metal_kernel_xxt(rng, shape, dtype, u_out, eta):
-    from fastmuon.mlx import metal_kernels
+    from fastmuon.mlx.backends import metal_kernels
 
     x, x64 = _input(rng, shape, dtype)
     out = metal_kernels.xxt(x, init_value=float("nan"))  # poisoned: every entry must be written
@@ -80,7 +80,7 @@ def test_metal_kernel_xxt(rng, shape, dtype, u_out, eta):
 @pytest.mark.parametrize("dtype,u_out,eta", MLX_DTYPES)
 @pytest.mark.parametrize("shape", SQUARE_SHAPES, ids=str)
 def test_metal_kernel_ba_plus_caa(rng, shape, dtype, u_out, eta, alpha, beta):
-    from fastmuon.mlx import metal_kernels
+    from fastmuon.mlx.backends import metal_kernels
 
     a, a64 = _symmetric_input(rng, shape, dtype)
     out = metal_kernels.ba_plus_caa(a, alpha, beta, init_value=float("nan"))
@@ -89,7 +89,7 @@ def test_metal_kernel_ba_plus_caa(rng, shape, dtype, u_out, eta, alpha, beta):
 
 
 def test_metal_kernel_ba_plus_caa_reads_only_the_upper_triangle(rng):
-    from fastmuon.mlx import metal_kernels
+    from fastmuon.mlx.backends import metal_kernels
 
     a, a64 = _symmetric_input(rng, (70, 70), "float32")
     lower = np.tril(np.ones((70, 70), dtype=bool), -1)
@@ -101,7 +101,7 @@ def test_metal_kernel_ba_plus_caa_reads_only_the_upper_triangle(rng):
 
 
 def test_metal_kernel_strided_inputs(rng):
-    from fastmuon.mlx import metal_kernels
+    from fastmuon.mlx.backends import metal_kernels
 
     x, x64 = _input(rng, (56, 40), "float32")
     _check_xxt(metal_kernels.xxt(x.T), x64.T, 0.0, 0.0)  # transposed view

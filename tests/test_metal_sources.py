@@ -78,7 +78,7 @@ def test_metal_kernel_reads_the_installed_tile_header():
     """The metal_kernel path takes its header from the installed copy of
     metal/fastmuon_tiles.h, which equals the source: the tile schedule and index math exist
     once."""
-    mk = pytest.importorskip("fastmuon.mlx.metal_kernels")
+    mk = pytest.importorskip("fastmuon.mlx.backends.metal_kernels")
     text = (mt.METAL_DIR / "fastmuon_tiles.h").read_text()
     assert mk.tiles_header_path().read_text() == text
     core = mk.shared_core()
@@ -106,7 +106,7 @@ BROKEN = {
 
 def _wrapped(body: str) -> str:
     """A kernel shaped like MLX's generated ones, with the shared core as its header."""
-    from fastmuon.mlx.metal_kernels import shared_core
+    from fastmuon.mlx.backends.metal_kernels import shared_core
 
     return (
         mt.MLX_UTILS_PREFIX + shared_core() + "[[kernel]] void k(\n"

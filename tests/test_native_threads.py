@@ -43,7 +43,7 @@ def test_workers_must_be_positive(blas_ext):
 
 def test_threads_stay_within_torch_threads(monkeypatch):
     torch = pytest.importorskip("torch")
-    from fastmuon.torch import native
+    from fastmuon.torch.backends import native
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert native.plan_threads([(8, 64, 256)]) == (1, 4)  # batch split, OpenBLAS on one thread
@@ -194,7 +194,7 @@ def test_mlx_batch_split_is_bitwise_the_sequential_result(mlx_ext):
     import mlx.core as mx
 
     from fastmuon import threads
-    from fastmuon.mlx import native as mlx_native
+    from fastmuon.mlx.backends import native as mlx_native
 
     plan = make_plan("polar_express", 5, None)
     args = plan_arg(plan, coefficients=[tuple(s) for s in plan.coefficients])

@@ -106,13 +106,22 @@ def test_no_import_cycles_inside_the_package(tmp_path):
 
 
 def test_torch_and_mlx_have_the_same_module_names():
+    """fastmuon.torch and fastmuon.mlx mirror each other: the same modules, the same optim/ and,
+    but for each framework's own kernels, the same backends/."""
     import fastmuon
 
     root = os.path.dirname(fastmuon.__file__)
     kernel_files = {"triton_backend", "triton_common", "triton_xxt", "triton_xtx", "triton_ba_plus_caa",
                     "metal_backend", "metal_kernels"}
-    names = {
-        fw: {f[:-3] for f in os.listdir(os.path.join(root, fw)) if f.endswith(".py")} - kernel_files
-        for fw in ("torch", "mlx")
-    }
-    assert names["torch"] == names["mlx"]
+
+    def modules(*path):
+        folder = os.path.join(root, *path)
+        return {f[:-3] if f.endswith(".py") else f + "/" for f in os.listdir(folder)
+                if f.endswith(".py") or os.path.isfile(os.path.join(folder, f, "__init__.py"))}
+
+    assert modules("torch") == modules("mlx")
+    assert {"optim/", "backends/"} <= modules("torch")
+    assert modules("torch", "optim") == modules("mlx", "optim")
+    assert modules("torch", "backends") - kernel_files == modules("mlx", "backends") - kernel_files
+    assert not any(len(open(os.path.join(folder, f)).readlines()) > 500
+                   for folder, _, files in os.walk(root) for f in files if f.endswith(".py")), "a module over 500 lines"

@@ -99,7 +99,7 @@ def test_native_calls_under_fake_tensors_go_through_the_operator(monkeypatch):
 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    import fastmuon.torch.native as native
+    import fastmuon.torch.backends.native as native
     from fastmuon.native import kernel_plan
     from fastmuon.plan import make_plan
     from fastmuon.torch import orthogonalize

@@ -42,12 +42,12 @@ from fastmuon import coefficients as coef  # noqa: E402
 from fastmuon.plan import make_plan  # noqa: E402
 from fastmuon.torch import ba_plus_caa, orthogonalize, xxt  # noqa: E402
 from fastmuon.torch.orthogonalize import select_backend  # noqa: E402
-from fastmuon.torch import triton_backend, triton_common  # noqa: E402
-from fastmuon.torch.reference import through_operators  # noqa: E402
-from fastmuon.torch.triton_ba_plus_caa import ba_plus_caa_ref, launch_ba_plus_caa  # noqa: E402
-from fastmuon.torch.triton_common import GPU_CONFIGS, INTERPRETER_CONFIG, TileConfig, grid_for, upper_tile  # noqa: E402
-from fastmuon.torch.triton_xtx import launch_xtx, xtx_ref  # noqa: E402
-from fastmuon.torch.triton_xxt import launch_xxt, xxt_ref  # noqa: E402
+from fastmuon.torch.backends import triton_backend, triton_common  # noqa: E402
+from fastmuon.torch.backends.reference import through_operators  # noqa: E402
+from fastmuon.torch.backends.triton_ba_plus_caa import ba_plus_caa_ref, launch_ba_plus_caa  # noqa: E402
+from fastmuon.torch.backends.triton_common import GPU_CONFIGS, INTERPRETER_CONFIG, TileConfig, grid_for, upper_tile  # noqa: E402
+from fastmuon.torch.backends.triton_xtx import launch_xtx, xtx_ref  # noqa: E402
+from fastmuon.torch.backends.triton_xxt import launch_xxt, xxt_ref  # noqa: E402
 
 from support.frameworks import FRAMEWORKS  # noqa: E402
 from support.seeds import stable_seed  # noqa: E402

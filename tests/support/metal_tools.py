@@ -77,7 +77,7 @@ def compile_check(source: str):
 _GENERATE = r"""
 import json, os, sys, tempfile
 import mlx.core as mx
-from fastmuon.mlx import metal_kernels as mk
+from fastmuon.mlx.backends import metal_kernels as mk
 
 for name, dtype, m, k in json.loads(sys.argv[1]):
     inputs, _ = mk.KERNELS[name]

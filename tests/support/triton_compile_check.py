@@ -18,10 +18,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fastmuon.torch.triton_ba_plus_caa import ba_plus_caa_kernel
-from fastmuon.torch.triton_common import TileConfig, ladder_configs
-from fastmuon.torch.triton_xtx import xtx_kernel
-from fastmuon.torch.triton_xxt import xxt_kernel
+from fastmuon.torch.backends.triton_ba_plus_caa import ba_plus_caa_kernel
+from fastmuon.torch.backends.triton_common import TileConfig, ladder_configs
+from fastmuon.torch.backends.triton_xtx import xtx_kernel
+from fastmuon.torch.backends.triton_xxt import xxt_kernel
 
 FLAGS = ("BLOCK_M", "BLOCK_K", "UPCAST", "SOFT_BF16", "DOT_PRECISION", "COUNT_TILES")
 # Unit strides of contiguous inputs and outputs (the reduction axis of X X^T and A A^T, the

@@ -8,9 +8,9 @@ import math
 import mlx.core as mx
 
 from ..plan import check_backend
-from . import metal_kernels, native
+from .backends import metal_kernels, native
 from .orthogonalize import BACKENDS, check_array, select_backend
-from .reference import MlxOps
+from .backends.reference import MlxOps
 
 
 def _kernel_backend(backend: str, a: mx.array) -> str:

@@ -13,7 +13,7 @@ import mlx.core as mx
 
 from ..native import mlx_ext_available
 from ..plan import DEFAULT_STEPS, check_backend, check_compute_bits, check_matrix_shape, gram_needs_wider, make_plan
-from . import metal_backend, metal_kernels, native, reference
+from .backends import metal_backend, metal_kernels, native, reference
 
 BACKENDS = ("auto", "reference", "native", "metal")
 

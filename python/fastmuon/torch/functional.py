@@ -63,7 +63,7 @@ def muon_momentum_lists_(momenta: List[torch.Tensor], grads: List[torch.Tensor],
 def muon_step_scalars(momentum: float, nesterov: bool, lr: float, weight_decay: float,
                       scale: float) -> Dict[str, Union[float, bool]]:
     """The scalars of ``muon_momentum_lists_``, ``muon_lookahead`` and ``decoupled_update_lists_``
-    as the fused native step takes them (``fastmuon.torch.native.muon_step``; the names are those
+    as the fused native step takes them (``fastmuon.torch.backends.native.muon_step``; the names are those
     of ``fastmuon::cpu::MuonParam``, csrc/cpu_kernels.h): the lerp weights 1 - beta and beta,
     Nesterov, whether weight decay is on, the decay factor and the update's alpha, each the same
     expression as in those rules, so the arithmetic is the same."""

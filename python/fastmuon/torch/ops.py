@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..plan import check_backend
-from . import native
+from .backends import native
 from .orthogonalize import BACKENDS, check_tensor, select_backend, triton_backend
-from .reference import TorchOps, as_batch
+from .backends.reference import TorchOps, as_batch
 
 
 def _kernel_backend(backend: str, t: torch.Tensor) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from .. import auto_table, cpu, native as _native_loader, threads
 from ..plan import DEFAULT_STEPS, check_backend, check_compute_bits, check_matrix_shape, gram_needs_wider, make_plan
-from . import native, reference
+from .backends import native, reference
 
 BACKENDS = ("auto", "reference", "native", "triton")
 
@@ -329,11 +329,11 @@ def triton_installed() -> bool:
 
 
 def triton_backend():
-    """``fastmuon.torch.triton_backend``, imported on first use (it imports triton)."""
+    """``fastmuon.torch.backends.triton_backend``, imported on first use (it imports triton)."""
     if not triton_installed():
         raise ImportError(_TRITON_HINT)
     try:
-        from . import triton_backend as module
+        from .backends import triton_backend as module
     except ImportError as exc:
         raise ImportError(f"{_TRITON_HINT}; importing it failed: {exc}") from exc
     return module

@@ -24,7 +24,7 @@ from ..functional import (
     sphere_geodesic_update,
     sphere_project_update,
 )
-from ..native import muon_step as native_muon_step
+from ..backends.native import muon_step as native_muon_step
 from .. import orthogonalize as orthogonalizer  # the module (see orthogonalize_group_stacks)
 from .pipeline import Batch, by_group, lr_scale, orthogonalize_options
 

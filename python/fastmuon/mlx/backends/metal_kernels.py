@@ -25,7 +25,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from ..tiles import MAX_SYMMETRIC_DIM, symmetric_grid
+from ...tiles import MAX_SYMMETRIC_DIM, symmetric_grid
 
 DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 
@@ -174,7 +174,7 @@ def xxt(X: mx.array, *, init_value: Optional[float] = None) -> mx.array:
     every entry gets written).
     """
     _check(X, "X")
-    require_metal("fastmuon.mlx.metal_kernels.xxt")
+    require_metal("fastmuon.mlx.backends.metal_kernels.xxt")
     *lead, m, k = X.shape
     if m == 0 or k == 0 or X.size == 0:
         return mx.zeros((*lead, m, m), dtype=X.dtype)
@@ -191,7 +191,7 @@ def ba_plus_caa(
     _check(A, "A")
     if A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A must be square in its last two axes, got shape {tuple(A.shape)}")
-    require_metal("fastmuon.mlx.metal_kernels.ba_plus_caa")
+    require_metal("fastmuon.mlx.backends.metal_kernels.ba_plus_caa")
     *lead, m, _ = A.shape
     if A.size == 0:
         return mx.zeros(A.shape, dtype=A.dtype)

@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
-from .. import threads
-from ..native import blas_module, kernel_plan
-from ..plan import Plan
+from ... import threads
+from ...native import blas_module, kernel_plan
+from ...plan import Plan
 from .reference import as_batch, through_operators
 
 

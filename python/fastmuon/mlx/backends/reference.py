@@ -10,8 +10,8 @@ import math
 
 import mlx.core as mx
 
-from ..iteration import orthogonalize_with
-from ..plan import Plan
+from ...iteration import orthogonalize_with
+from ...plan import Plan
 
 
 class MlxOps:

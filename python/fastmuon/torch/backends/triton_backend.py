@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op
 
-from ..iteration import orthogonalize_with
-from ..plan import Plan
+from ...iteration import orthogonalize_with
+from ...plan import Plan
 from .reference import TorchOps, as_batch, through_operators
 from .triton_ba_plus_caa import launch_ba_plus_caa
 from .triton_common import INTERPRETED

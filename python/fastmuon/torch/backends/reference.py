@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from ..iteration import orthogonalize_with
-from ..plan import Plan
+from ...iteration import orthogonalize_with
+from ...plan import Plan
 
 
 def as_batch(t: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .. import threads
-from ..native import kernel_plan, mlx_ext_module
-from ..plan import Plan
+from ... import threads
+from ...native import kernel_plan, mlx_ext_module
+from ...plan import Plan
 
 
 def xxt(X: mx.array, stream=None) -> mx.array:

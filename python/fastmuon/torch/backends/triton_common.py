@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..tiles import upper_tile_count
+from ...tiles import upper_tile_count
 
 
 def _kernels_interpreted() -> bool:

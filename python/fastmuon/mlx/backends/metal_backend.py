@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..iteration import orthogonalize_with
-from ..plan import Plan
+from ...iteration import orthogonalize_with
+from ...plan import Plan
 from . import metal_kernels
 from .reference import MlxOps
 
