@@ -94,8 +94,10 @@ if wants test; then
   "$PY" -c 'import xdist' 2>/dev/null && parallel=(-n 8)
   per_test=()
   "$PY" -c 'import pytest_timeout' 2>/dev/null && per_test=(--timeout 150)
-  # leave the benchmark at least 240 s
-  budget=$(($(left) - 240))
+  # leave the benchmark, when it runs, at least 240 s
+  reserve=0
+  wants bench && reserve=240
+  budget=$(($(left) - reserve))
   [ "$budget" -gt 200 ] && budget=200
   run_for "$budget" "$OUT/pytest.log" "$PY" -m pytest -q -p no:cacheprovider -rfEs "${parallel[@]}" "${per_test[@]}" \
     tests/test_triton.py tests/test_auto_table.py
