@@ -18,7 +18,7 @@ import torch
 
 from ... import threads
 from ...native import blas_module, kernel_plan
-from ...plan import Plan
+from ...plan import DEFAULT_STEPS, Plan, make_plan
 from .reference import as_batch, through_operators
 
 
@@ -101,8 +101,6 @@ def _run_kernel(Gs: List[torch.Tensor], plan: Dict[str, Any]) -> List[torch.Tens
 # schema is typed and has no dict, so the plan crosses it as keyword arguments, kernel_plan's keys
 # with the coefficients flattened to a float list: _op_arguments builds them, _op_kernel_plan turns
 # them back. A new plan field is a new keyword here.
-_OP_SCHEMA = ("(Tensor G, *, float[] coefficients, float norm_scale, float eps, bool gram, int gram_restart_every)"
-              " -> Tensor")
 
 
 def _op_arguments(plan: Plan) -> Dict[str, Any]:
@@ -120,6 +118,15 @@ def _orthogonalize_kernel(G: torch.Tensor, **args) -> torch.Tensor:
     return _run_kernel([G], _op_kernel_plan(args))[0]
 
 
+def _op_schema() -> str:
+    """The operator's schema, from the fields ``kernel_plan`` gives (a new plan field needs no
+    change here): the coefficients flattened to ``float[]``, the others by their Python type."""
+    types = {bool: "bool", int: "int", float: "float", list: "float[]"}
+    fields = _op_arguments(make_plan("polar_express", DEFAULT_STEPS, None))
+    return "(Tensor G, *, " + ", ".join(f"{types[type(v)]} {k}" for k, v in fields.items()) + ") -> Tensor"
+
+
+_OP_SCHEMA = _op_schema()
 _orthogonalize_op = torch.library.custom_op("fastmuon::native_orthogonalize", _orthogonalize_kernel, mutates_args=(),
                                             schema=_OP_SCHEMA)
 
