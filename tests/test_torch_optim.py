@@ -25,6 +25,7 @@ import fastmuon
 from fastmuon import coefficients as coef
 from fastmuon.native import blas_available
 from fastmuon.plan import make_plan
+from fastmuon.rules import matrix_view, normuon_state_shape
 from fastmuon.torch import Muon, MuonWithAdamW, NorMuon, SignSGD, muon_param_groups
 from support import reference_optim as reference
 from support.bad_options import BAD_MUON_OPTIONS
@@ -220,8 +221,13 @@ def test_rule_matches_torch_optim_muon_in_float64(monkeypatch, rng, adjust_lr, n
         assert np.abs(theirs[i] - W0[i]).max() > 1000 * allowance  # the steps did move the weights
 
 
+def with_adamw_groups(params, **options):
+    """MuonWithAdamW over one Muon group of ``params``."""
+    return MuonWithAdamW([{"params": params, "use_muon": True}], **options)
+
+
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
-@pytest.mark.parametrize("cls", [Muon, NorMuon])
+@pytest.mark.parametrize("cls", [Muon, NorMuon, with_adamw_groups])
 def test_resumes_a_torch_optim_muon_checkpoint(rng, cls):
     """A state_dict saved by torch.optim.Muon loads into the drop-in, whose own defaults differ:
     the groups take torch's hyperparameters (adjust_lr_fn as adjust_lr, ns_coefficients as
@@ -248,9 +254,11 @@ def test_resumes_a_torch_optim_muon_checkpoint(rng, cls):
         else:
             opt = cls(params, lr=0.03, weight_decay=0.05, momentum=0.9, adjust_lr="match_rms_adamw",
                       ns_coefficients=coef.JORDAN_NEWTON_SCHULZ, eps=TORCH_MUON_EPS)
-            for p, q in zip(params, theirs):
+            for p, q in zip(params, theirs):  # a first step's state, with torch's momentum
                 opt.state[p]["momentum_buffer"] = torch_opt.state[q]["momentum_buffer"].clone()
-                opt._init_state(p, opt.param_groups[0])  # the rest of a first step's state
+                opt.state[p]["skipped_steps"] = torch.zeros((), dtype=torch.int64)
+                if cls is NorMuon:
+                    opt.state[p]["second_moment"] = torch.zeros(normuon_state_shape(*matrix_view(p.shape)))
         for p, g in zip(params, grads[2]):
             p.grad = g.clone()
         opt.step()
@@ -1203,3 +1211,55 @@ def test_chunks_of_one_stack_share_its_compute_dtype(monkeypatch, rng):
     stacks = {(r.call, r.stack): r.stack_shape[0] for r in routes}
     assert sorted(stacks.values()) == [1, 2]  # the chunks (2 + 1 matrices), batched together or not
     opt.step()
+
+
+@pytest.mark.parametrize("saved_kind,loading_kind,message", [
+    ("normuon", "muon", r"param_groups\[0\] is a NorMuon group \(beta2=0.95\): Muon would step it as NorMuon"),
+    ("muon", "normuon", r"param_groups\[0\] is a plain Muon group \(beta2=None\): NorMuon would step it as plain"),
+    ("with_adamw", "muon", r"param_groups\[1\] is an AdamW group \(use_muon=False\): Muon takes only Muon groups"),
+    ("with_adamw_swapped", "with_adamw", r"param_groups\[0\] is an AdamW group, param_groups\[0\] a Muon group"),
+])
+def test_a_checkpoint_of_another_kind_is_refused_before_anything_changes(rng, saved_kind, loading_kind, message):
+    """A checkpoint cannot switch the algorithm: loading NorMuon's state into Muon (which would
+    then step as NorMuon), Muon's into NorMuon (plain Muon) or MuonWithAdamW's AdamW groups into
+    Muon (AdamW steps) raises, naming the group, and leaves the optimizer as it was."""
+    def make(kind, params):
+        matrix, vector = params
+        if kind == "muon":
+            return Muon([{"params": [matrix]}, {"params": [nn.Parameter(torch.zeros(4, 6))]}])
+        if kind == "normuon":
+            return NorMuon([{"params": [matrix]}, {"params": [nn.Parameter(torch.zeros(4, 6))]}])
+        groups = [{"params": [matrix], "use_muon": True}, {"params": [vector], "use_muon": False}]
+        return MuonWithAdamW(groups[::-1] if kind == "with_adamw_swapped" else groups)
+
+    def params():
+        return [nn.Parameter(torch.tensor(rng.standard_normal(s), dtype=torch.float32)) for s in ((8, 12), (12,))]
+
+    source = params()
+    saved = make(saved_kind, source)
+    for p in source:
+        p.grad = torch.ones_like(p)
+    saved.step()
+    target = make(loading_kind, params())
+    before = [dict(g, params=list(g["params"])) for g in target.param_groups]
+    with pytest.raises(ValueError, match=message):
+        target.load_state_dict(saved.state_dict())
+    assert not target.state and [dict(g, params=list(g["params"])) for g in target.param_groups] == before
+
+
+def test_a_checkpoint_whose_states_do_not_fit_the_parameters_names_them(rng):
+    """Same counts, other shapes: the load is refused naming the parameter and the state, before
+    anything changes (torch would load it and fail deep inside the next step)."""
+    def run(shapes, names):
+        params = [nn.Parameter(torch.tensor(rng.standard_normal(s), dtype=torch.float32)) for s in shapes]
+        opt = NorMuon([{"params": params, "param_names": names}])
+        for p in params:
+            p.grad = torch.ones_like(p)
+        return opt
+
+    saved = run([(8, 12), (6, 6)], ["a", "b"])
+    saved.step()
+    target = run([(8, 12), (6, 7)], ["a", "b"])
+    with pytest.raises(ValueError, match=r"state 'momentum_buffer' of b has shape \(6, 6\), expected \(6, 7\)"):
+        target.load_state_dict(saved.state_dict())
+    assert not target.state

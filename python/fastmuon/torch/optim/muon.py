@@ -44,7 +44,9 @@ class _MuonFamily(CheckedOptimizer):
         self._distributed = distributed
         self._process_group = process_group
         super().__init__(params, defaults)
+        self.register_load_state_dict_pre_hook(_check_checkpoint)
         self.register_load_state_dict_post_hook(_complete_loaded_groups)
+        self.register_load_state_dict_post_hook(_complete_torch_muon_state)
 
     def _check_group(self, group: dict, index: int) -> None:
         if group["use_muon"]:
@@ -297,7 +299,6 @@ class Muon(_MuonFamily):
                         ns_coefficients=None if ns_coefficients is None else tuple(ns_coefficients), eps=eps,
                         transposed=False, allow_nd=bool(allow_nd), use_muon=True)
         super().__init__(params, defaults, distributed=distributed, process_group=process_group)
-        self.register_load_state_dict_post_hook(_complete_torch_muon_state)
 
     def _fill_group_defaults(self, group: dict) -> None:
         if not group.setdefault("use_muon", True):
@@ -305,6 +306,61 @@ class Muon(_MuonFamily):
         if group.get("ns_coefficients") is not None:  # as in the constructor: Newton-Schulz with these
             group.setdefault("method", "newton_schulz")
             group["ns_coefficients"] = tuple(group["ns_coefficients"])
+
+
+def _kind(optimizer) -> str:
+    if isinstance(optimizer, MuonWithAdamW):
+        return "MuonWithAdamW"
+    return "NorMuon" if isinstance(optimizer, NorMuon) else "Muon"
+
+
+def _check_checkpoint(optimizer: "_MuonFamily", state_dict: dict) -> dict:
+    """Refuse, before anything changes, a checkpoint whose groups are of another kind than this
+    optimizer's (a NorMuon group would make Muon step as NorMuon, a plain Muon group NorMuon as
+    Muon, an AdamW group Muon step AdamW) or whose states do not fit the parameters' shapes,
+    naming the group or parameter. A ``torch.optim.Muon`` checkpoint (no ``use_muon``) is a
+    Muon group for any of them (``_complete_torch_muon_state``)."""
+    kind = _kind(optimizer)
+    saved_groups = state_dict.get("param_groups", [])
+    for index, saved in enumerate(saved_groups):
+        if "use_muon" not in saved:
+            continue
+        where = f"the checkpoint's param_groups[{index}]"
+        if not saved["use_muon"]:
+            if kind != "MuonWithAdamW":
+                raise ValueError(f"{where} is an AdamW group (use_muon=False): {kind} takes only Muon groups; "
+                                 "load it into MuonWithAdamW")
+        elif kind == "Muon" and saved.get("beta2") is not None:
+            raise ValueError(f"{where} is a NorMuon group (beta2={saved['beta2']!r}): Muon would step it as "
+                             "NorMuon; load it into NorMuon (or MuonWithAdamW)")
+        elif kind == "NorMuon" and saved.get("beta2") is None:
+            raise ValueError(f"{where} is a plain Muon group (beta2=None): NorMuon would step it as plain Muon; "
+                             "load it into Muon")
+        if index < len(optimizer.param_groups):
+            current = optimizer.param_groups[index]
+            if bool(saved["use_muon"]) != bool(current.get("use_muon", True)):
+                kinds = {True: "a Muon", False: "an AdamW"}
+                raise ValueError(f"{where} is {kinds[bool(saved['use_muon'])]} group, param_groups[{index}] "
+                                 f"{kinds[bool(current.get('use_muon', True))]} group")
+    saved_ids = [i for group in saved_groups for i in group["params"]]
+    current = [(p, group, gi, j) for gi, group in enumerate(optimizer.param_groups) for j, p in enumerate(group["params"])]
+    if len(saved_ids) != len(current):
+        return state_dict  # torch's own error names the counts
+    states = state_dict.get("state", {})
+    for saved_id, (p, group, gi, j) in zip(saved_ids, current):
+        state = states.get(saved_id)
+        if not state:
+            continue
+        expected = {key: tuple(p.shape) for key in ("momentum_buffer", "exp_avg", "exp_avg_sq")}
+        if p.ndim >= 2:
+            expected["second_moment"] = normuon_state_shape(*matrix_view(p.shape))
+        for key, shape in expected.items():
+            value = state.get(key)
+            if isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(shape):
+                raise ValueError(f"the checkpoint's state {key!r} of {param_name(group, j, gi)} has shape "
+                                 f"{tuple(value.shape)}, expected {tuple(shape)} for a parameter of shape "
+                                 f"{tuple(p.shape)}; was it saved for another model?")
+    return state_dict
 
 
 def _complete_torch_muon_state(optimizer: "Muon") -> None:
@@ -316,7 +372,10 @@ def _complete_torch_muon_state(optimizer: "Muon") -> None:
     for index, group in enumerate(optimizer.param_groups):
         if "use_muon" in group:
             continue
+        group["use_muon"] = True
         group["adjust_lr"] = group.pop("adjust_lr_fn", None) or MUON_DEFAULTS["adjust_lr"]
+        if group.get("ns_coefficients") is not None:
+            group.setdefault("method", "newton_schulz")
         optimizer._fill_group_defaults(group)
         for key, value in optimizer.defaults.items():
             group.setdefault(key, value)
