@@ -118,3 +118,34 @@ def test_explain_changes_nothing():
     before = p.detach().clone()
     opt.explain()
     assert not opt.state and torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("framework", ["torch", "mlx"])
+def test_eps_zero_is_refused_where_a_zero_matrix_would_divide_by_zero(framework):
+    """orthogonalize(zeros, eps=0) gave NaN (a zero matrix must give zeros), and Muon(eps=0)
+    turned every weight with an all-zero gradient into NaN, with skipped_steps 0."""
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+        from fastmuon.torch import Muon, orthogonalize
+
+        with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+            orthogonalize(torch.zeros(4, 6), eps=0)
+        with pytest.raises(ValueError, match="eps"):
+            Muon([torch.nn.Parameter(torch.zeros(4, 6))], eps=0.0)
+        assert torch.equal(orthogonalize(torch.zeros(4, 6), eps=1e-30), torch.zeros(4, 6))
+    else:
+        mx = pytest.importorskip("mlx.core")
+        from fastmuon.mlx import Muon, orthogonalize
+
+        with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+            orthogonalize(mx.zeros((4, 6)), eps=0)
+        with pytest.raises(ValueError, match="eps"):
+            Muon(eps=0.0)
+
+
+def test_sparse_input_gets_a_clear_type_error():
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import orthogonalize
+
+    with pytest.raises(TypeError, match="G must be a dense \\(strided\\) tensor, got layout torch.sparse_coo"):
+        orthogonalize(torch.eye(4).to_sparse())

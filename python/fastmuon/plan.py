@@ -54,9 +54,10 @@ def make_plan(method: str, steps: int, coefficients: Optional[Sequence], eps: Op
     ``coefficients`` replace the method's polynomials and fix the step count themselves; ``eps``
     (default: the method's) is added to the scaled norm before the division.
     """
-    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0
                             or eps == float("inf")):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        # eps = 0 would divide a zero matrix (a zero gradient) by 0: NaN instead of zeros
+        raise ValueError(f"eps must be a finite number > 0 (it keeps a zero matrix at zeros), got {eps!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if coefficients is not None:

@@ -211,6 +211,8 @@ def _run(chosen: str, G, plan, compute_dtype):
 def check_tensor(t, name: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}; use {name}.to_dense()")
     check_matrix_shape(t.shape, name)
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got dtype {t.dtype}")
