@@ -1072,3 +1072,21 @@ def test_adamw_part_bias_corrects_by_each_parameters_own_steps():
         G = {"bias": mx.array(np.random.default_rng(step).standard_normal(5).astype(np.float32))}
         a, b = ours.apply_gradients(G, a), theirs.apply_gradients(G, b)
         assert np.array_equal(np.array(a["bias"]), np.array(b["bias"]))
+
+
+def test_a_step_that_raises_leaves_the_step_counter_where_it_was():
+    """An exception inside the step (here an orthogonalization that fails) leaves the step counter
+    and the scheduled learning rate as they were, as it leaves weights and momenta; the
+    counter once advanced anyway, and later bias corrections and schedules were off by one."""
+    import fastmuon.mlx as fm
+
+    opt = fm.Muon(lambda step: 0.01 * (step + 1), backend="native", impl="per_parameter")
+    params = {"w": mx.ones((4, 6))}
+    grads = {"w": mx.ones((4, 6))}
+    params = opt.apply_gradients(grads, params)
+    mx.eval(params, opt.state)
+    step, lr = int(opt.state["step"]), float(opt.state["learning_rate"])
+    opt.ns_dtype = mx.float16  # the native backend refuses it at the next step
+    with pytest.raises(ValueError, match="float32"):
+        opt.apply_gradients(grads, params)
+    assert int(opt.state["step"]) == step and float(opt.state["learning_rate"]) == lr

@@ -158,11 +158,16 @@ class TreeOptimizer(Optimizer):
         leaves = check_gradient_tree(gradients, parameters)
         self._check_leaves(leaves)
         init_missing_state(self, gradients, leaves)
+        before = {name: self.state[name] for name in (*self._schedulers, "step") if name in self.state}
         for name, scheduler in self._schedulers.items():
             self.state[name] = scheduler(self.step)
         self.state["step"] = self.step + 1
         items = [(path, grad, param, state_at(self.state, keys)) for path, keys, grad, param in leaves]
-        updated = dict(zip((item[0] for item in items), self._apply_all(items)))
+        try:
+            updated = dict(zip((item[0] for item in items), self._apply_all(items)))
+        except BaseException:  # the step counter (and the schedules) advance only with the weights
+            self.state.update(before)
+            raise
         return tree_map_with_path(lambda path, _: updated[path], gradients)
 
     def _check_leaves(self, leaves) -> None:
