@@ -899,7 +899,7 @@ def test_torch_and_mlx_signsgd_agree_after_ten_steps(sparse):
     [
         (dict(lr_adamw=-1.0), "lr"),
         (dict(adamw_betas=(0.9, 1.0)), "beta2"),
-        (dict(adamw_eps=-1.0), "epsilon"),
+        (dict(adamw_eps=-1.0), "adamw_eps"),
         (dict(adamw_weight_decay=-1.0), "weight_decay"),
         (dict(momentum=2.0), "momentum"),
         (dict(beta2=1.5), "beta2"),

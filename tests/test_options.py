@@ -149,3 +149,33 @@ def test_sparse_input_gets_a_clear_type_error():
 
     with pytest.raises(TypeError, match="G must be a dense \\(strided\\) tensor, got layout torch.sparse_coo"):
         orthogonalize(torch.eye(4).to_sparse())
+
+
+BAD_ADAMW = [
+    (dict(adamw_betas=(0.9,)), "adamw_betas"),
+    (dict(adamw_betas=(0.9, 0.95, 0.99)), "adamw_betas"),
+    (dict(adamw_betas=None), "adamw_betas"),
+    (dict(adamw_betas=("a", "b")), "adamw_betas"),
+    (dict(adamw_eps=None), "adamw_eps"),
+    (dict(adamw_weight_decay=None), "adamw_weight_decay"),
+    (dict(adamw_weight_decay="0.1"), "adamw_weight_decay"),
+]
+
+
+@pytest.mark.parametrize("options,word", BAD_ADAMW)
+def test_adamw_options_of_the_wrong_type_are_named(options, word):
+    """A raw unpacking or comparison error from deep inside once answered these."""
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import MuonWithAdamW
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match=word):
+        MuonWithAdamW([{"params": [p], "use_muon": False}], **options)
+    group = {k.removeprefix("adamw_"): v for k, v in options.items()}
+    with pytest.raises(ValueError, match=rf"{word.removeprefix('adamw_')} \(param_groups\[0\]\)"):
+        MuonWithAdamW([{"params": [p], "use_muon": False, **group}])
+    mx = pytest.importorskip("mlx.core")
+    import fastmuon.mlx as fm
+
+    with pytest.raises(ValueError, match=word):
+        fm.MuonWithAdamW(**options)

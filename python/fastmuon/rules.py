@@ -30,6 +30,25 @@ NORMUON_BETA2 = 0.95  # the NorMuon paper's code; modded-nanogpt uses 0.9
 ADAMW_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
 
 
+def check_adamw_options(betas, eps, weight_decay, prefix: str = "", where: str = "") -> None:
+    """Raise ValueError naming the first bad AdamW option (``prefix`` "adamw_" for the
+    constructors' argument names, ``where`` e.g. "param_groups[1]" for a group's)."""
+    def fail(name: str, expected: str, value) -> None:
+        label = f"{prefix}{name}" + (f" ({where})" if where else "")
+        raise ValueError(f"{label} must be {expected}, got {value!r}")
+
+    def real(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) or (
+            type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "fiu")
+
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(real(b) and 0.0 <= b < 1.0 for b in betas)):
+        fail("betas", "a pair (beta1, beta2) of numbers in [0, 1)", betas)
+    if not (real(eps) and math.isfinite(eps) and eps >= 0):
+        fail("eps", "a finite number >= 0", eps)
+    if not (real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
+        fail("weight_decay", "a finite number >= 0", weight_decay)
+
+
 # The smallest positive (subnormal) value of each float dtype: a positive number at or below half
 # of it rounds to zero there.
 SMALLEST_SUBNORMAL = {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149, "float64": 2.0**-1074}

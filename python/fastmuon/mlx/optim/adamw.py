@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 from mlx.optimizers import AdamW
 
-from ...rules import check_adamw_eps, check_hyperparameters
+from ...rules import check_adamw_eps, check_adamw_options
 from .base import check_gradient_tree, check_learning_rate, init_missing_state
 
 
@@ -51,11 +51,10 @@ class FiniteAdamW(AdamW):
         return mx.where(ok, updated, parameter)
 
 
-def make_adamw(learning_rate, betas, eps, weight_decay) -> AdamW:
+def make_adamw(learning_rate, betas, eps, weight_decay, prefix: str = "") -> AdamW:
+    """The bias-corrected AdamW part; ``prefix`` ("adamw_") is how the caller names its options."""
     check_learning_rate(learning_rate)
-    check_hyperparameters(lr=0.0, weight_decay=weight_decay)
-    if len(betas) != 2:
-        raise ValueError(f"AdamW betas must be a pair, got {betas!r}")
+    check_adamw_options(betas, eps, weight_decay, prefix=prefix)
     return FiniteAdamW(learning_rate, betas=list(betas), eps=eps, weight_decay=weight_decay, bias_correction=True)
 
 

@@ -303,7 +303,7 @@ class MuonWithAdamW(CheckedMultiOptimizer):
             raise ValueError("give lr_muon or learning_rate (its mlx name), not both")
         lr_muon = next((lr for lr in (lr_muon, learning_rate) if lr is not None), MUON_DEFAULTS["lr"])
         muon = Muon(lr_muon, **muon_kwargs) if beta2 is None else NorMuon(lr_muon, beta2=beta2, **muon_kwargs)
-        adamw = make_adamw(lr_adamw, adamw_betas, adamw_eps, adamw_weight_decay)
+        adamw = make_adamw(lr_adamw, adamw_betas, adamw_eps, adamw_weight_decay, prefix="adamw_")
         exclude = tuple(exclude)
         self._muon_filter = filter if filter is not None else (lambda path, a: muon_filter(path, a, exclude))
         self._embedding_paths: Tuple[str, ...] = ()

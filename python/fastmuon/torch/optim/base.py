@@ -4,7 +4,6 @@ the DTensor helpers of the distributed strategies."""
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Tuple
 
@@ -14,7 +13,7 @@ from torch.optim import Optimizer
 
 from ...plan import check_compute_bits
 from ...options import IMPLS, MuonOptions, check_impl
-from ...rules import check_adamw_eps, check_hyperparameters, matrix_view
+from ...rules import check_adamw_eps, check_adamw_options, check_hyperparameters, matrix_view
 from ..orthogonalize import BACKENDS
 
 __all__ = ["IMPLS", "CheckedOptimizer", "param_name", "check_lr", "check_muon_group", "check_adamw_group"]
@@ -71,14 +70,14 @@ def adamw_betas(group: dict) -> Tuple[float, float]:
 
 
 def check_adamw_group(group: dict, group_index: int) -> None:
-    lr, (beta1, beta2), eps, wd = group["lr"], adamw_betas(group), group["eps"], group["weight_decay"]
-    check_lr(lr)
-    check_hyperparameters(lr=0.0, weight_decay=wd)
-    check_impl(group.get("impl", "auto"), where=f"param_groups[{group_index}]")
-    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-        raise ValueError(f"betas must be in [0, 1), got {group['betas']!r}")
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    where = f"param_groups[{group_index}]"
+    check_lr(group["lr"])
+    check_adamw_options(group["betas"], group["eps"], group["weight_decay"], where=where)
+    check_impl(group.get("impl", "auto"), where=where)
+    beta1, _ = adamw_betas(group)  # its momentum, when a scheduler cycles it
+    if not (isinstance(beta1, (int, float)) and 0.0 <= beta1 < 1.0):
+        raise ValueError(f"momentum ({where}), the AdamW group's betas[0], must be in [0, 1), got {beta1!r}")
+    eps = group["eps"]
     for i, p in enumerate(group["params"]):
         check_adamw_eps(eps, str(p.dtype), param_name(group, i, group_index))
 

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from ...route import Route
 from ...options import GROUP_EXTRAS, MUON_DEFAULTS, muon_options
-from ...rules import ADAMW_DEFAULTS, NORMUON_BETA2, matrix_view, normuon_state_shape
+from ...rules import ADAMW_DEFAULTS, NORMUON_BETA2, check_adamw_options, matrix_view, normuon_state_shape
 from ..functional import all_finite
 from ..orthogonalize import auto_backend, resolve_compute_dtype
 from .adamw import adamw_impl, adamw_step
@@ -430,6 +430,7 @@ class MuonWithAdamW(_MuonFamily):
         process_group=None,
         **muon_options,
     ) -> None:
+        check_adamw_options(adamw_betas, adamw_eps, adamw_weight_decay, prefix="adamw_")
         self.muon_defaults = muon_options_with_extras(dict(muon_options, lr=lr))
         # impl applies to the AdamW groups too, but for "fused", which is Muon's alone
         impl = self.muon_defaults["impl"]
@@ -451,7 +452,9 @@ class MuonWithAdamW(_MuonFamily):
         for key, value in (self.muon_defaults if group["use_muon"] else self.adamw_defaults).items():
             group.setdefault(key, value)
         if not group["use_muon"]:
-            group.setdefault("momentum", group["betas"][0])
+            betas = group["betas"]
+            if isinstance(betas, (tuple, list)) and betas:  # else refused by the group check
+                group.setdefault("momentum", betas[0])
 
 
 def muon_options_with_extras(given: dict) -> dict:
