@@ -179,3 +179,26 @@ def test_adamw_options_of_the_wrong_type_are_named(options, word):
 
     with pytest.raises(ValueError, match=word):
         fm.MuonWithAdamW(**options)
+
+
+@pytest.mark.parametrize("impl", ["auto", "per_parameter"])
+def test_a_gradient_that_is_its_weights_memory_is_named(impl):
+    torch = pytest.importorskip("torch")
+    from fastmuon.torch import Muon
+
+    p = torch.nn.Parameter(torch.randn(4, 6))
+    p.grad = p.data
+    opt = Muon([{"params": [p], "param_names": ["block.w"]}], impl=impl)
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match="the gradient of block.w is its weight's own memory"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+
+
+def test_mlx_learning_rate_of_several_values_is_named():
+    mx = pytest.importorskip("mlx.core")
+    import fastmuon.mlx as fm
+
+    with pytest.raises(ValueError, match=r"learning_rate must be .* got an array of shape \(2,\)"):
+        fm.Muon(mx.array([0.1, 0.2]))
+    fm.Muon(mx.array(0.1))  # a 1-element array is a learning rate

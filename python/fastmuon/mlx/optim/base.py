@@ -132,8 +132,12 @@ def state_at(state: dict, keys: tuple) -> dict:
 
 
 def check_learning_rate(learning_rate) -> None:
-    lr = float(learning_rate.item()) if isinstance(learning_rate, mx.array) else learning_rate
-    check_hyperparameters(lr=lr)
+    if isinstance(learning_rate, mx.array):
+        if learning_rate.size != 1 or not mx.issubdtype(learning_rate.dtype, mx.floating):
+            raise ValueError(f"learning_rate must be a float, a 1-element floating array or a schedule, got an "
+                             f"array of shape {learning_rate.shape} and dtype {learning_rate.dtype}")
+        learning_rate = float(learning_rate.item())
+    check_hyperparameters(lr=learning_rate)
 
 
 def update_view(shape: Sequence[int], path: str) -> Tuple[int, int, int]:

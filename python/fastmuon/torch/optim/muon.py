@@ -65,6 +65,10 @@ class _MuonFamily(CheckedOptimizer):
                 if group["use_muon"] and p.is_complex():  # at step, as torch.optim.Muon raises it
                     raise RuntimeError(f"Muon does not support complex parameters: "
                                        f"{param_name(group, i, index)} is {p.dtype}")
+                grad = p.grad
+                if grad is not None and grad.numel() and not grad.is_sparse and local(grad).data_ptr() == local(p).data_ptr():
+                    raise ValueError(f"the gradient of {param_name(group, i, index)} is its weight's own memory "
+                                     "(p.grad = p.data?); the step would update one through the other")
                 if (p.grad is None and not (group["use_muon"] and data_parallel)) or self.state.get(p):
                     continue
                 self._init_state(p, group)
