@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from .plan import Plan, check_backend, make_plan
-from .rules import ADJUST_LR, SPHERE_MODES
+from .rules import ADJUST_LR, SPHERE_MODES, is_real
 
 # How a Muon step is carried out ("auto": the fastest that applies; each optimizer's
 # ``explain()`` says which one a parameter took and why). torch has all three: "fused" (the
@@ -76,11 +76,11 @@ class MuonOptions:
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"{label(name)} must be {expected}, got {getattr(self, name)!r}")
 
-        if not _real(self.momentum) or not 0.0 <= self.momentum < 1.0:
+        if not is_real(self.momentum) or not 0.0 <= self.momentum < 1.0:
             raise bad("momentum", "a number in [0, 1)")
         if not _flag(self.nesterov):
             raise bad("nesterov", "True or False")
-        if not _real(self.weight_decay) or not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+        if not is_real(self.weight_decay) or not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise bad("weight_decay", "a finite number >= 0")
         if isinstance(self.ns_steps, bool) or not isinstance(self.ns_steps, numbers.Integral) or self.ns_steps < 1:
             raise bad("ns_steps", "an int >= 1")
@@ -89,11 +89,8 @@ class MuonOptions:
                              f"must be one of {', '.join(ADJUST_LR)}, got {self.adjust_lr!r}")
         if not _flag(self.cautious_weight_decay):
             raise bad("cautious_weight_decay", "True or False")
-        if not (isinstance(self.impl, str) and self.impl in impls):
-            others = [name for name in IMPLS if name not in impls]
-            hint = f" ({', '.join(others)}: torch only)" if self.impl in others else ""
-            raise ValueError(f"{label('impl')} must be one of {', '.join(map(repr, impls))}, got {self.impl!r}{hint}")
-        if self.beta2 is not None and (not _real(self.beta2) or not 0.0 <= self.beta2 < 1.0):
+        check_impl(self.impl, impls, where)
+        if self.beta2 is not None and (not is_real(self.beta2) or not 0.0 <= self.beta2 < 1.0):
             raise bad("beta2", "a number in [0, 1)")
         if self.sphere not in SPHERE_MODES:
             raise bad("sphere", "one of None, 'project', 'geodesic'")
@@ -114,7 +111,7 @@ class MuonOptions:
         if self.ns_coefficients is not None:
             coefficients = self.ns_coefficients
             if not (isinstance(coefficients, (tuple, list)) and len(coefficients) == 3
-                    and all(_real(c) for c in coefficients)):
+                    and all(is_real(c) for c in coefficients)):
                 raise bad("ns_coefficients", "one (a, b, c) of numbers")
             if self.method != "newton_schulz":
                 raise ValueError(f"{label('ns_coefficients')} sets Newton-Schulz's coefficients; method={self.method!r} "
@@ -144,13 +141,14 @@ def orthogonalize_kwargs(method: str, ns_steps: int, ns_coefficients, eps) -> di
 
 
 def check_impl(impl, valid: Sequence[str] = IMPLS, where: str = "") -> str:
-    """Raise ValueError unless ``impl`` is one of ``valid`` (an AdamW group's, say)."""
-    MuonOptions(impl=impl).check(("auto",), valid, where=where)
+    """Raise ValueError unless ``impl`` is one of ``valid`` (a framework's implementations);
+    ``where`` as for ``MuonOptions.check``."""
+    if not (isinstance(impl, str) and impl in valid):
+        others = [name for name in IMPLS if name not in valid]
+        hint = f" ({', '.join(others)}: torch only)" if impl in others else ""
+        label = f"impl ({where})" if where else "impl"
+        raise ValueError(f"{label} must be one of {', '.join(map(repr, valid))}, got {impl!r}{hint}")
     return impl
-
-
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _flag(value) -> bool:

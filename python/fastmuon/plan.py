@@ -7,7 +7,7 @@ arguments here, so the two frameworks accept exactly the same inputs and raise t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import coefficients as _coef
 
@@ -94,6 +94,21 @@ def check_compute_bits(method: str, bits: int, dtype, name: str = "dtype") -> No
             f'{name}={dtype} with method="gram": the Gram-space iteration needs float32 or float64 '
             "(in 16-bit floats it diverges on some inputs); leave it None, or use method=\"polar_express\""
         )
+
+
+def choose_backend(candidates: Sequence[Tuple[str, Callable[..., Optional[str]]]], *facts) -> Tuple[Optional[str], str]:
+    """What ``backend="auto"`` picks from a framework's registry: the first of ``candidates``
+    ((name, refusal) in order of preference) whose ``refusal(*facts)`` is None, or None; and why
+    the others refused, joined (a refusal beginning "<name> runs on" only says the backend is for
+    another device, and is left out)."""
+    refusals: List[str] = []
+    for name, refusal in candidates:
+        why = refusal(*facts)
+        if why is None:
+            return name, "; ".join(refusals)
+        if not why.startswith(f"{name} runs on"):
+            refusals.append(why)
+    return None, "; ".join(refusals)
 
 
 def check_backend(backend: str, valid: Sequence[str]) -> str:

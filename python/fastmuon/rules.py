@@ -10,6 +10,7 @@ Muon options), so their defaults, errors and semantics cannot drift apart. The u
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable, Optional, Sequence, Tuple
 
 
@@ -30,6 +31,11 @@ NORMUON_BETA2 = 0.95  # the NorMuon paper's code; modded-nanogpt uses 0.9
 ADAMW_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
 
 
+def is_real(value) -> bool:
+    """A real number (Python's or numpy's), not a bool: what a numeric hyperparameter must be."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_adamw_options(betas, eps, weight_decay, prefix: str = "", where: str = "") -> None:
     """Raise ValueError naming the first bad AdamW option (``prefix`` "adamw_" for the
     constructors' argument names, ``where`` e.g. "param_groups[1]" for a group's)."""
@@ -37,15 +43,11 @@ def check_adamw_options(betas, eps, weight_decay, prefix: str = "", where: str =
         label = f"{prefix}{name}" + (f" ({where})" if where else "")
         raise ValueError(f"{label} must be {expected}, got {value!r}")
 
-    def real(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) or (
-            type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "fiu")
-
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(real(b) and 0.0 <= b < 1.0 for b in betas)):
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(is_real(b) and 0.0 <= b < 1.0 for b in betas)):
         fail("betas", "a pair (beta1, beta2) of numbers in [0, 1)", betas)
-    if not (real(eps) and math.isfinite(eps) and eps >= 0):
+    if not (is_real(eps) and math.isfinite(eps) and eps >= 0):
         fail("eps", "a finite number >= 0", eps)
-    if not (real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
+    if not (is_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
         fail("weight_decay", "a finite number >= 0", weight_decay)
 
 

@@ -12,7 +12,15 @@ from typing import Optional, Sequence, Tuple
 import mlx.core as mx
 
 from ..native import mlx_ext_available
-from ..plan import DEFAULT_STEPS, check_backend, check_compute_bits, check_matrix_shape, gram_needs_wider, make_plan
+from ..plan import (
+    DEFAULT_STEPS,
+    check_backend,
+    check_compute_bits,
+    check_matrix_shape,
+    choose_backend,
+    gram_needs_wider,
+    make_plan,
+)
 from .backends import metal_backend, metal_kernels, native, reference
 
 BACKENDS = ("auto", "reference", "native", "metal")
@@ -117,14 +125,15 @@ def auto_backend(compute_dtype: mx.Dtype) -> Tuple[str, str]:
     """("metal" | "native" | "reference", why): what ``backend="auto"`` runs on the default
     device for ``compute_dtype``, and the reason."""
     on_gpu = mx.default_device().type == mx.DeviceType.gpu
-    refusals = []
-    for name, refusal in AUTO_CANDIDATES:
-        why = refusal(on_gpu, compute_dtype)
-        if why is None:
-            return name, f"{name} takes {compute_dtype} on the {'GPU' if on_gpu else 'CPU'}"
-        if not why.startswith(f"{name} runs on"):  # a backend for the other device says nothing
-            refusals.append(why)
-    return "reference", "reference (mlx's own ops)" + (": " + "; ".join(refusals) if refusals else "")
+    name, refusals = choose_backend(AUTO_CANDIDATES, on_gpu, compute_dtype)
+    if name is not None:
+        return name, f"{name} takes {dtype_name(compute_dtype)} on the {'GPU' if on_gpu else 'CPU'}"
+    return "reference", "reference (mlx's own ops)" + (f": {refusals}" if refusals else "")
+
+
+def dtype_name(dtype: mx.Dtype) -> str:
+    """An mlx dtype's name without the module ("float32")."""
+    return str(dtype).removeprefix("mlx.core.")
 
 
 def select_backend(backend: str, compute_dtype: mx.Dtype) -> str:

@@ -13,7 +13,15 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from .. import auto_table, cpu, native as _native_loader, threads
-from ..plan import DEFAULT_STEPS, check_backend, check_compute_bits, check_matrix_shape, gram_needs_wider, make_plan
+from ..plan import (
+    DEFAULT_STEPS,
+    check_backend,
+    check_compute_bits,
+    check_matrix_shape,
+    choose_backend,
+    gram_needs_wider,
+    make_plan,
+)
 from .backends import native, reference
 
 BACKENDS = ("auto", "reference", "native", "triton")
@@ -231,7 +239,8 @@ _CUDA_NAMES: dict = {}
 cuda_device_name._dynamo_marked_constant = True  # a machine query, read once at trace time
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype's name without the module ("float32")."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -243,7 +252,7 @@ def _native_refusal(device, shape, compute_dtype: torch.dtype, differentiable: b
     if differentiable:
         return "native has no autograd and the input requires grad"
     if compute_dtype != torch.float32:
-        return f"native computes in float32, the compute dtype is {_dtype_name(compute_dtype)}"
+        return f"native computes in float32, the compute dtype is {dtype_name(compute_dtype)}"
     if not blas_available():
         return "fastmuon._blas is not built"
     if _reference_is_faster(shape):
@@ -263,7 +272,7 @@ def _triton_refusal(device, shape, compute_dtype: torch.dtype, differentiable: b
         return "auto_table records no shape where Triton beat cuBLAS"
     if not triton_installed():
         return "triton is not installed"
-    dtype = _dtype_name(compute_dtype)
+    dtype = dtype_name(compute_dtype)
     if dtype not in ("float32", "bfloat16", "float16"):
         return f"the Triton kernels take float32, bfloat16 or float16, not {dtype}"
     batch, (m, n) = math.prod(shape[:-2]), shape[-2:]
@@ -282,15 +291,11 @@ def auto_backend(device, shape, compute_dtype: torch.dtype, differentiable: bool
     """("native" | "triton" | "reference", why): what ``backend="auto"`` runs for a stack of
     ``shape`` on ``device`` computed in ``compute_dtype``, and the reason."""
     device_type = _device_type(device)
-    refusals = []
-    for name, refusal in AUTO_CANDIDATES:
-        why = refusal(device, shape, compute_dtype, differentiable)
-        if why is None:
-            return name, f"{name} takes {device_type} stacks of this shape in {_dtype_name(compute_dtype)}"
-        if not why.startswith(f"{name} runs on"):  # a backend for another device says nothing
-            refusals.append(why)
+    name, refusals = choose_backend(AUTO_CANDIDATES, device, shape, compute_dtype, differentiable)
+    if name is not None:
+        return name, f"{name} takes {device_type} stacks of this shape in {dtype_name(compute_dtype)}"
     engine = "cuBLAS" if device_type == "cuda" else "plain torch"
-    return "reference", f"reference ({engine})" + (": " + "; ".join(refusals) if refusals else "")
+    return "reference", f"reference ({engine})" + (f": {refusals}" if refusals else "")
 
 
 def select_backend(backend: str, t: torch.Tensor, compute_dtype: torch.dtype) -> str:

@@ -33,7 +33,7 @@ from ...plan import check_compute_bits
 from ...options import MLX_IMPLS, MUON_DEFAULTS, MuonOptions, orthogonalize_kwargs
 from ...rules import ADAMW_DEFAULTS, DEFAULT_EXCLUDE, NORMUON_BETA2, check_hyperparameters, matrix_view, normuon_state_shape
 from ..functional import normuon_normalize
-from ..orthogonalize import BACKENDS, orthogonalize
+from ..orthogonalize import BACKENDS, dtype_name, orthogonalize
 from ..routing import embedding_paths, muon_filter, under
 from .adamw import make_adamw
 from ...route import Route
@@ -325,7 +325,7 @@ class MuonWithAdamW(CheckedMultiOptimizer):
         routes = self.muon.explain(muon_part, parameters)
         for path, _, _, param in check_gradient_tree(adamw_part, adamw_part):
             routes.append(Route(path, "adamw", routes[0].strategy if routes else "local", "per_parameter", "",
-                                str(param.dtype).removeprefix("mlx.core."), None, None, None,
+                                dtype_name(param.dtype), None, None, None,
                                 "mlx's AdamW, parameter by parameter"))
         return routes
 

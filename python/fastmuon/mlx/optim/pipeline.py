@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 import mlx.core as mx
 
 from ...route import Route
-from ..orthogonalize import auto_backend, resolve_compute_dtype
+from ..orthogonalize import auto_backend, dtype_name, resolve_compute_dtype
 from .base import update_view
 
 
@@ -41,10 +41,10 @@ def explain_routes(opt, leaves, strategy: str) -> List[Route]:
     routes = []
     for index, (path, _, grad, param) in enumerate(leaves):
         if index not in placed:
-            routes.append(Route(path, "muon", strategy, "per_parameter", "", str(param.dtype), None, None, None,
+            routes.append(Route(path, "muon", strategy, "per_parameter", "", dtype_name(param.dtype), None, None, None,
                                 f"{impl_why}; a 0-D/1-D parameter takes the momentum step, not orthogonalized"))
             continue
         call, shape = placed[index]
-        routes.append(Route(path, "muon", strategy, "per_parameter", backend, str(compute_dtype).removeprefix("mlx.core."),
+        routes.append(Route(path, "muon", strategy, "per_parameter", backend, dtype_name(compute_dtype),
                             call, 0, shape, f"{impl_why}; {backend_why}"))
     return routes

@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..functional import adamw_update, adamw_update_lists_, all_finite
+from ..orthogonalize import dtype_name
 from .base import adamw_betas, all_ranks, is_dtensor, local
 from .pipeline import foreach_refusal
 
@@ -37,7 +38,7 @@ def _foreach_refusal(params, lr) -> Optional[str]:
         return "no gradients"
     for p in params:
         if p.dtype != torch.float32:
-            return f"{str(p.dtype).removeprefix('torch.')} weights (the list-wide passes take fp32)"
+            return f"{dtype_name(p.dtype)} weights (the list-wide passes take fp32)"
     return foreach_refusal(params, lr)
 
 

@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 
 from ...plan import check_compute_bits
 from ...options import IMPLS, MuonOptions, check_impl
-from ...rules import check_adamw_eps, check_adamw_options, check_hyperparameters, matrix_view
+from ...rules import check_adamw_eps, check_adamw_options, check_hyperparameters, is_real, matrix_view
 from ..orthogonalize import BACKENDS
 
 __all__ = ["IMPLS", "CheckedOptimizer", "param_name", "check_lr", "check_muon_group", "check_adamw_group"]
@@ -75,7 +75,7 @@ def check_adamw_group(group: dict, group_index: int) -> None:
     check_adamw_options(group["betas"], group["eps"], group["weight_decay"], where=where)
     check_impl(group.get("impl", "auto"), where=where)
     beta1, _ = adamw_betas(group)  # its momentum, when a scheduler cycles it
-    if not (isinstance(beta1, (int, float)) and 0.0 <= beta1 < 1.0):
+    if not (is_real(beta1) and 0.0 <= beta1 < 1.0):
         raise ValueError(f"momentum ({where}), the AdamW group's betas[0], must be in [0, 1), got {beta1!r}")
     eps = group["eps"]
     for i, p in enumerate(group["params"]):

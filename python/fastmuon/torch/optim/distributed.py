@@ -24,8 +24,7 @@ from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
 from .base import all_ranks, is_dtensor, local
 from .local import Pending, apply_update, momentum_phase, orthogonalize_group_stacks, update_phase
-from ...options import ORTHOGONALIZE_KEYS
-from .pipeline import freeze
+from .pipeline import orthogonalize_key
 
 
 def replicated_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, dict]]]:
@@ -34,7 +33,7 @@ def replicated_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor
     for group in groups:
         for p in group["params"]:
             _, rows, cols = matrix_view(p.shape)
-            stacks[(rows, cols, p.dtype, p.device, *(freeze(group[k]) for k in ORTHOGONALIZE_KEYS))].append((p, group))
+            stacks[(rows, cols, p.dtype, p.device, *orthogonalize_key(group))].append((p, group))
     return stacks
 
 
@@ -103,7 +102,7 @@ def sharded_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, d
                 raise ValueError("a Muon group mixes sharded (DTensor) and plain parameters")
             if p.grad is not None:
                 _, rows, cols = matrix_view(p.shape)
-                stacks[(rows, cols, p.dtype, *(freeze(group[k]) for k in ORTHOGONALIZE_KEYS))].append((p, group))
+                stacks[(rows, cols, p.dtype, *orthogonalize_key(group))].append((p, group))
     return stacks
 
 

@@ -26,12 +26,12 @@ from ...route import Route
 from ...options import GROUP_EXTRAS, MUON_DEFAULTS, muon_options
 from ...rules import ADAMW_DEFAULTS, NORMUON_BETA2, check_adamw_options, matrix_view, normuon_state_shape
 from ..functional import all_finite
-from ..orthogonalize import auto_backend, resolve_compute_dtype
+from ..orthogonalize import dtype_name, resolve_compute_dtype
 from .adamw import adamw_impl, adamw_step
 from .base import CheckedOptimizer, check_adamw_group, check_lr, check_muon_group, is_dtensor, local, param_name
 from .distributed import replicated_stacks, replicated_step, sharded_stacks, sharded_step
 from .local import run_batch
-from .pipeline import chunk_backend, plan_local_step
+from .pipeline import chunk_backend, plan_local_step, stack_backend
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "Route"]
 
@@ -156,7 +156,7 @@ class _MuonFamily(CheckedOptimizer):
                     shape = (sum(chunk.counts), chunk.rows, chunk.cols)
                     for p, _ in chunk.members:
                         routes.append(Route(names[id(p)], "muon", strategy, impl, backend,
-                                            _dtype_name(chunk.compute_dtype), call, index, shape,
+                                            dtype_name(chunk.compute_dtype), call, index, shape,
                                             f"{why}; {backend_why}"))
         else:
             stacks = sharded_stacks(groups) if strategy == "sharded" else replicated_stacks(groups)
@@ -167,14 +167,11 @@ class _MuonFamily(CheckedOptimizer):
                 device = local(members[0][0]).device
                 compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (n, rows, cols),
                                                       group["method"])
-                if group["backend"] == "auto":
-                    backend, backend_why = auto_backend(device, (n, rows, cols), compute_dtype)
-                else:
-                    backend, backend_why = group["backend"], f'backend="{group["backend"]}"'
+                backend, backend_why = stack_backend(group["backend"], device, (n, rows, cols), compute_dtype)
                 why = f"the {strategy} strategy steps per parameter; {backend_why}"
                 for p, _ in members:
                     routes.append(Route(names[id(p)], "muon", strategy, "per_parameter", backend,
-                                        _dtype_name(compute_dtype), call, 0, (n, rows, cols), why))
+                                        dtype_name(compute_dtype), call, 0, (n, rows, cols), why))
         for group in self.param_groups:
             if group["use_muon"]:
                 continue
@@ -183,12 +180,8 @@ class _MuonFamily(CheckedOptimizer):
             if impl == "foreach" and not all_finite([p.grad for p in params]):
                 impl, why = "per_parameter", "a gradient of the group is not finite this step"
             for p in params:
-                routes.append(Route(names[id(p)], "adamw", strategy, impl, "", _dtype_name(p.dtype), None, None, None, why))
+                routes.append(Route(names[id(p)], "adamw", strategy, impl, "", dtype_name(p.dtype), None, None, None, why))
         return routes
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _complete_loaded_groups(optimizer: "_MuonFamily") -> None:

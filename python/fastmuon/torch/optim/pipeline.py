@@ -30,7 +30,7 @@ import torch
 
 from ...options import ORTHOGONALIZE_KEYS, orthogonalize_kwargs
 from ...rules import matrix_view, shape_scale
-from ..orthogonalize import auto_backend, resolve_compute_dtype, runs_native
+from ..orthogonalize import auto_backend, dtype_name, resolve_compute_dtype, runs_native
 from .base import is_dtensor
 
 # Most bytes of a same-shape stack orthogonalized at once (in the compute dtype) by one process;
@@ -44,8 +44,10 @@ STACK_BYTES = 16 * 2**20
 FOREACH_DTYPES = (torch.float32, torch.float64)
 
 
-def freeze(value):
-    return tuple(value) if isinstance(value, list) else value
+def orthogonalize_key(group: dict) -> tuple:
+    """The group's orthogonalization options (ORTHOGONALIZE_KEYS), hashable: matrices share a
+    stack only when these agree."""
+    return tuple(tuple(group[k]) if isinstance(group[k], list) else group[k] for k in ORTHOGONALIZE_KEYS)
 
 
 def orthogonalize_options(group: dict) -> dict:
@@ -111,7 +113,7 @@ def _muon_foreach_refusal(members) -> Optional[str]:
     params = [p for p, _ in members]
     for p in params:
         if p.dtype not in FOREACH_DTYPES:
-            return f"{str(p.dtype).removeprefix('torch.')} weights (list-wide ops round their scalars to them)"
+            return f"{dtype_name(p.dtype)} weights (list-wide ops round their scalars to them)"
     return foreach_refusal(params, lr=None)
 
 
@@ -136,10 +138,14 @@ class Chunk:
 
 @dataclass
 class Batch:
-    """Chunks orthogonalized in one call, with one implementation."""
+    """Chunks orthogonalized in one call, with one implementation (``chunk_batches`` keeps
+    chunks of different implementations apart)."""
 
     chunks: List[Chunk]
-    impl: str
+
+    @property
+    def impl(self) -> str:
+        return self.chunks[0].impl
 
 
 def chunk_batches(chunks: List[Chunk]):
@@ -167,20 +173,21 @@ def _contiguous(members, state) -> bool:
     return True
 
 
-def _choose_impl(members, state, native: bool, impl: str, dtype, compute_dtype) -> Tuple[str, str]:
+def _native_refusal(members, state, dtype, compute_dtype, backend, device, shape) -> Optional[str]:
+    """Why a chunk cannot take the native kernels in place, as the fused step does (None: it can)."""
+    if dtype != torch.float32 or compute_dtype != torch.float32:
+        return "the fused step takes fp32 weights computed in fp32"
+    if not _contiguous(members, state):
+        return "a weight, gradient or momentum is not C-contiguous"
+    if not runs_native(backend, device, shape, compute_dtype):
+        return "the stack does not run on the native kernels"
+    return None
+
+
+def _choose_impl(members, native_why: Optional[str], impl: str) -> Tuple[str, str]:
     """(implementation, why) for a chunk; an explicit ``impl`` that cannot run raises."""
     foreach_why = _muon_foreach_refusal(members)
-    if foreach_why is None:
-        fused_why = None
-        if not native:
-            if dtype != torch.float32 or compute_dtype != torch.float32:
-                fused_why = "the fused step takes fp32 weights computed in fp32"
-            elif not _contiguous(members, state):
-                fused_why = "a weight, gradient or momentum is not C-contiguous"
-            else:
-                fused_why = "the stack does not run on the native kernels"
-    else:
-        fused_why = foreach_why
+    fused_why = foreach_why or native_why
     if impl == "per_parameter":
         return "per_parameter", 'impl="per_parameter"'
     if impl == "fused" or (impl == "auto" and fused_why is None):
@@ -205,7 +212,7 @@ def plan_local_step(groups: List[dict], state) -> List[Batch]:
     stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
     views: Dict[torch.Tensor, int] = {}  # matrices in each parameter's view
     for group in groups:
-        options = tuple(freeze(group[k]) for k in ORTHOGONALIZE_KEYS)
+        options = orthogonalize_key(group)
         for p in group["params"]:
             if p.grad is not None:
                 views[p], rows, cols = matrix_view(p.shape)
@@ -223,26 +230,25 @@ def plan_local_step(groups: List[dict], state) -> List[Batch]:
         for start in range(0, len(members), per_chunk):
             part = members[start:start + per_chunk]
             counts = [views[p] for p, _ in part]
-            native = (dtype == compute_dtype == torch.float32 and _contiguous(part, state)
-                      and runs_native(group["backend"], device, (sum(counts), rows, cols), compute_dtype))
-            chosen, why = _choose_impl(part, state, native, impl, dtype, compute_dtype)
+            native_why = _native_refusal(part, state, dtype, compute_dtype, group["backend"], device,
+                                         (sum(counts), rows, cols))
+            chosen, why = _choose_impl(part, native_why, impl)
             chunk = Chunk(part, counts, group, rows, cols, stack_dtype, compute_dtype, tuple(options),
-                          matrix_bytes * sum(counts), native, chosen, why)
+                          matrix_bytes * sum(counts), native_why is None, chosen, why)
             (per_parameter if chosen == "per_parameter" else list_wide).append(chunk)
-    batches = []
-    for chunks in chunk_batches(list_wide):
-        batches.append(Batch(chunks, chunks[0].impl))
-    for chunks in chunk_batches(per_parameter):
-        batches.append(Batch(chunks, "per_parameter"))
-    return batches
+    return [Batch(chunks) for chunks in (*chunk_batches(list_wide), *chunk_batches(per_parameter))]
+
+
+def stack_backend(backend: str, device, shape, compute_dtype: torch.dtype) -> Tuple[str, str]:
+    """(backend, why) of a stack's orthogonalization with a group's ``backend`` option."""
+    if backend != "auto":
+        return backend, f'backend="{backend}"'
+    return auto_backend(device, shape, compute_dtype)
 
 
 def chunk_backend(chunk: Chunk) -> Tuple[str, str]:
     """(backend, why) of a chunk's orthogonalization."""
     if chunk.impl == "fused":
         return "native", "the fused step runs the native kernels"
-    backend = chunk.group["backend"]
-    if backend != "auto":
-        return backend, f'backend="{backend}"'
-    p = chunk.members[0][0]
-    return auto_backend(p.device, (sum(chunk.counts), chunk.rows, chunk.cols), chunk.compute_dtype)
+    return stack_backend(chunk.group["backend"], chunk.members[0][0].device,
+                         (sum(chunk.counts), chunk.rows, chunk.cols), chunk.compute_dtype)
