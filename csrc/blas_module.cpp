@@ -311,7 +311,8 @@ Raises:
       R"doc(Orthogonalize every matrix of ``x`` in place (polynomial iteration).
 
 Each matrix ``X`` is normalized to ``X / (||X||_F * norm_scale + eps)``
-(the norm accumulated in float64), then the odd polynomials
+(the norm accumulated in float64; skipped when the plan's ``normalize``
+is false), then the odd polynomials
 ``p(X) = a X + b (X X^T) X + c (X X^T)^2 X`` of the plan's
 ``coefficients`` are applied in the order of
 ``fastmuon.iteration.iterate``: the standard iteration (``A = X X^T``,

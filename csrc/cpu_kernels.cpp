@@ -323,7 +323,9 @@ class Workspace {
       squares.push_back({sq_.data() + i * mat.m * mat.m});
     }
     BlasOps ops(mat.m, mat.n, mat.tall);
-    normalize(mat.data, mat.m * mat.n, plan_.norm_scale, plan_.eps);
+    if (plan_.normalize) {
+      normalize(mat.data, mat.m * mat.n, plan_.norm_scale, plan_.eps);
+    }
     BlasOps::Wide cur{mat.data};
     BlasOps::Wide other{x2_.data()};
     iterate(ops, plan_, cur, other, squares);

@@ -22,6 +22,7 @@ struct OrthogonalizePlan {
   double eps = 0.0;
   bool gram = false;               // iterate on the Gram matrix ("gram")
   int64_t gram_restart_every = 1;  // recompute X and R every k-th step
+  bool normalize = true;           // false: the input arrives normalized
 
   bool operator==(const OrthogonalizePlan&) const = default;
 };

@@ -30,7 +30,9 @@
   "        eps (float): non-negative constant added to the scaled norm;\n"  \
   "        gram (bool): iterate on the Gram matrix instead of X;\n"         \
   "        gram_restart_every (int): restart period (>= 1) of the Gram\n"   \
-  "            iteration; ignored when gram is false.\n"
+  "            iteration; ignored when gram is false;\n"                   \
+  "        normalize (bool): divide each matrix by its scaled norm plus\n" \
+  "            eps first; false when the caller has (from float64).\n"
 
 namespace fastmuon {
 
@@ -70,13 +72,15 @@ inline std::vector<std::array<double, 3>> coefficients_from(
 
 // The plan of a call to `fn` from its `plan` argument: a dict with exactly
 // the keys "coefficients" (see coefficients_from), "norm_scale", "eps",
-// "gram" and "gram_restart_every", the fields of OrthogonalizePlan; checked
-// by check_plan. Errors name `fn` and the key at fault ("orthogonalize():
-// `plan['norm_scale']` must be finite and positive, got 0.000000").
+// "gram", "gram_restart_every" and "normalize", the fields of
+// OrthogonalizePlan; checked by check_plan. Errors name `fn` and the key at
+// fault ("orthogonalize(): `plan['norm_scale']` must be finite and positive,
+// got 0.000000").
 inline OrthogonalizePlan plan_from_mapping(nb::handle obj, const char* fn) {
-  static const py_args::Keys<5> keys(
-      {"coefficients", "norm_scale", "eps", "gram", "gram_restart_every"});
-  const py_args::DictArg<5> plan_arg(obj, fn, "plan", keys);
+  static const py_args::Keys<6> keys({"coefficients", "norm_scale", "eps",
+                                      "gram", "gram_restart_every",
+                                      "normalize"});
+  const py_args::DictArg<6> plan_arg(obj, fn, "plan", keys);
   OrthogonalizePlan plan{
       coefficients_from(plan_arg.item("coefficients"), fn,
                         plan_arg.entry("coefficients").c_str()),
@@ -84,6 +88,7 @@ inline OrthogonalizePlan plan_from_mapping(nb::handle obj, const char* fn) {
       plan_arg.get<double>("eps"),
       plan_arg.get<bool>("gram"),
       plan_arg.get<int64_t>("gram_restart_every"),
+      plan_arg.get<bool>("normalize"),
   };
   check_plan(plan, [&](const char* field) {
     return std::string(fn) + "(): `" + plan_arg.entry(field) + "`";

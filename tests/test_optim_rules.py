@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 import fastmuon
@@ -216,3 +217,59 @@ def test_adamw_eps_that_rounds_to_zero_in_float16_is_refused():
         fm.MuonWithAdamW(0.02).apply_gradients(grads, params)
     out = fm.MuonWithAdamW(0.02, adamw_eps=1e-4).apply_gradients(grads, params)
     assert np.isfinite(np.array(out["b"].astype(mx.float32))).all()
+
+
+HUGE_GRADIENT_CASES = [  # (weight dtype, gradient scale 2^exponent, compute dtype, torch impl)
+    ("float64", 130, None, "auto"),  # beyond float32's range
+    ("float64", 1000, None, "foreach"),
+    ("float64", 1000, "bfloat16", "per_parameter"),
+    ("float32", 127, "bfloat16", "auto"),  # 3.4e38, which rounds to inf in bfloat16
+    ("float32", 127, None, "fused"),
+]
+
+
+@pytest.mark.parametrize("name", ["Muon", "NorMuon"])
+@pytest.mark.parametrize("dtype, exponent, compute, impl", HUGE_GRADIENT_CASES, ids=str)
+@pytest.mark.parametrize("framework", ["torch", "mlx"])
+def test_huge_finite_gradients_step_as_unit_ones(framework, dtype, exponent, compute, impl, name):
+    """A finite gradient too large for the compute dtype is a finite gradient: it steps (no skip,
+    finite weights and state) as the same gradient at unit scale does, since the orthogonalized
+    update does not depend on the scale (momentum 0: the update is the gradient's, all of it;
+    float64 weights with 1e39 gradients once became NaN with
+    skipped_steps 0). Bound: the error against the float64 step is at most 4x the unit-scale
+    step's own (two runs' rounding errors differ by up to about 2x here)."""
+    W0 = np.random.default_rng(5).standard_normal((2, 16, 24))
+    G = np.random.default_rng(6).standard_normal((2, 16, 24))
+    G *= 1.999 / np.abs(G).max()
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+        import fastmuon.torch as lib
+        if impl in ("fused", "foreach") and name == "NorMuon":
+            pytest.skip("NorMuon steps per parameter")
+
+        def step(scale, dtype, compute, impl):
+            W = torch.nn.Parameter(torch.tensor(W0).to(getattr(torch, dtype)))
+            opt = getattr(lib, name)([W], lr=0.02, momentum=0.0, ns_dtype=compute and getattr(torch, compute),
+                                     impl=impl, allow_nd=True)
+            W.grad = torch.tensor(G * scale).to(W.dtype)
+            opt.step()
+            state = {k: v.double().numpy() for k, v in opt.state[W].items()}
+            return W.detach().double().numpy(), state
+    else:
+        mx = pytest.importorskip("mlx.core")
+        import fastmuon.mlx as lib
+
+        def step(scale, dtype, compute, impl):
+            opt = getattr(lib, name)(0.02, momentum=0.0, ns_dtype=compute and getattr(mx, compute))
+            params = {"w": mx.array(W0, dtype=mx.float64).astype(getattr(mx, dtype))}
+            params = opt.apply_gradients({"w": mx.array(G * scale, dtype=mx.float64).astype(params["w"].dtype)},
+                                         params)
+            state = {k: np.array(v.astype(mx.float64)) for k, v in opt.state["w"].items()}
+            return np.array(params["w"].astype(mx.float64)), state
+
+    W, state = step(2.0**exponent, dtype, compute, impl)
+    unit, _ = step(1.0, dtype, compute, impl)
+    exact, _ = step(1.0, "float64", "float64", "per_parameter")
+    assert np.isfinite(W).all() and all(np.isfinite(v).all() for v in state.values())
+    assert state["skipped_steps"] == 0
+    assert np.abs(W - exact).max() <= 4 * np.abs(unit - exact).max()

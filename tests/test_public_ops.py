@@ -160,3 +160,27 @@ def test_large_and_tiny_entries_do_not_overflow_the_norm(fw, backend, magnitude)
     O = fw.to_numpy(fw.orthogonalize(fw.array(G * magnitude, "float32"), backend=backend))
     expected = fw.to_numpy(fw.orthogonalize(fw.array(G, "float32"), backend=backend))
     assert np.isfinite(O).all() and np.abs(O - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("dtype, compute, exponent", [
+    ("float64", "float32", 130),  # beyond float32's range
+    ("float64", "float32", 1000),
+    ("float64", "bfloat16", 1023),  # next to float64's largest
+    ("float32", "float32", 127),  # next to float32's largest, 3.4e38
+    ("float32", "bfloat16", 127),  # ... which rounds to inf in bfloat16
+], ids=str)
+def test_huge_finite_inputs_are_scaled_before_they_are_rounded(fw, backend, dtype, compute, exponent):
+    """Finite input too large for the compute dtype gives the result of the unscaled matrix:
+    the normalization scales it in its own dtype before rounding (a float64 1e39 and a float32
+    3.4e38 were NaN or zeros). Bound: the error against float64 is at most 4x the unscaled
+    input's own (two runs' rounding errors differ by up to about 2x here)."""
+    if backend == "native" and compute != "float32":
+        pytest.skip("the native kernels compute in float32")
+    G = np.random.default_rng(3).standard_normal((8, 12))
+    G *= 1.999 / np.abs(G).max()  # so that the largest scaled entry is 1.999 * 2^exponent
+    O = fw.to_numpy(fw.orthogonalize(fw.array(G * 2.0**exponent, dtype), backend=backend, dtype=fw.dtype(compute)))
+    unscaled = fw.to_numpy(fw.orthogonalize(fw.array(G, dtype), backend=backend, dtype=fw.dtype(compute)))
+    exact = fw.to_numpy(fw.orthogonalize(fw.array(G, "float64"), backend="reference", dtype=fw.dtype("float64")))
+    assert np.isfinite(O).all()
+    assert np.abs(O - exact).max() <= 4 * np.abs(unscaled - exact).max()

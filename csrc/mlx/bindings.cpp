@@ -115,7 +115,8 @@ Raises:
       R"doc(Orthogonalize every matrix of ``x`` (last two axes) in one primitive.
 
 Each matrix ``X`` is normalized to ``X / (||X||_F * norm_scale + eps)``
-(the norm accumulated in float64), then one odd quintic
+(the norm accumulated in float64; skipped when the plan's ``normalize``
+is false), then one odd quintic
 ``a X + b (X X^T) X + c (X X^T)^2 X`` per ``(a, b, c)`` of the plan's
 ``coefficients`` is applied in the order of
 ``fastmuon.iteration.iterate``: the standard iteration, or with

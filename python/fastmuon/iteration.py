@@ -31,14 +31,16 @@ class MatrixOps(Protocol):
     def add_identity(self, Z: Any, a: float) -> Any:
         """Z + a I."""
 
-    def to_batch(self, G: Any, dtype: Any) -> Any:
-        """G (..., m, n) as a (batch, m, n) array in the compute ``dtype``."""
+    def to_batch(self, G: Any) -> Any:
+        """G (..., m, n) as a (batch, m, n) array in G's own dtype."""
 
     def transpose(self, X: Any) -> Any:
         """X^T of every matrix of the batch."""
 
-    def normalize(self, X: Any, scale: float, eps: float) -> Any:
-        """X / (||X||_F * scale + eps) per matrix, the norm taken in at least fp32."""
+    def normalize(self, X: Any, scale: float, eps: float, dtype: Any) -> Any:
+        """X / (||X||_F * scale + eps) per matrix, written in the compute ``dtype``: X is scaled
+        by a power of two in its own dtype before it is rounded to ``dtype`` (so that no finite
+        input overflows there), and the norm is taken in at least fp32."""
 
     def restore(self, X: Any, G: Any) -> Any:
         """X (batch, m, n) back to G's shape and dtype."""
@@ -48,14 +50,16 @@ def orthogonalize_with(G: Any, plan: Plan, ops: MatrixOps, compute_dtype: Any) -
     """The plan's orthogonalization of G (..., m, n) with ``ops``, computed in ``compute_dtype``.
 
     Tall matrices are iterated in their wide orientation, where the Gram matrix is the smaller
-    one; the result has G's shape and dtype.
+    one; the result has G's shape and dtype. G is rounded to the compute dtype only inside the
+    normalization, after its scaling: a float64 input of 1e300 or a float32 one near 3e38 stays
+    finite.
     """
     m, n = G.shape[-2], G.shape[-1]
-    X = ops.to_batch(G, compute_dtype)
+    X = ops.to_batch(G)
     tall = m > n
     if tall:
         X = ops.transpose(X)
-    X = ops.normalize(X, plan.norm_scale, plan.eps)
+    X = ops.normalize(X, plan.norm_scale, plan.eps, compute_dtype)
     X = iterate(X, plan, ops)
     if tall:
         X = ops.transpose(X)

@@ -70,7 +70,7 @@ def _short_blas_spin():
         os.environ.pop("OPENBLAS_THREAD_TIMEOUT", None)
 
 
-def kernel_plan(plan: Plan) -> Dict[str, Any]:
+def kernel_plan(plan: Plan, normalize: bool = True) -> Dict[str, Any]:
     """``plan`` as the extensions take it (their ``plan`` argument): a dict with exactly the
     fields of the C++ ``fastmuon::OrthogonalizePlan`` (``csrc/iteration.h``), read by key in
     ``csrc/plan_args.h``; a new field is one key here and one there.
@@ -78,6 +78,8 @@ def kernel_plan(plan: Plan) -> Dict[str, Any]:
     ``coefficients`` are the plan's (a, b, c) rows, a tuple of float triples (the extensions
     also take a (steps, 3) float64 array). Plain Python values, so that torch.compile folds the
     dict into constants; numpy calls here would be traced into the graph as tensor ops.
+    ``normalize=False`` tells the kernels that the caller has normalized the input (a float64
+    input is normalized before it is rounded to the kernels' float32, so that it cannot overflow).
     """
     return {
         "coefficients": plan.coefficients,
@@ -85,6 +87,7 @@ def kernel_plan(plan: Plan) -> Dict[str, Any]:
         "eps": plan.eps,
         "gram": plan.uses_gram,
         "gram_restart_every": GRAM_RESTART_EVERY,
+        "normalize": normalize,
     }
 
 

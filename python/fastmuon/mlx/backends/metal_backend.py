@@ -23,6 +23,19 @@ class MetalOps(MlxOps):
     def ba_plus_caa(A, alpha, beta):
         return metal_kernels.ba_plus_caa(A, alpha, beta)
 
+    # Metal has no float64: a float64 input is scaled and rounded to the compute dtype on the
+    # CPU, and the result widened there.
+
+    @staticmethod
+    def normalize(X, scale, eps, dtype):
+        with mx.stream(mx.cpu if X.dtype == mx.float64 else metal_kernels.device()):
+            return MlxOps.normalize(X, scale, eps, dtype)
+
+    @staticmethod
+    def restore(X, G):
+        with mx.stream(mx.cpu if G.dtype == mx.float64 else metal_kernels.device()):
+            return MlxOps.restore(X, G)
+
 
 def orthogonalize(G: mx.array, plan: Plan, compute_dtype: mx.Dtype) -> mx.array:
     """The plan's iteration on G (..., m, n) on the GPU, in ``compute_dtype``."""

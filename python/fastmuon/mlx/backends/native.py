@@ -14,6 +14,7 @@ import mlx.core as mx
 from ... import threads
 from ...native import kernel_plan, mlx_ext_module
 from ...plan import Plan
+from .reference import MlxOps
 
 
 def xxt(X: mx.array, stream=None) -> mx.array:
@@ -25,15 +26,21 @@ def ba_plus_caa(A: mx.array, alpha: float, beta: float, stream=None) -> mx.array
 
 
 def orthogonalize(G: mx.array, plan: Plan) -> mx.array:
-    """The plan's iteration in fp32 on the CPU; float64 input is rounded to fp32 on the way in
-    and the result returned as float64 (the kernels take float32, float16 and bfloat16)."""
-    if G.dtype == mx.float64:
-        return orthogonalize(G.astype(mx.float32, stream=mx.cpu), plan).astype(mx.float64, stream=mx.cpu)
+    """The plan's iteration in fp32 on the CPU (the kernels take float32, float16 and bfloat16).
+    A float64 input, which could overflow float32, is normalized in float64 first (the
+    reference's normalization), then rounded to fp32; the result is returned as float64."""
+    normalize = G.dtype != mx.float64
+    if not normalize:
+        m, n = G.shape[-2], G.shape[-1]
+        with mx.stream(mx.cpu):
+            G = MlxOps.normalize(MlxOps.to_batch(G), plan.norm_scale, plan.eps, mx.float32).reshape(
+                G.shape[:-2] + (m, n))
     blas_threads, workers = threads.plan_threads([G.shape], threads.available_cpus())
-    return mlx_ext_module().orthogonalize(
+    out = mlx_ext_module().orthogonalize(
         G,
-        plan=kernel_plan(plan),
+        plan=kernel_plan(plan, normalize=normalize),
         workers=workers,
         blas_threads=blas_threads,
         stream=mx.cpu,
     )
+    return out if normalize else out.astype(mx.float64, stream=mx.cpu)

@@ -40,24 +40,27 @@ class MlxOps:
         return Z + a * mx.eye(Z.shape[-1], dtype=Z.dtype)
 
     @staticmethod
-    def to_batch(G, dtype):
+    def to_batch(G):
         m, n = G.shape[-2], G.shape[-1]
-        return G.reshape(math.prod(G.shape[:-2]), m, n).astype(dtype)
+        return G.reshape(math.prod(G.shape[:-2]), m, n)
 
     @staticmethod
     def transpose(X):
         return X.swapaxes(-1, -2)
 
     @staticmethod
-    def normalize(X, scale, eps):
-        wide = mx.float64 if X.dtype == mx.float64 else mx.float32
+    def normalize(X, scale, eps, dtype):
+        # Y / (||Y||_F * scale + eps / p) with Y = X / p rounded to the compute dtype and p a power
+        # of two near max |X| (as in the torch reference): no finite X overflows on the way, and
+        # the norm is that of the rounded matrix, taken in fp32 (float64 where X or dtype is).
+        wide = mx.float64 if mx.float64 in (X.dtype, dtype) else mx.float32
+        top = 1023 if wide == mx.float64 else 127  # 2^k stays a normal number for k in [1 - top, top]
         X_wide = X.astype(wide)
-        # scaled by the largest magnitude before squaring, so that large entries cannot overflow
         peak = mx.max(mx.abs(X_wide), axis=(-2, -1), keepdims=True)
-        peak = mx.where(peak > 0, peak, mx.array(1.0, dtype=wide))
-        scaled = X_wide / peak
-        norm = peak * mx.sqrt(mx.sum(scaled * scaled, axis=(-2, -1), keepdims=True))
-        return (X_wide / (norm * scale + eps)).astype(X.dtype)
+        p = mx.power(mx.array(2.0, dtype=wide), mx.clip(mx.floor(mx.log2(peak)), 1 - top, top))
+        Y = (X_wide / p).astype(dtype).astype(wide)
+        norm = mx.sqrt(mx.sum(Y * Y, axis=(-2, -1), keepdims=True))
+        return (Y / (norm * scale + eps / p)).astype(dtype)
 
     @staticmethod
     def restore(X, G):

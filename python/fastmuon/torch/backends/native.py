@@ -19,7 +19,7 @@ import torch
 from ... import threads
 from ...native import blas_module, kernel_plan
 from ...plan import DEFAULT_STEPS, Plan, make_plan
-from .reference import as_batch, through_operators
+from .reference import TorchOps, as_batch, through_operators
 
 
 def check_native_input(t: torch.Tensor, name: str) -> None:
@@ -88,11 +88,26 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
 
 
 def _run_kernel(Gs: List[torch.Tensor], plan: Dict[str, Any]) -> List[torch.Tensor]:
-    """The fused iteration (``plan`` as ``kernel_plan`` gives it) on every tensor of ``Gs``, in one
-    kernel call on fp32 copies (the kernel works in place), the results in the inputs' dtypes."""
-    Xs = [_fp32_copy(G) for G in Gs]
-    workers = use_threads([G.shape for G in Gs])
-    blas_module().orthogonalize_stacks([_kernel_batch(X) for X in Xs], plan=plan, workers=workers)
+    """The fused iteration (``plan`` as ``kernel_plan`` gives it) on every tensor of ``Gs``, on
+    fp32 copies (the kernel works in place), the results in the inputs' dtypes.
+
+    One kernel call, and a second for float64 tensors: those could overflow float32, so they are
+    normalized here first, in float64 (the reference's normalization), and iterated with the
+    plan's ``normalize`` off."""
+    is_wide = [G.dtype == torch.float64 and G.numel() > 0 for G in Gs]
+    wide = [i for i, w in enumerate(is_wide) if w]
+    rest = [i for i, w in enumerate(is_wide) if not w]
+    Xs: List[torch.Tensor] = [None] * len(Gs)
+    for positions, call_plan in ((rest, plan), (wide, dict(plan, normalize=False))):
+        if not positions:
+            continue
+        for i in positions:
+            G = Gs[i].detach()
+            Xs[i] = _fp32_copy(G) if call_plan["normalize"] else TorchOps.normalize(
+                as_batch(G), call_plan["norm_scale"], call_plan["eps"], torch.float32).reshape(G.shape)
+        workers = use_threads([Gs[i].shape for i in positions])
+        blas_module().orthogonalize_stacks([_kernel_batch(Xs[i]) for i in positions], plan=call_plan,
+                                           workers=workers)
     return [X.to(G.dtype) for X, G in zip(Xs, Gs)]
 
 

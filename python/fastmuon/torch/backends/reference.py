@@ -42,6 +42,13 @@ GRAM_BLOCKS_MIN_ROWS = 512
 SQUARE_BLOCKS_MIN_ROWS = 768
 
 
+def power_of_two_exponent(peak: torch.Tensor) -> torch.Tensor:
+    """k with peak < 2^(k + 1), as a float tensor of peak's dtype, clamped to where 2^k is a
+    normal number of that dtype (so that dividing by it is exact)."""
+    top = math.frexp(torch.finfo(peak.dtype).max)[1] - 1  # 127 for fp32, 1023 for float64
+    return (torch.frexp(peak).exponent - 1).clamp_(1 - top, top).to(peak.dtype)
+
+
 def _from_upper_rows(out: torch.Tensor, top_rows, lower_right) -> torch.Tensor:
     """Fill the symmetric (..., m, m) ``out`` from its top m // 2 rows (``top_rows(out_slice)``
     writes them) and its lower right block (returned by ``lower_right()``); the lower left is
@@ -106,31 +113,33 @@ class TorchOps:
         return Z + a * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
 
     @staticmethod
-    def to_batch(G, dtype):
-        return as_batch(G).to(dtype)
+    def to_batch(G):
+        return as_batch(G)
 
     @staticmethod
     def transpose(X):
         return X.mT
 
     @staticmethod
-    def normalize(X, scale, eps):
+    def normalize(X, scale, eps, dtype):
         # X / (||X||_F * scale + eps) computed as Y / (||Y||_F * scale + eps / p) with Y = X / p
-        # and p the power of two at or above max |X|: Y is exact (a power-of-two scaling), its
-        # squares cannot overflow however large X's entries are, and the one division rounds
-        # into X's dtype. The norm is accumulated in at least fp32.
-        norm_dtype = torch.promote_types(X.dtype, torch.float32)
+        # and p a power of two near max |X|: Y is exact (a power-of-two scaling) and rounded to
+        # the compute dtype only then, its squares cannot overflow however large X's entries are,
+        # and the one division rounds into the compute dtype. The norm is accumulated in at least
+        # fp32, and in X's dtype where that is wider.
+        norm_dtype = torch.promote_types(torch.promote_types(X.dtype, dtype), torch.float32)
         peak = X.detach().abs().amax(dim=(-2, -1), keepdim=True).to(norm_dtype)  # 10x the inf-norm's speed
-        p = torch.where(peak > 0, torch.exp2(torch.ceil(torch.log2(peak))), 1.0)
+        p = torch.exp2(power_of_two_exponent(peak))
         if X.requires_grad and torch.is_grad_enabled():  # out= and in-place ops have no autograd here
             Y = X.to(norm_dtype) / p
-            return (Y / (torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True) * scale + eps / p)).to(X.dtype)
+            return (Y / (torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True) * scale + eps / p)).to(dtype)
         # Written contiguous: a tall input arrives as a transposed view, and the iteration's
         # products ran faster on a contiguous wide copy (3072x768 bf16 on the CPU: 0.89x the time).
-        # p in X's own dtype (exact: bf16 and fp32 share fp32's exponent range; fp16's is
-        # smaller) keeps the division on the same-dtype path, 5x faster than mixed on the CPU.
+        # p in X's own dtype (exact: bf16 and fp32 share fp32's exponent range, and float64 is
+        # the norm dtype; fp16's is smaller) keeps the division on the same-dtype path, 5x faster
+        # than mixed on the CPU.
         p_same = p if X.dtype == torch.float16 else p.to(X.dtype)
-        Y = torch.div(X, p_same, out=torch.empty(X.shape, dtype=X.dtype, device=X.device))
+        Y = torch.div(X, p_same, out=torch.empty(X.shape, dtype=dtype, device=X.device))
         norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=norm_dtype)
         return Y.div_(norm * scale + eps / p)
 

@@ -171,10 +171,9 @@ class TritonOps(TorchOps):
         return A @ B
 
     @staticmethod
-    def to_batch(G, dtype):
-        # One dense copy at most (none for a contiguous input already in dtype); a tall X is
-        # then transposed to a column-major view, which the kernels and GEMMs read in place.
-        return as_batch(G.detach()).to(dtype).contiguous()
+    def to_batch(G):
+        # The kernels record no autograd; normalize writes the one dense copy, in the compute dtype.
+        return as_batch(G.detach())
 
 
 def orthogonalize(G: torch.Tensor, plan: Plan, compute_dtype: torch.dtype) -> torch.Tensor:

@@ -62,12 +62,6 @@ def lr_scale(group: dict, rows: int, cols: int) -> float:
     return shape_scale(*((cols, rows) if group["transposed"] else (rows, cols)), group["adjust_lr"])
 
 
-def narrower(dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
-    """The stack's dtype: the compute dtype when it has fewer bits than the weights' (orthogonalize
-    would round to it first anyway), else the weights' own."""
-    return compute_dtype if torch.finfo(compute_dtype).bits < torch.finfo(dtype).bits else dtype
-
-
 def by_group(members) -> List[Tuple[dict, List[int]]]:
     """The positions of (parameter, group) pairs by group, in order of first appearance: a
     stack holds the same-shape matrices of every group with the same orthogonalization options,
@@ -127,7 +121,8 @@ class Chunk:
     # member's other hyperparameters are its own group's: by_group)
     rows: int
     cols: int
-    stack_dtype: torch.dtype
+    stack_dtype: torch.dtype  # the weights': orthogonalize rounds to the compute dtype only after
+    # scaling, so that no finite momentum overflows (a float64 1e39, a float32 3.4e38 in bf16)
     compute_dtype: torch.dtype  # of its orthogonalization
     options: tuple  # the group's orthogonalization options (ORTHOGONALIZE_KEYS), frozen
     nbytes: int  # of its stack
@@ -224,8 +219,7 @@ def plan_local_step(groups: List[dict], state) -> List[Batch]:
         count = sum(views[p] for p, _ in members)
         compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (count, rows, cols),
                                               group["method"])
-        stack_dtype = narrower(dtype, compute_dtype)
-        matrix_bytes = rows * cols * torch.finfo(stack_dtype).bits // 8
+        matrix_bytes = rows * cols * torch.finfo(compute_dtype).bits // 8
         per_chunk = max(1, STACK_BYTES // max(1, matrix_bytes))
         for start in range(0, len(members), per_chunk):
             part = members[start:start + per_chunk]
@@ -233,7 +227,7 @@ def plan_local_step(groups: List[dict], state) -> List[Batch]:
             native_why = _native_refusal(part, state, dtype, compute_dtype, group["backend"], device,
                                          (sum(counts), rows, cols))
             chosen, why = _choose_impl(part, native_why, impl)
-            chunk = Chunk(part, counts, group, rows, cols, stack_dtype, compute_dtype, tuple(options),
+            chunk = Chunk(part, counts, group, rows, cols, dtype, compute_dtype, tuple(options),
                           matrix_bytes * sum(counts), native_why is None, chosen, why)
             (per_parameter if chosen == "per_parameter" else list_wide).append(chunk)
     return [Batch(chunks) for chunks in (*chunk_batches(list_wide), *chunk_batches(per_parameter))]
