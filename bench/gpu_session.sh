@@ -17,8 +17,10 @@
 #            the carried wheels into a private folder on PYTHONPATH. If that fails the source tree
 #            is used instead (the Triton path is pure Python; "auto" then skips the CPU kernels)
 #   test     pytest tests/test_triton.py tests/test_auto_table.py on the GPU (xdist when present)
+#   profile  bench/profile_gpu_step.py: where the eager step's time goes against torch.optim.Muon
+#            (at most 100 s; its tables go to bench.log, its rows to triton_gpu.jsonl)
 #   bench    bench/bench_triton_gpu.py with the time left (rows appended as they are measured)
-# PHASES="env install test bench" selects phases; PYTHON picks the interpreter (default python3).
+# PHASES="env install test profile bench" selects phases; PYTHON picks the interpreter (default python3).
 #
 # Files in $OUT (default bench/out/gpu_session), at most 8: session.log (everything), env.txt,
 # install.log, pytest.log, bench.log, triton_gpu.jsonl (the rows, for bench/results/), and
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-python3}
 OUT=${OUT:-bench/out/gpu_session}
 SESSION_SECONDS=${SESSION_SECONDS:-530}
-PHASES=${PHASES:-env install test bench}
+PHASES=${PHASES:-env install test profile bench}
 SITE=${SITE:-${TMPDIR:-/tmp}/fastmuon-gpu-site}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -94,14 +96,21 @@ if wants test; then
   "$PY" -c 'import xdist' 2>/dev/null && parallel=(-n 8)
   per_test=()
   "$PY" -c 'import pytest_timeout' 2>/dev/null && per_test=(--timeout 150)
-  # leave the benchmark, when it runs, at least 240 s
+  # leave the benchmark, when it runs, at least 240 s, and the profile its 100 s
   reserve=0
   wants bench && reserve=240
+  wants profile && reserve=$((reserve + 100))
   budget=$(($(left) - reserve))
   [ "$budget" -gt 200 ] && budget=200
   run_for "$budget" "$OUT/pytest.log" "$PY" -m pytest -q -p no:cacheprovider -rfEs "${parallel[@]}" "${per_test[@]}" \
     tests/test_triton.py tests/test_auto_table.py
   echo "pytest exit status: $?"
+fi
+
+if wants profile; then
+  phase profile
+  run_for 100 "$OUT/bench.log" "$PY" bench/profile_gpu_step.py --out "$OUT/triton_gpu.jsonl"
+  echo "profile exit status: $?"
 fi
 
 if wants bench; then

@@ -25,17 +25,18 @@ def test_scripts_parse(script):
 
 
 def test_session_without_a_gpu_writes_its_logs(tmp_path):
-    """The env and bench phases on this machine: the benchmark finds no CUDA device and exits 0,
+    """The env, profile and bench phases on this machine: the benchmark finds no CUDA device and exits 0,
     and every file lands directly in OUT with a name the device tool returns (letters, digits,
     '.', '_', '-'; at most 8 files)."""
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the session would measure (run it by hand)")
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), PHASES="env bench", PYTHON=sys.executable, SESSION_SECONDS="120")
+    env = dict(os.environ, OUT=str(out), PHASES="env profile bench", PYTHON=sys.executable, SESSION_SECONDS="120")
     done = subprocess.run(["bash", SCRIPTS[0]], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
     assert "no CUDA device: nothing to measure" in (out / "bench.log").read_text()
+    assert "no CUDA device: nothing to profile" in (out / "bench.log").read_text()
     assert "=== finished" in (out / "session.log").read_text()
     names = sorted(os.listdir(out))
     assert names == ["bench.log", "env.txt", "session.log"]

@@ -504,6 +504,25 @@ def test_orthogonalize_spectra(method, kind):
     _orthogonalize_and_check(G, method, "float32", "float32")
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("dtype, exponent", [(torch.float64, 1000), (torch.float32, 127)], ids=str)
+def test_huge_finite_inputs_stay_finite_in_bf16(backend, dtype, exponent):
+    """On the device: a float64 1e301 and a float32 3.4e38 (inf once rounded to bf16) give the
+    unscaled matrix's result, since normalize scales before it rounds. Bound: the error against
+    float64 is at most 4x the unscaled input's own."""
+    G = np.random.default_rng(3).standard_normal((40, 56))
+    G *= 1.999 / np.abs(G).max()
+
+    def run(values):
+        return _np(orthogonalize(torch.from_numpy(values).to(dtype).to(DEVICE), backend=backend,
+                                 dtype=torch.bfloat16))
+
+    O, unscaled = run(G * 2.0**exponent), run(G)
+    exact = _np(orthogonalize(torch.from_numpy(G), backend="reference", dtype=torch.float64))
+    assert np.isfinite(O).all()
+    assert np.abs(O - exact).max() <= 4 * np.abs(unscaled - exact).max()
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(40, 56), (56, 40)], ids=str)
 def test_orthogonalize_bf16_compute(method, shape):
