@@ -227,7 +227,7 @@ def kernel_rows(torch, timed, record, op, shape, dtype, autotuned: bool) -> None
 def print_autotuner_choices() -> None:
     """The configuration the autotuner kept for each (kernel, key): what to compare the per-shape
     configurations with."""
-    from fastmuon.torch import triton_ba_plus_caa, triton_xtx, triton_xxt
+    from fastmuon.torch.backends import triton_ba_plus_caa, triton_xtx, triton_xxt
 
     for name, tuned in (("xxt", triton_xxt.xxt_kernel_tuned), ("xtx", triton_xtx.xtx_kernel_tuned),
                         ("ba_plus_caa", triton_ba_plus_caa.ba_plus_caa_kernel_tuned)):
