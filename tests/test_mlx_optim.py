@@ -730,6 +730,26 @@ def test_state_from_another_model_is_rejected():
         opt.apply_gradients({"w": mx.ones((6, 4))}, {"w": mx.ones((6, 4))})
 
 
+@pytest.mark.parametrize("saved, loading, message", [
+    ("NorMuon", "Muon", "has 'second_moment', which Muon does not keep"),
+    ("Muon", "NorMuon", "has no 'second_moment', which NorMuon keeps"),
+])
+def test_a_state_of_another_kind_is_refused_before_anything_changes(saved, loading, message):
+    """The algorithm is the optimizer's: NorMuon's state loaded into Muon stepped as Muon with
+    the second moment ignored; the reverse said "has shape nothing". Now both are refused by name,
+    with the step count and the state as they were."""
+    params = {"w": mx.ones((4, 6))}
+    grads = {"w": mx.arange(24, dtype=mx.float32).reshape(4, 6)}
+    source = getattr(fm, saved)()
+    source.apply_gradients(grads, params)
+    target = getattr(fm, loading)()
+    target.state = source.state
+    step = target.state["step"].item()
+    with pytest.raises(ValueError, match=message):
+        target.apply_gradients(grads, params)
+    assert target.state["step"].item() == step
+
+
 def test_empty_subtrees_are_tolerated():
     W = mx.ones((4, 6))
     grads = {"act": {}, "blocks": [{}, {"w": W}], "drop": []}

@@ -210,11 +210,22 @@ class Muon(TreeOptimizer):
         return {"momentum": param.shape}
 
     def _check_state(self, path: str, param: mx.array, state: dict) -> None:
-        for key, shape in self._expected_state(param).items():
-            if key not in state or state[key].shape != tuple(shape):
-                found = state[key].shape if key in state else "nothing"
+        """A loaded state must be this optimizer's: the algorithm is the optimizer's, so a state
+        saved by another kind (NorMuon's second moment into Muon, or the reverse) is refused
+        by name rather than stepped with part of its state ignored or missing."""
+        expected = self._expected_state(param)
+        kind = type(self).__name__
+        for key in state:
+            if key not in expected and key != "skipped_steps":
+                raise ValueError(f"optimizer state of {path!r} has {key!r}, which {kind} does not keep; was it saved "
+                                 "by another optimizer (NorMuon keeps 'second_moment', Muon does not)?")
+        for key, shape in expected.items():
+            if key not in state:
+                raise ValueError(f"optimizer state of {path!r} has no {key!r}, which {kind} keeps; was it saved by "
+                                 "another optimizer (NorMuon keeps 'second_moment', Muon does not)?")
+            if state[key].shape != tuple(shape):
                 raise ValueError(
-                    f"optimizer state {key!r} of {path!r} has shape {found}, expected {tuple(shape)} "
+                    f"optimizer state {key!r} of {path!r} has shape {state[key].shape}, expected {tuple(shape)} "
                     f"for a parameter of shape {param.shape}; was the state saved for another model?"
                 )
 
