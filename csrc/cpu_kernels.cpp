@@ -2,6 +2,7 @@
 #include "cpu_kernels.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -265,6 +266,39 @@ class BlasOps {
     }
   }
 
+  // X <- D X and A <- D A D, d_i = 1 / sqrt(sum_j |A_ij|) (summed in double,
+  // floored at FLT_MIN so that a zero row stays zero). d_i d_j is one product
+  // for both (i, j) and (j, i), so A stays exactly symmetric.
+  void aol_scale(Wide x, Square a) {
+    d_.resize(static_cast<size_t>(m_));
+    for (int64_t i = 0; i < m_; ++i) {
+      double sum = 0.0;
+      for (int64_t j = 0; j < m_; ++j) {
+        sum += std::fabs(a.data[i * m_ + j]);
+      }
+      d_[i] = static_cast<float>(
+          1.0 / std::sqrt(std::max(sum, static_cast<double>(FLT_MIN))));
+    }
+    for (int64_t i = 0; i < m_; ++i) {
+      for (int64_t j = 0; j < m_; ++j) {
+        a.data[i * m_ + j] *= d_[i] * d_[j];
+      }
+    }
+    if (tall_) {  // stored X = W^T (n x m): row i of W is column i of X
+      for (int64_t k = 0; k < n_; ++k) {
+        for (int64_t i = 0; i < m_; ++i) {
+          x.data[k * m_ + i] *= d_[i];
+        }
+      }
+    } else {
+      for (int64_t i = 0; i < m_; ++i) {
+        for (int64_t k = 0; k < n_; ++k) {
+          x.data[i * n_ + k] *= d_[i];
+        }
+      }
+    }
+  }
+
  private:
   // out = alpha P W + beta out (stored W: alpha X P^T + beta out).
   void times_wide(Square p, Wide w, Wide out, float alpha, float beta) const {
@@ -277,6 +311,7 @@ class BlasOps {
 
   int64_t m_, n_;
   bool tall_;
+  std::vector<float> d_;  // aol_scale's row factors
 };
 
 } // namespace

@@ -23,6 +23,7 @@ struct OrthogonalizePlan {
   bool gram = false;               // iterate on the Gram matrix ("gram")
   int64_t gram_restart_every = 1;  // recompute X and R every k-th step
   bool normalize = true;           // false: the input arrives normalized
+  bool aol = false;                // AOL row scaling before the first step
 
   bool operator==(const OrthogonalizePlan&) const = default;
 };
@@ -88,6 +89,8 @@ inline int square_buffers(const OrthogonalizePlan& plan) {
 //                                     may form one triangle only)
 //   matmul(A, B, out)                 out = A B, Square A, Wide B
 //   add_identity(Z, out, a)           out = Z + a I
+//   aol_scale(X, A)                   X <- D X, A <- D A D in place, for
+//                                     A = X X^T and d_i = 1 / sqrt(sum_j |A_ij|)
 // The iteration swaps handles, never data: on return `x` names the buffer
 // that holds the result (the caller's x or x2). `squares` holds at least
 // square_buffers(plan) buffers.
@@ -98,11 +101,18 @@ void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
     return static_cast<float>(plan.coefficients[step][i]);
   };
   const size_t steps = plan.coefficients.size();
+  if (plan.aol) {
+    // AOL (plan.aol): the scaled Gram matrix is the first step's A (or R).
+    ops.xxt(x, squares[0]);
+    ops.aol_scale(x, squares[0]);
+  }
   if (!plan.gram) {
     auto& A = squares[0];
     auto& B = squares[1];
     for (size_t step = 0; step < steps; ++step) {
-      ops.xxt(x, A);
+      if (step > 0 || !plan.aol) {
+        ops.xxt(x, A);
+      }
       ops.ba_plus_caa(A, B, coef(step, 2), coef(step, 1));  // B = b A + c A A
       ops.addmm(x, B, x, x2, 1.0f, coef(step, 0));          // X <- a X + B X
       std::swap(x, x2);
@@ -116,7 +126,9 @@ void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
   auto& Z = squares[1];
   auto& Q = squares[2];
   auto& RZ = squares[3];
-  ops.xxt(x, R);
+  if (!plan.aol) {
+    ops.xxt(x, R);
+  }
   bool q_is_identity = true;  // Q = I is kept implicit until a step needs it
   for (size_t step = 1; step <= steps; ++step) {
     const float a = coef(step - 1, 0);

@@ -32,7 +32,9 @@
   "        gram_restart_every (int): restart period (>= 1) of the Gram\n"   \
   "            iteration; ignored when gram is false;\n"                   \
   "        normalize (bool): divide each matrix by its scaled norm plus\n" \
-  "            eps first; false when the caller has (from float64).\n"
+  "            eps first; false when the caller has (from float64);\n"     \
+  "        aol (bool): AOL row scaling of the normalized matrix, whose\n"  \
+  "            scaled Gram matrix feeds the first step.\n"
 
 namespace fastmuon {
 
@@ -72,15 +74,15 @@ inline std::vector<std::array<double, 3>> coefficients_from(
 
 // The plan of a call to `fn` from its `plan` argument: a dict with exactly
 // the keys "coefficients" (see coefficients_from), "norm_scale", "eps",
-// "gram", "gram_restart_every" and "normalize", the fields of
+// "gram", "gram_restart_every", "normalize" and "aol", the fields of
 // OrthogonalizePlan; checked by check_plan. Errors name `fn` and the key at
 // fault ("orthogonalize(): `plan['norm_scale']` must be finite and positive,
 // got 0.000000").
 inline OrthogonalizePlan plan_from_mapping(nb::handle obj, const char* fn) {
-  static const py_args::Keys<6> keys({"coefficients", "norm_scale", "eps",
+  static const py_args::Keys<7> keys({"coefficients", "norm_scale", "eps",
                                       "gram", "gram_restart_every",
-                                      "normalize"});
-  const py_args::DictArg<6> plan_arg(obj, fn, "plan", keys);
+                                      "normalize", "aol"});
+  const py_args::DictArg<7> plan_arg(obj, fn, "plan", keys);
   OrthogonalizePlan plan{
       coefficients_from(plan_arg.item("coefficients"), fn,
                         plan_arg.entry("coefficients").c_str()),
@@ -89,6 +91,7 @@ inline OrthogonalizePlan plan_from_mapping(nb::handle obj, const char* fn) {
       plan_arg.get<bool>("gram"),
       plan_arg.get<int64_t>("gram_restart_every"),
       plan_arg.get<bool>("normalize"),
+      plan_arg.get<bool>("aol"),
   };
   check_plan(plan, [&](const char* field) {
     return std::string(fn) + "(): `" + plan_arg.entry(field) + "`";

@@ -208,7 +208,7 @@ def test_metal_kernel_transposed_input(emulated_metal, rng):
 @pytest.mark.parametrize(
     "method,shape,compute",
     [("polar_express", (2, 40, 24), "float32"), ("gram", (24, 40), "float32"),
-     ("newton_schulz", (24, 40), "bfloat16")],
+     ("newton_schulz", (24, 40), "bfloat16"), ("aol", (40, 24), "float32"), ("aol", (24, 40), "bfloat16")],
     ids=str,
 )
 def test_orthogonalize_backend_metal(emulated_metal, rng, method, shape, compute):

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
     "silicon and the macOS mlx wheel)",
 )
 
-METHODS = ("newton_schulz", "polar_express", "gram")
+METHODS = ("newton_schulz", "polar_express", "gram", "aol")
 XXT_SHAPES = [(1, 1), (5, 3), (33, 100), (70, 45), (64, 64), (3, 40, 56), (2, 2, 31, 33), (300, 200)]
 SQUARE_SHAPES = [(1, 1), (5, 5), (33, 33), (70, 70), (3, 64, 64), (2, 129, 129)]
 ALPHA_BETA = [(15.878769915207462, -22.48329292557795), (2.0315, -4.7750), (1.0, 0.0), (0.0, 1.0)]

@@ -32,7 +32,7 @@ from test_orthogonalize import check_against_exact
 
 from fastmuon.plan import GRAM_RESTART_EVERY, make_plan
 
-METHODS = ("newton_schulz", "polar_express", "gram")
+METHODS = ("newton_schulz", "polar_express", "gram", "aol")
 
 
 def _symmetric(rng, shape) -> np.ndarray:

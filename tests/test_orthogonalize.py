@@ -28,7 +28,7 @@ from support.spectral import (
     spectral_error,
 )
 
-METHODS = ("newton_schulz", "polar_express", "gram")
+METHODS = ("newton_schulz", "polar_express", "gram", "aol")
 SHAPES = [(64, 64), (48, 80), (80, 48), (1, 37), (37, 1), (3, 40, 56), (2, 2, 24, 16)]
 # Every fp32 backend must meet the same bound; "native" needs the compiled extension.
 FP32_BACKENDS = ("reference", "native")
@@ -44,7 +44,7 @@ def check_against_exact(fw, G64, O, plan, compute, output):
     exactly as the framework saw it), in spectral norm, for every matrix of the batch; and that
     its spectral error is within the same allowance of the scalar polynomial's. Returns the
     largest deviation and allowance."""
-    exact, x, y = exact_iteration(G64, plan.coefficients, plan.norm_scale, plan.eps)
+    exact, x, y = exact_iteration(G64, plan.coefficients, plan.norm_scale, plan.eps, plan.uses_aol)
     m = min(G64.shape[-2:])
     allowance = rounding_allowance(plan.coefficients, float(x.max()), compute, output, m)
     deviation = float(np.max(np.linalg.norm(O - exact, ord=2, axis=(-2, -1))))

@@ -63,7 +63,7 @@ if not ON_GPU and not triton_common.INTERPRETED:
 
 ortho = importlib.import_module("fastmuon.torch.orthogonalize")  # the module, not the function
 DEVICE = "cuda" if ON_GPU else "cpu"
-METHODS = ("newton_schulz", "polar_express", "gram")
+METHODS = ("newton_schulz", "polar_express", "gram", "aol")
 # (dtype, unit roundoff of the output, half the smallest subnormal spacing)
 DTYPES = [
     (torch.float32, 0.0, 0.0),

@@ -31,6 +31,11 @@ class MatrixOps(Protocol):
     def add_identity(self, Z: Any, a: float) -> Any:
         """Z + a I."""
 
+    def aol_scale(self, X: Any, A: Any) -> Any:
+        """(D X, D A D) for A = X X^T, d_i = 1 / sqrt(sum_j |A_ij|) (row sums in at least fp32,
+        floored at the smallest normal number so that a zero row stays zero); D A D exactly
+        symmetric."""
+
     def to_batch(self, G: Any) -> Any:
         """G (..., m, n) as a (batch, m, n) array in G's own dtype."""
 
@@ -60,20 +65,25 @@ def orthogonalize_with(G: Any, plan: Plan, ops: MatrixOps, compute_dtype: Any) -
     if tall:
         X = ops.transpose(X)
     X = ops.normalize(X, plan.norm_scale, plan.eps, compute_dtype)
-    X = iterate(X, plan, ops)
+    A = None
+    if plan.uses_aol:
+        X, A = ops.aol_scale(X, ops.xxt(X))
+    X = iterate(X, plan, ops, A)
     if tall:
         X = ops.transpose(X)
     return ops.restore(X, G)
 
 
-def iterate(X: Any, plan: Plan, ops: MatrixOps) -> Any:
-    """Apply the plan's polynomials to a normalized wide batch X (batch, m, n), m <= n."""
+def iterate(X: Any, plan: Plan, ops: MatrixOps, A: Any = None) -> Any:
+    """Apply the plan's polynomials to a normalized wide batch X (batch, m, n), m <= n; ``A``,
+    when given, is X X^T already (AOL's), used by the first step."""
     if plan.uses_gram:
         return _gram_iterations(X, plan, ops)
     for a, b, c in plan.coefficients:
-        A = ops.xxt(X)
+        A = ops.xxt(X) if A is None else A
         B = ops.ba_plus_caa(A, alpha=c, beta=b)  # b A + c A^2
         X = ops.addmm(X, B, X, alpha=1.0, beta=a)  # a X + B X
+        A = None
     return X
 
 

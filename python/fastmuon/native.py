@@ -86,6 +86,7 @@ def kernel_plan(plan: Plan, normalize: bool = True) -> Dict[str, Any]:
         "norm_scale": plan.norm_scale,
         "eps": plan.eps,
         "gram": plan.uses_gram,
+        "aol": plan.uses_aol,
         "gram_restart_every": GRAM_RESTART_EVERY,
         "normalize": normalize,
     }

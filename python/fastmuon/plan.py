@@ -11,7 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import coefficients as _coef
 
-METHODS = ("newton_schulz", "polar_express", "gram")
+METHODS = ("newton_schulz", "polar_express", "gram", "aol")
 
 # Normalization per method: X / (||X||_F * scale + eps). Polar Express divides by its safety
 # factor so that every singular value starts inside the interval its polynomials were designed for.
@@ -19,6 +19,9 @@ _NORMALIZATION = {
     "newton_schulz": (1.0, _coef.NEWTON_SCHULZ_EPS),
     "polar_express": (_coef.POLAR_EXPRESS_SAFETY, _coef.POLAR_EXPRESS_EPS),
     "gram": (_coef.POLAR_EXPRESS_SAFETY, _coef.POLAR_EXPRESS_EPS),
+    # AOL rescales the rows afterwards (which makes its result independent of this scale); the
+    # Frobenius normalization first keeps X X^T from overflowing and a zero matrix at zeros.
+    "aol": (1.0, _coef.POLAR_EXPRESS_EPS),
 }
 
 DEFAULT_STEPS = 5
@@ -41,6 +44,13 @@ class Plan:
     @property
     def uses_gram(self) -> bool:
         return self.method == "gram"
+
+    @property
+    def uses_aol(self) -> bool:
+        """AOL preconditioning (Turbo-Muon): after the normalization, A = X X^T and
+        X <- D X with d_i = 1 / sqrt(sum_j |A_ij|), which bounds ||X||_2 by 1 far more tightly
+        than the Frobenius norm; the first step's Gram matrix is D A D, no product more."""
+        return self.method == "aol"
 
     def restart_after(self, step: int) -> bool:
         """Whether the Gram iteration recomputes X and its Gram matrix after ``step`` (1-based)."""

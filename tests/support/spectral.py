@@ -41,9 +41,22 @@ def matrix_with_spectrum(rng: np.random.Generator, shape: tuple, kind: str) -> n
     return out
 
 
-def exact_iteration(G: np.ndarray, coefficients, norm_scale: float, eps: float):
+def exact_iteration(G: np.ndarray, coefficients, norm_scale: float, eps: float, aol: bool = False):
     """For each matrix of ``G`` (float64, (..., m, n)): the exact output U p(S/norm) V^T, the
-    normalized singular values x and the output singular values p(x)."""
+    normalized singular values x and the output singular values p(x).
+
+    With ``aol``, the rows of the normalized wide orientation X are first scaled by
+    d_i = 1 / sqrt(sum_j |(X X^T)_ij|) (AOL), in float64; U S V^T is then that matrix's SVD."""
+    if aol:
+        tall = G.shape[-2] > G.shape[-1]
+        X = np.swapaxes(G, -1, -2) if tall else G
+        X = X / (np.linalg.norm(X, axis=(-2, -1), keepdims=True) * norm_scale + eps)
+        row_sums = np.sum(np.abs(X @ np.swapaxes(X, -1, -2)), axis=-1, keepdims=True)
+        X = X / np.sqrt(np.maximum(row_sums, np.finfo(np.float64).tiny))
+        U, x, Vt = np.linalg.svd(X, full_matrices=False)
+        y = apply_scalar(coefficients, x)
+        O = (U * y[..., None, :]) @ Vt
+        return (np.swapaxes(O, -1, -2) if tall else O), x, y
     U, S, Vt = np.linalg.svd(G, full_matrices=False)
     norm = np.sqrt(np.sum(S * S, axis=-1, keepdims=True))
     x = S / (norm * norm_scale + eps)

@@ -40,6 +40,13 @@ class MlxOps:
         return Z + a * mx.eye(Z.shape[-1], dtype=Z.dtype)
 
     @staticmethod
+    def aol_scale(X, A):
+        wide = mx.float64 if A.dtype == mx.float64 else mx.float32
+        row_sums = mx.sum(mx.abs(A.astype(wide)), axis=-1, keepdims=True)
+        d = mx.rsqrt(mx.maximum(row_sums, mx.array(mx.finfo(wide).smallest_normal, dtype=wide)))  # (batch, m, 1)
+        return (X * d).astype(X.dtype), (A * (d * d.swapaxes(-1, -2))).astype(A.dtype)
+
+    @staticmethod
     def to_batch(G):
         m, n = G.shape[-2], G.shape[-1]
         return G.reshape(math.prod(G.shape[:-2]), m, n)

@@ -113,6 +113,12 @@ class TorchOps:
         return Z + a * torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
 
     @staticmethod
+    def aol_scale(X, A):
+        row_sums = A.abs().sum(dim=-1, keepdim=True, dtype=torch.promote_types(A.dtype, torch.float32))
+        d = torch.rsqrt(row_sums.clamp_min(torch.finfo(row_sums.dtype).tiny))  # (batch, m, 1)
+        return (X * d).to(X.dtype), (A * (d * d.mT)).to(A.dtype)  # d_i d_j: symmetric as a product
+
+    @staticmethod
     def to_batch(G):
         return as_batch(G)
 
