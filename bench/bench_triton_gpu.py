@@ -308,9 +308,10 @@ def optimizer_step_rows(torch, timed, guarded, record) -> None:
         check = graph_matches_eager(torch, make)
         record("optimizer_step", shape, name + "_cuda_graph", ms, graph_vs_eager_max_abs=check, **extra)
 
-    for name, make in providers:
+    aol = ("fastmuon_aol4", lambda ps: Muon(ps, lr=0.02, method="aol", ns_steps=4))
+    for name, make in [*providers, aol]:
         guarded(f"optimizer_step {name}", lambda: eager(name, make))
-    for name, make in providers[:2]:
+    for name, make in [*providers[:2], aol]:
         guarded(f"optimizer_step {name} (CUDA graph)", lambda: graphed(name, make))
     # fastmuon orthogonalizes same-shape matrices in chunks of at most STACK_BYTES (16 MiB: 3 of
     # GPT-2's 768 x 3072 in bf16, so 12 orthogonalize calls a step); one call per shape instead:
@@ -335,15 +336,17 @@ class whole_stacks:
 
 
 def compiled_step_row(torch, timed, record) -> None:
-    """fastmuon's step (auto) under torch.compile; the compile time is recorded too."""
+    """fastmuon's step (auto, and AOL with 4 steps) under torch.compile; the compile time is
+    recorded too."""
     from fastmuon.torch import Muon
 
     shape, extra = step_shape_and_fields()
-    step = torch.compile(Muon(gpt2_small_muon_params(torch), lr=0.02).step)
-    started = time.monotonic()
-    step()  # compiles
-    compile_s = time.monotonic() - started
-    record("optimizer_step", shape, "fastmuon_auto_compiled", timed(step), compile_s=compile_s, **extra)
+    for name, options in (("fastmuon_auto_compiled", {}), ("fastmuon_aol4_compiled", dict(method="aol", ns_steps=4))):
+        step = torch.compile(Muon(gpt2_small_muon_params(torch), lr=0.02, **options).step)
+        started = time.monotonic()
+        step()  # compiles
+        compile_s = time.monotonic() - started
+        record("optimizer_step", shape, name, timed(step), compile_s=compile_s, **extra)
 
 
 if __name__ == "__main__":

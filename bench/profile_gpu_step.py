@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     providers = {
         "torch.optim.Muon": lambda ps: torch.optim.Muon(ps, lr=0.02, weight_decay=0.0),
         "fastmuon_auto": lambda ps: Muon(ps, lr=0.02),
+        "fastmuon_aol4": lambda ps: Muon(ps, lr=0.02, method="aol", ns_steps=4),
         "fastmuon_foreach_on_cuda": lambda ps: Muon(ps, lr=0.02, impl="foreach"),
     }
     for name, make in providers.items():
