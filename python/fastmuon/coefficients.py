@@ -112,7 +112,14 @@ COEFFICIENT_METHODS: tuple[str, ...] = ("newton_schulz", "polar_express", "you",
 # 0.624 / 0.993, and the 5-step Polar Express 0.096 / 0.141, 0.095 / 0.141, 0.552 / 0.985;
 # lo = 3e-3 was worse on the first two, 7e-3 on the last two, and 3 steps lost to Newton-Schulz
 # on the condition-1e2 input at every lo (0.27 and more).
+# Worst-case scalar error |p(sigma / 1.02) - 1| on [AOL_LO, 1]: 0.11 with 4 steps, 0.0017 with 5,
+# 0.52 with 3 (the 5-step Polar Express table on [1e-3, 1]: 0.15); below AOL_LO the polynomials
+# do not reach 1 (4 steps: 0.79 on [1e-3, 1]), which AOL's scaling makes rare (see above).
 AOL_LO: float = 5e-3
+
+# The "aol" tables for 1 to 10 steps, made once here: inside torch.compile the Remez exchange
+# would be traced (numpy and lru_cache included) at every plan.
+AOL_COEFFICIENTS: dict[int, Coefficients] = {}
 
 # Relative width below which [lo, hi] is treated as a single point: there the 4x4
 # Remez system is numerically singular, and the minimax quintic has converged to
@@ -297,7 +304,7 @@ def coefficients_for(method: str, steps: int) -> Coefficients:
     if method == "newton_schulz":
         return (JORDAN_NEWTON_SCHULZ,) * steps
     if method == "aol":
-        return polar_express_coefficients(steps, lo=AOL_LO)
+        return AOL_COEFFICIENTS.get(steps) or polar_express_coefficients(steps, lo=AOL_LO)
     if method == "polar_express":
         if steps == 5:
             return POLAR_EXPRESS_5STEP
@@ -395,3 +402,6 @@ def worst_case_error(
         raise ValueError(f"scale must be finite and > 0, got {scale!r}")
     x = np.concatenate([np.geomspace(lo, hi, n), np.linspace(lo, hi, n)])
     return float(np.max(np.abs(apply_scalar(coefficients, x / scale) - 1.0)))
+
+
+AOL_COEFFICIENTS.update({steps: polar_express_coefficients(steps, lo=AOL_LO) for steps in range(1, 11)})
