@@ -17,6 +17,8 @@ class DemoConfig:
     eval_every: int = 15
     eval_windows: int = 64
     seed: int = 0
+    # extra Muon options as (name, value) pairs, e.g. (("method", "aol"), ("ns_steps", 4))
+    muon_options: tuple = ()
 
 
 OPTIMIZERS = ("adamw", "muon", "normuon")

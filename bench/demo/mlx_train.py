@@ -24,6 +24,7 @@ def make_optimizer(name: str, lr: float, adamw_lr: float, cfg: DemoConfig):
         schedule(adamw_lr),
         beta2=NORMUON_BETA2 if name == "normuon" else None,
         exclude=DEFAULT_EXCLUDE + ("pos",),
+        **dict(cfg.muon_options),
     )
 
 

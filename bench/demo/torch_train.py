@@ -11,7 +11,7 @@ from .config import DemoConfig
 from .torch_model import TinyGPT, loss_fn
 
 
-def make_optimizer(name: str, model: torch.nn.Module, lr: float, adamw_lr: float):
+def make_optimizer(name: str, model: torch.nn.Module, lr: float, adamw_lr: float, muon_options: tuple = ()):
     """AdamW on everything, or Muon / NorMuon on hidden matrices with AdamW (at ``adamw_lr``)
     on embeddings, head, norms and the position table, routed by fastmuon."""
     if name == "adamw":
@@ -19,14 +19,15 @@ def make_optimizer(name: str, model: torch.nn.Module, lr: float, adamw_lr: float
     # the learned position table is an embedding too: AdamW, like the token embedding
     groups = fastmuon_torch.muon_param_groups(model, exclude=DEFAULT_EXCLUDE + ("pos",))
     beta2 = NORMUON_BETA2 if name == "normuon" else None
-    return fastmuon_torch.MuonWithAdamW(groups, lr=lr, beta2=beta2, adamw_lr=adamw_lr, adamw_betas=(0.9, 0.95))
+    return fastmuon_torch.MuonWithAdamW(groups, lr=lr, beta2=beta2, adamw_lr=adamw_lr, adamw_betas=(0.9, 0.95),
+                                        **dict(muon_options))
 
 
 class Trainer:
     def __init__(self, cfg: DemoConfig, optimizer: str, lr: float, adamw_lr: float, val_windows):
         torch.manual_seed(cfg.seed)
         self.model = TinyGPT(cfg)
-        self.opt = make_optimizer(optimizer, self.model, lr, adamw_lr)
+        self.opt = make_optimizer(optimizer, self.model, lr, adamw_lr, cfg.muon_options)
         self.schedule = fastmuon_torch.warmup_cosine(self.opt, cfg.warmup_steps, cfg.steps)
         self.val = tuple(torch.from_numpy(a) for a in val_windows)
 
