@@ -1110,3 +1110,42 @@ def test_a_step_that_raises_leaves_the_step_counter_where_it_was():
     with pytest.raises(ValueError, match="float32"):
         opt.apply_gradients(grads, params)
     assert int(opt.state["step"]) == step and float(opt.state["learning_rate"]) == lr
+
+
+@pytest.mark.parametrize("make", [lambda lr: fm.Muon(lr), lambda lr: fm.SignSGD(lr),
+                                  lambda lr: fm.MuonWithAdamW(0.02, lr)], ids=["Muon", "SignSGD", "AdamW part"])
+def test_a_non_finite_learning_rate_skips_the_step(make):
+    """A schedule that returns NaN skips the step (weights and state as they were, counted in
+    skipped_steps) instead of making every weight NaN."""
+    opt = make(lambda step: mx.array(float("nan")))
+    params = {"w": mx.ones((3, 4)), "b": mx.ones((4,))}
+    grads = {"w": mx.ones((3, 4)), "b": mx.ones((4,))}
+    out = opt.apply_gradients(grads, params)
+    stepped = "w" if isinstance(opt, fm.MuonWithAdamW) else None  # its Muon part has a finite rate
+    for name, value in out.items():
+        if name == stepped:
+            assert not np.array_equal(np.array(value), np.array(params[name]))
+        else:
+            assert np.array_equal(np.array(value), np.array(params[name]))
+    flat = dict(tree_flatten(opt.state))
+    skipped = {k: int(v.item()) for k, v in flat.items() if k.endswith("skipped_steps")}
+    assert skipped and all(v == (0 if stepped and stepped in k.split(".") else 1) for k, v in skipped.items())
+
+
+def test_numpy_adamw_betas_are_taken_as_python_numbers():
+    """numpy betas passed the checks and then turned mlx's moments into numpy arrays: float64
+    weights lost precision and bfloat16 ones raised a PEP 3118 error."""
+    for dtype in (mx.float64, mx.bfloat16):
+        results = []
+        for betas in ((np.float64(0.9), np.float64(0.95)), (0.9, 0.95)):
+            opt = fm.MuonWithAdamW(0.02, 0.01, adamw_betas=betas)
+            params = {"b": mx.ones((4,), dtype=dtype)}
+            for g in (1.0, 3.0):
+                params = opt.apply_gradients({"b": mx.full((4,), g, dtype=dtype)}, params)
+            results.append(np.array(params["b"].astype(mx.float64)))
+        assert np.array_equal(*results)
+
+
+def test_normuon_without_beta2_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"beta2 must be in \[0, 1\), got None"):
+        fm.NorMuon(0.02, beta2=None)

@@ -1263,3 +1263,38 @@ def test_a_checkpoint_whose_states_do_not_fit_the_parameters_names_them(rng):
     with pytest.raises(ValueError, match=r"state 'momentum_buffer' of b has shape \(6, 6\), expected \(6, 7\)"):
         target.load_state_dict(saved.state_dict())
     assert not target.state
+
+
+@pytest.mark.parametrize("impl", ["auto", "foreach", "per_parameter"])
+def test_numpy_scalar_options_step_like_python_numbers(rng, impl):
+    """Options given as numpy scalars (weight_decay=np.float64, nesterov=np.bool_) are taken as
+    Python numbers: the fused step raised "hyper[0]['decays'] must be a bool, got bool"."""
+    W0, G = rng.standard_normal((16, 24)).astype(np.float32), rng.standard_normal((16, 24)).astype(np.float32)
+    results = []
+    for options in (dict(weight_decay=np.float64(0.1), nesterov=np.bool_(True), momentum=np.float32(0.9),
+                         ns_steps=np.int64(5)),
+                    dict(weight_decay=0.1, nesterov=True, momentum=float(np.float32(0.9)), ns_steps=5)):
+        p = nn.Parameter(torch.from_numpy(W0.copy()))
+        p.grad = torch.from_numpy(G.copy())
+        opt = Muon([p], lr=0.02, impl=impl, **options)
+        opt.step()
+        assert all(type(v) in (bool, int, float, str, type(None), list) for v in opt.param_groups[0].values())
+        results.append(p.detach().clone())
+    assert torch.equal(*results)
+
+
+def test_sphere_rows_of_tiny_weights_come_out_unit_norm():
+    """sphere="project" puts rows whose squared norm underflows (1e-30) on the unit sphere: they
+    came out with norms of about 1e14 (divided by the smallest normal number)."""
+    p = nn.Parameter(torch.zeros(4, 6))
+    p.grad = torch.full((4, 6), 1e-30)
+    Muon([p], sphere="project", weight_decay=0.0).step()
+    torch.testing.assert_close(p.detach().norm(dim=1), torch.ones(4), rtol=1e-6, atol=0)
+
+
+def test_sparse_signsgd_steps_an_empty_parameter():
+    """SignSGD(sparse=True) on a (0, 7) parameter: it raised "cannot reshape tensor of 0 elements"."""
+    p = nn.Parameter(torch.zeros(0, 7))
+    p.grad = torch.zeros(0, 7)
+    SignSGD([p], sparse=True).step()
+    assert p.shape == (0, 7)

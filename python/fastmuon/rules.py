@@ -36,9 +36,21 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def check_adamw_options(betas, eps, weight_decay, prefix: str = "", where: str = "") -> None:
+def plain(value):
+    """A numpy scalar as Python's bool, int or float (what the kernels and the list-wide and
+    framework ops take: numpy's leak into their arithmetic or fail their type checks); any other
+    value as it is."""
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # numpy 2 / 1
+        return bool(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def check_adamw_options(betas, eps, weight_decay, prefix: str = "", where: str = "") -> tuple:
     """Raise ValueError naming the first bad AdamW option (``prefix`` "adamw_" for the
-    constructors' argument names, ``where`` e.g. "param_groups[1]" for a group's)."""
+    constructors' argument names, ``where`` e.g. "param_groups[1]" for a group's); return them
+    as plain Python numbers: ((beta1, beta2), eps, weight_decay)."""
     def fail(name: str, expected: str, value) -> None:
         label = f"{prefix}{name}" + (f" ({where})" if where else "")
         raise ValueError(f"{label} must be {expected}, got {value!r}")
@@ -49,6 +61,7 @@ def check_adamw_options(betas, eps, weight_decay, prefix: str = "", where: str =
         fail("eps", "a finite number >= 0", eps)
     if not (is_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0):
         fail("weight_decay", "a finite number >= 0", weight_decay)
+    return (float(betas[0]), float(betas[1])), float(eps), float(weight_decay)
 
 
 # The smallest positive (subnormal) value of each float dtype: a positive number at or below half

@@ -171,7 +171,11 @@ def decoupled_update(
 
 
 def normalize_rows(W: torch.Tensor) -> torch.Tensor:
-    """Each row (last axis) scaled to unit Euclidean norm; zero rows stay zero."""
+    """Each row (last axis) scaled to unit Euclidean norm; zero rows stay zero. Rows are first
+    divided by a power of two near their largest entry, so that squares neither underflow (rows
+    of 1e-30 came out with norms of 1e14) nor overflow."""
+    peak = W.detach().abs().amax(dim=-1, keepdim=True)
+    W = W / torch.ldexp(torch.ones_like(peak), torch.frexp(peak).exponent)  # exact; |W| < 1 after it
     norm = torch.linalg.vector_norm(W, dim=-1, keepdim=True)
     return W / norm.clamp(min=torch.finfo(norm.dtype).tiny)
 
@@ -244,6 +248,6 @@ def rows_touched(G: torch.Tensor) -> torch.Tensor:
     non-zero entry. A row containing a NaN counts as touched."""
     if G.ndim == 0:
         return G != 0
-    flat = G.reshape(G.shape[0], -1)
+    flat = G.reshape(G.shape[0], math.prod(G.shape[1:]))  # also for empty rows, where -1 is ambiguous
     touched = (flat != 0).any(dim=1)
     return touched.reshape((G.shape[0],) + (1,) * (G.ndim - 1))

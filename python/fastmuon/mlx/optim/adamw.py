@@ -35,7 +35,7 @@ class FiniteAdamW(AdamW):
         return super().apply_gradients(gradients, parameters)
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
-        ok = mx.all(mx.isfinite(gradient))
+        ok = mx.all(mx.isfinite(gradient)) & mx.all(mx.isfinite(mx.array(self.learning_rate)))
         moments = {key: state[key] for key in ("m", "v")}
         optimizer_step = self.state["step"]
         # mlx's Adam reads self.step for its corrections: this parameter's own count meanwhile
@@ -54,7 +54,7 @@ class FiniteAdamW(AdamW):
 def make_adamw(learning_rate, betas, eps, weight_decay, prefix: str = "") -> AdamW:
     """The bias-corrected AdamW part; ``prefix`` ("adamw_") is how the caller names its options."""
     check_learning_rate(learning_rate)
-    check_adamw_options(betas, eps, weight_decay, prefix=prefix)
+    betas, eps, weight_decay = check_adamw_options(betas, eps, weight_decay, prefix=prefix)
     return FiniteAdamW(learning_rate, betas=list(betas), eps=eps, weight_decay=weight_decay, bias_correction=True)
 
 

@@ -253,6 +253,8 @@ class NorMuon(Muon):
     """
 
     def __init__(self, learning_rate: LearningRate = MUON_DEFAULTS["lr"], *, beta2: float = NORMUON_BETA2, **options):
+        if beta2 is None:  # None would make this plain Muon (torch's NorMuon refuses it too)
+            raise ValueError("beta2 must be in [0, 1), got None")
         check_hyperparameters(lr=0.0, beta2=beta2)
         super().__init__(learning_rate, **options)
         self.beta2 = float(beta2)

@@ -42,7 +42,7 @@ class SignSGD(TreeOptimizer):
         work = work_dtype(parameter.dtype)
         lr = self._lr(work)
         W = parameter.astype(work)
-        ok = mx.all(mx.isfinite(gradient))
+        ok = mx.all(mx.isfinite(gradient)) & mx.all(mx.isfinite(lr))
         G = mx.where(ok, gradient, mx.zeros_like(gradient))
         W_new = signsgd_update(W, G, lr=lr, weight_decay=self.weight_decay)
         if self.sparse:

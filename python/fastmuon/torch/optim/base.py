@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 
 from ...plan import check_compute_bits
 from ...options import IMPLS, MuonOptions, check_impl
-from ...rules import check_adamw_eps, check_adamw_options, check_hyperparameters, is_real, matrix_view
+from ...rules import check_adamw_eps, check_adamw_options, check_hyperparameters, is_real, matrix_view, plain
 from ..orthogonalize import BACKENDS
 
 __all__ = ["IMPLS", "CheckedOptimizer", "param_name", "check_lr", "check_muon_group", "check_adamw_group"]
@@ -45,7 +45,10 @@ def param_name(group: dict, index: int, group_index: int) -> str:
 
 def check_muon_group(group: dict, group_index: int) -> None:
     check_lr(group["lr"])
-    MuonOptions.from_mapping(group).check(BACKENDS, IMPLS, "torch", where=f"param_groups[{group_index}]")
+    checked = MuonOptions.from_mapping(group).check(BACKENDS, IMPLS, "torch", where=f"param_groups[{group_index}]")
+    group.update({name: plain(getattr(checked, name)) for name in MuonOptions.names() if name in group})
+    if group.get("ns_coefficients") is not None:
+        group["ns_coefficients"] = tuple(float(c) for c in group["ns_coefficients"])
     ns_dtype = group["ns_dtype"]
     if ns_dtype is not None and not (isinstance(ns_dtype, torch.dtype) and ns_dtype.is_floating_point):
         raise ValueError(f"ns_dtype must be None or a floating torch.dtype, got {ns_dtype!r}")
@@ -72,7 +75,8 @@ def adamw_betas(group: dict) -> Tuple[float, float]:
 def check_adamw_group(group: dict, group_index: int) -> None:
     where = f"param_groups[{group_index}]"
     check_lr(group["lr"])
-    check_adamw_options(group["betas"], group["eps"], group["weight_decay"], where=where)
+    group["betas"], group["eps"], group["weight_decay"] = check_adamw_options(
+        group["betas"], group["eps"], group["weight_decay"], where=where)
     check_impl(group.get("impl", "auto"), where=where)
     beta1, _ = adamw_betas(group)  # its momentum, when a scheduler cycles it
     if not (is_real(beta1) and 0.0 <= beta1 < 1.0):
