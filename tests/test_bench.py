@@ -69,3 +69,16 @@ def test_vs_sgemm_is_the_rate_over_the_sgemm_rate():
            "polar_err": 0.1, "orth_err": 0.1}
     table = bench.format_table([row], peak=150.0)
     assert "vs sgemm" in table and "  2.00" in table
+
+
+def test_iteration_flops_count_each_presets_products():
+    """Dense: the standard iteration's steps * (4 m^2 n + 2 m^3) (AOL reuses its Gram matrix, so
+    4 AOL steps are 4 standard ones); issued: the symmetric products at half, steps *
+    (3 m^2 n + m^3); the Gram iteration does less for m << n."""
+    from fastmuon.bench import dense_flops, iteration_flops
+
+    m, n = 48, 200
+    assert iteration_flops("polar_express", 5, (n, m)) == (dense_flops((m, n)), 5 * (3.0 * m * m * n + m**3))
+    assert iteration_flops("aol", 4, (m, n)) == (dense_flops((m, n), steps=4), 4 * (3.0 * m * m * n + m**3))
+    assert iteration_flops("polar_express", 5, (3, m, n))[0] == 3 * dense_flops((m, n))
+    assert iteration_flops("gram", 5, (m, n))[1] < iteration_flops("polar_express", 5, (m, n))[1]

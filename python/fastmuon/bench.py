@@ -33,6 +33,10 @@ GPT2_SMALL_BLOCK = ((2304, 768), (768, 768), (3072, 768), (768, 3072))
 BASELINE = "torch/ns_addmm_fp32"
 
 
+# Steps each method runs in these measurements: its own default, 4 for AOL (its design point)
+PRESET_STEPS = {"aol": 4}
+
+
 @dataclass
 class Provider:
     name: str  # "framework/backend"
@@ -41,6 +45,73 @@ class Provider:
     run: Callable[[Any], Any]  # returns an evaluated result
     to_numpy: Callable[[Any], np.ndarray]
     slow: bool = False  # skipped for all but the square shape in --quick runs
+
+    @property
+    def steps(self) -> int:
+        return PRESET_STEPS.get(self.method, 5)
+
+
+class _FlopCounter:
+    """``fastmuon.iteration.MatrixOps`` on shapes only, counting the flops of each product: as
+    dense products (``dense``) and as issued with the symmetric kernels (``issued``: X X^T and
+    b A + c A A form one triangle, half the products)."""
+
+    def __init__(self):
+        self.dense = self.issued = 0.0
+
+    def _count(self, flops: float, symmetric: bool = False) -> None:
+        self.dense += flops
+        self.issued += flops / 2 if symmetric else flops
+
+    def xxt(self, X):
+        b, m, n = X
+        self._count(2.0 * b * m * m * n, symmetric=True)
+        return (b, m, m)
+
+    def ba_plus_caa(self, A, alpha, beta):
+        b, m, _ = A
+        self._count(2.0 * b * m**3, symmetric=True)
+        return A
+
+    def addmm(self, C, A, B, alpha, beta):
+        self._count(2.0 * A[0] * A[1] * A[2] * B[2])
+        return C
+
+    def matmul(self, A, B):
+        self._count(2.0 * A[0] * A[1] * A[2] * B[2])
+        return (A[0], A[1], B[2])
+
+    def add_identity(self, Z, a):
+        return Z
+
+    def aol_scale(self, X, A):
+        return X, A
+
+    def to_batch(self, G):
+        return (int(np.prod(G[:-2])), *G[-2:])
+
+    def transpose(self, X):
+        return (X[0], X[2], X[1])
+
+    def normalize(self, X, scale, eps, dtype):
+        return X
+
+    def restore(self, X, G):
+        return G
+
+
+def iteration_flops(method: str, steps: int, shape: Sequence[int]) -> Tuple[float, float]:
+    """(dense, issued) flops of one orthogonalization of ``shape`` with ``method`` and ``steps``:
+    every product of its iteration counted in full, and as issued with the symmetric kernels."""
+    from .iteration import orthogonalize_with
+    from .plan import make_plan
+
+    class Shape(tuple):  # what orthogonalize_with reads of its input
+        shape = property(tuple)
+
+    counter = _FlopCounter()
+    orthogonalize_with(Shape(shape), make_plan(method, steps, None), counter, None)
+    return counter.dense, counter.issued
 
 
 def torch_newton_schulz_addmm(G, steps: int = 5):
@@ -90,7 +161,8 @@ def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]
                     f"{framework}/{backend}",
                     method,
                     make_input,
-                    lambda G, m=method, b=backend: evaluate(orthogonalize(G, method=m, backend=b)),
+                    lambda G, m=method, b=backend: evaluate(orthogonalize(G, method=m, steps=PRESET_STEPS.get(m, 5),
+                                                                          backend=b)),
                     to_numpy,
                     slow=slow_reference and backend == "reference",
                 )
@@ -204,8 +276,10 @@ def measure(
         medians, outputs = interleaved_times(runs, repeats)  # the warm-up outputs give the errors
         for i, prov in enumerate(shape_provs):
             seconds, O = medians[i], outputs[i]
-            row = {"provider": prov.name, "method": prov.method, "shape": list(shape), "seconds": seconds}
+            row = {"provider": prov.name, "method": prov.method, "steps": prov.steps, "shape": list(shape),
+                   "seconds": seconds}
             row["gflops"] = dense_flops(shape) / seconds / 1e9
+            row["flops_dense"], row["flops_issued"] = iteration_flops(prov.method, prov.steps, shape)
             row.update(polar_errors(inputs[shape], prov.to_numpy(O)))
             rows.append(row)
             bar.update(1)
@@ -306,14 +380,19 @@ def _common_cells(row: Dict[str, Any], peak: Optional[float], ratio_key: str, ra
 
 
 def format_table(rows: List[Dict[str, Any]], peak: Optional[float] = None) -> str:
+    """One line per row; 'GF dense' / 'GF issued' are the preset's own work (iteration_flops),
+    in GFLOP per call: every product in full, and as issued with the symmetric kernels."""
     head = f"{'provider':20s} {'method':14s} {'shape':>10s} {'time s':>8s} {'GFLOP/s':>8s}"
-    head += f" {'vs sgemm':>6s} {'vs base':>8s} {'polar_err':>9s} {'orth_err':>8s}"
+    head += f" {'vs sgemm':>6s} {'vs base':>8s} {'GF dense':>8s} {'GF issued':>9s} {'polar_err':>9s} {'orth_err':>8s}"
     lines = [head]
     for r in rows:
         shape, pct, ratio = _common_cells(r, peak, "vs_baseline", 8)
+        method = f"{r['method']} {r.get('steps', 5)}"
+        dense, issued = r.get("flops_dense"), r.get("flops_issued")
+        work = f"{dense / 1e9:8.2f} {issued / 1e9:9.2f}" if dense is not None else f"{'-':>8s} {'-':>9s}"
         lines.append(
-            f"{r['provider']:20s} {r['method']:14s} {shape:>10s} {r['seconds']:8.3f} "
-            f"{r['gflops']:8.1f} {pct} {ratio} {r['polar_err']:9.4f} {r['orth_err']:8.4f}"
+            f"{r['provider']:20s} {method:14s} {shape:>10s} {r['seconds']:8.3f} "
+            f"{r['gflops']:8.1f} {pct} {ratio} {work} {r['polar_err']:9.4f} {r['orth_err']:8.4f}"
         )
     return "\n".join(lines)
 
