@@ -174,6 +174,8 @@ def normalize_rows(W: torch.Tensor) -> torch.Tensor:
     """Each row (last axis) scaled to unit Euclidean norm; zero rows stay zero. Rows are first
     divided by a power of two near their largest entry, so that squares neither underflow (rows
     of 1e-30 came out with norms of 1e14) nor overflow."""
+    if W.shape[-1] == 0:  # no entries: nothing to scale (amax has no empty reduction)
+        return W.clone()
     peak = W.detach().abs().amax(dim=-1, keepdim=True)
     W = W / torch.ldexp(torch.ones_like(peak), torch.frexp(peak).exponent)  # exact; |W| < 1 after it
     norm = torch.linalg.vector_norm(W, dim=-1, keepdim=True)
