@@ -1298,3 +1298,10 @@ def test_sparse_signsgd_steps_an_empty_parameter():
     p.grad = torch.zeros(0, 7)
     SignSGD([p], sparse=True).step()
     assert p.shape == (0, 7)
+
+
+def test_integer_parameters_are_refused_by_name():
+    """An integer parameter (its .grad set by hand) raised NotImplementedError from lerp."""
+    p = torch.ones(4, 6, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"params'\]\[0\] has dtype torch.int32"):
+        Muon([p])

@@ -201,9 +201,9 @@ def panel_inputs(
     of a 2-layer ReLU MLP after ``MLP_STEPS`` steps of SGD with momentum, ``mlp_momenta``.
 
     Every input comes from its own generator, seeded from (seed, its position), so that leaving
-    one out changes no other. Nothing is stored: the MLP is retrained on every call (about 5 s in
+    one out changes no other. Nothing is stored: the MLP is retrained on every call (5-10 s in
     numpy for the default sizes on 2 cores, well under 1 s for the quick ones), deterministically
-    for a given numpy/BLAS build.
+    for a given numpy/BLAS build (the BLAS's summation order fixes the last bits).
     """
     if quick:
         sizes = QUICK_SIZES if tuple(map(tuple, sizes)) == DEFAULT_SIZES else sizes

@@ -56,6 +56,8 @@ def check_muon_group(group: dict, group_index: int) -> None:
         check_compute_bits(group["method"], torch.finfo(ns_dtype).bits, ns_dtype, f"param_groups[{group_index}]['ns_dtype']")
     for i, p in enumerate(group["params"]):
         name = param_name(group, i, group_index)
+        if not (p.is_floating_point() or p.is_complex()):  # complex: torch.optim.Muon's error at step
+            raise ValueError(f"Muon steps floating-point parameters; {name} has dtype {p.dtype} (integer)")
         if p.ndim != 2 and not group["allow_nd"]:  # torch.optim.Muon's error, type and wording
             raise ValueError(
                 f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()} ({name}); "
