@@ -26,15 +26,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import cpu, threads
+from .flops import PRESET_STEPS, dense_flops, iteration_flops
 from .plan import METHODS
 from .coefficients import JORDAN_NEWTON_SCHULZ
 
 GPT2_SMALL_BLOCK = ((2304, 768), (768, 768), (3072, 768), (768, 3072))
 BASELINE = "torch/ns_addmm_fp32"
-
-
-# Steps each method runs in these measurements: its own default, 4 for AOL (its design point)
-PRESET_STEPS = {"aol": 4}
 
 
 @dataclass
@@ -49,69 +46,6 @@ class Provider:
     @property
     def steps(self) -> int:
         return PRESET_STEPS.get(self.method, 5)
-
-
-class _FlopCounter:
-    """``fastmuon.iteration.MatrixOps`` on shapes only, counting the flops of each product: as
-    dense products (``dense``) and as issued with the symmetric kernels (``issued``: X X^T and
-    b A + c A A form one triangle, half the products)."""
-
-    def __init__(self):
-        self.dense = self.issued = 0.0
-
-    def _count(self, flops: float, symmetric: bool = False) -> None:
-        self.dense += flops
-        self.issued += flops / 2 if symmetric else flops
-
-    def xxt(self, X):
-        b, m, n = X
-        self._count(2.0 * b * m * m * n, symmetric=True)
-        return (b, m, m)
-
-    def ba_plus_caa(self, A, alpha, beta):
-        b, m, _ = A
-        self._count(2.0 * b * m**3, symmetric=True)
-        return A
-
-    def addmm(self, C, A, B, alpha, beta):
-        self._count(2.0 * A[0] * A[1] * A[2] * B[2])
-        return C
-
-    def matmul(self, A, B):
-        self._count(2.0 * A[0] * A[1] * A[2] * B[2])
-        return (A[0], A[1], B[2])
-
-    def add_identity(self, Z, a):
-        return Z
-
-    def aol_scale(self, X, A):
-        return X, A
-
-    def to_batch(self, G):
-        return (int(np.prod(G[:-2])), *G[-2:])
-
-    def transpose(self, X):
-        return (X[0], X[2], X[1])
-
-    def normalize(self, X, scale, eps, dtype):
-        return X
-
-    def restore(self, X, G):
-        return G
-
-
-def iteration_flops(method: str, steps: int, shape: Sequence[int]) -> Tuple[float, float]:
-    """(dense, issued) flops of one orthogonalization of ``shape`` with ``method`` and ``steps``:
-    every product of its iteration counted in full, and as issued with the symmetric kernels."""
-    from .iteration import orthogonalize_with
-    from .plan import make_plan
-
-    class Shape(tuple):  # what orthogonalize_with reads of its input
-        shape = property(tuple)
-
-    counter = _FlopCounter()
-    orthogonalize_with(Shape(shape), make_plan(method, steps, None), counter, None)
-    return counter.dense, counter.issued
 
 
 def torch_newton_schulz_addmm(G, steps: int = 5):
@@ -191,11 +125,6 @@ def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]
                                    lambda O: np.array(O.astype(mx.float32), dtype=np.float64),
                                    evaluate=evaluated, slow_reference=platform.system() == "Linux")
     return out
-
-
-def dense_flops(shape: Sequence[int], steps: int = 5) -> float:
-    m, n = sorted(shape[-2:])
-    return steps * (4.0 * m * m * n + 2.0 * m**3)
 
 
 def polar_errors(G: np.ndarray, O: np.ndarray) -> Dict[str, float]:
