@@ -10,7 +10,7 @@ import torch
 
 from ..functional import adamw_update, adamw_update_lists_, all_finite
 from ..orthogonalize import dtype_name
-from .base import adamw_betas, all_ranks, is_dtensor, local
+from .base import adamw_betas, all_ranks, is_dtensor, local, mesh_group
 from .pipeline import foreach_refusal
 
 
@@ -58,7 +58,10 @@ def adamw_step(group: dict, state) -> None:
         # on the gradient is every shard's.
         W, grad, exp_avg, exp_avg_sq = (local(t) for t in (p.detach(), grad, p_state["exp_avg"],
                                                              p_state["exp_avg_sq"]))
-        finite = all_ranks(torch.isfinite(grad).all()) if is_dtensor(p) else torch.isfinite(grad).all()
+        if is_dtensor(p):  # every shard's verdict, over the parameter's own mesh (or the world)
+            finite = all_ranks(torch.isfinite(grad).all(), (mesh_group(p) or (None,))[0])
+        else:
+            finite = torch.isfinite(grad).all()
         G = torch.where(finite, grad.to(W.dtype), 0.0)
         W_new, m, v, step = adamw_update(
             W, G, exp_avg, exp_avg_sq, p_state["step"],

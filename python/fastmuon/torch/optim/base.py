@@ -99,10 +99,21 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
-def all_ranks(flag: torch.Tensor) -> torch.Tensor:
-    """A 0-D bool that is True only where it is True on every rank."""
+def mesh_group(p: torch.Tensor):
+    """(process group, this rank's place in it, its size) of a 1-D mesh parameter's mesh, or None
+    for other meshes. A sub-mesh (``mesh["dp"]`` of a 2-D mesh, a pipeline stage's mesh) has its
+    own group: ranks, owners and collectives are counted within it, never in the world."""
+    mesh = p.device_mesh
+    if mesh.ndim != 1:
+        return None
+    return mesh.get_group(), mesh.get_local_rank(), mesh.size()
+
+
+def all_ranks(flag: torch.Tensor, group=None) -> torch.Tensor:
+    """A 0-D bool that is True only where it is True on every rank of ``group`` (default: the
+    world)."""
     value = flag.to(torch.int32)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
     return value.bool()
 
 

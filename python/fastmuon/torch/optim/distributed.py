@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
-from .base import all_ranks, is_dtensor, local
+from .base import all_ranks, is_dtensor, local, mesh_group as mesh_group_of
 from .local import Pending, apply_update, momentum_phase, orthogonalize_group_stacks, update_phase
 from .pipeline import orthogonalize_key
 
@@ -108,27 +108,28 @@ def sharded_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, d
 
 def sharded_step(groups: List[dict], state) -> None:
     """Parameters sharded as DTensors. Each matrix's U is gathered (one all-gather, O(parameters)
-    per step), and on a 1-D mesh the matrix's owner, rank (j + k) mod world for matrix j of
-    stack k, orthogonalizes it (same-shape matrices batched) and scatters the result's shards
-    back (``distribute_tensor`` from the owner). On other meshes every rank orthogonalizes every
-    matrix and keeps its shard. A gradient counts as finite only if every shard is; NorMuon's
-    second moment (one value per row or column) is kept whole on every rank."""
+    per step), and on a 1-D mesh the matrix's owner, place (j + k) mod size in its mesh for
+    matrix j of stack k, orthogonalizes it (same-shape matrices batched) and scatters the
+    result's shards back (``distribute_tensor`` from the owner). On other meshes every rank
+    orthogonalizes every matrix and keeps its shard. A gradient counts as finite only if every
+    shard is (reduced over the parameter's mesh); NorMuon's second moment (one value per row or
+    column) is kept whole on every rank."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    rank, world = dist.get_rank(), dist.get_world_size()
     for k, ((rows, cols, *_), members) in enumerate(sharded_stacks(groups).items()):
         pending = []
         for p, group in members:
             p_state = state[p]
             grad, M = local(p.grad), local(p_state["momentum_buffer"])
-            ok = all_ranks(torch.isfinite(grad).all())
+            mesh_group = mesh_group_of(p)
+            ok = all_ranks(torch.isfinite(grad).all(), None if mesh_group is None else mesh_group[0])
             U = muon_momentum_(M, grad, ok, group["momentum"], group["nesterov"])
             U_full = DTensor.from_local(U, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(),
                                         run_check=False).full_tensor()
-            pending.append((p, group, p_state, ok, U_full))
-        one_dim = all(p.device_mesh.ndim == 1 for p, *_ in pending)
-        owners = [(j + k) % world if one_dim else rank for j in range(len(pending))]
-        mine = [j for j, owner in enumerate(owners) if owner == rank]
+            pending.append((p, group, p_state, ok, U_full, mesh_group))
+        # owners as places in each parameter's own mesh (None: every rank computes its matrix)
+        owners = [None if g is None else (j + k) % g[2] for j, (*_, g) in enumerate(pending)]
+        mine = [j for j, (owner, (*_, g)) in enumerate(zip(owners, pending)) if owner is None or owner == g[1]]
         results: Dict[int, torch.Tensor] = {}
         if mine:
             group = pending[mine[0]][1]
@@ -138,7 +139,7 @@ def sharded_step(groups: List[dict], state) -> None:
             for j, view in zip(mine, views):
                 results[j] = O[start:start + view.shape[0]]
                 start += view.shape[0]
-        for j, (p, group, p_state, ok, U_full) in enumerate(pending):
+        for j, (p, group, p_state, ok, U_full, mesh_group) in enumerate(pending):
             owner = owners[j]
             O = results.get(j)
             if group["beta2"] is not None:
@@ -147,12 +148,11 @@ def sharded_step(groups: List[dict], state) -> None:
                     O, s_new = normuon_normalize(O, s_old, group["beta2"])
                 else:
                     s_new = torch.empty_like(s_old)
-                if one_dim:
-                    dist.broadcast(s_new, src=owner)
+                if owner is not None:
+                    dist.broadcast(s_new, group=mesh_group[0], group_src=owner)
                 s_old.copy_(torch.where(ok, s_new, s_old))
             O_full = O.reshape(p.shape) if O is not None else torch.empty(p.shape, dtype=U_full.dtype,
                                                                           device=U_full.device)
-            O_local = distribute_tensor(O_full, p.device_mesh, p.placements,
-                                        src_data_rank=owner if one_dim else None).to_local()
+            O_local = distribute_tensor(O_full, p.device_mesh, p.placements, src_data_rank=owner).to_local()
             apply_update(local(p.detach()), O_local, ok, group, matrix_view(p.shape))
             p_state["skipped_steps"].add_((~ok).to(torch.int64))
