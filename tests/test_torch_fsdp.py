@@ -135,3 +135,58 @@ def test_fsdp2_on_a_sub_mesh_equals_one_process_on_every_rank(tmp_path):
         for w, exact, plain in zip(got["weights"], fp64, fp32):
             bound = 4 * (plain - exact).abs().max() + 4 * 2.0**-24 * exact.abs().max()  # as above
             assert (w - exact).abs().max() <= bound, path
+
+
+def _mixed_model():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(12, 13, bias=False), nn.GELU(), nn.Linear(13, 12, bias=False))
+
+
+def _mixed_steps(model, opt):
+    x = torch.randn(6, 12, generator=torch.Generator().manual_seed(4)).to(model[2].weight.dtype)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+
+def _mixed_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                      OPENBLAS_NUM_THREADS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    from torch.distributed.fsdp import fully_shard
+
+    from fastmuon.torch import Muon
+
+    model = _mixed_model()
+    fully_shard(model[0])  # the first layer sharded, the last one a plain tensor on every rank
+    opt = Muon([model[0].weight, model[2].weight], lr=0.05)  # one group holding both kinds
+    _mixed_steps(model, opt)
+    routes = {r.name: r.strategy for r in opt.explain()}  # with the last step's gradients
+    weights = [model[0].weight.full_tensor().detach(), model[2].weight.detach()]
+    torch.save({"weights": weights, "routes": routes}, f"{out}.rank{rank}")
+    dist.barrier()  # then end as _worker does
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def test_a_partly_sharded_model_steps_each_parameter_its_way(tmp_path):
+    """A Muon group holding a DTensor weight and a plain one (a layer left out of fully_shard) was
+    refused ("mixes sharded (DTensor) and plain parameters"): the DTensor steps sharded, the
+    plain one on each rank as its own, both as in one process (same fp32 bound as above)."""
+    from fastmuon.torch import Muon
+
+    out = tmp_path / "mixed.pt"
+    mp.spawn(_mixed_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    expected = {}
+    for dtype in (torch.float64, torch.float32):
+        model = _mixed_model().to(dtype)
+        _mixed_steps(model, Muon([model[0].weight, model[2].weight], lr=0.05, ns_dtype=dtype))
+        expected[dtype] = [model[0].weight.detach().double(), model[2].weight.detach().double()]
+    for rank in (0, 1):
+        got = torch.load(f"{out}.rank{rank}")
+        assert sorted(got["routes"].values()) == ["local", "sharded"]
+        for w, exact, plain in zip(got["weights"], expected[torch.float64], expected[torch.float32]):
+            bound = 4 * (plain - exact).abs().max() + 4 * 2.0**-24 * exact.abs().max()
+            assert (w.double() - exact).abs().max() <= bound

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
-from .base import all_ranks, is_dtensor, local, mesh_group as mesh_group_of
+from .base import all_ranks, local, mesh_group as mesh_group_of
 from .local import Pending, apply_update, momentum_phase, orthogonalize_group_stacks, update_phase
 from .pipeline import orthogonalize_key
 
@@ -92,14 +92,13 @@ def _share_out(jobs, process_group, rank: int, world_size: int):
 
 
 def sharded_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, dict]]]:
-    """The DTensor parameters with a gradient by stack; refuses what the strategy cannot take."""
+    """The DTensor parameters (``Muon._parts`` gives this strategy only those) with a gradient
+    by stack; refuses what the strategy cannot take."""
     stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
     for group in groups:
         if group["sphere"] is not None:
             raise ValueError("sphere= is not supported for sharded (DTensor) parameters")
         for p in group["params"]:
-            if not is_dtensor(p):
-                raise ValueError("a Muon group mixes sharded (DTensor) and plain parameters")
             if p.grad is not None:
                 _, rows, cols = matrix_view(p.shape)
                 stacks[(rows, cols, p.dtype, *orthogonalize_key(group))].append((p, group))

@@ -1,8 +1,8 @@
 """Muon, NorMuon and MuonWithAdamW for PyTorch: thin Optimizer classes over one step pipeline.
 
-A step creates the state it lacks, then steps the Muon groups with one strategy (``_strategy``:
-"local", "replicated" when torch.distributed has more than one rank, "sharded" for DTensor
-parameters), then the AdamW groups. The local strategy is planned in ``pipeline.py`` and run by
+A step creates the state it lacks, then steps the Muon groups by strategy (``_parts``: "sharded"
+for DTensor parameters; for plain ones "replicated" when torch.distributed has more than one rank
+and no parameter is sharded, else "local"), then the AdamW groups. The local strategy is planned in ``pipeline.py`` and run by
 ``local.py``; the distributed ones are ``distributed.py``; AdamW is ``adamw.py``. ``explain()``
 reports, per parameter, the strategy, implementation and backend the next step takes, and why.
 
@@ -103,32 +103,37 @@ class _MuonFamily(CheckedOptimizer):
             return None
         return self._process_group, dist.get_rank(self._process_group), world_size
 
-    def _strategy(self, groups: List[dict]) -> str:
-        """"sharded" (DTensor parameters), "replicated" (data parallel) or "local"; the
-        distributed strategies step per parameter, so an explicit other ``impl`` raises."""
-        if any(is_dtensor(p) for group in groups for p in group["params"]):
-            strategy = "sharded"
-        elif self._world() is not None:
-            strategy = "replicated"
+    def _parts(self, groups: List[dict]) -> List[Tuple[str, List[dict]]]:
+        """The Muon groups by strategy, [(strategy, groups)]: DTensor parameters "sharded"; plain
+        ones "replicated" (data parallel) when the whole model is plain, else "local" (in a
+        partly sharded model a plain parameter is each rank's own, as for any torch optimizer).
+        A group holding both kinds is split. The distributed strategies step per parameter, so an
+        explicit other ``impl`` raises there."""
+        sharded = [dict(g, params=[p for p in g["params"] if is_dtensor(p)]) for g in groups]
+        if not any(g["params"] for g in sharded):
+            parts = [("replicated" if self._world() is not None else "local", groups)]
+        elif all(len(s["params"]) == len(g["params"]) for s, g in zip(sharded, groups)):
+            parts = [("sharded", groups)]
         else:
-            return "local"
-        for group in groups:
-            if group["impl"] in ("fused", "foreach"):
-                raise ValueError(f'impl="{group["impl"]}" steps one process; the {strategy} strategy steps '
-                                 'per parameter (use impl="auto" or "per_parameter")')
-        return strategy
+            plain = [dict(g, params=[p for p in g["params"] if not is_dtensor(p)]) for g in groups]
+            parts = [("sharded", [g for g in sharded if g["params"]]), ("local", [g for g in plain if g["params"]])]
+        for strategy, part in parts:
+            for group in part if strategy != "local" else ():
+                if group["impl"] in ("fused", "foreach"):
+                    raise ValueError(f'impl="{group["impl"]}" steps one process; the {strategy} strategy steps '
+                                     'per parameter (use impl="auto" or "per_parameter")')
+        return parts
 
     def _step(self) -> None:
         self._init_group()
-        groups = [g for g in self.param_groups if g["use_muon"]]
-        strategy = self._strategy(groups)
-        if strategy == "sharded":
-            sharded_step(groups, self.state)
-        elif strategy == "replicated":
-            replicated_step(groups, self.state, self._world())
-        else:
-            for batch in plan_local_step(groups, self.state):
-                run_batch(batch, self.state)
+        for strategy, groups in self._parts([g for g in self.param_groups if g["use_muon"]]):
+            if strategy == "sharded":
+                sharded_step(groups, self.state)
+            elif strategy == "replicated":
+                replicated_step(groups, self.state, self._world())
+            else:
+                for batch in plan_local_step(groups, self.state):
+                    run_batch(batch, self.state)
         for group in self.param_groups:
             if not group["use_muon"]:
                 adamw_step(group, self.state)
@@ -141,37 +146,14 @@ class _MuonFamily(CheckedOptimizer):
         Changes nothing."""
         names = {id(p): param_name(group, i, gi) for gi, group in enumerate(self.param_groups)
                  for i, p in enumerate(group["params"])}
-        groups = [g for g in self.param_groups if g["use_muon"]]
-        strategy = self._strategy(groups)
         routes: List[Route] = []
-        if strategy == "local":
-            for call, batch in enumerate(plan_local_step(groups, self.state)):
-                grads = [p.grad for chunk in batch.chunks for p, _ in chunk.members]
-                fallback = batch.impl != "per_parameter" and not all_finite(grads)
-                for index, chunk in enumerate(batch.chunks):
-                    backend, backend_why = chunk_backend(chunk)
-                    impl, why = chunk.impl, chunk.why
-                    if fallback:
-                        impl, why = "per_parameter", f"a gradient of its batch is not finite this step ({why})"
-                    shape = (sum(chunk.counts), chunk.rows, chunk.cols)
-                    for p, _ in chunk.members:
-                        routes.append(Route(names[id(p)], "muon", strategy, impl, backend,
-                                            dtype_name(chunk.compute_dtype), call, index, shape,
-                                            f"{why}; {backend_why}"))
-        else:
-            stacks = sharded_stacks(groups) if strategy == "sharded" else replicated_stacks(groups)
-            for call, members in enumerate(stacks.values()):
-                group = members[0][1]
-                n = sum(matrix_view(p.shape)[0] for p, _ in members)
-                _, rows, cols = matrix_view(members[0][0].shape)
-                device = local(members[0][0]).device
-                compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (n, rows, cols),
-                                                      group["method"])
-                backend, backend_why = stack_backend(group["backend"], device, (n, rows, cols), compute_dtype)
-                why = f"the {strategy} strategy steps per parameter; {backend_why}"
-                for p, _ in members:
-                    routes.append(Route(names[id(p)], "muon", strategy, "per_parameter", backend,
-                                        dtype_name(compute_dtype), call, 0, (n, rows, cols), why))
+        parts = self._parts([g for g in self.param_groups if g["use_muon"]])
+        calls = 0  # orthogonalization calls of the parts before
+        for strategy, groups in parts:
+            part_routes = _explain_routes(strategy, groups, names, calls, self.state)
+            calls = 1 + max([calls - 1] + [r.call for r in part_routes if r.call is not None])
+            routes += part_routes
+        strategy = parts[0][0]  # the AdamW groups step locally, reported under the model's strategy
         for group in self.param_groups:
             if group["use_muon"]:
                 continue
@@ -182,6 +164,40 @@ class _MuonFamily(CheckedOptimizer):
             for p in params:
                 routes.append(Route(names[id(p)], "adamw", strategy, impl, "", dtype_name(p.dtype), None, None, None, why))
         return routes
+
+
+def _explain_routes(strategy, groups, names, first_call, state) -> List[Route]:
+    """explain()'s routes of one part ``(strategy, groups)``, its calls numbered from ``first_call``."""
+    routes: List[Route] = []
+    if strategy == "local":
+        for call, batch in enumerate(plan_local_step(groups, state), start=first_call):
+            grads = [p.grad for chunk in batch.chunks for p, _ in chunk.members]
+            fallback = batch.impl != "per_parameter" and not all_finite(grads)
+            for index, chunk in enumerate(batch.chunks):
+                backend, backend_why = chunk_backend(chunk)
+                impl, why = chunk.impl, chunk.why
+                if fallback:
+                    impl, why = "per_parameter", f"a gradient of its batch is not finite this step ({why})"
+                shape = (sum(chunk.counts), chunk.rows, chunk.cols)
+                for p, _ in chunk.members:
+                    routes.append(Route(names[id(p)], "muon", strategy, impl, backend,
+                                        dtype_name(chunk.compute_dtype), call, index, shape,
+                                        f"{why}; {backend_why}"))
+        return routes
+    stacks = sharded_stacks(groups) if strategy == "sharded" else replicated_stacks(groups)
+    for call, members in enumerate(stacks.values(), start=first_call):
+        group = members[0][1]
+        n = sum(matrix_view(p.shape)[0] for p, _ in members)
+        _, rows, cols = matrix_view(members[0][0].shape)
+        device = local(members[0][0]).device
+        compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (n, rows, cols),
+                                              group["method"])
+        backend, backend_why = stack_backend(group["backend"], device, (n, rows, cols), compute_dtype)
+        why = f"the {strategy} strategy steps per parameter; {backend_why}"
+        for p, _ in members:
+            routes.append(Route(names[id(p)], "muon", strategy, "per_parameter", backend,
+                                dtype_name(compute_dtype), call, 0, (n, rows, cols), why))
+    return routes
 
 
 def _complete_loaded_groups(optimizer: "_MuonFamily") -> None:
