@@ -58,7 +58,8 @@ def step_per_parameter(opt, items) -> List[mx.array]:
                                  scale=shape_scale(view[1], view[2], opt.adjust_lr) if param.ndim >= 2 else 1.0,
                                  cautious=opt.cautious_weight_decay)
         W_new = mx.where(ok, W_new, W).astype(param.dtype).reshape(param.shape)
-        # kept in its own dtype (the weight's): fp32 gradients on bf16 weights promote M
+        # kept in its own dtype (the first gradient's, as mlx creates state): fp32 gradients on bf16
+        # weights promote M
         state["momentum"] = mx.where(ok, M, M_old).astype(M_old.dtype).reshape(param.shape)
         state["skipped_steps"] = state["skipped_steps"] + (1 - ok.astype(mx.int32))
         out.append(W_new)

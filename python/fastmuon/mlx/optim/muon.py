@@ -83,7 +83,9 @@ class Muon(TreeOptimizer):
     to ``(E, a*b)``); same-shape matrices are orthogonalized in one batched call; everything after
     ``learning_rate`` is keyword-only, since mlx orders (weight_decay, nesterov) the other way.
 
-    State per parameter: ``momentum`` (the weight's shape and dtype) and ``skipped_steps``.
+    State per parameter: ``momentum`` (the shape and dtype of the first gradient, from which mlx's
+    optimizers create their state: float32 gradients on float64 weights give a float32 momentum)
+    and ``skipped_steps``.
 
     Args:
         learning_rate: float or schedule ``step -> lr``.
