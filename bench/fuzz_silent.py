@@ -157,7 +157,6 @@ MUON_DEFAULTS = dict(lr=0.02, momentum=0.95, nesterov=True, weight_decay=0.0, me
 ADAMW_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.0)
 SIGNSGD_DEFAULTS = dict(lr=1e-2, weight_decay=0.1, sparse=False)
 NORMUON_BETA2 = 0.95
-NORMUON_EPS = 1e-10
 
 CLEAR_WORDS = ("momentum", "nesterov", "weight_decay", "method", "steps", "eps", "backend", "dtype", "impl",
                "beta2", "betas", "sphere", "adjust_lr", "coefficients", "lr", "learning_rate", "allow_nd",
@@ -1110,22 +1109,6 @@ def muon_plan(hp: dict):
     return make_plan(hp["method"], hp["ns_steps"], coeffs, hp["eps"])
 
 
-def normuon_ref(O: np.ndarray, s: np.ndarray, beta2: float):
-    axis = -1 if O.shape[-2] >= O.shape[-1] else -2
-    if O.shape[axis] == 0:
-        m = np.zeros(s.shape)
-    else:
-        m = np.mean(O * O, axis=axis, keepdims=True)
-    s_new = beta2 * s + (1 - beta2) * m
-    factor = 1.0 / np.sqrt(np.maximum(s_new, NORMUON_EPS))
-    On = O * factor
-    before = np.linalg.norm(O, axis=(-2, -1), keepdims=True) if O.size else np.zeros((O.shape[0], 1, 1))
-    after = np.linalg.norm(On, axis=(-2, -1), keepdims=True) if O.size else np.ones((O.shape[0], 1, 1))
-    On = On * (before / np.maximum(after, 1e-300))
-    kappa = float(factor.max() / factor.min()) if factor.size else 1.0
-    return On, s_new, kappa
-
-
 def rows_normalized(W):
     norm = np.linalg.norm(W, axis=-1, keepdims=True)
     return W / np.maximum(norm, 1e-300)
@@ -1147,7 +1130,7 @@ def muon_reference(W, M, s, G, hp, is_matrix: bool):
         out.update(O_pre=O, plan=plan, view=(b, R, C))
         scale = refopt.shape_scale(R, C, hp["adjust_lr"]) if C else 1.0
         if hp.get("beta2") is not None:
-            O, out["s"], out["kappa"] = normuon_ref(O, s, hp["beta2"])
+            O, out["s"], out["kappa"] = refopt.normuon_normalize(O, s, hp["beta2"])
     D = O.reshape(W.shape)
     lr, wd = hp["lr"], hp["weight_decay"]
     if hp.get("sphere") is not None and is_matrix:
@@ -1161,12 +1144,8 @@ def muon_reference(W, M, s, G, hp, is_matrix: bool):
             theta = np.linalg.norm(Dt, axis=-1, keepdims=True)
             W_new = w * np.cos(theta) - Dt * np.sinc(theta / np.pi)
         W_new = W_new.reshape(W.shape)
-    elif wd == 0:
-        W_new = W - lr * scale * D
-    elif hp["cautious_weight_decay"]:
-        W_new = W - lr * wd * (D * W >= 0) * W - lr * scale * D
     else:
-        W_new = W * (1 - lr * wd) - lr * scale * D
+        W_new = refopt.decoupled_update(W, D, lr, wd, scale, hp["cautious_weight_decay"])
     out.update(W=W_new, D=D, scale=scale)
     return out
 

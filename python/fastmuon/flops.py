@@ -16,6 +16,12 @@ def dense_flops(shape: Sequence[int], steps: int = 5) -> float:
     return steps * (4.0 * m * m * n + 2.0 * m**3)
 
 
+class _Shape(tuple):
+    """A shape standing in for an array: what ``orthogonalize_with`` reads of its input."""
+
+    shape = property(tuple)
+
+
 class _FlopCounter:
     """``fastmuon.iteration.MatrixOps`` on shapes only, counting the flops of each product: as
     dense products (``dense``) and as issued with the symmetric kernels (``issued``: X X^T and
@@ -71,9 +77,6 @@ def iteration_flops(method: str, steps: int, shape: Sequence[int]) -> Tuple[floa
     from .iteration import orthogonalize_with
     from .plan import make_plan
 
-    class Shape(tuple):  # what orthogonalize_with reads of its input
-        shape = property(tuple)
-
     counter = _FlopCounter()
-    orthogonalize_with(Shape(shape), make_plan(method, steps, None), counter, None)
+    orthogonalize_with(_Shape(shape), make_plan(method, steps, None), counter, None)
     return counter.dense, counter.issued

@@ -68,11 +68,24 @@ def normuon_normalize(O: np.ndarray, s: np.ndarray, beta2: float):
     """(O', s', kappa): one second moment per row (rows >= cols) or column, O / sqrt(s)
     rescaled to ||O||_F; kappa is the spread of the per-neuron factors (for allowances)."""
     axis = -1 if O.shape[-2] >= O.shape[-1] else -2
-    s = beta2 * s + (1 - beta2) * np.mean(O * O, axis=axis, keepdims=True)
+    # an empty matrix has mean 0 (not 0 / 0), and a zero O stays zero after the rescale
+    m = np.mean(O * O, axis=axis, keepdims=True) if O.shape[axis] else np.zeros(s.shape)
+    s = beta2 * s + (1 - beta2) * m
     factor = 1.0 / np.sqrt(np.maximum(s, NORMUON_EPS))
     On = O * factor
-    On = On * (np.linalg.norm(O, axis=(-2, -1), keepdims=True) / np.linalg.norm(On, axis=(-2, -1), keepdims=True))
-    return On, s, float(factor.max() / factor.min())
+    before, after = np.linalg.norm(O, axis=(-2, -1), keepdims=True), np.linalg.norm(On, axis=(-2, -1), keepdims=True)
+    On = On * (before / np.maximum(after, 1e-300))
+    return On, s, float(factor.max() / factor.min()) if factor.size else 1.0
+
+
+def decoupled_update(W, D, lr: float, wd: float, scale: float, cautious: bool):
+    """W after the update D with decoupled weight decay (only where D and W agree in sign when
+    ``cautious``)."""
+    if wd == 0:
+        return W - lr * scale * D
+    if cautious:
+        return W - lr * wd * (D * W >= 0) * W - lr * scale * D
+    return W * (1 - lr * wd) - lr * scale * D
 
 
 def muon_step(W, M, s, G, hp: dict, plan):
@@ -92,10 +105,5 @@ def muon_step(W, M, s, G, hp: dict, plan):
         O, s, kappa = normuon_normalize(O, s, hp["beta2"])
     scale = shape_scale(R, C, hp["adjust_lr"])
     D = O.reshape(W.shape)
-    if wd == 0:
-        W = W - lr * scale * D
-    elif hp["cautious_weight_decay"]:
-        W = W - lr * wd * (D * W >= 0) * W - lr * scale * D
-    else:
-        W = W * (1 - lr * wd) - lr * scale * D
+    W = decoupled_update(W, D, lr, wd, scale, hp["cautious_weight_decay"])
     return W, M, s, O, dict(scale=scale, kappa=kappa, rows=R, cols=C, U_norm=float(np.linalg.norm(U)))

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from ..rules import NORMUON_EPS, normuon_reduce_dim
+from .backends.reference import power_of_two_exponent
 
 
 def muon_momentum(M: torch.Tensor, G: torch.Tensor, momentum: float, nesterov: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +178,7 @@ def normalize_rows(W: torch.Tensor) -> torch.Tensor:
     if W.shape[-1] == 0:  # no entries: nothing to scale (amax has no empty reduction)
         return W.clone()
     peak = W.detach().abs().amax(dim=-1, keepdim=True)
-    W = W / torch.ldexp(torch.ones_like(peak), torch.frexp(peak).exponent)  # exact; |W| < 1 after it
+    W = W / torch.exp2(power_of_two_exponent(peak))  # exact; |W| < 2 after it
     norm = torch.linalg.vector_norm(W, dim=-1, keepdim=True)
     return W / norm.clamp(min=torch.finfo(norm.dtype).tiny)
 

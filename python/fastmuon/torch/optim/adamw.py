@@ -59,7 +59,8 @@ def adamw_step(group: dict, state) -> None:
         W, grad, exp_avg, exp_avg_sq = (local(t) for t in (p.detach(), grad, p_state["exp_avg"],
                                                              p_state["exp_avg_sq"]))
         if is_dtensor(p):  # every shard's verdict, over the parameter's own mesh (or the world)
-            finite = all_ranks(torch.isfinite(grad).all(), (mesh_group(p) or (None,))[0])
+            mesh = mesh_group(p)
+            finite = all_ranks(torch.isfinite(grad).all(), None if mesh is None else mesh[0])
         else:
             finite = torch.isfinite(grad).all()
         G = torch.where(finite, grad.to(W.dtype), 0.0)

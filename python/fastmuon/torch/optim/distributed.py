@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
-from .base import all_ranks, local, mesh_group as mesh_group_of
+from .base import all_ranks, local, mesh_group
 from .local import Pending, apply_update, momentum_phase, orthogonalize_group_stacks, update_phase
 from .pipeline import orthogonalize_key
 
@@ -120,12 +120,12 @@ def sharded_step(groups: List[dict], state) -> None:
         for p, group in members:
             p_state = state[p]
             grad, M = local(p.grad), local(p_state["momentum_buffer"])
-            mesh_group = mesh_group_of(p)
-            ok = all_ranks(torch.isfinite(grad).all(), None if mesh_group is None else mesh_group[0])
+            mesh = mesh_group(p)
+            ok = all_ranks(torch.isfinite(grad).all(), None if mesh is None else mesh[0])
             U = muon_momentum_(M, grad, ok, group["momentum"], group["nesterov"])
             U_full = DTensor.from_local(U, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(),
                                         run_check=False).full_tensor()
-            pending.append((p, group, p_state, ok, U_full, mesh_group))
+            pending.append((p, group, p_state, ok, U_full, mesh))
         # owners as places in each parameter's own mesh (None: every rank computes its matrix)
         owners = [None if g is None else (j + k) % g[2] for j, (*_, g) in enumerate(pending)]
         mine = [j for j, (owner, (*_, g)) in enumerate(zip(owners, pending)) if owner is None or owner == g[1]]
@@ -138,7 +138,7 @@ def sharded_step(groups: List[dict], state) -> None:
             for j, view in zip(mine, views):
                 results[j] = O[start:start + view.shape[0]]
                 start += view.shape[0]
-        for j, (p, group, p_state, ok, U_full, mesh_group) in enumerate(pending):
+        for j, (p, group, p_state, ok, U_full, mesh) in enumerate(pending):
             owner = owners[j]
             O = results.get(j)
             if group["beta2"] is not None:
@@ -148,7 +148,7 @@ def sharded_step(groups: List[dict], state) -> None:
                 else:
                     s_new = torch.empty_like(s_old)
                 if owner is not None:
-                    dist.broadcast(s_new, group=mesh_group[0], group_src=owner)
+                    dist.broadcast(s_new, group=mesh[0], group_src=owner)
                 s_old.copy_(torch.where(ok, s_new, s_old))
             O_full = O.reshape(p.shape) if O is not None else torch.empty(p.shape, dtype=U_full.dtype,
                                                                           device=U_full.device)

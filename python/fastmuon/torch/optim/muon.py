@@ -151,7 +151,7 @@ class _MuonFamily(CheckedOptimizer):
         calls = 0  # orthogonalization calls of the parts before
         for strategy, groups in parts:
             part_routes = _explain_routes(strategy, groups, names, calls, self.state)
-            calls = 1 + max([calls - 1] + [r.call for r in part_routes if r.call is not None])
+            calls += len({r.call for r in part_routes})  # consecutive from ``calls``, each with a route
             routes += part_routes
         strategy = parts[0][0]  # the AdamW groups step locally, reported under the model's strategy
         for group in self.param_groups:
