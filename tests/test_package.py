@@ -106,8 +106,8 @@ def test_no_import_cycles_inside_the_package(tmp_path):
 
 
 def test_torch_and_mlx_have_the_same_module_names():
-    """fastmuon.torch and fastmuon.mlx mirror each other: the same modules, the same optim/ and,
-    but for each framework's own kernels, the same backends/."""
+    """fastmuon.torch and fastmuon.mlx mirror each other: the same modules, the same optim/ (but
+    torch's DTensor owner strategy) and, but for each framework's own kernels, the same backends/."""
     import fastmuon
 
     root = os.path.dirname(fastmuon.__file__)
@@ -121,7 +121,8 @@ def test_torch_and_mlx_have_the_same_module_names():
 
     assert modules("torch") == modules("mlx")
     assert {"optim/", "backends/"} <= modules("torch")
-    assert modules("torch", "optim") == modules("mlx", "optim")
+    # owners.py steps DTensor shardings (one Shard placement); MLX arrays are never sharded
+    assert modules("torch", "optim") - {"owners"} == modules("mlx", "optim")
     assert modules("torch", "backends") - kernel_files == modules("mlx", "backends") - kernel_files
     assert not any(len(open(os.path.join(folder, f)).readlines()) > 500
                    for folder, _, files in os.walk(root) for f in files if f.endswith(".py")), "a module over 500 lines"

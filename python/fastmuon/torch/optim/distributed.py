@@ -9,7 +9,10 @@
   zeros standing in for a missing gradient, so no rank can deadlock; a parameter is updated only
   if every rank had a finite gradient for it (otherwise it is skipped everywhere).
 * ``sharded_step`` (DTensor parameters: FSDP2's fully_shard, HSDP, tensor parallel): momentum,
-  state and update stay on each rank's shard; whole matrices are gathered to orthogonalize.
+  state and update stay on each rank's shard. A parameter with one ``Shard`` placement takes the
+  owner strategy (``owners.py``: all-to-all to and from one owner per matrix); others (2-D
+  shardings such as FSDP x TP, a conv kernel sharded on a spatial dimension) are gathered whole to
+  every rank to orthogonalize.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
 from .base import all_ranks, local, mesh_group
 from .local import Pending, apply_update, momentum_phase, orthogonalize_group_stacks, update_phase
+from .owners import BATCH_AXIS, owner_members, owner_stacks, owner_step
 from .pipeline import orthogonalize_key
 
 
@@ -91,13 +95,18 @@ def _share_out(jobs, process_group, rank: int, world_size: int):
     return results
 
 
-def sharded_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, dict]]]:
-    """The DTensor parameters (``Muon._parts`` gives this strategy only those) with a gradient
-    by stack; refuses what the strategy cannot take."""
-    stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
+def check_sharded_groups(groups: List[dict]) -> None:
+    """Refuse what the sharded strategy cannot take."""
     for group in groups:
         if group["sphere"] is not None:
             raise ValueError("sphere= is not supported for sharded (DTensor) parameters")
+
+
+def gathered_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, dict]]]:
+    """The DTensor parameters with a gradient that the gather path steps (``owner_members`` took
+    the others out of ``groups``), by stack."""
+    stacks: Dict[tuple, List[Tuple[torch.Tensor, dict]]] = defaultdict(list)
+    for group in groups:
         for p in group["params"]:
             if p.grad is not None:
                 _, rows, cols = matrix_view(p.shape)
@@ -106,7 +115,16 @@ def sharded_stacks(groups: List[dict]) -> Dict[tuple, List[Tuple[torch.Tensor, d
 
 
 def sharded_step(groups: List[dict], state) -> None:
-    """Parameters sharded as DTensors. Each matrix's U is gathered (one all-gather, O(parameters)
+    """Parameters sharded as DTensors (``Muon._parts`` gives this strategy only those): the owner
+    strategy for those it takes, the gather path for the rest."""
+    check_sharded_groups(groups)
+    members, rest = owner_members(groups, state)
+    owner_step(members)
+    gather_step(rest, state)
+
+
+def gather_step(groups: List[dict], state) -> None:
+    """Each matrix's U is gathered (one all-gather, O(parameters)
     per step), and on a 1-D mesh the matrix's owner, place (j + k) mod size in its mesh for
     matrix j of stack k, orthogonalizes it (same-shape matrices batched) and scatters the
     result's shards back (``distribute_tensor`` from the owner). On other meshes every rank
@@ -115,7 +133,7 @@ def sharded_step(groups: List[dict], state) -> None:
     column) is kept whole on every rank."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    for k, ((rows, cols, *_), members) in enumerate(sharded_stacks(groups).items()):
+    for k, ((rows, cols, *_), members) in enumerate(gathered_stacks(groups).items()):
         pending = []
         for p, group in members:
             p_state = state[p]
@@ -155,3 +173,30 @@ def sharded_step(groups: List[dict], state) -> None:
             O_local = distribute_tensor(O_full, p.device_mesh, p.placements, src_data_rank=owner).to_local()
             apply_update(local(p.detach()), O_local, ok, group, matrix_view(p.shape))
             p_state["skipped_steps"].add_((~ok).to(torch.int64))
+
+
+def distributed_stacks(strategy, groups, state):
+    """explain()'s stacks of a distributed strategy: [(members [(p, group)], matrices per
+    orthogonalization, how they are shared)]."""
+    if strategy == "replicated":
+        return [(members, sum(matrix_view(p.shape)[0] for p, _ in members),
+                 "each rank orthogonalizes a share of the stack, one all-gather shares the results")
+                for members in replicated_stacks(groups).values()]
+    check_sharded_groups(groups)
+    owned, rest = owner_members(groups, state)
+    stacks = []
+    for members in owner_stacks(owned).values():
+        layout = members[0].layout
+        if layout.axis == BATCH_AXIS:
+            n = sum(local(m.param).shape[0] for m in members)
+            how = "a stack sharded on its matrices: each rank orthogonalizes its own, no exchange"
+        else:
+            n = matrix_view(members[0].param.shape)[0]
+            how = (f"owner all-to-all over a group of {layout.size} ranks: each matrix's shards go to one owner "
+                   "and its result's shards come back, in batches of one matrix per owner")
+        stacks.append(([(m.param, m.group) for m in members], n, how))
+    for members in gathered_stacks(rest).values():
+        n = sum(matrix_view(p.shape)[0] for p, _ in members)
+        stacks.append((members, n, "gathered whole: placements the owner all-to-all does not take "
+                                   "(more than one Shard, or a conv kernel sharded on a spatial dimension)"))
+    return stacks

@@ -29,7 +29,7 @@ from ..functional import all_finite
 from ..orthogonalize import dtype_name, resolve_compute_dtype
 from .adamw import adamw_impl, adamw_step
 from .base import CheckedOptimizer, check_adamw_group, check_lr, check_muon_group, is_dtensor, local, param_name
-from .distributed import replicated_stacks, replicated_step, sharded_stacks, sharded_step
+from .distributed import distributed_stacks, replicated_step, sharded_step
 from .local import run_batch
 from .pipeline import chunk_backend, plan_local_step, stack_backend
 
@@ -66,7 +66,7 @@ class _MuonFamily(CheckedOptimizer):
                     raise RuntimeError(f"Muon does not support complex parameters: "
                                        f"{param_name(group, i, index)} is {p.dtype}")
                 grad = p.grad
-                if grad is not None and grad.numel() and not grad.is_sparse and local(grad).data_ptr() == local(p).data_ptr():
+                if grad is not None and not grad.is_sparse and local(grad).numel() and local(grad).data_ptr() == local(p).data_ptr():
                     raise ValueError(f"the gradient of {param_name(group, i, index)} is its weight's own memory "
                                      "(p.grad = p.data?); the step would update one through the other")
                 if (p.grad is None and not (group["use_muon"] and data_parallel)) or self.state.get(p):
@@ -184,16 +184,14 @@ def _explain_routes(strategy, groups, names, first_call, state) -> List[Route]:
                                         dtype_name(chunk.compute_dtype), call, index, shape,
                                         f"{why}; {backend_why}"))
         return routes
-    stacks = sharded_stacks(groups) if strategy == "sharded" else replicated_stacks(groups)
-    for call, members in enumerate(stacks.values(), start=first_call):
-        group = members[0][1]
-        n = sum(matrix_view(p.shape)[0] for p, _ in members)
-        _, rows, cols = matrix_view(members[0][0].shape)
-        device = local(members[0][0]).device
+    for call, (members, n, how) in enumerate(distributed_stacks(strategy, groups, state), start=first_call):
+        p0, group = members[0]
+        _, rows, cols = matrix_view(p0.shape)
+        device = local(p0).device
         compute_dtype = resolve_compute_dtype(group["ns_dtype"], group["backend"], device, (n, rows, cols),
                                               group["method"])
         backend, backend_why = stack_backend(group["backend"], device, (n, rows, cols), compute_dtype)
-        why = f"the {strategy} strategy steps per parameter; {backend_why}"
+        why = f"the {strategy} strategy steps per parameter ({how}); {backend_why}"
         for p, _ in members:
             routes.append(Route(names[id(p)], "muon", strategy, "per_parameter", backend,
                                 dtype_name(compute_dtype), call, 0, (n, rows, cols), why))

@@ -1,0 +1,276 @@
+"""The owner strategy for sharded (DTensor) Muon parameters with one ``Shard`` placement: FSDP2
+and 1-D tensor parallelism on any 1-D mesh or sub-mesh, HSDP (``(Replicate(), Shard(d))``).
+
+Each matrix has an owner in its mesh dimension's process group. Same-shape matrices go in
+batches of the group's size, one matrix per owner; per batch, one ``all_to_all_single`` sends
+every rank's shard of U to the owner, which orthogonalizes the whole matrix, and one more sends
+each rank its shard of the result (with NorMuon's new second moment, kept whole on every rank).
+A rank sends and receives 2 (W - 1) / W^2 of the weights, not the (W - 1) / W (1 + 1 / W) of
+gathering every matrix to every rank, and holds two batches at a time, not the model. The next
+batch's exchange is started before the owner orthogonalizes the current one.
+Stacks sharded on their batch axis (3-D MoE experts on ``Shard(0)``) hold whole matrices: they
+are orthogonalized where they are, with no exchange.
+A gradient counts as finite only if every shard is: one all-reduce per process group per step.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from ...rules import matrix_view
+from ..functional import muon_momentum_, normuon_normalize
+from .base import local
+from .local import apply_update, orthogonalize_group_stacks
+from .pipeline import orthogonalize_key
+
+BATCH_AXIS, ROW_AXIS, COL_AXIS = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a parameter's local shard sits: the process group of its sharded mesh dimension,
+    this rank's place in it and its size, the sharded tensor dimension, and the axis of the
+    matrix view (batch, rows, cols) that dimension splits."""
+
+    group: object
+    place: int
+    size: int
+    dim: int
+    axis: int
+
+    def bounds(self, n: int, place: int) -> Tuple[int, int]:
+        """[lo, hi) of ``place``'s chunk of ``n`` along the sharded dimension, as DTensor's
+        ``Shard`` chunks (torch.chunk: ceil(n / size) each, the last ones shorter or empty)."""
+        chunk = -(-n // self.size)
+        lo = min(n, place * chunk)
+        return lo, min(n, lo + chunk)
+
+    def local_shape(self, shape: torch.Size, place: int) -> Tuple[int, ...]:
+        lo, hi = self.bounds(shape[self.dim], place)
+        return tuple(hi - lo if d == self.dim else n for d, n in enumerate(shape))
+
+
+def owner_layout(p: torch.Tensor) -> Optional[Layout]:
+    """The layout of a DTensor the owner strategy takes, or None (it then takes the gather
+    strategy of ``distributed.sharded_step``): exactly one mesh dimension ``Shard(d)``, the others
+    ``Replicate()``, and ``d`` a whole axis of the matrix view (rows or cols of a 2-D weight, any
+    axis of a 3-D stack, out or in of a 4-D conv weight)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    placements = list(p.placements)
+    sharded = [i for i, placement in enumerate(placements) if not isinstance(placement, Replicate)]
+    if len(sharded) != 1 or type(placements[sharded[0]]) is not Shard:  # not Partial, _StridedShard
+        return None
+    mesh_dim = sharded[0]
+    dim = placements[mesh_dim].dim % p.ndim
+    axis = {2: (ROW_AXIS, COL_AXIS), 3: (BATCH_AXIS, ROW_AXIS, COL_AXIS), 4: (ROW_AXIS, COL_AXIS)}[p.ndim]
+    if dim >= len(axis):  # a conv kernel's spatial dimensions split columns into strided pieces
+        return None
+    mesh = p.device_mesh
+    layout = Layout(mesh.get_group(mesh_dim), mesh.get_local_rank(mesh_dim), mesh.size(mesh_dim), dim, axis[dim])
+    if tuple(local(p).shape) != layout.local_shape(p.shape, layout.place):
+        return None  # a layout other than DTensor's Shard chunking: gathered instead
+    return layout
+
+
+@dataclass
+class Member:
+    """One parameter of the step: its group, state, layout and the finiteness verdict of its
+    whole gradient (0-D bool, equal on every rank of its process group)."""
+
+    param: torch.Tensor
+    group: dict
+    state: dict
+    layout: Layout
+    ok: Optional[torch.Tensor] = None
+
+    def momentum(self) -> torch.Tensor:
+        """Commit the momentum where ``ok``; the local shard of U, as a matrix view."""
+        group = self.group
+        U = muon_momentum_(local(self.state["momentum_buffer"]), local(self.param.grad), self.ok,
+                           group["momentum"], group["nesterov"])
+        return U.reshape(matrix_view(U.shape))
+
+    def finish(self, O_local: torch.Tensor, s_new: Optional[torch.Tensor]) -> None:
+        """Apply the update from this rank's shard of the orthogonalized matrix and commit
+        NorMuon's second moment (whole) where ``ok``."""
+        p, state, ok = self.param, self.state, self.ok
+        if s_new is not None:
+            state["second_moment"].copy_(torch.where(ok, s_new.reshape(state["second_moment"].shape),
+                                                     state["second_moment"]))
+        apply_update(local(p.detach()), O_local, ok, self.group, matrix_view(p.shape))
+        state["skipped_steps"].add_((~ok).to(torch.int64))
+
+
+def owner_members(groups: List[dict], state) -> Tuple[List[Member], List[dict]]:
+    """The parameters with a gradient the owner strategy takes, and ``groups`` holding the rest."""
+    members, rest = [], []
+    for group in groups:
+        others = []
+        for p in group["params"]:
+            layout = owner_layout(p) if p.grad is not None else None
+            if layout is None:
+                others.append(p)
+            else:
+                members.append(Member(p, group, state[p], layout))
+        if others:
+            rest.append(dict(group, params=others))
+    return members, rest
+
+
+def owner_stacks(members: List[Member]) -> Dict[tuple, List[Member]]:
+    """Members by stack: same matrix view, dtype, options, process group and sharded axis."""
+    stacks: Dict[tuple, List[Member]] = defaultdict(list)
+    for m in members:
+        _, rows, cols = matrix_view(m.param.shape)
+        key = (rows, cols, m.param.dtype, *orthogonalize_key(m.group), m.group["beta2"] is None,
+               id(m.layout.group), m.layout.axis)
+        stacks[key].append(m)
+    return stacks
+
+
+def owner_step(members: List[Member]) -> None:
+    """One step of ``members`` (see the module's docstring)."""
+    _agree_on_finiteness(members)
+    batches, rotation = [], defaultdict(int)
+    for members_of_stack in owner_stacks(members).values():
+        layout = members_of_stack[0].layout
+        if layout.axis == BATCH_AXIS:
+            _step_local_experts(members_of_stack)
+            continue
+        size, first = layout.size, rotation[id(layout.group)]
+        for start in range(0, len(members_of_stack), size):
+            batch = members_of_stack[start:start + size]
+            # owners rotate from batch to batch, so that short batches spread over the group
+            batches.append([(m, (first + start + i) % size) for i, m in enumerate(batch)])
+        rotation[id(layout.group)] = (first + len(members_of_stack)) % size
+    sent = _send_to_owners(batches[0]) if batches else None
+    returning = None
+    for index, batch in enumerate(batches):
+        upcoming = _send_to_owners(batches[index + 1]) if index + 1 < len(batches) else None
+        results = _orthogonalize_owned(batch, sent)
+        if returning is not None:
+            _receive_results(*returning)
+        returning = (batch, _send_results(batch, results))
+        sent = upcoming
+    if returning is not None:
+        _receive_results(*returning)
+
+
+def _agree_on_finiteness(members: List[Member]) -> None:
+    by_group: Dict[int, List[Member]] = defaultdict(list)
+    for m in members:
+        by_group[id(m.layout.group)].append(m)
+    for same_group in by_group.values():
+        flags = torch.stack([torch.isfinite(local(m.param.grad)).all() for m in same_group]).to(torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=same_group[0].layout.group)
+        for m, flag in zip(same_group, flags.bool()):
+            m.ok = flag
+
+
+def _state_numel(m: Member) -> int:
+    return m.state["second_moment"].numel() if m.group["beta2"] is not None else 0
+
+
+def _send_to_owners(batch):
+    """Start the exchange that brings each owner every rank's shard of U of its matrix."""
+    layout = batch[0][0].layout
+    by_owner = dict((owner, m) for m, owner in batch)
+    pieces = [by_owner[o].momentum() if o in by_owner else None for o in range(layout.size)]
+    send = torch.cat([U.reshape(-1) for U in pieces if U is not None])
+    send_splits = [0 if U is None else U.numel() for U in pieces]
+    mine = by_owner.get(layout.place)
+    receive_splits = [0] * layout.size
+    if mine is not None:
+        receive_splits = [_numel(layout.local_shape(mine.param.shape, s)) for s in range(layout.size)]
+    received = send.new_empty(sum(receive_splits))
+    work = dist.all_to_all_single(received, send, receive_splits, send_splits, group=layout.group, async_op=True)
+    return work, received, receive_splits, mine
+
+
+def _orthogonalize_owned(batch, sent):
+    """The owner's matrix, assembled from the shards, orthogonalized (NorMuon: normalized), cut
+    back into shards: ([shard of place s], s_new) or None where this rank owns nothing."""
+    work, received, splits, mine = sent
+    work.wait()
+    if mine is None:
+        return None
+    layout, shape = mine.layout, mine.param.shape
+    shards = [piece.reshape(matrix_view(layout.local_shape(shape, s)))
+              for s, piece in enumerate(received.split(splits))]
+    U = torch.cat(shards, dim=layout.axis)
+    O = orthogonalize_group_stacks([U], mine.group)[0]
+    s_new = None
+    if mine.group["beta2"] is not None:
+        O, s_new = normuon_normalize(O, mine.state["second_moment"], mine.group["beta2"])
+    return [O.narrow(layout.axis, *_start_length(layout.bounds(shape[layout.dim], s), layout, shape))
+            for s in range(layout.size)], s_new
+
+
+def _send_results(batch, results):
+    layout = batch[0][0].layout
+    send_splits = [0] * layout.size
+    parts = []
+    if results is not None:
+        shards, s_new = results
+        for s, shard in enumerate(shards):
+            parts += [shard.reshape(-1)] + ([s_new.reshape(-1)] if s_new is not None else [])
+            send_splits[s] = shard.numel() + (s_new.numel() if s_new is not None else 0)
+    receive_splits = [0] * layout.size
+    for m, owner in batch:
+        receive_splits[owner] = _numel(layout.local_shape(m.param.shape, layout.place)) + _state_numel(m)
+    dtype, device = batch[0][0].param.dtype, local(batch[0][0].param).device
+    send = torch.cat(parts) if parts else torch.empty(0, dtype=dtype, device=device)
+    received = torch.empty(sum(receive_splits), dtype=dtype, device=device)
+    work = dist.all_to_all_single(received, send, receive_splits, send_splits, group=layout.group, async_op=True)
+    return work, received, receive_splits
+
+
+def _receive_results(batch, returned) -> None:
+    work, received, splits = returned
+    work.wait()
+    pieces = received.split(splits)
+    for m, owner in batch:
+        piece = pieces[owner]
+        n = piece.numel() - _state_numel(m)
+        s_new = piece[n:] if m.group["beta2"] is not None else None
+        m.finish(piece[:n].reshape(local(m.param).shape), s_new)
+
+
+def _step_local_experts(members: List[Member]) -> None:
+    """Stacks sharded on their batch axis: each rank orthogonalizes its own matrices. NorMuon's
+    second moment (one slice per matrix, whole on every rank) is all-gathered."""
+    views = [m.momentum() for m in members]
+    O = orthogonalize_group_stacks([torch.cat(views)], members[0].group)[0]
+    start = 0
+    for m, view in zip(members, views):
+        O_local, s_new = O[start:start + view.shape[0]], None
+        start += view.shape[0]
+        if m.group["beta2"] is not None:
+            layout, s = m.layout, m.state["second_moment"]
+            lo, hi = layout.bounds(s.shape[0], layout.place)
+            O_local, s_slice = normuon_normalize(O_local, s[lo:hi], m.group["beta2"])
+            chunk = -(-s.shape[0] // layout.size)
+            padded = s_slice.new_zeros((chunk, *s.shape[1:]))
+            padded[: hi - lo] = s_slice
+            gathered = padded.new_empty((chunk * layout.size, *s.shape[1:]))
+            dist.all_gather_into_tensor(gathered, padded, group=layout.group)
+            s_new = gathered[: s.shape[0]]
+        m.finish(O_local, s_new)
+
+
+def _start_length(bounds: Tuple[int, int], layout: Layout, shape) -> Tuple[int, int]:
+    """``bounds`` along the sharded tensor dimension as (start, length) on the matrix view's
+    axis (a 4-D weight's in-channels are blocks of kh * kw columns)."""
+    lo, hi = bounds
+    inner = int(torch.Size(shape[layout.dim + 1:]).numel()) if len(shape) == 4 and layout.dim == 1 else 1
+    return lo * inner, (hi - lo) * inner
+
+
+def _numel(shape) -> int:
+    return int(torch.Size(shape).numel())

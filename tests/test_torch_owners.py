@@ -1,0 +1,185 @@
+"""Sharded (DTensor) parameters on 4 gloo processes, laid out every way a cluster job lays them
+out: the whole world's mesh, the sub-meshes of a 2 x 2 mesh (TP x DP, pipeline stages), HSDP
+(Replicate x Shard), 2-D Shard x Shard; Shard on rows, columns, a stack's matrices and a conv
+weight's channels; uneven and empty shards; bf16; Muon and NorMuon; parameters of several meshes
+in one optimizer. After a few steps every rank's weights equal one process's within the fp32
+floor, and the step issues at most two collectives per same-shape batch plus one finiteness
+reduction per process group."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from collections import Counter
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fastmuon.torch import Muon, NorMuon
+
+STEPS = 3
+WORLD = 4
+
+# (name, shape, mesh, placements): mesh "world" (1-D, 4 ranks), "dp" / "tp" (the 1-D sub-meshes
+# of a ("dp", "tp") 2 x 2 mesh: {0, 2} and {1, 3} / {0, 1} and {2, 3}), "2d" (the 2 x 2 mesh).
+LAYOUTS = [
+    ("rows", (13, 7), "world", ("S0",)),  # uneven: 4, 4, 4, 1
+    ("rows_empty", (3, 6), "world", ("S0",)),  # the last rank's shard is empty
+    ("cols", (7, 13), "world", ("S1",)),
+    ("same_a", (8, 12), "world", ("S0",)),  # six matrices of one shape: a full batch and a short one
+    ("same_b", (8, 12), "world", ("S0",)),
+    ("same_c", (8, 12), "world", ("S0",)),
+    ("same_d", (8, 12), "world", ("S0",)),
+    ("same_e", (8, 12), "world", ("S0",)),
+    ("same_f", (8, 12), "world", ("S1",)),
+    ("experts", (6, 5, 4), "world", ("S0",)),  # a MoE stack sharded on its matrices: 2, 2, 2, 0
+    ("stack_rows", (3, 9, 5), "world", ("S1",)),
+    ("stack_cols", (2, 5, 9), "world", ("S2",)),
+    ("conv_out", (10, 3, 2, 2), "world", ("S0",)),
+    ("conv_in", (6, 5, 3, 3), "world", ("S1",)),  # columns in blocks of kh * kw
+    ("conv_kernel", (6, 4, 4, 3), "world", ("S2",)),  # gathered whole
+    ("dp_rows", (9, 6), "dp", ("S0",)),
+    ("dp_cols", (6, 9), "dp", ("S1",)),
+    ("tp_rows", (11, 5), "tp", ("S0",)),
+    ("tp_experts", (3, 4, 6), "tp", ("S0",)),
+    ("hsdp_rows", (9, 7), "2d", ("R", "S0")),
+    ("hsdp_cols", (7, 9), "2d", ("R", "S1")),
+    ("fsdp_tp", (10, 12), "2d", ("S0", "S1")),  # gathered whole
+]
+NORMUON = {"rows", "cols", "experts", "conv_in", "dp_cols", "tp_experts", "hsdp_rows", "conv_kernel"}
+
+
+def start_values(dtype):
+    """Weights and per-step gradients of every layout, the same on every rank."""
+    g = torch.Generator().manual_seed(0)
+    weights = {name: torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for name, shape, *_ in LAYOUTS}
+    grads = [{name: torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for name, shape, *_ in LAYOUTS}
+             for _ in range(STEPS)]
+    return weights, grads
+
+
+def make_optimizer(params: dict, dtype=None):
+    muon = [p for name, p in params.items() if name not in NORMUON]
+    normuon = [p for name, p in params.items() if name in NORMUON]
+    opt = Muon(muon, lr=0.05, weight_decay=0.1, allow_nd=True, ns_dtype=dtype)
+    opt.add_param_group({"params": normuon, "beta2": 0.95})  # one optimizer: NorMuon's options as a group
+    return opt
+
+
+def single_process(dtype):
+    weights, grads = start_values(dtype)
+    params = {name: torch.nn.Parameter(w) for name, w in weights.items()}
+    opt = make_optimizer(params, dtype)
+    for step in range(STEPS):
+        for name, p in params.items():
+            p.grad = grads[step][name]
+        opt.step()
+    return {name: p.detach().double() for name, p in params.items()}
+
+
+def _placements(codes):
+    from torch.distributed.tensor import Replicate, Shard
+
+    return [Replicate() if code == "R" else Shard(int(code[1:])) for code in codes]
+
+
+def _worker(rank, port, out, dtype):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                      OPENBLAS_NUM_THREADS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import distribute_tensor
+
+    grid = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    meshes = {"world": init_device_mesh("cpu", (WORLD,)), "dp": grid["dp"], "tp": grid["tp"], "2d": grid}
+    weights, grads = start_values(dtype)
+    layouts = {name: (meshes[mesh], _placements(codes)) for name, _, mesh, codes in LAYOUTS}
+    params = {name: torch.nn.Parameter(distribute_tensor(weights[name], *layouts[name])) for name in weights}
+    opt = make_optimizer(params)
+    calls = Counter()
+    for collective in ("all_to_all_single", "all_reduce", "all_gather", "all_gather_into_tensor", "broadcast",
+                       "scatter"):
+        original = getattr(dist, collective)
+
+        def counted(*args, _original=original, _name=collective, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        setattr(dist, collective, counted)
+    for step in range(STEPS):
+        for name, p in params.items():
+            p.grad = distribute_tensor(grads[step][name], *layouts[name])
+        if step == STEPS - 1:
+            calls.clear()
+            routes = {r.name: r.why for r in opt.explain()}
+        opt.step()
+    result = {"weights": {name: p.full_tensor().detach().double() for name, p in params.items()},
+              "calls": dict(calls), "routes": routes}
+    torch.save(result, f"{out}.rank{rank}")
+    dist.barrier()  # every rank past its last collective; then end without gloo's teardown (test_torch_fsdp)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        out = str(tmp_path_factory.mktemp("owners") / "run")
+        mp.spawn(_worker, args=(_free_port(), out, dtype), nprocs=WORLD, join=True)
+        results[dtype] = [torch.load(f"{out}.rank{rank}") for rank in range(WORLD)]
+    return results
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_every_layout_equals_one_process_on_every_rank(runs, dtype):
+    exact = single_process(torch.float64)
+    plain = single_process(dtype)  # one process in the same dtype: its distance from float64 is the floor
+    for rank, got in enumerate(runs[dtype]):
+        for name, w in got["weights"].items():
+            bound = 4 * (plain[name] - exact[name]).abs().max() + 4 * torch.finfo(dtype).eps * exact[name].abs().max()
+            assert (w - exact[name]).abs().max() <= bound, (rank, name)
+
+
+def test_explain_names_each_layouts_path(runs):
+    routes = runs[torch.float32][0]["routes"]
+    names = [f"param_groups[{g}]['params'][{i}]" for g, group in enumerate(
+        [[n for n, *_ in LAYOUTS if n not in NORMUON], [n for n, *_ in LAYOUTS if n in NORMUON]])
+        for i, _ in enumerate(group)]
+    by_layout = dict(zip([n for n, *_ in LAYOUTS if n not in NORMUON] + [n for n, *_ in LAYOUTS if n in NORMUON],
+                         names))
+    for name, *_ in LAYOUTS:
+        why = routes[by_layout[name]]
+        if name in ("conv_kernel", "fsdp_tp"):
+            assert "gathered whole" in why, name
+        elif name in ("experts", "tp_experts"):
+            assert "no exchange" in why, name
+        else:
+            assert "owner all-to-all" in why, name
+
+
+def test_collectives_per_step(runs):
+    """Owner batches (same shape, dtype, options, group and axis; W per batch): world: rows 1,
+    rows_empty 1, cols 1, same_a-e 2 (5 matrices), same_f 1, stack_rows 1, stack_cols 1, conv_out
+    1, conv_in 1 = 10; dp 2, tp 1, hsdp 2: 15 batches, 30 all-to-alls. Finiteness: one
+    all-reduce per group (world, dp, tp, hsdp's shard group = tp's). NorMuon experts: one
+    all-gather of the second moment each (2). The gather path (conv_kernel, fsdp_tp) keeps its
+    collectives per matrix."""
+    calls = runs[torch.float32][0]["calls"]
+    assert calls["all_to_all_single"] == 30
+    owner_reductions = 3
+    gather_path = 2  # conv_kernel (1-D mesh) and fsdp_tp (2-D mesh): one finiteness all-reduce each
+    assert calls["all_reduce"] == owner_reductions + gather_path
+    assert calls.get("all_gather_into_tensor", 0) + calls.get("all_gather", 0) >= 2
