@@ -190,3 +190,57 @@ def test_a_partly_sharded_model_steps_each_parameter_its_way(tmp_path):
         for w, exact, plain in zip(got["weights"], expected[torch.float64], expected[torch.float32]):
             bound = 4 * (plain - exact).abs().max() + 4 * 2.0**-24 * exact.abs().max()
             assert (w.double() - exact).abs().max() <= bound
+
+
+def _resume_worker(rank, world, port, folder, phase):
+    """Phase "save" (2 ranks): 2 steps, a DCP checkpoint of model and optimizer, 1 more step.
+    Phase "load" (4 ranks): the checkpoint loaded into a fresh model, 1 step."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                      OPENBLAS_NUM_THREADS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_model()
+    for layer in model:
+        if any(p.requires_grad for p in layer.parameters()):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = make_optimizer(model)
+    x = batch()
+
+    def step():
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+    if phase == "save":
+        step()
+        step()
+        model_state, optim_state = get_state_dict(model, opt)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=os.path.join(folder, "checkpoint"))
+    else:
+        model_state, optim_state = get_state_dict(model, opt)
+        checkpoint = {"model": model_state, "optim": optim_state}
+        dcp.load(checkpoint, checkpoint_id=os.path.join(folder, "checkpoint"))
+        set_state_dict(model, opt, model_state_dict=checkpoint["model"], optim_state_dict=checkpoint["optim"])
+    step()
+    weights = [p.full_tensor().detach() for p in model.parameters()]
+    if rank == 0:
+        torch.save(weights, os.path.join(folder, f"{phase}.pt"))
+    dist.barrier()  # then end as _worker does
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def test_dcp_resume_on_another_world_size_is_bitwise(tmp_path):
+    """A distributed checkpoint (torch.distributed.checkpoint) saved by 2 ranks and loaded by 4
+    resumes bitwise: the state is per shard or whole, and the owners orthogonalize each matrix
+    alone, whatever the world size."""
+    mp.spawn(_resume_worker, args=(2, _free_port(), str(tmp_path), "save"), nprocs=2, join=True)
+    mp.spawn(_resume_worker, args=(4, _free_port(), str(tmp_path), "load"), nprocs=4, join=True)
+    saved, loaded = torch.load(tmp_path / "save.pt"), torch.load(tmp_path / "load.pt")
+    for a, b in zip(saved, loaded):
+        assert torch.equal(a, b)
