@@ -1,22 +1,30 @@
-"""FSDP2 with fastmuon.torch.MuonWithAdamW on CPU (gloo): per rank, the optimizer state's bytes
-against one process's, the bytes each rank receives per step for the orthogonalization, and the
-step time, for 2 and 4 processes. Appends to bench/results/fsdp.jsonl.
+"""FSDP2 with fastmuon.torch.Muon on CPU (gloo), per rank and step: the bytes each rank sends and
+receives, counted at the socket level, the transient memory, the step time and the optimizer
+state's share, for 2 and 4 processes, the owner all-to-all against the gather design it
+replaced (kept as the fallback for other placements; measured here by making every parameter
+take it). Appends to bench/results/fsdp.jsonl.
 
     python bench/bench_fsdp.py
 
-The received bytes are computed (not captured) from the collectives the step issues: per Muon
-matrix one all-gather of U (each rank receives the (world - 1) / world of the matrix it lacks)
-and one scatter of the result from its owner (each of the other ranks receives its 1 / world
-shard), so (world - 1) / world * (1 + 1 / world) of the Muon weights' bytes per rank and step:
-O(parameters), never the whole model's weights at once.
+Bytes: the kernel's per-socket counters (TCP_INFO bytes_acked and bytes_received, summed over
+the process's TCP sockets) read between barriers around one steady-state step, less the bytes
+of the barriers alone. The counter is checked against an all_to_all_single of known size in the
+same run ("counter_check": measured / payload). The cost model's prediction
+(``fastmuon.cluster.step_cost``) is recorded beside each measurement.
+Memory: peak resident set during the step (VmHWM, reset through /proc/self/clear_refs) less the
+resident set before it, with every allocation over 128 KiB mmap'ed (as bench_step_memory.py).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import socket
+import struct
 import sys
 import time
+
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))  # inherited by the spawned ranks
 
 import torch
 import torch.distributed as dist
@@ -24,67 +32,118 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fastmuon import bench
-from fastmuon.torch import MuonWithAdamW, muon_param_groups
+from fastmuon.cluster import step_cost
+from fastmuon.torch import Muon
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "fsdp.jsonl")
-STEPS = 3
+SIZE = 1024
+TCP_INFO_BYTES = struct.Struct("=QQ")  # tcpi_bytes_acked, tcpi_bytes_received
+TCP_INFO_OFFSET = 120  # of tcpi_bytes_acked in struct tcp_info (linux/tcp.h)
 
 
-def make_model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(768, 2304), nn.Linear(2304, 768), nn.Linear(768, 3072), nn.Linear(3072, 768))
+def socket_bytes():
+    """(sent, received) payload bytes over this process's TCP sockets."""
+    sent = received = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+                acked, got = TCP_INFO_BYTES.unpack_from(info, TCP_INFO_OFFSET)
+                sent, received = sent + acked, received + got
+        finally:
+            sock.close()
+    return sent, received
 
 
-def state_bytes(opt) -> int:
-    return sum((t.to_local() if hasattr(t, "to_local") else t).numel() * t.element_size()
-               for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))
+def kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
-def worker(rank, world, port, queue):
+def counted(fn):
+    """Bytes (sent, received) of ``fn()`` run between barriers, less the barriers' own."""
+    dist.barrier()
+    time.sleep(0.2)  # acknowledgements of what came before
+    before = socket_bytes()
+    fn()
+    dist.barrier()
+    time.sleep(0.2)
+    after = socket_bytes()
+    return after[0] - before[0], after[1] - before[1]
+
+
+def worker(rank, world, port, queue, design, matrices):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
     from torch.distributed.fsdp import fully_shard
 
-    model = make_model()
+    if design == "gather":
+        from fastmuon.torch.optim import owners
+
+        owners.owner_layout = lambda p: None  # every parameter takes the gather path
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(SIZE, SIZE, bias=False) for _ in range(matrices)])
     for layer in model:
         fully_shard(layer)
     fully_shard(model)
-    opt = MuonWithAdamW(muon_param_groups(model, exclude=()), lr=0.02)
-    x = torch.randn(8, 768)
-    times = []
-    for _ in range(STEPS):
+    opt = Muon(model.parameters(), lr=0.02)
+    x = torch.randn(4, SIZE)
+    for _ in range(2):  # state created
         opt.zero_grad()
         model(x).pow(2).mean().backward()
-        start = time.perf_counter()
         opt.step()
-        times.append(time.perf_counter() - start)
-    muon_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.ndim == 2)
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    barrier_bytes = counted(lambda: None)
+    payload = 1 << 20  # per peer
+    message = torch.zeros(payload // 4 * world)
+    check = counted(lambda: dist.all_to_all_single(torch.empty_like(message), message))
+    check_ratio = (check[0] - barrier_bytes[0]) / (payload * (world - 1))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set
+    resident = kib("VmRSS")
+    start = time.perf_counter()
+    step_bytes = counted(opt.step)
+    seconds = time.perf_counter() - start
+    transient = (kib("VmHWM") - resident) * 1024
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    sent, received = (b - o for b, o in zip(step_bytes, barrier_bytes))
+    rows = [None] * world
+    dist.all_gather_object(rows, {"rank": rank, "sent": sent, "received": received, "transient": transient,
+                                  "seconds": seconds})
     if rank == 0:
-        queue.put({"world": world, "state_bytes_rank0": state_bytes(opt), "step_seconds": sorted(times)[STEPS // 2],
-                   "received_bytes_per_step": int(muon_bytes * (world - 1) / world * (1 + 1 / world)),
-                   "muon_weight_bytes": muon_bytes})
-    dist.destroy_process_group()
+        model_cost = step_cost([(SIZE, SIZE)] * matrices, world, design, element_bytes=4)
+        queue.put({"design": design, "world": world, "matrices": matrices, "muon_weight_bytes": weights,
+                   "sent_per_rank": [r["sent"] for r in rows], "received_per_rank": [r["received"] for r in rows],
+                   "transient_per_rank": [r["transient"] for r in rows],
+                   "step_seconds": max(r["seconds"] for r in rows), "counter_check": check_ratio,
+                   "model_bytes_per_rank": model_cost["sent"], "model_transient_per_rank": model_cost["transient"]})
+    dist.barrier()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main() -> None:
-    model = make_model()
-    opt = MuonWithAdamW(muon_param_groups(model, exclude=()), lr=0.02)
-    model(torch.randn(8, 768)).pow(2).mean().backward()
-    opt.step()
-    whole = state_bytes(opt)
     rows = []
-    for world in (2, 4):
+    for matrices, world, design in [(16, 2, "all-to-all"), (16, 2, "gather"), (16, 4, "all-to-all"),
+                                    (16, 4, "gather"), (32, 4, "all-to-all")]:
         queue = mp.get_context("spawn").SimpleQueue()
-        mp.spawn(worker, args=(world, 29600 + world, queue), nprocs=world, join=True)
+        mp.spawn(worker, args=(world, 29600 + world, queue, design, matrices), nprocs=world, join=True)
         row = queue.get()
-        row["state_bytes_one_process"] = whole
-        row["state_fraction"] = row["state_bytes_rank0"] / whole
         rows.append(row)
-        print(f"{world} processes: rank 0 holds {row['state_fraction']:.3f} of one process's state; "
-              f"receives {row['received_bytes_per_step'] / 2**20:.1f} MiB a step "
-              f"({row['received_bytes_per_step'] / row['muon_weight_bytes']:.2f}x the Muon weights); "
-              f"step {row['step_seconds']:.3f} s", flush=True)
+        w = row["muon_weight_bytes"]
+        print(f"{design:>10} {matrices} x {SIZE}^2 fp32, {world} ranks: sent {max(row['sent_per_rank']) / w:.3f}x, "
+              f"received {max(row['received_per_rank']) / w:.3f}x the Muon weights per rank "
+              f"(model {row['model_bytes_per_rank'] / w:.3f}x); transient {max(row['transient_per_rank']) / w:.2f}x "
+              f"(model {row['model_transient_per_rank'] / w:.2f}x); step {row['step_seconds']:.3f} s; "
+              f"counter check {row['counter_check']:.3f}", flush=True)
     bench.append_results(RESULTS, rows, bench.environment())
 
 
