@@ -2,7 +2,8 @@
 receives, counted at the socket level, the transient memory, the step time and the optimizer
 state's share, for 2 and 4 processes, the owner all-to-all against the gather design it
 replaced (kept as the fallback for other placements; measured here by making every parameter
-take it). Appends to bench/results/fsdp.jsonl.
+take it), and a MoE stack sharded on its experts (orthogonalized in place: only the finiteness
+all-reduce's bytes). Appends to bench/results/fsdp.jsonl.
 
     python bench/bench_fsdp.py
 
@@ -78,6 +79,15 @@ def counted(fn):
     return after[0] - before[0], after[1] - before[1]
 
 
+class Experts(nn.Module):
+    def __init__(self, count: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(count, SIZE, SIZE) / SIZE**0.5)
+
+    def forward(self, x):
+        return torch.einsum("bi,eij->bj", x, self.weight)
+
+
 def worker(rank, world, port, queue, design, matrices):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -89,11 +99,14 @@ def worker(rank, world, port, queue, design, matrices):
 
         owners.owner_layout = lambda p: None  # every parameter takes the gather path
     torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Linear(SIZE, SIZE, bias=False) for _ in range(matrices)])
-    for layer in model:
-        fully_shard(layer)
+    if design == "experts":  # one (matrices, SIZE, SIZE) MoE stack: fully_shard splits its matrices
+        model = Experts(matrices)
+    else:
+        model = nn.Sequential(*[nn.Linear(SIZE, SIZE, bias=False) for _ in range(matrices)])
+        for layer in model:
+            fully_shard(layer)
     fully_shard(model)
-    opt = Muon(model.parameters(), lr=0.02)
+    opt = Muon(model.parameters(), lr=0.02, allow_nd=True)
     x = torch.randn(4, SIZE)
     for _ in range(2):  # state created
         opt.zero_grad()
@@ -119,7 +132,8 @@ def worker(rank, world, port, queue, design, matrices):
     dist.all_gather_object(rows, {"rank": rank, "sent": sent, "received": received, "transient": transient,
                                   "seconds": seconds})
     if rank == 0:
-        model_cost = step_cost([(SIZE, SIZE)] * matrices, world, design, element_bytes=4)
+        model_cost = {"sent": 0, "transient": 0} if design == "experts" else step_cost(
+            [(SIZE, SIZE)] * matrices, world, design, element_bytes=4)
         queue.put({"design": design, "world": world, "matrices": matrices, "muon_weight_bytes": weights,
                    "sent_per_rank": [r["sent"] for r in rows], "received_per_rank": [r["received"] for r in rows],
                    "transient_per_rank": [r["transient"] for r in rows],
@@ -133,7 +147,7 @@ def worker(rank, world, port, queue, design, matrices):
 def main() -> None:
     rows = []
     for matrices, world, design in [(16, 2, "all-to-all"), (16, 2, "gather"), (16, 4, "all-to-all"),
-                                    (16, 4, "gather"), (32, 4, "all-to-all")]:
+                                    (16, 4, "gather"), (32, 4, "all-to-all"), (16, 4, "experts")]:
         queue = mp.get_context("spawn").SimpleQueue()
         mp.spawn(worker, args=(world, 29600 + world, queue, design, matrices), nprocs=world, join=True)
         row = queue.get()
@@ -141,6 +155,7 @@ def main() -> None:
         w = row["muon_weight_bytes"]
         print(f"{design:>10} {matrices} x {SIZE}^2 fp32, {world} ranks: sent {max(row['sent_per_rank']) / w:.3f}x, "
               f"received {max(row['received_per_rank']) / w:.3f}x the Muon weights per rank "
+              f"({max(row['received_per_rank'])} bytes) "
               f"(model {row['model_bytes_per_rank'] / w:.3f}x); transient {max(row['transient_per_rank']) / w:.2f}x "
               f"(model {row['model_transient_per_rank'] / w:.2f}x); step {row['step_seconds']:.3f} s; "
               f"counter check {row['counter_check']:.3f}", flush=True)

@@ -47,6 +47,9 @@ LAYOUTS = [
     ("tp_experts", (3, 4, 6), "tp", ("S0",)),
     ("hsdp_rows", (9, 7), "2d", ("R", "S0")),
     ("hsdp_cols", (7, 9), "2d", ("R", "S1")),
+    ("hsdp_same_a", (6, 8), "2d", ("R", "S0")),  # three of a shape: two batches, one per replica
+    ("hsdp_same_b", (6, 8), "2d", ("R", "S0")),
+    ("hsdp_same_c", (6, 8), "2d", ("R", "S0")),
     ("fsdp_tp", (10, 12), "2d", ("S0", "S1")),  # gathered whole
 ]
 NORMUON = {"rows", "cols", "experts", "conv_in", "dp_cols", "tp_experts", "hsdp_rows", "conv_kernel"}
@@ -173,13 +176,14 @@ def test_explain_names_each_layouts_path(runs):
 def test_collectives_per_step(runs):
     """Owner batches (same shape, dtype, options, group and axis; W per batch): world: rows 1,
     rows_empty 1, cols 1, same_a-e 2 (5 matrices), same_f 1, stack_rows 1, stack_cols 1, conv_out
-    1, conv_in 1 = 10; dp 2, tp 1, hsdp 2: 15 batches, 30 all-to-alls. Finiteness: one
-    all-reduce per group (world, dp, tp, hsdp's shard group = tp's). NorMuon experts: one
-    all-gather of the second moment each (2). The gather path (conv_kernel, fsdp_tp) keeps its
-    collectives per matrix."""
+    1, conv_in 1 = 10; dp 2, tp 1: 13 batches on every rank. HSDP: 4 batches (hsdp_rows, hsdp_cols,
+    hsdp_same 2) in 3 rounds, shared between the 2 replicas: 2 on rank 0's; one all-gather over
+    the replicas per round. Two all-to-alls per batch. Finiteness: one all-reduce per group
+    (world, dp, tp; HSDP's shard group is tp's). NorMuon experts: one all-gather of the second
+    moment each (2). The gather path (conv_kernel, fsdp_tp) keeps its own collectives."""
     calls = runs[torch.float32][0]["calls"]
-    assert calls["all_to_all_single"] == 30
+    assert calls["all_to_all_single"] == 2 * (13 + 2)
     owner_reductions = 3
     gather_path = 2  # conv_kernel (1-D mesh) and fsdp_tp (2-D mesh): one finiteness all-reduce each
     assert calls["all_reduce"] == owner_reductions + gather_path
-    assert calls.get("all_gather_into_tensor", 0) + calls.get("all_gather", 0) >= 2
+    assert calls["all_gather_into_tensor"] == 3 + 2

@@ -42,6 +42,9 @@ class Layout:
     size: int
     dim: int
     axis: int
+    replica_group: object = None  # HSDP: the group of this rank's replicas (same shard place)
+    replica: int = 0
+    replicas: int = 1
 
     def bounds(self, n: int, place: int) -> Tuple[int, int]:
         """[lo, hi) of ``place``'s chunk of ``n`` along the sharded dimension, as DTensor's
@@ -72,7 +75,13 @@ def owner_layout(p: torch.Tensor) -> Optional[Layout]:
     if dim >= len(axis):  # a conv kernel's spatial dimensions split columns into strided pieces
         return None
     mesh = p.device_mesh
-    layout = Layout(mesh.get_group(mesh_dim), mesh.get_local_rank(mesh_dim), mesh.size(mesh_dim), dim, axis[dim])
+    replicated = [i for i in range(mesh.ndim) if i != mesh_dim and mesh.size(i) > 1]
+    replicas = {}
+    if len(replicated) == 1:  # HSDP: the replicas split the owners' work
+        r = replicated[0]
+        replicas = dict(replica_group=mesh.get_group(r), replica=mesh.get_local_rank(r), replicas=mesh.size(r))
+    layout = Layout(mesh.get_group(mesh_dim), mesh.get_local_rank(mesh_dim), mesh.size(mesh_dim), dim, axis[dim],
+                    **replicas)
     if tuple(local(p).shape) != layout.local_shape(p.shape, layout.place):
         return None  # a layout other than DTensor's Shard chunking: gathered instead
     return layout
@@ -137,29 +146,79 @@ def owner_stacks(members: List[Member]) -> Dict[tuple, List[Member]]:
 def owner_step(members: List[Member]) -> None:
     """One step of ``members`` (see the module's docstring)."""
     _agree_on_finiteness(members)
-    batches, rotation = [], defaultdict(int)
+    rounds, rotation = [], defaultdict(int)
     for members_of_stack in owner_stacks(members).values():
         layout = members_of_stack[0].layout
         if layout.axis == BATCH_AXIS:
             _step_local_experts(members_of_stack)
             continue
         size, first = layout.size, rotation[id(layout.group)]
+        batches = []
         for start in range(0, len(members_of_stack), size):
             batch = members_of_stack[start:start + size]
             # owners rotate from batch to batch, so that short batches spread over the group
             batches.append([(m, (first + start + i) % size) for i, m in enumerate(batch)])
         rotation[id(layout.group)] = (first + len(members_of_stack)) % size
-    sent = _send_to_owners(batches[0]) if batches else None
+        # HSDP: a round of one batch per replica; this rank's replica owns one of them
+        turn = rotation["replicas", id(layout.replica_group)]
+        for start in range(0, len(batches), layout.replicas):
+            rounds.append((batches[start:start + layout.replicas], (layout.replica - turn) % layout.replicas))
+        rotation["replicas", id(layout.replica_group)] = (turn + len(batches)) % layout.replicas
+    mine = [batches[index] if index < len(batches) else None for batches, index in rounds]
+    sent = _send_to_owners(mine[0]) if mine and mine[0] else None
     returning = None
-    for index, batch in enumerate(batches):
-        upcoming = _send_to_owners(batches[index + 1]) if index + 1 < len(batches) else None
-        results = _orthogonalize_owned(batch, sent)
+    for index, (batches, _) in enumerate(rounds):
+        ahead = mine[index + 1] if index + 1 < len(rounds) else None
+        upcoming = _send_to_owners(ahead) if ahead else None
+        results = _orthogonalize_owned(mine[index], sent) if mine[index] else None
         if returning is not None:
-            _receive_results(*returning)
-        returning = (batch, _send_results(batch, results))
+            _finish_round(*returning)
+        returning = (rounds[index], _send_results(mine[index], results) if mine[index] else None)
         sent = upcoming
     if returning is not None:
-        _receive_results(*returning)
+        _finish_round(*returning)
+
+
+def _finish_round(round_, returned) -> None:
+    """Apply a round's results: this replica's batch from its owners' exchange; with replicas,
+    every batch of the round from one all-gather over the replica group (this rank's shards of
+    its replica's batch in, the same shards of the others' batches out). A batch another
+    replica orthogonalizes still commits its momentum here."""
+    batches, index = round_
+    pieces = _receive_results(batches[index], returned) if returned is not None else []
+    layout = batches[0][0][0].layout
+    if layout.replicas == 1:
+        for (m, _), piece in zip(batches[0], pieces):
+            _finish_member(m, piece)
+        return
+    for j, batch in enumerate(batches):
+        if j != index:
+            for m, _ in batch:
+                m.momentum()
+    each = max(len(batch) for batch in batches) * pieces_length(batches[0][0][0])
+    message = torch.zeros(each, dtype=batches[0][0][0].param.dtype, device=local(batches[0][0][0].param).device)
+    if pieces:
+        mine = torch.cat(pieces)
+        message[: mine.numel()] = mine
+    gathered = message.new_empty(each * layout.replicas)
+    dist.all_gather_into_tensor(gathered, message, group=layout.replica_group)
+    turn = (layout.replica - index) % layout.replicas
+    for j, batch in enumerate(batches):
+        replica = (j + turn) % layout.replicas
+        length = pieces_length(batch[0][0])
+        for i, (m, _) in enumerate(batch):
+            start = replica * each + i * length
+            _finish_member(m, gathered[start:start + length])
+
+
+def pieces_length(m: "Member") -> int:
+    """Elements of a member's result on this rank: its shard, then NorMuon's second moment."""
+    return local(m.param).numel() + _state_numel(m)
+
+
+def _finish_member(m: "Member", piece: torch.Tensor) -> None:
+    n = local(m.param).numel()
+    m.finish(piece[:n].reshape(local(m.param).shape), piece[n:] if m.group["beta2"] is not None else None)
 
 
 def _agree_on_finiteness(members: List[Member]) -> None:
@@ -231,37 +290,35 @@ def _send_results(batch, results):
     return work, received, receive_splits
 
 
-def _receive_results(batch, returned) -> None:
+def _receive_results(batch, returned) -> List[torch.Tensor]:
+    """This rank's piece of each member's result (``pieces_length`` elements), in batch order."""
     work, received, splits = returned
     work.wait()
     pieces = received.split(splits)
-    for m, owner in batch:
-        piece = pieces[owner]
-        n = piece.numel() - _state_numel(m)
-        s_new = piece[n:] if m.group["beta2"] is not None else None
-        m.finish(piece[:n].reshape(local(m.param).shape), s_new)
+    return [pieces[owner] for _, owner in batch]
 
 
 def _step_local_experts(members: List[Member]) -> None:
-    """Stacks sharded on their batch axis: each rank orthogonalizes its own matrices. NorMuon's
-    second moment (one slice per matrix, whole on every rank) is all-gathered."""
-    views = [m.momentum() for m in members]
-    O = orthogonalize_group_stacks([torch.cat(views)], members[0].group)[0]
-    start = 0
-    for m, view in zip(members, views):
-        O_local, s_new = O[start:start + view.shape[0]], None
-        start += view.shape[0]
+    """Stacks sharded on their batch axis: each rank orthogonalizes its own matrices, as many at
+    a time as an owner batch holds (the group's size), so the transient memory stays that of a
+    batch. NorMuon's second moment (one slice per matrix, whole on every rank) is all-gathered."""
+    for m in members:
+        U = m.momentum()
+        chunk = m.layout.size
+        O = torch.cat([orthogonalize_group_stacks([U[i:i + chunk]], m.group)[0]
+                       for i in range(0, max(U.shape[0], 1), chunk)])  # a rank without experts: one empty call
+        s_new = None
         if m.group["beta2"] is not None:
             layout, s = m.layout, m.state["second_moment"]
             lo, hi = layout.bounds(s.shape[0], layout.place)
-            O_local, s_slice = normuon_normalize(O_local, s[lo:hi], m.group["beta2"])
-            chunk = -(-s.shape[0] // layout.size)
-            padded = s_slice.new_zeros((chunk, *s.shape[1:]))
+            O, s_slice = normuon_normalize(O, s[lo:hi], m.group["beta2"])
+            share = -(-s.shape[0] // layout.size)
+            padded = s_slice.new_zeros((share, *s.shape[1:]))
             padded[: hi - lo] = s_slice
-            gathered = padded.new_empty((chunk * layout.size, *s.shape[1:]))
+            gathered = padded.new_empty((share * layout.size, *s.shape[1:]))
             dist.all_gather_into_tensor(gathered, padded, group=layout.group)
             s_new = gathered[: s.shape[0]]
-        m.finish(O_local, s_new)
+        m.finish(O, s_new)
 
 
 def _start_length(bounds: Tuple[int, int], layout: Layout, shape) -> Tuple[int, int]:
