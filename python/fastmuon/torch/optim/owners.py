@@ -8,8 +8,9 @@ each rank its shard of the result (with NorMuon's new second moment, kept whole 
 A rank sends and receives 2 (W - 1) / W^2 of the weights, not the (W - 1) / W (1 + 1 / W) of
 gathering every matrix to every rank, and holds two batches at a time, not the model. The next
 batch's exchange is started before the owner orthogonalizes the current one.
-Stacks sharded on their batch axis (3-D MoE experts on ``Shard(0)``) hold whole matrices: they
-are orthogonalized where they are, with no exchange.
+Under HSDP the replicas split the work: rounds of one batch per replica, then one all-gather of
+the results' shards over the replica group. Stacks sharded on their batch axis (3-D MoE experts
+on ``Shard(0)``) hold whole matrices: they are orthogonalized where they are, with no exchange.
 A gradient counts as finite only if every shard is: one all-reduce per process group per step.
 """
 
@@ -164,10 +165,10 @@ def owner_step(members: List[Member]) -> None:
         for start in range(0, len(batches), layout.replicas):
             rounds.append((batches[start:start + layout.replicas], (layout.replica - turn) % layout.replicas))
         rotation["replicas", id(layout.replica_group)] = (turn + len(batches)) % layout.replicas
-    mine = [batches[index] if index < len(batches) else None for batches, index in rounds]
+    mine = [batches[index] if index < len(batches) else None for batches, index in rounds]  # this replica's
     sent = _send_to_owners(mine[0]) if mine and mine[0] else None
     returning = None
-    for index, (batches, _) in enumerate(rounds):
+    for index in range(len(rounds)):
         ahead = mine[index + 1] if index + 1 < len(rounds) else None
         upcoming = _send_to_owners(ahead) if ahead else None
         results = _orthogonalize_owned(mine[index], sent) if mine[index] else None
@@ -186,7 +187,8 @@ def _finish_round(round_, returned) -> None:
     replica orthogonalizes still commits its momentum here."""
     batches, index = round_
     pieces = _receive_results(batches[index], returned) if returned is not None else []
-    layout = batches[0][0][0].layout
+    first = batches[0][0][0]
+    layout = first.layout
     if layout.replicas == 1:
         for (m, _), piece in zip(batches[0], pieces):
             _finish_member(m, piece)
@@ -195,8 +197,8 @@ def _finish_round(round_, returned) -> None:
         if j != index:
             for m, _ in batch:
                 m.momentum()
-    each = max(len(batch) for batch in batches) * pieces_length(batches[0][0][0])
-    message = torch.zeros(each, dtype=batches[0][0][0].param.dtype, device=local(batches[0][0][0].param).device)
+    each = max(len(batch) for batch in batches) * _piece_length(first)  # the round's batches share a shape
+    message = torch.zeros(each, dtype=first.param.dtype, device=local(first.param).device)
     if pieces:
         mine = torch.cat(pieces)
         message[: mine.numel()] = mine
@@ -205,18 +207,18 @@ def _finish_round(round_, returned) -> None:
     turn = (layout.replica - index) % layout.replicas
     for j, batch in enumerate(batches):
         replica = (j + turn) % layout.replicas
-        length = pieces_length(batch[0][0])
+        length = _piece_length(batch[0][0])
         for i, (m, _) in enumerate(batch):
             start = replica * each + i * length
             _finish_member(m, gathered[start:start + length])
 
 
-def pieces_length(m: "Member") -> int:
+def _piece_length(m: Member) -> int:
     """Elements of a member's result on this rank: its shard, then NorMuon's second moment."""
     return local(m.param).numel() + _state_numel(m)
 
 
-def _finish_member(m: "Member", piece: torch.Tensor) -> None:
+def _finish_member(m: Member, piece: torch.Tensor) -> None:
     n = local(m.param).numel()
     m.finish(piece[:n].reshape(local(m.param).shape), piece[n:] if m.group["beta2"] is not None else None)
 
