@@ -120,12 +120,27 @@ def _worker(rank, port, out, dtype):
             routes = {r.name: r.why for r in opt.explain()}
         opt.step()
     result = {"weights": {name: p.full_tensor().detach().double() for name, p in params.items()},
-              "calls": dict(calls), "routes": routes}
+              "calls": dict(calls), "routes": routes, "refused": _permuted_mesh_error()}
     torch.save(result, f"{out}.rank{rank}")
     dist.barrier()  # every rank past its last collective; then end without gloo's teardown (test_torch_fsdp)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _permuted_mesh_error() -> str:
+    """A mesh listing its ranks out of order, on which DTensor itself shards inconsistently: the
+    step refuses it on every rank (none is left waiting in a collective)."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    p = torch.nn.Parameter(distribute_tensor(torch.ones(8, 4), DeviceMesh("cpu", [2, 0, 3, 1]), [Shard(0)]))
+    p.grad = torch.ones_like(p)
+    try:
+        Muon([p]).step()
+    except ValueError as error:
+        return str(error)
+    return ""
 
 
 def _free_port() -> int:
@@ -171,6 +186,11 @@ def test_explain_names_each_layouts_path(runs):
             assert "no exchange" in why, name
         else:
             assert "owner all-to-all" in why, name
+
+
+def test_a_mesh_listing_ranks_out_of_order_is_refused_by_name(runs):
+    for got in runs[torch.float32]:
+        assert "out of increasing order" in got["refused"] and "(8, 4)" in got["refused"]
 
 
 def test_collectives_per_step(runs):

@@ -106,7 +106,23 @@ def mesh_group(p: torch.Tensor):
     mesh = p.device_mesh
     if mesh.ndim != 1:
         return None
-    return mesh.get_group(), mesh.get_local_rank(), mesh.size()
+    return mesh.get_group(), mesh_place(p, 0), mesh.size()
+
+
+def mesh_place(p: torch.Tensor, mesh_dim: int) -> int:
+    """This rank's coordinate on ``mesh_dim`` of ``p``'s mesh, which collectives over that
+    dimension's group must see as the rank's group rank. A mesh that lists a dimension's ranks
+    out of increasing order breaks that, and DTensor itself then shards wrongly (torch 2.13,
+    gloo: ``DeviceMesh("cpu", [2, 0, 3, 1])`` gives ``full_tensor()`` other than the tensor
+    distributed), so it is refused."""
+    mesh = p.device_mesh
+    lines = mesh.mesh.movedim(mesh_dim, -1).reshape(-1, mesh.size(mesh_dim))  # the same verdict on every rank
+    if not bool((lines[:, 1:] > lines[:, :-1]).all()):
+        raise ValueError(f"a sharded parameter of shape {tuple(p.shape)} is on a device mesh whose dimension "
+                         f"{mesh_dim} lists its ranks out of increasing order ({mesh.mesh.tolist()}); DTensor does "
+                         "not shard such a mesh consistently, so it is refused: list each dimension's ranks "
+                         "in increasing order")
+    return mesh.get_local_rank(mesh_dim)
 
 
 def all_ranks(flag: torch.Tensor, group=None) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
-from .base import local
+from .base import local, mesh_place
 from .local import apply_update, orthogonalize_group_stacks
 from .pipeline import orthogonalize_key
 
@@ -80,9 +80,8 @@ def owner_layout(p: torch.Tensor) -> Optional[Layout]:
     replicas = {}
     if len(replicated) == 1:  # HSDP: the replicas split the owners' work
         r = replicated[0]
-        replicas = dict(replica_group=mesh.get_group(r), replica=mesh.get_local_rank(r), replicas=mesh.size(r))
-    layout = Layout(mesh.get_group(mesh_dim), mesh.get_local_rank(mesh_dim), mesh.size(mesh_dim), dim, axis[dim],
-                    **replicas)
+        replicas = dict(replica_group=mesh.get_group(r), replica=mesh_place(p, r), replicas=mesh.size(r))
+    layout = Layout(mesh.get_group(mesh_dim), mesh_place(p, mesh_dim), mesh.size(mesh_dim), dim, axis[dim], **replicas)
     if tuple(local(p).shape) != layout.local_shape(p.shape, layout.place):
         return None  # a layout other than DTensor's Shard chunking: gathered instead
     return layout
