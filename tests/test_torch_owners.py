@@ -1,7 +1,7 @@
 """Sharded (DTensor) parameters on 4 gloo processes, laid out every way a cluster job lays them
 out: the whole world's mesh, the sub-meshes of a 2 x 2 mesh (TP x DP, pipeline stages), HSDP
-(Replicate x Shard), 2-D Shard x Shard; Shard on rows, columns, a stack's matrices and a conv
-weight's channels; uneven and empty shards; bf16; Muon and NorMuon; parameters of several meshes
+(Replicate x Shard), 2-D Shard x Shard (FSDP x TP); Shard on rows, columns, a stack's matrices
+and a conv weight's channels; uneven and empty shards; bf16; Muon and NorMuon; parameters of several meshes
 in one optimizer. After a few steps every rank's weights equal one process's within the fp32
 floor, and the step issues at most two collectives per same-shape batch plus one finiteness
 reduction per process group."""
@@ -50,9 +50,12 @@ LAYOUTS = [
     ("hsdp_same_a", (6, 8), "2d", ("R", "S0")),  # three of a shape: two batches, one per replica
     ("hsdp_same_b", (6, 8), "2d", ("R", "S0")),
     ("hsdp_same_c", (6, 8), "2d", ("R", "S0")),
-    ("fsdp_tp", (10, 12), "2d", ("S0", "S1")),  # gathered whole
+    ("fsdp_tp", (10, 12), "2d", ("S0", "S1")),  # a mesh of every rank: exchanged over the world
+    ("tp_fsdp", (9, 11), "2d", ("S1", "S0")),
+    ("fsdp_tp_stack", (2, 7, 6), "2d", ("S2", "S1")),
+    ("fsdp_tp_experts", (4, 6, 5), "2d", ("S0", "S1")),  # experts split twice: gathered whole
 ]
-NORMUON = {"rows", "cols", "experts", "conv_in", "dp_cols", "tp_experts", "hsdp_rows", "conv_kernel"}
+NORMUON = {"rows", "cols", "experts", "conv_in", "dp_cols", "tp_experts", "hsdp_rows", "conv_kernel", "tp_fsdp"}
 
 
 def start_values(dtype):
@@ -180,7 +183,7 @@ def test_explain_names_each_layouts_path(runs):
                          names))
     for name, *_ in LAYOUTS:
         why = routes[by_layout[name]]
-        if name in ("conv_kernel", "fsdp_tp"):
+        if name in ("conv_kernel", "fsdp_tp_experts"):
             assert "gathered whole" in why, name
         elif name in ("experts", "tp_experts"):
             assert "no exchange" in why, name
@@ -194,16 +197,18 @@ def test_a_mesh_listing_ranks_out_of_order_is_refused_by_name(runs):
 
 
 def test_collectives_per_step(runs):
-    """Owner batches (same shape, dtype, options, group and axis; W per batch): world: rows 1,
-    rows_empty 1, cols 1, same_a-e 2 (5 matrices), same_f 1, stack_rows 1, stack_cols 1, conv_out
-    1, conv_in 1 = 10; dp 2, tp 1: 13 batches on every rank. HSDP: 4 batches (hsdp_rows, hsdp_cols,
-    hsdp_same 2) in 3 rounds, shared between the 2 replicas: 2 on rank 0's; one all-gather over
-    the replicas per round. Two all-to-alls per batch. Finiteness: one all-reduce per group
-    (world, dp, tp; HSDP's shard group is tp's). NorMuon experts: one all-gather of the second
-    moment each (2). The gather path (conv_kernel, fsdp_tp) keeps its own collectives."""
+    """Owner batches (same shape, dtype, options, group and split axes; W per batch): world:
+    rows 1, rows_empty 1, cols 1, same_a-e 2 (5 matrices), same_f 1, stack_rows 1, stack_cols 1,
+    conv_out 1, conv_in 1, and the 2-D shardings exchanged over the world fsdp_tp 1, tp_fsdp 1,
+    fsdp_tp_stack 1 = 13; dp 2, tp 1: 16 batches on every rank. HSDP: 4 batches (hsdp_rows,
+    hsdp_cols, hsdp_same 2) in 3 rounds, shared between the 2 replicas: 2 on rank 0's; one
+    all-gather over the replicas per round. Two all-to-alls per batch. Finiteness: one
+    all-reduce per group (world, dp, tp; HSDP's shard group is tp's). NorMuon experts: one
+    all-gather of the second moment each (2). The gather path (conv_kernel, fsdp_tp_experts)
+    keeps its own collectives."""
     calls = runs[torch.float32][0]["calls"]
-    assert calls["all_to_all_single"] == 2 * (13 + 2)
+    assert calls["all_to_all_single"] == 2 * (16 + 2)
     owner_reductions = 3
-    gather_path = 2  # conv_kernel (1-D mesh) and fsdp_tp (2-D mesh): one finiteness all-reduce each
+    gather_path = 1 + 2  # finiteness over conv_kernel's 1-D mesh, and fsdp_tp_experts' 2-D mesh a dimension at a time
     assert calls["all_reduce"] == owner_reductions + gather_path
     assert calls["all_gather_into_tensor"] == 3 + 2

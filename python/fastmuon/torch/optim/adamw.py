@@ -10,7 +10,7 @@ import torch
 
 from ..functional import adamw_update, adamw_update_lists_, all_finite
 from ..orthogonalize import dtype_name
-from .base import adamw_betas, all_ranks, is_dtensor, local, mesh_group
+from .base import adamw_betas, is_dtensor, local, on_every_shard
 from .pipeline import foreach_refusal
 
 
@@ -58,9 +58,8 @@ def adamw_step(group: dict, state) -> None:
         # on the gradient is every shard's.
         W, grad, exp_avg, exp_avg_sq = (local(t) for t in (p.detach(), grad, p_state["exp_avg"],
                                                              p_state["exp_avg_sq"]))
-        if is_dtensor(p):  # every shard's verdict, over the parameter's own mesh (or the world)
-            mesh = mesh_group(p)
-            finite = all_ranks(torch.isfinite(grad).all(), None if mesh is None else mesh[0])
+        if is_dtensor(p):  # every shard's verdict, over the parameter's own mesh
+            finite = on_every_shard(torch.isfinite(grad).all(), p)
         else:
             finite = torch.isfinite(grad).all()
         G = torch.where(finite, grad.to(W.dtype), 0.0)

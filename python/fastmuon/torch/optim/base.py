@@ -133,6 +133,16 @@ def all_ranks(flag: torch.Tensor, group=None) -> torch.Tensor:
     return value.bool()
 
 
+def on_every_shard(flag: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``flag`` (0-D bool) reduced over the ranks of DTensor ``p``'s mesh, one dimension's group
+    at a time (the minimum over each line is the minimum over the mesh), never over ranks
+    outside it (another pipeline stage)."""
+    mesh = p.device_mesh
+    for d in range(mesh.ndim):
+        flag = all_ranks(flag, mesh.get_group(d))
+    return flag
+
+
 def _counters_as_ints(optimizer: Optimizer, state_dict: dict) -> dict:
     state_dict["state"] = {
         key: {**state, "skipped_steps": int(state["skipped_steps"])} if "skipped_steps" in state else state

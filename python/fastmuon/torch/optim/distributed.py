@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
-from .base import all_ranks, local, mesh_group
+from .base import local, mesh_group, on_every_shard
 from .local import Pending, apply_update, momentum_phase, orthogonalize_group_stacks, update_phase
 from .owners import BATCH_AXIS, owner_members, owner_stacks, owner_step
 from .pipeline import orthogonalize_key
@@ -139,7 +139,7 @@ def gather_step(groups: List[dict], state) -> None:
             p_state = state[p]
             grad, M = local(p.grad), local(p_state["momentum_buffer"])
             mesh = mesh_group(p)
-            ok = all_ranks(torch.isfinite(grad).all(), None if mesh is None else mesh[0])
+            ok = on_every_shard(torch.isfinite(grad).all(), p)
             U = muon_momentum_(M, grad, ok, group["momentum"], group["nesterov"])
             U_full = DTensor.from_local(U, p.device_mesh, p.placements, shape=p.shape, stride=p.stride(),
                                         run_check=False).full_tensor()
@@ -187,7 +187,7 @@ def distributed_stacks(strategy, groups, state):
     stacks = []
     for members in owner_stacks(owned).values():
         layout = members[0].layout
-        if layout.axis == BATCH_AXIS:
+        if layout.axes == (BATCH_AXIS,):
             n = sum(local(m.param).shape[0] for m in members)
             how = "a stack sharded on its matrices: each rank orthogonalizes its own, no exchange"
         else:

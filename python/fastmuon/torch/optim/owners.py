@@ -16,6 +16,7 @@ A gradient counts as finite only if every shard is: one all-reduce per process g
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -33,55 +34,96 @@ BATCH_AXIS, ROW_AXIS, COL_AXIS = 0, 1, 2
 
 
 @dataclass(frozen=True)
+class Split:
+    """One sharded mesh dimension: the tensor dimension it splits, into how many chunks, and the
+    axis of the matrix view (batch, rows, cols) that dimension is."""
+
+    dim: int
+    parts: int
+    axis: int
+
+
+@dataclass(frozen=True)
 class Layout:
-    """Where a parameter's local shard sits: the process group of its sharded mesh dimension,
-    this rank's place in it and its size, the sharded tensor dimension, and the axis of the
-    matrix view (batch, rows, cols) that dimension splits."""
+    """Where a parameter's shards sit: the process group the exchange runs over, this rank's
+    place (group rank) in it and its size, the splits, and each place's chunk on every split."""
 
     group: object
     place: int
     size: int
-    dim: int
-    axis: int
+    splits: Tuple[Split, ...]
+    chunks: Tuple[Tuple[int, ...], ...]
     replica_group: object = None  # HSDP: the group of this rank's replicas (same shard place)
     replica: int = 0
     replicas: int = 1
 
-    def bounds(self, n: int, place: int) -> Tuple[int, int]:
-        """[lo, hi) of ``place``'s chunk of ``n`` along the sharded dimension, as DTensor's
-        ``Shard`` chunks (torch.chunk: ceil(n / size) each, the last ones shorter or empty)."""
-        chunk = -(-n // self.size)
-        lo = min(n, place * chunk)
+    @property
+    def axes(self) -> Tuple[int, ...]:
+        return tuple(split.axis for split in self.splits)
+
+    def bounds(self, n: int, place: int, k: int = 0) -> Tuple[int, int]:
+        """[lo, hi) of ``place``'s chunk of ``n`` on split ``k``, as DTensor's ``Shard`` chunks
+        (torch.chunk: ceil(n / parts) each, the last ones shorter or empty)."""
+        chunk = -(-n // self.splits[k].parts)
+        lo = min(n, self.chunks[place][k] * chunk)
         return lo, min(n, lo + chunk)
 
     def local_shape(self, shape: torch.Size, place: int) -> Tuple[int, ...]:
-        lo, hi = self.bounds(shape[self.dim], place)
-        return tuple(hi - lo if d == self.dim else n for d, n in enumerate(shape))
+        local_shape = list(shape)
+        for k, split in enumerate(self.splits):
+            lo, hi = self.bounds(shape[split.dim], place, k)
+            local_shape[split.dim] = hi - lo
+        return tuple(local_shape)
+
+    def block(self, shape: torch.Size, place: int) -> Tuple[slice, slice, slice]:
+        """``place``'s shard as an index into the whole matrix view (a 4-D weight's in-channels
+        are blocks of kh * kw columns)."""
+        index = [slice(None)] * 3
+        for k, split in enumerate(self.splits):
+            lo, hi = self.bounds(shape[split.dim], place, k)
+            inner = int(torch.Size(shape[split.dim + 1:]).numel()) if len(shape) == 4 and split.dim == 1 else 1
+            index[split.axis] = slice(lo * inner, hi * inner)
+        return tuple(index)
 
 
 def owner_layout(p: torch.Tensor) -> Optional[Layout]:
     """The layout of a DTensor the owner strategy takes, or None (it then takes the gather
-    strategy of ``distributed.sharded_step``): exactly one mesh dimension ``Shard(d)``, the others
-    ``Replicate()``, and ``d`` a whole axis of the matrix view (rows or cols of a 2-D weight, any
-    axis of a 3-D stack, out or in of a 4-D conv weight)."""
+    strategy of ``distributed.sharded_step``). Taken: ``Shard(d)`` on one mesh dimension, the
+    others ``Replicate()`` (exchanged over that dimension's group, with HSDP's replicas splitting
+    the work); or ``Shard`` on every dimension of a mesh that holds every rank, on distinct
+    dimensions (2-D FSDP x TP: exchanged over the world). Each ``d`` must be a whole axis of the
+    matrix view: rows or cols of a 2-D weight, any axis of a 3-D stack (its matrices on a 1-D
+    sharding only), out or in of a 4-D conv weight."""
     from torch.distributed.tensor import Replicate, Shard
 
-    placements = list(p.placements)
+    mesh, placements = p.device_mesh, list(p.placements)
     sharded = [i for i, placement in enumerate(placements) if not isinstance(placement, Replicate)]
-    if len(sharded) != 1 or type(placements[sharded[0]]) is not Shard:  # not Partial, _StridedShard
+    if not sharded or any(type(placements[i]) is not Shard for i in sharded):  # not Partial, _StridedShard
         return None
-    mesh_dim = sharded[0]
-    dim = placements[mesh_dim].dim % p.ndim
-    axis = {2: (ROW_AXIS, COL_AXIS), 3: (BATCH_AXIS, ROW_AXIS, COL_AXIS), 4: (ROW_AXIS, COL_AXIS)}[p.ndim]
-    if dim >= len(axis):  # a conv kernel's spatial dimensions split columns into strided pieces
+    axis_of = {2: (ROW_AXIS, COL_AXIS), 3: (BATCH_AXIS, ROW_AXIS, COL_AXIS), 4: (ROW_AXIS, COL_AXIS)}[p.ndim]
+    dims = [placements[i].dim % p.ndim for i in sharded]
+    if max(dims) >= len(axis_of) or len(set(dims)) != len(dims):  # a conv kernel's spatial dims; nested chunks
         return None
-    mesh = p.device_mesh
-    replicated = [i for i in range(mesh.ndim) if i != mesh_dim and mesh.size(i) > 1]
-    replicas = {}
-    if len(replicated) == 1:  # HSDP: the replicas split the owners' work
-        r = replicated[0]
-        replicas = dict(replica_group=mesh.get_group(r), replica=mesh_place(p, r), replicas=mesh.size(r))
-    layout = Layout(mesh.get_group(mesh_dim), mesh_place(p, mesh_dim), mesh.size(mesh_dim), dim, axis[dim], **replicas)
+    splits = tuple(Split(d, mesh.size(i), axis_of[d]) for i, d in zip(sharded, dims))
+    places = [mesh_place(p, i) for i in range(mesh.ndim)]  # refuses a mesh listing ranks out of order
+    if len(sharded) == 1:
+        replicated = [i for i in range(mesh.ndim) if i != sharded[0] and mesh.size(i) > 1]
+        replicas = {}
+        if len(replicated) == 1:  # HSDP: the replicas split the owners' work
+            r = replicated[0]
+            replicas = dict(replica_group=mesh.get_group(r), replica=places[r], replicas=mesh.size(r))
+        layout = Layout(mesh.get_group(sharded[0]), places[sharded[0]], splits[0].parts, splits,
+                        tuple((c,) for c in range(splits[0].parts)), **replicas)
+    else:
+        if BATCH_AXIS in (split.axis for split in splits) or len(sharded) != mesh.ndim:
+            return None
+        world = dist.get_world_size()
+        if mesh.mesh.numel() != world:
+            return None  # a mesh of part of the world: no group spans it
+        chunks = [()] * world
+        for coordinate in itertools.product(*(range(n) for n in mesh.mesh.shape)):
+            chunks[int(mesh.mesh[coordinate])] = coordinate
+        layout = Layout(dist.group.WORLD, dist.get_rank(), world, splits, tuple(chunks))
     if tuple(local(p).shape) != layout.local_shape(p.shape, layout.place):
         return None  # a layout other than DTensor's Shard chunking: gathered instead
     return layout
@@ -138,7 +180,7 @@ def owner_stacks(members: List[Member]) -> Dict[tuple, List[Member]]:
     for m in members:
         _, rows, cols = matrix_view(m.param.shape)
         key = (rows, cols, m.param.dtype, *orthogonalize_key(m.group), m.group["beta2"] is None,
-               id(m.layout.group), m.layout.axis)
+               id(m.layout.group), m.layout.axes)
         stacks[key].append(m)
     return stacks
 
@@ -149,7 +191,7 @@ def owner_step(members: List[Member]) -> None:
     rounds, rotation = [], defaultdict(int)
     for members_of_stack in owner_stacks(members).values():
         layout = members_of_stack[0].layout
-        if layout.axis == BATCH_AXIS:
+        if layout.axes == (BATCH_AXIS,):
             _step_local_experts(members_of_stack)
             continue
         size, first = layout.size, rotation[id(layout.group)]
@@ -261,15 +303,14 @@ def _orthogonalize_owned(batch, sent):
     if mine is None:
         return None
     layout, shape = mine.layout, mine.param.shape
-    shards = [piece.reshape(matrix_view(layout.local_shape(shape, s)))
-              for s, piece in enumerate(received.split(splits))]
-    U = torch.cat(shards, dim=layout.axis)
+    U = received.new_empty(matrix_view(shape))
+    for s, piece in enumerate(received.split(splits)):
+        U[layout.block(shape, s)] = piece.reshape(matrix_view(layout.local_shape(shape, s)))
     O = orthogonalize_group_stacks([U], mine.group)[0]
     s_new = None
     if mine.group["beta2"] is not None:
         O, s_new = normuon_normalize(O, mine.state["second_moment"], mine.group["beta2"])
-    return [O.narrow(layout.axis, *_start_length(layout.bounds(shape[layout.dim], s), layout, shape))
-            for s in range(layout.size)], s_new
+    return [O[layout.block(shape, s)] for s in range(layout.size)], s_new
 
 
 def _send_results(batch, results):
@@ -320,14 +361,6 @@ def _step_local_experts(members: List[Member]) -> None:
             dist.all_gather_into_tensor(gathered, padded, group=layout.group)
             s_new = gathered[: s.shape[0]]
         m.finish(O, s_new)
-
-
-def _start_length(bounds: Tuple[int, int], layout: Layout, shape) -> Tuple[int, int]:
-    """``bounds`` along the sharded tensor dimension as (start, length) on the matrix view's
-    axis (a 4-D weight's in-channels are blocks of kh * kw columns)."""
-    lo, hi = bounds
-    inner = int(torch.Size(shape[layout.dim + 1:]).numel()) if len(shape) == 4 and layout.dim == 1 else 1
-    return lo * inner, (hi - lo) * inner
 
 
 def _numel(shape) -> int:
