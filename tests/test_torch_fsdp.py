@@ -244,3 +244,57 @@ def test_dcp_resume_on_another_world_size_is_bitwise(tmp_path):
     saved, loaded = torch.load(tmp_path / "save.pt"), torch.load(tmp_path / "load.pt")
     for a, b in zip(saved, loaded):
         assert torch.equal(a, b)
+
+
+def _tp_model():
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(12, 16, bias=False), nn.GELU(), nn.Linear(16, 12, bias=False))
+
+
+def _tp_worker(rank, world, port, out):
+    """torch's own tensor parallelism (ColwiseParallel, RowwiseParallel on "tp") under FSDP2 on
+    "dp" of a 2 x 2 mesh: 2-D placements, (_StridedShard(0), Shard(0)) and (Shard(0), Shard(1))."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                      OPENBLAS_NUM_THREADS="1")
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    from fastmuon.torch import Muon
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    model = parallelize_module(_tp_model(), mesh["tp"], {"0": ColwiseParallel(), "2": RowwiseParallel()})
+    fully_shard(model, mesh=mesh["dp"])
+    opt = Muon(model.parameters(), lr=0.05, weight_decay=0.1)
+    _mixed_steps(model, opt)
+    routes = [r.why for r in opt.explain()]
+    torch.save({"weights": [p.full_tensor().detach() for p in model.parameters()], "routes": routes,
+                "placements": [str(p.placements) for p in model.parameters()]}, f"{out}.rank{rank}")
+    dist.barrier()  # then end as _worker does
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def test_tensor_parallel_under_fsdp2_equals_one_process(tmp_path):
+    """A model parallelized by torch's own TP API and then sharded by FSDP2 steps as one process
+    does, on every rank (same fp32 bound as above)."""
+    from fastmuon.torch import Muon
+
+    out = tmp_path / "tp.pt"
+    mp.spawn(_tp_worker, args=(4, _free_port(), str(out)), nprocs=4, join=True)
+    expected = {}
+    for dtype in (torch.float64, torch.float32):
+        model = _tp_model().to(dtype)
+        _mixed_steps(model, Muon(model.parameters(), lr=0.05, weight_decay=0.1, ns_dtype=dtype))
+        expected[dtype] = [p.detach().double() for p in model.parameters()]
+    for rank in range(4):
+        got = torch.load(f"{out}.rank{rank}")
+        for w, exact, plain in zip(got["weights"], expected[torch.float64], expected[torch.float32]):
+            bound = 4 * (plain - exact).abs().max() + 4 * 2.0**-24 * exact.abs().max()
+            assert (w.double() - exact).abs().max() <= bound, (rank, got["placements"])
+    # RowwiseParallel's (Shard(0), Shard(1)) is exchanged by its owner; ColwiseParallel's
+    # FSDP-over-TP (_StridedShard(0), Shard(0)) is gathered whole
+    paths = sorted(why.split("(")[1].split(":")[0] for why in got["routes"])
+    assert paths == ["gathered whole", "owner all-to-all over a group of 4 ranks"]

@@ -198,5 +198,6 @@ def distributed_stacks(strategy, groups, state):
     for members in gathered_stacks(rest).values():
         n = sum(matrix_view(p.shape)[0] for p, _ in members)
         stacks.append((members, n, "gathered whole: placements the owner all-to-all does not take "
-                                   "(more than one Shard, or a conv kernel sharded on a spatial dimension)"))
+                                   "(_StridedShard or Partial, 2-D on a mesh of part of the world, a stack "
+                                   "split twice, a conv kernel's spatial dimension)"))
     return stacks

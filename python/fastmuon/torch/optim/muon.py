@@ -66,7 +66,9 @@ class _MuonFamily(CheckedOptimizer):
                     raise RuntimeError(f"Muon does not support complex parameters: "
                                        f"{param_name(group, i, index)} is {p.dtype}")
                 grad = p.grad
-                if grad is not None and not grad.is_sparse and local(grad).numel() and local(grad).data_ptr() == local(p).data_ptr():
+                shares_memory = grad is not None and not grad.is_sparse and local(grad).numel() and (
+                    local(grad).data_ptr() == local(p).data_ptr())  # an empty shard's data_ptr is 0
+                if shares_memory:
                     raise ValueError(f"the gradient of {param_name(group, i, index)} is its weight's own memory "
                                      "(p.grad = p.data?); the step would update one through the other")
                 if (p.grad is None and not (group["use_muon"] and data_parallel)) or self.state.get(p):
