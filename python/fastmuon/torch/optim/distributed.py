@@ -198,6 +198,6 @@ def distributed_stacks(strategy, groups, state):
     for members in gathered_stacks(rest).values():
         n = sum(matrix_view(p.shape)[0] for p, _ in members)
         stacks.append((members, n, "gathered whole: placements the owner all-to-all does not take "
-                                   "(_StridedShard or Partial, 2-D on a mesh of part of the world, a stack "
-                                   "split twice, a conv kernel's spatial dimension)"))
+                                   "(Partial, other strided shardings, 2-D on a mesh of part of the world, a "
+                                   "stack split twice, a conv kernel's spatial dimension)"))
     return stacks

@@ -35,18 +35,20 @@ BATCH_AXIS, ROW_AXIS, COL_AXIS = 0, 1, 2
 
 @dataclass(frozen=True)
 class Split:
-    """One sharded mesh dimension: the tensor dimension it splits, into how many chunks, and the
-    axis of the matrix view (batch, rows, cols) that dimension is."""
+    """One sharded mesh dimension: the tensor dimension it splits, into how many chunks, the
+    axis of the matrix view (batch, rows, cols) that dimension is, and where a place's chunk
+    number on it sits in ``Layout.chunks``. Splits of one tensor dimension nest, outer first."""
 
     dim: int
     parts: int
     axis: int
+    index: int = 0
 
 
 @dataclass(frozen=True)
 class Layout:
     """Where a parameter's shards sit: the process group the exchange runs over, this rank's
-    place (group rank) in it and its size, the splits, and each place's chunk on every split."""
+    place (group rank) in it and its size, the splits, and each place's chunk numbers."""
 
     group: object
     place: int
@@ -61,26 +63,31 @@ class Layout:
     def axes(self) -> Tuple[int, ...]:
         return tuple(split.axis for split in self.splits)
 
-    def bounds(self, n: int, place: int, k: int = 0) -> Tuple[int, int]:
-        """[lo, hi) of ``place``'s chunk of ``n`` on split ``k``, as DTensor's ``Shard`` chunks
-        (torch.chunk: ceil(n / parts) each, the last ones shorter or empty)."""
-        chunk = -(-n // self.splits[k].parts)
-        lo = min(n, self.chunks[place][k] * chunk)
-        return lo, min(n, lo + chunk)
+    def bounds(self, n: int, place: int, dim: int) -> Tuple[int, int]:
+        """[lo, hi) of ``place``'s rows of tensor dimension ``dim`` (``n`` long), as DTensor's
+        ``Shard`` chunks them (torch.chunk: ceil(n / parts) each, the last ones shorter or
+        empty), chunk within chunk where splits nest."""
+        lo, hi = 0, n
+        for split in self.splits:
+            if split.dim == dim:
+                chunk = -(-(hi - lo) // split.parts)
+                lo, hi = min(hi, lo + self.chunks[place][split.index] * chunk), hi
+                hi = min(hi, lo + chunk)
+        return lo, hi
 
     def local_shape(self, shape: torch.Size, place: int) -> Tuple[int, ...]:
         local_shape = list(shape)
-        for k, split in enumerate(self.splits):
-            lo, hi = self.bounds(shape[split.dim], place, k)
-            local_shape[split.dim] = hi - lo
+        for dim in {split.dim for split in self.splits}:
+            lo, hi = self.bounds(shape[dim], place, dim)
+            local_shape[dim] = hi - lo
         return tuple(local_shape)
 
     def block(self, shape: torch.Size, place: int) -> Tuple[slice, slice, slice]:
         """``place``'s shard as an index into the whole matrix view (a 4-D weight's in-channels
         are blocks of kh * kw columns)."""
         index = [slice(None)] * 3
-        for k, split in enumerate(self.splits):
-            lo, hi = self.bounds(shape[split.dim], place, k)
+        for split in self.splits:
+            lo, hi = self.bounds(shape[split.dim], place, split.dim)
             inner = int(torch.Size(shape[split.dim + 1:]).numel()) if len(shape) == 4 and split.dim == 1 else 1
             index[split.axis] = slice(lo * inner, hi * inner)
         return tuple(index)
@@ -90,36 +97,41 @@ def owner_layout(p: torch.Tensor) -> Optional[Layout]:
     """The layout of a DTensor the owner strategy takes, or None (it then takes the gather
     strategy of ``distributed.sharded_step``). Taken: ``Shard(d)`` on one mesh dimension, the
     others ``Replicate()`` (exchanged over that dimension's group, with HSDP's replicas splitting
-    the work); or ``Shard`` on every dimension of a mesh that holds every rank, on distinct
-    dimensions (2-D FSDP x TP: exchanged over the world). Each ``d`` must be a whole axis of the
-    matrix view: rows or cols of a 2-D weight, any axis of a 3-D stack (its matrices on a 1-D
-    sharding only), out or in of a 4-D conv weight."""
+    the work); or ``Shard`` on every dimension of a mesh that holds every rank (2-D FSDP x TP,
+    exchanged over the world), also twice on one dimension and FSDP's ``_StridedShard`` over
+    tensor parallelism's ``Shard``. Each ``d`` must be a whole axis of the matrix view: rows or
+    cols of a 2-D weight, any axis of a 3-D stack (its matrices on a 1-D sharding only), out or
+    in of a 4-D conv weight."""
     from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
 
     mesh, placements = p.device_mesh, list(p.placements)
     sharded = [i for i, placement in enumerate(placements) if not isinstance(placement, Replicate)]
-    if not sharded or any(type(placements[i]) is not Shard for i in sharded):  # not Partial, _StridedShard
+    if not sharded or any(type(placements[i]) not in (Shard, _StridedShard) for i in sharded):  # not Partial
         return None
     axis_of = {2: (ROW_AXIS, COL_AXIS), 3: (BATCH_AXIS, ROW_AXIS, COL_AXIS), 4: (ROW_AXIS, COL_AXIS)}[p.ndim]
-    dims = [placements[i].dim % p.ndim for i in sharded]
-    if max(dims) >= len(axis_of) or len(set(dims)) != len(dims):  # a conv kernel's spatial dims; nested chunks
+    dims = {i: placements[i].dim % p.ndim for i in sharded}
+    if max(dims.values()) >= len(axis_of):  # a conv kernel's spatial dimensions split columns into strided pieces
         return None
-    splits = tuple(Split(d, mesh.size(i), axis_of[d]) for i, d in zip(sharded, dims))
+    order = _nesting_order(mesh, placements, sharded, dims)
+    if order is None:
+        return None
     places = [mesh_place(p, i) for i in range(mesh.ndim)]  # refuses a mesh listing ranks out of order
     if len(sharded) == 1:
-        replicated = [i for i in range(mesh.ndim) if i != sharded[0] and mesh.size(i) > 1]
+        i = sharded[0]
+        split = Split(dims[i], mesh.size(i), axis_of[dims[i]])
+        replicated = [r for r in range(mesh.ndim) if r != i and mesh.size(r) > 1]
         replicas = {}
         if len(replicated) == 1:  # HSDP: the replicas split the owners' work
             r = replicated[0]
             replicas = dict(replica_group=mesh.get_group(r), replica=places[r], replicas=mesh.size(r))
-        layout = Layout(mesh.get_group(sharded[0]), places[sharded[0]], splits[0].parts, splits,
-                        tuple((c,) for c in range(splits[0].parts)), **replicas)
+        layout = Layout(mesh.get_group(i), places[i], split.parts, (split,),
+                        tuple((c,) for c in range(split.parts)), **replicas)
     else:
-        if BATCH_AXIS in (split.axis for split in splits) or len(sharded) != mesh.ndim:
-            return None
+        splits = tuple(Split(dims[i], mesh.size(i), axis_of[dims[i]], i) for i in order)
         world = dist.get_world_size()
-        if mesh.mesh.numel() != world:
-            return None  # a mesh of part of the world: no group spans it
+        if BATCH_AXIS in (split.axis for split in splits) or len(sharded) != mesh.ndim or mesh.mesh.numel() != world:
+            return None  # experts split twice; a mesh of part of the world (no group spans it)
         chunks = [()] * world
         for coordinate in itertools.product(*(range(n) for n in mesh.mesh.shape)):
             chunks[int(mesh.mesh[coordinate])] = coordinate
@@ -127,6 +139,21 @@ def owner_layout(p: torch.Tensor) -> Optional[Layout]:
     if tuple(local(p).shape) != layout.local_shape(p.shape, layout.place):
         return None  # a layout other than DTensor's Shard chunking: gathered instead
     return layout
+
+
+def _nesting_order(mesh, placements, sharded, dims) -> Optional[List[int]]:
+    """The sharded mesh dimensions, outer split first: mesh order, but a ``_StridedShard`` (FSDP
+    over a tensor-parallel ``Shard`` of the same dimension, split_factor its size) goes inside
+    the ``Shard`` it strides over. None for any other strided layout."""
+    order = [i for i in sharded if type(placements[i]).__name__ != "_StridedShard"]
+    for i in sharded:
+        if i in order:
+            continue
+        over = [j for j in order if j > i and dims[j] == dims[i]]
+        if len(over) != 1 or placements[i].split_factor != mesh.size(over[0]):
+            return None
+        order.insert(order.index(over[0]) + 1, i)
+    return order
 
 
 @dataclass
@@ -352,7 +379,7 @@ def _step_local_experts(members: List[Member]) -> None:
         s_new = None
         if m.group["beta2"] is not None:
             layout, s = m.layout, m.state["second_moment"]
-            lo, hi = layout.bounds(s.shape[0], layout.place)
+            lo, hi = layout.bounds(s.shape[0], layout.place, 0)
             O, s_slice = normuon_normalize(O, s[lo:hi], m.group["beta2"])
             share = -(-s.shape[0] // layout.size)
             padded = s_slice.new_zeros((share, *s.shape[1:]))
