@@ -16,7 +16,14 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.fastmuon-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc metal python -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: test demo install clean
+.PHONY: help test demo install clean
+
+help:
+	@echo "make test     set up .venv (if missing), build and install fastmuon with its test extras, run the tests"
+	@echo "make demo     the same set-up, then the quick benchmark and the training demo (bench/out/)"
+	@echo "make install  only the set-up"
+	@echo "make clean    remove the build tree, the venv, dist/ and bench/out/"
+	@echo "Options: PYTHON=python3.12, TORCH_INDEX=\"--index-url https://download.pytorch.org/whl/cpu\""
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,4 +45,4 @@ demo: $(STAMP)
 	PYTHONPATH=bench $(PY) -m demo --json bench/out/demo.json --plot bench/out/demo_loss.png
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) dist bench/out
