@@ -20,8 +20,11 @@ that :func:`kernel_plan` builds from a :class:`fastmuon.plan.Plan` (read by key 
 Both are imported lazily, on first use, and the outcome is cached. A missing
 or broken build never breaks ``import fastmuon``: the accessors raise
 :class:`NativeExtensionMissing` (an ``ImportError``) with a build hint, and the
-``*_available()`` helpers return ``False``. This module imports neither torch
-nor mlx at import time.
+``*_available()`` helpers return ``False``; the first failure also warns
+(:class:`NativeFallbackWarning`), since ``backend="auto"`` then runs the reference path
+(a missing mlx, for the MLX extension, is a torch-only install: no warning). An MLX other than
+the one ``fastmuon._mlx_ext`` was built against is named before the extension is loaded.
+This module imports neither torch nor mlx at import time.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import contextlib
 import importlib
 import os
 import threading
+import warnings
 from types import ModuleType
 from typing import Any, Dict
 
@@ -37,6 +41,7 @@ from .plan import GRAM_RESTART_EVERY, Plan
 
 __all__ = [
     "NativeExtensionMissing",
+    "NativeFallbackWarning",
     "blas_available",
     "blas_module",
     "kernel_plan",
@@ -96,6 +101,32 @@ class NativeExtensionMissing(ImportError):
     """A compiled fastmuon extension could not be imported."""
 
 
+class NativeFallbackWarning(RuntimeWarning):
+    """A compiled extension that is installed failed to load, so ``backend="auto"`` runs the
+    reference path (warned once per process and extension)."""
+
+
+def _built_against_mlx() -> str | None:
+    """The MLX version ``fastmuon._mlx_ext`` was built against (written by CMakeLists.txt into
+    ``fastmuon/_mlx_ext_build.py``), or None where it is unknown (a source tree without a build)."""
+    try:
+        return importlib.import_module("fastmuon._mlx_ext_build").MLX_VERSION
+    except ImportError:
+        return None
+
+
+def _mlx_version_mismatch() -> str | None:
+    """Why ``fastmuon._mlx_ext`` cannot work with the installed MLX, or None."""
+    import mlx.core as mx
+
+    built = _built_against_mlx()
+    if built is None or built == mx.__version__:
+        return None
+    return (f"fastmuon._mlx_ext was built against MLX {built} but MLX {mx.__version__} is installed; libmlx has "
+            f"no stable ABI, so the two must match: install mlx=={built} (pip install 'fastmuon[mlx]'), or "
+            "rebuild fastmuon against the installed MLX (pip install --no-binary fastmuon --force-reinstall fastmuon)")
+
+
 _lock = threading.RLock()
 # name -> imported module or the NativeExtensionMissing raised for it
 _cache: dict[str, ModuleType | NativeExtensionMissing] = {}
@@ -127,6 +158,9 @@ def _import(
             )
             err.__cause__ = exc
             return err
+    mismatch = _mlx_version_mismatch() if name == "_mlx_ext" else None
+    if mismatch is not None:
+        return _fallback(NativeExtensionMissing(mismatch))
     try:
         with _short_blas_spin():
             return importlib.import_module(f"fastmuon.{name}")
@@ -136,7 +170,13 @@ def _import(
             f"({type(exc).__name__}: {exc}). {_BUILD_HINT}"
         )
         err.__cause__ = exc
-        return err
+        return _fallback(err)
+
+
+def _fallback(err: NativeExtensionMissing) -> NativeExtensionMissing:
+    """Warn (once: the outcome is cached) that ``backend="auto"`` will not find this extension."""
+    warnings.warn(f"{err} Until then backend=\"auto\" runs the reference path.", NativeFallbackWarning, stacklevel=5)
+    return err
 
 
 def blas_module() -> ModuleType:

@@ -6,6 +6,14 @@ reference / native / metal_backend (the backends), ops, functional (update rules
 optimizers), routing, schedules.
 """
 
+try:
+    import mlx.core  # noqa: F401  (checked first, for the hint)
+except ImportError as error:
+    raise ImportError(
+        "fastmuon.mlx needs MLX, which failed to import: pip install 'fastmuon[mlx]' "
+        "(mlx[cpu] on Linux, mlx on macOS, at the version fastmuon pins)"
+    ) from error
+
 from .ops import ba_plus_caa, xxt
 from .optim import (
     Muon,

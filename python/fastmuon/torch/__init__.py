@@ -8,6 +8,14 @@ triton_backend (the backends), ops, functional (update rules), optim (the optimi
 schedules.
 """
 
+try:
+    import torch  # noqa: F401  (checked first, for the hint)
+except ImportError as error:
+    raise ImportError(
+        "fastmuon.torch needs PyTorch, which failed to import: pip install 'fastmuon[torch]' "
+        "(for a CPU-only torch, first: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+    ) from error
+
 from .ops import ba_plus_caa, xxt
 from .optim import Muon, MuonWithAdamW, NorMuon, Route, SignSGD
 from .orthogonalize import BACKENDS, orthogonalize

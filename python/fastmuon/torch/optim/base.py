@@ -5,7 +5,7 @@ the DTensor helpers of the distributed strategies."""
 from __future__ import annotations
 
 import sys
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,10 @@ from ...rules import check_adamw_eps, check_adamw_options, check_hyperparameters
 from ..orthogonalize import BACKENDS
 
 __all__ = ["IMPLS", "CheckedOptimizer", "param_name", "check_lr", "check_muon_group", "check_adamw_group"]
+
+
+# A float, or a 0-D floating Tensor that a scheduler changes in place (no recompiles under torch.compile)
+LearningRate = Union[float, torch.Tensor]
 
 
 def check_lr(lr, what: str = "lr") -> None:

@@ -28,7 +28,8 @@ from ...rules import ADAMW_DEFAULTS, NORMUON_BETA2, check_adamw_options, matrix_
 from ..functional import all_finite
 from ..orthogonalize import dtype_name, resolve_compute_dtype
 from .adamw import adamw_impl, adamw_step
-from .base import CheckedOptimizer, check_adamw_group, check_lr, check_muon_group, is_dtensor, local, param_name
+from .base import (CheckedOptimizer, LearningRate, check_adamw_group, check_lr, check_muon_group, is_dtensor, local,
+                   param_name)
 from .distributed import distributed_stacks, replicated_step, sharded_step
 from .local import run_batch
 from .pipeline import chunk_backend, plan_local_step, stack_backend
@@ -278,7 +279,7 @@ class Muon(_MuonFamily):
     def __init__(
         self,
         params,
-        lr: float = MUON_DEFAULTS["lr"],
+        lr: LearningRate = MUON_DEFAULTS["lr"],
         weight_decay: float = MUON_DEFAULTS["weight_decay"],
         momentum: float = MUON_DEFAULTS["momentum"],
         nesterov: bool = MUON_DEFAULTS["nesterov"],
@@ -409,7 +410,8 @@ class NorMuon(Muon):
     as :class:`Muon`.
     """
 
-    def __init__(self, params, lr: float = MUON_DEFAULTS["lr"], *, beta2: float = NORMUON_BETA2, **options) -> None:
+    def __init__(self, params, lr: LearningRate = MUON_DEFAULTS["lr"], *, beta2: float = NORMUON_BETA2,
+                 **options) -> None:
         if beta2 is None:  # None would silently make this plain Muon
             raise ValueError("beta2 must be in [0, 1), got None")
         self._beta2 = beta2
@@ -433,9 +435,9 @@ class MuonWithAdamW(_MuonFamily):
     def __init__(
         self,
         param_groups,
-        lr: float = MUON_DEFAULTS["lr"],
+        lr: LearningRate = MUON_DEFAULTS["lr"],
         *,
-        adamw_lr: float = ADAMW_DEFAULTS["lr"],
+        adamw_lr: LearningRate = ADAMW_DEFAULTS["lr"],
         adamw_betas: Tuple[float, float] = ADAMW_DEFAULTS["betas"],
         adamw_eps: float = ADAMW_DEFAULTS["eps"],
         adamw_weight_decay: float = ADAMW_DEFAULTS["weight_decay"],

@@ -6,7 +6,7 @@ import torch
 
 from ...rules import check_hyperparameters
 from ..functional import rows_touched, signsgd_update
-from .base import CheckedOptimizer, check_lr
+from .base import CheckedOptimizer, LearningRate, check_lr
 
 __all__ = ["SignSGD"]
 
@@ -27,7 +27,7 @@ class SignSGD(CheckedOptimizer):
     tensor ops, no device sync). The caller's gradients are never modified.
     """
 
-    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.1, sparse: bool = False) -> None:
+    def __init__(self, params, lr: LearningRate = 1e-2, weight_decay: float = 0.1, sparse: bool = False) -> None:
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, sparse=bool(sparse)))
 
     def _check_group(self, group: dict, index: int) -> None:
