@@ -13,14 +13,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+TRITON_SPEC ?= triton>=3.2
 STAMP := $(VENV)/.fastmuon-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc metal python -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: help test demo install clean
+.PHONY: help test test-triton demo install clean
 
 help:
 	@echo "make test     set up .venv (if missing), build and install fastmuon with its test extras, run the tests"
 	@echo "make demo     the same set-up, then the quick benchmark and the training demo (bench/out/)"
+	@echo "make test-triton  the Triton kernels' tests on the CPU (TRITON_INTERPRET=1): installs triton (~1 GB) into .venv"
 	@echo "make install  only the set-up"
 	@echo "make clean    remove the build tree, the venv, dist/ and bench/out/"
 	@echo "Options: PYTHON=python3.12, TORCH_INDEX=\"--index-url https://download.pytorch.org/whl/cpu\""
@@ -38,6 +40,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	FASTMUON_REQUIRE_NATIVE=1 $(PY) -m pytest -q
+
+# Triton is not part of the torch extra (CPU torch has no use for it; CUDA torch brings its own),
+# so the CPU venv of `make test` lacks it and tests/test_triton.py skips; this target adds it.
+test-triton: $(STAMP)
+	$(PIP) install --quiet "$(TRITON_SPEC)"
+	$(PY) -m pytest -q tests/test_triton.py
 
 demo: $(STAMP)
 	$(PY) -m fastmuon bench --quick

@@ -33,7 +33,7 @@ torch = pytest.importorskip("torch")
 ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'fastmuon[torch]')")
+triton = pytest.importorskip("triton", reason="triton is not installed (make test-triton adds it; CUDA torch brings it)")
 import triton.language as tl  # noqa: E402
 import torch.utils._python_dispatch  # noqa: E402
 
