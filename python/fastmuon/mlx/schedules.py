@@ -1,16 +1,17 @@
 """Learning-rate schedules as MLX callables (step array -> learning-rate array).
 
-They are built from mx ops only, so an optimizer evaluates them inside ``mx.compile``d steps
-without a host sync. The formulas are those of ``fastmuon.schedules`` (pure Python), which also
+They are MLX's own schedules (``mlx.optimizers.join_schedules`` of ``linear_schedule`` and
+``cosine_decay``), so an optimizer evaluates them inside ``mx.compile``d steps without a host
+sync. The formulas are those of ``fastmuon.schedules`` (pure Python), which also
 validates the arguments, so both frameworks accept and reject the same settings.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import mlx.core as mx
+import mlx.optimizers as optim
 
 from .. import schedules as _pure
 
@@ -26,14 +27,8 @@ def warmup_cosine(
     update uses step 0 (lr 0 when there is a warm-up), as ``torch.optim.lr_scheduler.LambdaLR`` does.
     """
     _pure.warmup_cosine(0, base_lr=base_lr, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio)
-    base_lr, min_ratio = float(base_lr), float(min_ratio)
-    warmup, decay = int(warmup_steps), int(total_steps) - int(warmup_steps)
-
-    def schedule(step) -> mx.array:
-        t = mx.array(step).astype(mx.float32)
-        warm = base_lr * t / max(warmup, 1)
-        progress = mx.clip((t - warmup) / decay, 0.0, 1.0)
-        cosine = base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + mx.cos(math.pi * progress)))
-        return mx.where(t < warmup, warm, cosine)
-
-    return schedule
+    base_lr, warmup = float(base_lr), int(warmup_steps)
+    cosine = optim.cosine_decay(base_lr, int(total_steps) - warmup, end=float(min_ratio) * base_lr)
+    if warmup == 0:
+        return cosine
+    return optim.join_schedules([optim.linear_schedule(0.0, base_lr, warmup), cosine], [warmup])

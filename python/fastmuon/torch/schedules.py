@@ -21,6 +21,9 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int, min
     Call ``scheduler.step()`` after each ``optimizer.step()``; the first step uses multiplier 0
     when there is a warm-up, as in ``fastmuon.mlx.warmup_cosine``.
     """
+    # A LambdaLR, not SequentialLR(LinearLR, CosineAnnealingLR): LinearLR cannot start at 0
+    # (start_factor > 0), and CosineAnnealingLR's eta_min is one absolute lr for every group, where
+    # Muon and AdamW groups need min_ratio of their own lr.
     multiplier = partial(_pure.warmup_cosine, base_lr=1.0, warmup_steps=warmup_steps, total_steps=total_steps,
                          min_ratio=min_ratio)
     multiplier(0)  # validates the arguments now, not at the first step
