@@ -25,13 +25,11 @@ def test_a_framework_module_without_its_framework_names_the_extra(framework, blo
 
 
 @pytest.fixture
-def fresh_loader(monkeypatch):
-    """The loader's cache emptied for the test and restored after it."""
-    saved = dict(native._cache)
-    native._cache.clear()
+def fresh_loader():
+    """The loader's cache emptied for the test and after it (the next use imports again)."""
+    native._import.cache_clear()
     yield
-    native._cache.clear()
-    native._cache.update(saved)
+    native._import.cache_clear()
 
 
 def test_a_broken_extension_warns_once_and_auto_falls_back(fresh_loader, monkeypatch):

@@ -30,9 +30,9 @@ This module imports neither torch nor mlx at import time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
-import threading
 import warnings
 from types import ModuleType
 from typing import Any, Dict
@@ -127,24 +127,16 @@ def _mlx_version_mismatch() -> str | None:
             "rebuild fastmuon against the installed MLX (pip install --no-binary fastmuon --force-reinstall fastmuon)")
 
 
-_lock = threading.RLock()
-# name -> imported module or the NativeExtensionMissing raised for it
-_cache: dict[str, ModuleType | NativeExtensionMissing] = {}
-
-
 def _load(name: str, prerequisite: str | None, missing_prereq_hint: str) -> ModuleType:
-    with _lock:
-        cached = _cache.get(name)
-        if cached is None:
-            cached = _import(name, prerequisite, missing_prereq_hint)
-            _cache[name] = cached
-    if isinstance(cached, NativeExtensionMissing):
+    outcome = _import(name, prerequisite, missing_prereq_hint)
+    if isinstance(outcome, NativeExtensionMissing):
         # A fresh instance per raise: re-raising the cached one would keep
         # growing its traceback.
-        raise NativeExtensionMissing(str(cached)) from cached.__cause__
-    return cached
+        raise NativeExtensionMissing(str(outcome)) from outcome.__cause__
+    return outcome
 
 
+@functools.cache  # one import attempt (and one warning) per extension and process
 def _import(
     name: str, prerequisite: str | None, missing_prereq_hint: str
 ) -> ModuleType | NativeExtensionMissing:
