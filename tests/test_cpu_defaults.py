@@ -5,6 +5,7 @@ iteration that torch.optim.Muon runs."""
 from __future__ import annotations
 
 import importlib
+import sys
 
 import numpy as np
 import pytest
@@ -32,13 +33,23 @@ def bf16_cpu(monkeypatch):
     "flags, expected",
     [({"avx2", "avx512_bf16"}, True), ({"amx_bf16", "amx_tile"}, True), ({"avx2", "avx512f"}, False), (set(), False)],
 )
-def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, flags, expected):
+def test_bf16_units_are_read_from_the_cpu_flags_without_torch(monkeypatch, flags, expected):
     monkeypatch.delenv("FASTMUON_CPU_BF16", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in an MLX-only process
     monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
     assert cpu.has_fast_bf16_matmul() is expected
     assert ("CPU compute dtype: bf16" in cpu.describe()) is expected
     monkeypatch.setenv("FASTMUON_CPU_BF16", "0" if expected else "1")  # the override wins
     assert cpu.has_fast_bf16_matmul() is not expected
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_with_torch_loaded_its_own_detection_answers(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.delenv("FASTMUON_CPU_BF16", raising=False)
+    monkeypatch.setattr(cpu, "cpu_flags", frozenset)  # the kernel's flags say nothing: torch answers
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu.has_fast_bf16_matmul() is expected
 
 
 def test_default_compute_dtype_follows_the_hardware(monkeypatch):

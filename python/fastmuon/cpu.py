@@ -14,6 +14,7 @@ import functools
 import os
 import platform
 import re
+import sys
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -31,10 +32,15 @@ def cpu_flags() -> frozenset:
 
 def has_fast_bf16_matmul() -> bool:
     """Whether this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16), or what
-    ``FASTMUON_CPU_BF16`` says."""
+    ``FASTMUON_CPU_BF16`` says. torch's own detection (cpuinfo, on every OS) answers when torch
+    is loaded, the only framework whose CPU path computes in bf16; the kernel's flags (Linux)
+    otherwise, e.g. for a benchmark header."""
     forced = os.environ.get("FASTMUON_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
+    torch_cpu = getattr(sys.modules.get("torch"), "cpu", None)
+    if hasattr(torch_cpu, "_is_avx512_bf16_supported") and hasattr(torch_cpu, "_is_amx_tile_supported"):
+        return bool(torch_cpu._is_avx512_bf16_supported() or torch_cpu._is_amx_tile_supported())
     return any(flag in cpu_flags() for flag in BF16_FLAGS)
 
 
