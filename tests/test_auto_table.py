@@ -69,6 +69,7 @@ def test_auto_takes_triton_only_where_the_table_says(monkeypatch):
     entries = auto_table.entries_from_rows(_rows((12, 768, 3072), 1.0, 1.5))
     monkeypatch.setattr(auto_table, "TRITON_FASTER", entries)
     monkeypatch.setattr(ortho, "cuda_device_name", lambda device: GPU)
+    monkeypatch.setattr(ortho, "_TRITON_FOUND", True)  # as on a CUDA machine (its torch brings triton)
     bf16 = torch.bfloat16
     assert ortho.select_backend("auto", _fake_cuda(12, 768, 3072), bf16) == "triton"
     assert ortho.select_backend("auto", _fake_cuda(3, 4, 3072, 768), bf16) == "triton"  # batch 12, tall
