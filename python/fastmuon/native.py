@@ -64,7 +64,10 @@ OPENBLAS_SPIN_CYCLES = 20
 @contextlib.contextmanager
 def _short_blas_spin():
     """OPENBLAS_THREAD_TIMEOUT set while our OpenBLAS loads, and restored after, so that it
-    reaches only that library (not, say, numpy's OpenBLAS, should it load later)."""
+    reaches only that library (not, say, numpy's OpenBLAS, should it load later). Kept by hand:
+    OpenBLAS reads the spin only from the environment, at load, so threadpoolctl (which sets
+    thread counts of loaded libraries) cannot set it; the thread counts themselves are set per
+    call by the kernels (``fastmuon.threads``)."""
     if "OPENBLAS_THREAD_TIMEOUT" in os.environ:
         yield
         return
