@@ -9,10 +9,11 @@
   zeros standing in for a missing gradient, so no rank can deadlock; a parameter is updated only
   if every rank had a finite gradient for it (otherwise it is skipped everywhere).
 * ``sharded_step`` (DTensor parameters: FSDP2's fully_shard, HSDP, tensor parallel): momentum,
-  state and update stay on each rank's shard. A parameter with one ``Shard`` placement takes the
-  owner strategy (``owners.py``: all-to-all to and from one owner per matrix); others (2-D
-  shardings such as FSDP x TP, a conv kernel sharded on a spatial dimension) are gathered whole to
-  every rank to orthogonalize.
+  state and update stay on each rank's shard. The placements ``owners.owner_layout`` takes (one
+  ``Shard``; FSDP x TP on a mesh of every rank) take the owner strategy (``owners.py``:
+  all-to-all to and from one owner per matrix); the others (``Partial``, a 2-D sharding on part
+  of the world, a conv kernel sharded on a spatial dimension, ...) are gathered whole to every
+  rank (``gather_step``).
 """
 
 from __future__ import annotations
@@ -124,12 +125,12 @@ def sharded_step(groups: List[dict], state) -> None:
 
 
 def gather_step(groups: List[dict], state) -> None:
-    """Each matrix's U is gathered (one all-gather, O(parameters)
-    per step), and on a 1-D mesh the matrix's owner, place (j + k) mod size in its mesh for
+    """The fallback for placements the owner strategy does not take. Each matrix's U is gathered
+    (one all-gather, O(parameters) per step), and on a 1-D mesh the matrix's owner, place (j + k) mod size in its mesh for
     matrix j of stack k, orthogonalizes it (same-shape matrices batched) and scatters the
     result's shards back (``distribute_tensor`` from the owner). On other meshes every rank
     orthogonalizes every matrix and keeps its shard. A gradient counts as finite only if every
-    shard is (reduced over the parameter's mesh); NorMuon's second moment (one value per row or
+    shard is (reduced over the parameter's mesh, a dimension at a time); NorMuon's second moment (one value per row or
     column) is kept whole on every rank."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
