@@ -84,9 +84,10 @@ def test_a_budget_leaves_out_whole_methods_never_shapes():
     elapsed = time.perf_counter() - start
     measured = shapes_by_method(rows)
     assert all(shapes == TINY_BLOCK for shapes in measured.values())  # each method on every shape
-    assert list(measured) == list(bench.METHODS[: len(measured)]) and 1 <= len(measured) < len(bench.METHODS)
-    skipped = bench.METHODS[len(measured):]
-    assert [line.split(" ")[0] for line in left_out] == list(skipped)
+    assert next(iter(measured)) == bench.METHODS[0] and 1 <= len(measured) < len(bench.METHODS)
+    # each later method is judged on its own: a cheaper one (aol, 4 steps) may fit after one that did not
+    skipped = [line.split(" ")[0] for line in left_out]
+    assert sorted([*measured, *skipped], key=bench.METHODS.index) == list(bench.METHODS)
     assert elapsed <= 1.5 * budget, (elapsed, left_out)
 
 
@@ -215,9 +216,12 @@ def test_quick_bench_fills_every_block_row(frameworks, capsys, monkeypatch):
     assert set(totals) == block_providers  # every provider and method, nothing left out for time
     cases = table_cases(out)
     assert all(cases[key] == shapes for key in block_providers)
-    for seconds_cell, ratio_cell, polar_err_cell in totals.values():
+    for seconds_cell, ratio_cell, polar_err_cell in totals.values():  # every cell a number
         float(seconds_cell), float(polar_err_cell)
-        assert ratio_cell == "-" if "torch" not in frameworks else float(ratio_cell) > 0
+        if "torch" in frameworks:
+            float(ratio_cell)
+        else:
+            assert ratio_cell == "-"  # no baseline without torch
     slow = {p.name for p in provs if p.slow}
     assert all(cases[(p.name, p.method)] == ["32x32"] for p in provs if p.slow)
     assert ("measured on some shapes only" in out) == bool(slow)
