@@ -1,7 +1,10 @@
 """``python -m fastmuon <command>``: the command-line tools that ship with the package."""
 
 import argparse
+import importlib
 import sys
+
+from . import __version__
 
 COMMANDS = {
     "bench": (
@@ -12,23 +15,31 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fastmuon",
         description="fastmuon: fast, tested Muon-family optimizers for PyTorch and MLX.",
         epilog="The training demo lives in the source tree: make demo.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="command")
+    parser.add_argument("--version", action="version", version=f"fastmuon {__version__}")
+    # argparse itself refuses an unknown or missing command (usage, the known commands, exit 2)
+    commands = parser.add_subparsers(dest="command", required=True)
     for name, (_, summary) in COMMANDS.items():
+        # no -h here: each command's own parser answers its --help
         commands.add_parser(name, help=summary, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        asked = bool(argv) and argv[0] in ("-h", "--help")
-        parser.print_help(sys.stdout if asked else sys.stderr)
-        return 0 if asked else 2
-    import importlib
+    return parser
 
-    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+
+def main(argv=None) -> int:
+    # A command's options are its own module's business: everything after the command's name
+    # goes to that module's main(argv) untouched.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = make_parser()
+    args, command_argv = parser.parse_known_args(argv)
+    before_command = argv[: argv.index(args.command)]  # the top level takes no option with a value
+    if before_command:
+        parser.error(f"unrecognized arguments: {' '.join(before_command)}")
+    return importlib.import_module(COMMANDS[args.command][0]).main(command_argv)
 
 
 if __name__ == "__main__":

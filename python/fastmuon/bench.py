@@ -2,7 +2,9 @@
 
 ``python -m fastmuon bench [--quick]`` prints the summary table; ``bench/bench_orthogonalize.py``
 runs the same measurement on more providers and shapes and appends the rows (with machine,
-versions and date) to ``bench/results/``.
+versions and date) to ``bench/results/``. The helpers live next door: ``bench_timing`` (providers,
+medians), ``bench_report`` (tables, progress, JSON lines), ``bench_ops`` (single ops); they are
+imported here too, so that ``from fastmuon import bench`` reaches them all.
 
 Times are medians over a few runs after one warm-up. Errors are measured against the float64
 SVD polar factor U V^T of the input: ``polar_err`` = ||O - U V^T||_2 and ``orth_err`` =
@@ -14,38 +16,41 @@ time, not work. This machine is noisy: compare ratios within one run.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.util
-import json
-import os
 import platform
+import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import cpu, threads
+from . import threads
+from .bench_ops import op_flops, op_main  # noqa: F401
+from .bench_report import (  # noqa: F401
+    Progress,
+    append_results,
+    compute_dtype_line,
+    dtype_name,
+    environment,
+    format_table,
+    format_totals,
+    machine_line,
+    progress_bar,
+)
+from .bench_timing import (  # noqa: F401
+    FRAMEWORKS,
+    Provider,
+    installed_frameworks,
+    interleaved_times,
+    median_time,
+    sgemm_gflops,
+)
+from .coefficients import JORDAN_NEWTON_SCHULZ
 from .flops import PRESET_STEPS, dense_flops, iteration_flops
 from .plan import METHODS
-from .coefficients import JORDAN_NEWTON_SCHULZ
 
 GPT2_SMALL_BLOCK = ((2304, 768), (768, 768), (3072, 768), (768, 3072))
 BASELINE = "torch/ns_addmm_fp32"
-
-
-@dataclass
-class Provider:
-    name: str  # "framework/backend"
-    method: str
-    make_input: Callable[[np.ndarray], Any]
-    run: Callable[[Any], Any]  # returns an evaluated result
-    to_numpy: Callable[[Any], np.ndarray]
-    slow: bool = False  # skipped for all but the square shape in --quick runs
-
-    @property
-    def steps(self) -> int:
-        return PRESET_STEPS.get(self.method, 5)
+QUICK_BUDGET = 60.0  # seconds, --quick's default
 
 
 def torch_newton_schulz_addmm(G, steps: int = 5):
@@ -82,11 +87,16 @@ def torch_all_bf16_iteration(G, plan):
     return (X.mT if tall else X).float()
 
 
-def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]] = None) -> List[Provider]:
-    """Every installed framework x backend x method, plus the torch baseline."""
+def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]] = None,
+              frameworks: Optional[Sequence[str]] = None) -> List[Provider]:
+    """Every framework (of ``frameworks``, default: the installed ones) x backend x method, plus
+    the torch baseline, each with the compute dtype its framework chooses by default."""
     from .native import blas_available, mlx_ext_available
 
-    def framework_providers(framework, native_built, orthogonalize, make_input, to_numpy, evaluate, slow_reference):
+    frameworks = installed_frameworks() if frameworks is None else frameworks
+
+    def framework_providers(framework, native_built, orthogonalize, make_input, to_numpy, evaluate, slow_reference,
+                            default_dtype):
         for backend in ["reference"] + (["native"] if native_built else []):
             if backends is not None and backend not in backends:
                 continue
@@ -99,22 +109,27 @@ def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]
                                                                           backend=b)),
                     to_numpy,
                     slow=slow_reference and backend == "reference",
+                    compute_dtype=lambda shape, m=method, b=backend: dtype_name(default_dtype(b, m, shape)),
                 )
 
     out: List[Provider] = []
-    if importlib.util.find_spec("torch") is not None:
+    if "torch" in frameworks:
         import torch
 
         from .torch import orthogonalize as torch_orth
+        from .torch.orthogonalize import resolve_compute_dtype as torch_dtype
 
         to_np = lambda O: O.double().numpy()  # noqa: E731
-        out.append(Provider(BASELINE, "newton_schulz", torch.from_numpy, torch_newton_schulz_addmm, to_np))
+        out.append(Provider(BASELINE, "newton_schulz", torch.from_numpy, torch_newton_schulz_addmm, to_np,
+                            compute_dtype=lambda shape: "fp32"))
         out += framework_providers("torch", blas_available(), torch_orth, torch.from_numpy, to_np,
-                                   evaluate=lambda O: O, slow_reference=False)
-    if importlib.util.find_spec("mlx") is not None:
+                                   evaluate=lambda O: O, slow_reference=False,
+                                   default_dtype=lambda b, m, shape: torch_dtype(None, b, "cpu", shape, m))
+    if "mlx" in frameworks:
         import mlx.core as mx
 
         from .mlx import orthogonalize as mlx_orth
+        from .mlx.orthogonalize import resolve_compute_dtype as mlx_dtype
 
         def evaluated(O):
             mx.eval(O)
@@ -123,56 +138,35 @@ def providers(methods: Sequence[str] = METHODS, backends: Optional[Sequence[str]
         # The Linux mlx-cpu wheel multiplies with a reference BLAS (~4 GFLOP/s).
         out += framework_providers("mlx", mlx_ext_available(), mlx_orth, mx.array,
                                    lambda O: np.array(O.astype(mx.float32), dtype=np.float64),
-                                   evaluate=evaluated, slow_reference=platform.system() == "Linux")
+                                   evaluate=evaluated, slow_reference=platform.system() == "Linux",
+                                   default_dtype=lambda b, m, shape: mlx_dtype(None, m))
     return out
 
 
-def polar_errors(G: np.ndarray, O: np.ndarray) -> Dict[str, float]:
+def polar_factor(G: np.ndarray) -> np.ndarray:
+    """U V^T of G's float64 SVD: what every provider approximates."""
     U, _, Vt = np.linalg.svd(G.astype(np.float64), full_matrices=False)
-    sigma = np.linalg.svd(O, compute_uv=False)
+    return U @ Vt
+
+
+def singular_values(A: np.ndarray) -> np.ndarray:
+    """A's singular values (ascending) from the eigenvalues of its smaller Gram matrix: 4-5x
+    faster than an SVD at the block's shapes (each row of a bench needs two), and accurate to
+    about eps * ||A||^2 / sigma, at worst 1e-8 * ||A|| for a zero one: far below the 4 decimals
+    the tables show."""
+    A = np.asarray(A, dtype=np.float64)
+    A = A if A.shape[0] >= A.shape[1] else A.T
+    return np.sqrt(np.clip(np.linalg.eigvalsh(A.T @ A), 0.0, None))
+
+
+def polar_errors(G: np.ndarray, O: np.ndarray, polar: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """``polar_err`` = ||O - U V^T||_2 and ``orth_err`` = max |sigma_i(O) - 1|; ``polar`` is
+    ``polar_factor(G)`` when the caller already has it."""
+    P = polar_factor(G) if polar is None else polar
     return {
-        "polar_err": float(np.linalg.norm(O - U @ Vt, ord=2)),
-        "orth_err": float(np.max(np.abs(sigma - 1.0))),
+        "polar_err": float(singular_values(O - P)[-1]),
+        "orth_err": float(np.max(np.abs(singular_values(O) - 1.0))),
     }
-
-
-def median_time(fn: Callable[[], Any], repeats: int):
-    """(median seconds over ``repeats`` runs, the warm-up's result): ``interleaved_times`` of one
-    function."""
-    medians, results = interleaved_times({0: fn}, repeats)
-    return medians[0], results[0]
-
-
-def interleaved_times(fns: Dict[Any, Callable[[], Any]], repeats: int) -> Tuple[Dict[Any, float], Dict[Any, Any]]:
-    """(median seconds of each function over ``repeats`` runs, its warm-up call's result), the
-    functions taking turns in every repeat after one warm-up call each. Timed one after another,
-    a burst of machine noise, or threads another function left spinning, would fall on one of
-    them only, and the ratios between them with it."""
-    results = {key: fn() for key, fn in fns.items()}  # warm-up: allocations, lazy imports, state
-    times = {key: [] for key in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    return {key: float(np.median(t)) for key, t in times.items()}, results
-
-
-def sgemm_gflops(n: int = 2048, repeats: int = 5) -> Optional[float]:
-    """This machine's fp32 GEMM rate through torch (MKL/OpenBLAS), the yardstick of the 'vs
-    sgemm' column: the best of ``repeats`` runs, so that a busy moment does not shrink it."""
-    if importlib.util.find_spec("torch") is None:
-        return None
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best / 1e9
 
 
 def measure(
@@ -183,86 +177,119 @@ def measure(
     quick: bool = False,
     seed: int = 0,
     progress: bool = False,
-    budget: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
     """One row per (provider, shape), in provider order: the median of ``repeats`` runs after a
-    warm-up, the providers of a shape taking turns in every repeat (``interleaved_times``). With ``budget`` (seconds), shapes that would start after it is spent are left out; the
-    number of cases left out is in the last row's ``skipped_for_budget``."""
+    warm-up, the providers of a shape taking turns in every repeat (``interleaved_times``);
+    ``measure_in_budget`` without a budget (``quick``: see there)."""
+    return measure_in_budget(provs, shapes, None, repeats=repeats, quick=quick, seed=seed, progress=progress)[0]
+
+
+def measure_in_budget(
+    provs: Sequence[Provider],
+    shapes: Sequence[tuple] = GPT2_SMALL_BLOCK,
+    budget: Optional[float] = None,
+    *,
+    repeats: int = 3,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """(the rows of ``measure``, one line for each thing the time budget left out).
+
+    With ``budget`` (seconds), every shape is still measured, so that the block totals have all
+    of them; whole methods are left out instead. The providers run one method at a time (the
+    baseline with the first), each method on every shape, and a method starts only if its
+    predicted time, the first method's time scaled by the work, fits in what is left of the
+    budget; the first method always runs. With ``quick``, providers marked slow run on the
+    square shapes only, after the others and one case at a time, so that each can be left out
+    on its own: it runs only if ``predicted_seconds`` fits."""
+    start = time.perf_counter()
     rng = np.random.default_rng(seed)
     inputs = {shape: rng.standard_normal(shape).astype(np.float32) for shape in shapes}
-    jobs = [[p for p in provs if not (quick and p.slow and s[0] != s[1])] for s in shapes]
-    bar = progress_bar(sum(len(j) for j in jobs), progress)
-    rows = []
-    start = time.perf_counter()
-    for index, (shape, shape_provs) in enumerate(zip(shapes, jobs)):
-        if budget is not None and rows and time.perf_counter() - start > budget:  # at least one shape runs
-            rows[-1]["skipped_for_budget"] = sum(len(j) for j in jobs[index:])
-            break
-        runs = {}
-        for i, prov in enumerate(shape_provs):
-            G = prov.make_input(inputs[shape])
-            runs[i] = lambda prov=prov, G=G: prov.run(G)
-        medians, outputs = interleaved_times(runs, repeats)  # the warm-up outputs give the errors
-        for i, prov in enumerate(shape_provs):
-            seconds, O = medians[i], outputs[i]
-            row = {"provider": prov.name, "method": prov.method, "steps": prov.steps, "shape": list(shape),
-                   "seconds": seconds}
-            row["gflops"] = dense_flops(shape) / seconds / 1e9
-            row["flops_dense"], row["flops_issued"] = iteration_flops(prov.method, prov.steps, shape)
-            row.update(polar_errors(inputs[shape], prov.to_numpy(O)))
-            rows.append(row)
-            bar.update(1)
+    polars = {shape: polar_factor(G) for shape, G in inputs.items()}  # once per shape, for all its rows
+    fast = [p for p in provs if not (quick and p.slow)] or list(provs)  # none fast: the slow ones are the block
+    slow = [p for p in provs if p not in fast]
+    squares = [s for s in shapes if s[0] == s[1]]
+    bar = Progress(len(fast) * len(shapes) + len(slow) * len(squares), progress, label="bench")
+    rows: List[Dict[str, Any]] = []
+    left_out: List[str] = []
+    first = None  # (seconds, dense flops) of the first method: the yardstick of the predictions
+
+    def fits(predicted: float, what: str, cases: int) -> bool:
+        left = budget - (time.perf_counter() - start) if budget is not None else float("inf")
+        if predicted <= left:
+            return True
+        left_out.append(f"{what} (predicted {predicted:.1f} s, {max(left, 0.0):.1f} s left)")
+        bar.skip(cases)
+        return False
+
+    for group in [fast] if budget is None else method_rounds(fast):
+        work = sum(dense_flops(s, steps=p.steps) for p in group for s in shapes)
+        method = group[-1].method
+        if first is not None and not fits(first[0] * work / first[1], method, len(group) * len(shapes)):
+            continue
+        group_start = time.perf_counter()
+        for shape in shapes:
+            bar.update(0, f"{method if budget is not None else 'all methods'} on {_shape_name(shape)}")
+            rows += _measure_shape(group, shape, inputs[shape], polars[shape], repeats, bar)
+        first = first or (time.perf_counter() - group_start, work)
+    for prov in slow:
+        for shape in squares:
+            what = f"{prov.name} {prov.method} on {_shape_name(shape)}"
+            if budget is not None and not fits(predicted_seconds(prov, shape, repeats), what, 1):
+                continue
+            bar.update(0, what)
+            rows += _measure_shape([prov], shape, inputs[shape], polars[shape], repeats, bar)
     bar.close()
     rank = {(p.name, p.method): i for i, p in enumerate(provs)}
-    return sorted(rows, key=lambda r: rank[(r["provider"], r["method"])])  # stable: shapes stay in order
+    return sorted(rows, key=lambda r: rank[(r["provider"], r["method"])]), left_out  # stable: shapes stay in order
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(total: int, enabled: bool, unit: str = "case"):
-    """A tqdm bar on stderr when asked for and installed, else one that does nothing."""
-    if enabled and importlib.util.find_spec("tqdm") is not None:
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit=unit, leave=False)
-    return _NoBar()
+def method_rounds(provs: Sequence[Provider]) -> List[List[Provider]]:
+    """``provs`` grouped by method, in order of first appearance; the baseline joins the first
+    group (every ratio needs it)."""
+    baseline = [p for p in provs if p.name == BASELINE]
+    others = [p for p in provs if p.name != BASELINE]
+    rounds = [[p for p in others if p.method == m] for m in dict.fromkeys(p.method for p in others)] or [[]]
+    rounds[0] = baseline + rounds[0]
+    return [r for r in rounds if r]
 
 
-def environment() -> Dict[str, Any]:
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "system": platform.system(),
-        "processor": _cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "cpu_bf16_units": cpu.has_fast_bf16_matmul(),
-    }
-    for package in ("fastmuon", "numpy", "torch", "mlx"):
-        try:
-            from importlib.metadata import version
-
-            env[package] = version(package)
-        except Exception:  # not installed
-            env[package] = None
-    return env
+def predicted_seconds(prov: Provider, shape: tuple, repeats: int) -> float:
+    """The time of the warm-up and ``repeats`` calls of ``prov`` on ``shape``, from one call on a
+    square matrix of a quarter of the smaller side, scaled by the work (for MLX's reference at
+    768x768 on 2 cores: 4.2 s predicted, 4.3 s taken; the slow providers' rate per flop hardly
+    depends on the size)."""
+    side = max(2, min(shape) // 4)
+    X = prov.make_input(np.random.default_rng(0).standard_normal((side, side)).astype(np.float32))
+    start = time.perf_counter()
+    prov.run(X)
+    return (time.perf_counter() - start) * dense_flops(shape) / dense_flops((side, side)) * (1 + repeats)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+def _shape_name(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _measure_shape(group: Sequence[Provider], shape: tuple, G: np.ndarray, polar: np.ndarray, repeats: int,
+                   bar: Progress) -> List[Dict[str, Any]]:
+    """One row per provider of ``group`` on ``G``, the providers taking turns (``interleaved_times``)."""
+    runs = {}
+    for i, prov in enumerate(group):
+        X = prov.make_input(G)
+        runs[i] = lambda prov=prov, X=X: prov.run(X)
+    medians, outputs = interleaved_times(runs, repeats)  # the warm-up outputs give the errors
+    rows = []
+    for i, prov in enumerate(group):
+        seconds = medians[i]
+        row = {"provider": prov.name, "method": prov.method, "steps": prov.steps, "shape": list(shape),
+               "dtype": prov.compute_dtype(tuple(shape)) if prov.compute_dtype else None, "seconds": seconds,
+               "gflops": dense_flops(shape) / seconds / 1e9}
+        row["flops_dense"], row["flops_issued"] = iteration_flops(prov.method, prov.steps, shape)
+        row.update(polar_errors(G, prov.to_numpy(outputs[i]), polar))
+        rows.append(row)
+        bar.update(1)
+    return rows
 
 
 def with_ratios(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -298,199 +325,79 @@ def block_totals(rows: List[Dict[str, Any]], shapes: Sequence[tuple]) -> List[Di
     return totals
 
 
-def _common_cells(row: Dict[str, Any], peak: Optional[float], ratio_key: str, ratio_width: int):
-    """The shape, 'vs sgemm' and ratio cells of a result row. 'vs sgemm' is the dense-equivalent
-    rate over the fp32 sgemm rate: above 1 where a path does less work than a dense fp32
-    product (symmetric kernels compute half of X X^T; bf16 runs faster than fp32)."""
-    shape = "x".join(str(s) for s in row["shape"])
-    pct = f"{row['gflops'] / peak:6.2f}" if peak else f"{'-':>6s}"
-    ratio = f"{row[ratio_key]:{ratio_width}.2f}" if row.get(ratio_key) else "-".rjust(ratio_width)
-    return shape, pct, ratio
-
-
-def format_table(rows: List[Dict[str, Any]], peak: Optional[float] = None) -> str:
-    """One line per row; 'GF dense' / 'GF issued' are the preset's own work (iteration_flops),
-    in GFLOP per call: every product in full, and as issued with the symmetric kernels."""
-    head = f"{'provider':20s} {'method':14s} {'shape':>10s} {'time s':>8s} {'GFLOP/s':>8s}"
-    head += f" {'vs sgemm':>6s} {'vs base':>8s} {'GF dense':>8s} {'GF issued':>9s} {'polar_err':>9s} {'orth_err':>8s}"
-    lines = [head]
-    for r in rows:
-        shape, pct, ratio = _common_cells(r, peak, "vs_baseline", 8)
-        method = f"{r['method']} {r.get('steps', 5)}"
-        dense, issued = r.get("flops_dense"), r.get("flops_issued")
-        work = f"{dense / 1e9:8.2f} {issued / 1e9:9.2f}" if dense is not None else f"{'-':>8s} {'-':>9s}"
-        lines.append(
-            f"{r['provider']:20s} {method:14s} {shape:>10s} {r['seconds']:8.3f} "
-            f"{r['gflops']:8.1f} {pct} {ratio} {work} {r['polar_err']:9.4f} {r['orth_err']:8.4f}"
-        )
-    return "\n".join(lines)
-
-
-def format_totals(totals: List[Dict[str, Any]]) -> str:
-    lines = [f"{'provider':20s} {'method':14s} {'block s':>8s} {'vs base':>8s} {'polar_err':>9s}"]
-    for t in totals:
-        ratio = f"{t['vs_baseline']:8.2f}" if t.get("vs_baseline") else f"{'-':>8s}"
-        lines.append(f"{t['provider']:20s} {t['method']:14s} {t['seconds']:8.3f} {ratio} {t['polar_err']:9.4f}")
-    return "\n".join(lines)
-
-
-def append_results(path: str, rows: List[Dict[str, Any]], env: Dict[str, Any]) -> None:
-    """Append one JSON line per row, each carrying the environment of the run."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        for r in rows:
-            f.write(json.dumps({**env, **r}) + "\n")
+def parse_shape(text: str) -> Tuple[int, int]:
+    """'768x3072' -> (768, 3072)."""
+    try:
+        shape = tuple(int(n) for n in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape ROWSxCOLS such as 768x3072")
+    return shape
 
 
 def main(argv=None) -> int:
+    started = time.perf_counter()  # the budget counts the whole command: imports, sgemm, printing
     parser = argparse.ArgumentParser(
         prog="python -m fastmuon bench",
         description="Time and error of every orthogonalization method and backend on one "
         "GPT-2-small block, against a fp32 Newton-Schulz with addmm.",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="one timed run per case, MLX's slow reference on the square shape only, and a time "
-                        "budget (about 1 minute on a quiet 2-core machine)")
+                        help=f"one timed run per case, MLX's slow reference (Linux) on square shapes only, and a "
+                        f"time budget of {QUICK_BUDGET:.0f} s")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                        help="start no case after this many seconds (default: 60 with --quick, none otherwise)")
+                        help="about how long the whole command may take: methods predicted not to fit are left "
+                        "out, each on every shape, the first never (default: "
+                        f"{QUICK_BUDGET:.0f} with --quick, none otherwise)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=None,
+                        help="measure only these (default: every installed one)")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(GPT2_SMALL_BLOCK), metavar="ROWSxCOLS",
+                        help="the matrices of the block (default: GPT-2 small's, "
+                        f"{' '.join(_shape_name(s) for s in GPT2_SMALL_BLOCK)})")
     parser.add_argument("--json", metavar="PATH", help="append the rows as JSON lines to PATH")
     args = parser.parse_args(argv)
-    provs = providers(args.methods)
+    frameworks = args.frameworks or installed_frameworks()
+    missing = [name for name in frameworks if name not in installed_frameworks()]
+    if missing:
+        parser.error(f"{missing[0]} is not installed: pip install 'fastmuon[{missing[0]}]'")
+    provs = providers(args.methods, frameworks=frameworks)
     if not provs:
-        print("no framework installed: pip install 'fastmuon[torch]' or 'fastmuon[mlx]'")
+        print("no framework installed: pip install 'fastmuon[torch]' or 'fastmuon[mlx]'", file=sys.stderr)
         return 1
-    budget = args.budget if args.budget is not None else (60.0 if args.quick else None)
-    rows = with_ratios(measure(provs, repeats=1 if args.quick else 3, quick=args.quick, progress=True,
-                               budget=budget))
-    skipped = sum(r.get("skipped_for_budget", 0) for r in rows)
-    if skipped:
-        print(f"time budget of {budget:.0f} s spent: {skipped} cases left out (--budget to change it)")
-    peak = sgemm_gflops()
+    budget = args.budget if args.budget is not None else (QUICK_BUDGET if args.quick else None)
+    peak = sgemm_gflops(repeats=3 if args.quick else 5) if "torch" in frameworks else None
+    rows, left_out = measure_in_budget(
+        provs, args.shapes, None if budget is None else budget - (time.perf_counter() - started),
+        repeats=1 if args.quick else 3, quick=args.quick, progress=True)
+    with_ratios(rows)
     env = environment()
-    print(f"{env['processor']}, {env['cores']} cores; fp32 sgemm here: {peak:.0f} GFLOP/s" if peak else "")
-    print(cpu.describe())
+    print(machine_line(env, peak))
+    print(compute_dtype_line(rows))
     print(threads.describe())
     print(format_table(rows, peak))
-    print("\nwhole block (summed over the four shapes):")
-    print(format_totals(block_totals(rows, GPT2_SMALL_BLOCK)))
+    print(f"\nwhole block (summed over its {len(args.shapes)} shapes):")
+    print(format_totals(block_totals(rows, args.shapes)))
+    partial = not_on_every_shape(rows, args.shapes)
+    if partial:
+        print("measured on some shapes only, so not in the block: "
+              + "; ".join(f"{name} on {', '.join(_shape_name(s) for s in shapes)}" for name, shapes in partial.items())
+              + (" (--quick runs the slow ones on square shapes only)" if args.quick else ""))
+    if left_out:
+        print(f"left out to keep within the time budget of {budget:.0f} s (--budget to change it):")
+        print("\n".join(f"  {what}" for what in left_out))
     if args.json:
         append_results(args.json, rows, env)
+    print(f"took {time.perf_counter() - started:.0f} s" + (f" (budget {budget:.0f} s)" if budget is not None else ""))
     return 0
 
 
-# ------------------------------------------------------------------ single ops
-def op_flops(op: str, shape: Sequence[int]) -> float:
-    """Dense flop count of one op on an (m, k) input (xxt) or (m, m) input (ba_plus_caa):
-    what a plain matmul does; the symmetric kernels do about half of it."""
-    m, k = shape[-2:]
-    return 2.0 * m * m * k if op == "xxt" else 2.0 * m**3 + m * m
-
-
-def op_providers(op: str) -> List[Provider]:
-    """The op on every installed backend, and the plain matmul users would write instead."""
-    from .native import blas_available, mlx_ext_available
-
-    out: List[Provider] = []
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        from . import torch as fm_torch
-
-        to_np = lambda O: O.double().numpy()  # noqa: E731
-        plain = (lambda X: X @ X.T) if op == "xxt" else (lambda A: torch.addmm(A, A, A, beta=-4.775, alpha=2.0315))
-        out.append(Provider("torch/matmul", op, torch.from_numpy, plain, to_np))
-        for backend in ["reference"] + (["native"] if blas_available() else []):
-            fn = (
-                (lambda X, b=backend: fm_torch.xxt(X, backend=b))
-                if op == "xxt"
-                else (lambda A, b=backend: fm_torch.ba_plus_caa(A, alpha=2.0315, beta=-4.775, backend=b))
-            )
-            out.append(Provider(f"torch/{backend}", op, torch.from_numpy, fn, to_np))
-    if importlib.util.find_spec("mlx") is not None:
-        import mlx.core as mx
-
-        from . import mlx as fm_mlx
-
-        def evaluated(fn):
-            def run(a):
-                r = fn(a)
-                mx.eval(r)
-                return r
-
-            return run
-
-        for backend in ["reference"] + (["native"] if mlx_ext_available() else []):
-            fn = (
-                (lambda X, b=backend: fm_mlx.xxt(X, backend=b))
-                if op == "xxt"
-                else (lambda A, b=backend: fm_mlx.ba_plus_caa(A, alpha=2.0315, beta=-4.775, backend=b))
-            )
-            out.append(
-                Provider(
-                    f"mlx/{backend}",
-                    op,
-                    mx.array,
-                    evaluated(fn),
-                    lambda O: np.array(O, dtype=np.float64),
-                    slow=platform.system() == "Linux" and backend == "reference",
-                )
-            )
-    return out
-
-
-def measure_op(op: str, shapes: Sequence[tuple], *, repeats: int = 5, seed: int = 0) -> List[Dict[str, Any]]:
-    """Time and max relative error (vs float64) of ``op`` for every provider and shape."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for shape in shapes:
-        X = rng.standard_normal(shape).astype(np.float32)
-        if op == "ba_plus_caa":
-            X = ((X + X.T) / 2).astype(np.float32)
-        X64 = X.astype(np.float64)
-        ref = X64 @ X64.T if op == "xxt" else 2.0315 * X64 @ X64 - 4.775 * X64
-        for prov in op_providers(op):
-            data = prov.make_input(X)
-            seconds, out = median_time(lambda: prov.run(data), repeats)
-            err = float(np.max(np.abs(prov.to_numpy(out) - ref)) / np.max(np.abs(ref)))
-            rows.append(
-                {
-                    "op": op,
-                    "provider": prov.name,
-                    "shape": list(shape),
-                    "seconds": seconds,
-                    "gflops": op_flops(op, shape) / seconds / 1e9,
-                    "rel_err": err,
-                }
-            )
-    base = {tuple(r["shape"]): r["seconds"] for r in rows if r["provider"] == "torch/matmul"}
+def not_on_every_shape(rows: List[Dict[str, Any]], shapes: Sequence[tuple]) -> Dict[str, List[tuple]]:
+    """{provider: the shapes it ran on} for the providers that ran on only some of ``shapes``."""
+    ran: Dict[str, List[tuple]] = {}
     for r in rows:
-        b = base.get(tuple(r["shape"]))
-        r["vs_matmul"] = r["seconds"] / b if b else None
-    return rows
-
-
-def format_op_table(rows: List[Dict[str, Any]], peak: Optional[float] = None) -> str:
-    lines = [f"{'op':12s} {'provider':16s} {'shape':>10s} {'time ms':>9s} {'GFLOP/s':>8s} {'vs sgemm':>6s} {'vs matmul':>9s} {'rel err':>9s}"]
-    for r in rows:
-        shape, pct, ratio = _common_cells(r, peak, "vs_matmul", 9)
-        lines.append(
-            f"{r['op']:12s} {r['provider']:16s} {shape:>10s} {1e3 * r['seconds']:9.2f} {r['gflops']:8.1f} {pct} {ratio} {r['rel_err']:9.2e}"
-        )
-    return "\n".join(lines)
-
-
-def op_main(op: str, shapes: Sequence[tuple], results_path: str, argv=None) -> None:
-    """Command line of bench/bench_<op>.py: measure, print, append to ``results_path``."""
-    parser = argparse.ArgumentParser(description=f"{op} on every backend against the plain matmul.")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=results_path)
-    args = parser.parse_args(argv)
-    rows = measure_op(op, shapes, repeats=args.repeats)
-    peak = sgemm_gflops()
-    env = environment()
-    env["sgemm_gflops"] = peak
-    print(f"{env['processor']}, {env['cores']} cores, {env['date']}; fp32 sgemm {peak:.0f} GFLOP/s")
-    print(format_op_table(rows, peak))
-    append_results(args.out, rows, env)
-    print(f"appended {len(rows)} rows to {args.out}")
+        ran.setdefault(r["provider"], [])
+        if tuple(r["shape"]) not in ran[r["provider"]]:
+            ran[r["provider"]].append(tuple(r["shape"]))
+    return {name: got for name, got in ran.items() if set(got) != {tuple(s) for s in shapes}}
