@@ -200,15 +200,16 @@ def test_collectives_per_step(runs):
     """Owner batches (same shape, dtype, options, group and split axes; W per batch): world:
     rows 1, rows_empty 1, cols 1, same_a-e 2 (5 matrices), same_f 1, stack_rows 1, stack_cols 1,
     conv_out 1, conv_in 1, and the 2-D shardings exchanged over the world fsdp_tp 1, tp_fsdp 1,
-    fsdp_tp_stack 1 = 13; dp 2, tp 1: 16 batches on every rank. HSDP: 4 batches (hsdp_rows,
-    hsdp_cols, hsdp_same 2) in 3 rounds, shared between the 2 replicas: 2 on rank 0's; one
-    all-gather over the replicas per round. Two all-to-alls per batch. Finiteness: one
+    fsdp_tp_stack 1 = 13; dp 2, tp 1: 16 batches on every rank. HSDP: hsdp_same's 2 batches
+    make one round shared by the 2 replicas (1 batch on rank 0's, one all-gather over the
+    replicas); hsdp_rows' and hsdp_cols' single batches run on both replicas: 3 batches on rank
+    0. Two all-to-alls per batch. Finiteness: one
     all-reduce per group (world, dp, tp; HSDP's shard group is tp's). NorMuon experts: one
     all-gather of the second moment each (2). The gather path (conv_kernel, fsdp_tp_experts)
     keeps its own collectives."""
     calls = runs[torch.float32][0]["calls"]
-    assert calls["all_to_all_single"] == 2 * (16 + 2)
+    assert calls["all_to_all_single"] == 2 * (16 + 3)
     owner_reductions = 3
     gather_path = 1 + 2  # finiteness over conv_kernel's 1-D mesh, and fsdp_tp_experts' 2-D mesh a dimension at a time
     assert calls["all_reduce"] == owner_reductions + gather_path
-    assert calls["all_gather_into_tensor"] == 3 + 2
+    assert calls["all_gather_into_tensor"] == 1 + 2

@@ -9,7 +9,8 @@ A rank sends and receives 2 (W - 1) / W^2 of the weights, not the (W - 1) / W (1
 gathering every matrix to every rank, and holds two batches at a time, not the model. The next
 batch's exchange is started before the owner orthogonalizes the current one.
 Under HSDP the replicas split the work: rounds of one batch per replica, then one all-gather of
-the results' shards over the replica group. Stacks sharded on their batch axis (3-D MoE experts
+the results' shards over the replica group (the batches short of a full round run on every
+replica). Stacks sharded on their batch axis (3-D MoE experts
 on ``Shard(0)``) hold whole matrices: they are orthogonalized where they are, with no exchange.
 A gradient counts as finite only if every shard is: one all-reduce per process group per step.
 """
@@ -228,21 +229,24 @@ def owner_step(members: List[Member]) -> None:
             # owners rotate from batch to batch, so that short batches spread over the group
             batches.append([(m, (first + start + i) % size) for i, m in enumerate(batch)])
         rotation[id(layout.group)] = (first + len(members_of_stack)) % size
-        # HSDP: a round of one batch per replica; this rank's replica owns one of them
-        turn = rotation["replicas", id(layout.replica_group)]
-        for start in range(0, len(batches), layout.replicas):
-            rounds.append((batches[start:start + layout.replicas], (layout.replica - turn) % layout.replicas))
-        rotation["replicas", id(layout.replica_group)] = (turn + len(batches)) % layout.replicas
-    mine = [batches[index] if index < len(batches) else None for batches, index in rounds]  # this replica's
-    sent = _send_to_owners(mine[0]) if mine and mine[0] else None
+        # HSDP: a round of one batch per replica, this rank's replica owns one of them. The batches
+        # short of a full round run on every replica: sharing them would cost one more collective
+        # per batch than the two of an owner exchange.
+        turn, replicas = rotation["replicas", id(layout.replica_group)], layout.replicas
+        full = len(batches) - len(batches) % replicas if replicas > 1 else 0
+        for start in range(0, full, replicas):
+            rounds.append((batches[start:start + replicas], (layout.replica - turn) % replicas, True))
+        rounds += [([batch], 0, False) for batch in batches[full:]]
+        rotation["replicas", id(layout.replica_group)] = (turn + full) % replicas
+    mine = [batches[index] for batches, index, _ in rounds]  # this replica's
+    sent = _send_to_owners(mine[0]) if mine else None
     returning = None
     for index in range(len(rounds)):
-        ahead = mine[index + 1] if index + 1 < len(rounds) else None
-        upcoming = _send_to_owners(ahead) if ahead else None
-        results = _orthogonalize_owned(mine[index], sent) if mine[index] else None
+        upcoming = _send_to_owners(mine[index + 1]) if index + 1 < len(rounds) else None
+        results = _orthogonalize_owned(mine[index], sent)
         if returning is not None:
             _finish_round(*returning)
-        returning = (rounds[index], _send_results(mine[index], results) if mine[index] else None)
+        returning = (rounds[index], _send_results(mine[index], results))
         sent = upcoming
     if returning is not None:
         _finish_round(*returning)
@@ -253,11 +257,11 @@ def _finish_round(round_, returned) -> None:
     every batch of the round from one all-gather over the replica group (this rank's shards of
     its replica's batch in, the same shards of the others' batches out). A batch another
     replica orthogonalizes still commits its momentum here."""
-    batches, index = round_
-    pieces = _receive_results(batches[index], returned) if returned is not None else []
+    batches, index, shared = round_
+    pieces = _receive_results(batches[index], returned)
     first = batches[0][0][0]
     layout = first.layout
-    if layout.replicas == 1:
+    if not shared:
         for (m, _), piece in zip(batches[0], pieces):
             _finish_member(m, piece)
         return
@@ -267,9 +271,8 @@ def _finish_round(round_, returned) -> None:
                 m.momentum()
     each = max(len(batch) for batch in batches) * _piece_length(first)  # the round's batches share a shape
     message = torch.zeros(each, dtype=first.param.dtype, device=local(first.param).device)
-    if pieces:
-        mine = torch.cat(pieces)
-        message[: mine.numel()] = mine
+    mine = torch.cat(pieces)
+    message[: mine.numel()] = mine
     gathered = message.new_empty(each * layout.replicas)
     dist.all_gather_into_tensor(gathered, message, group=layout.replica_group)
     turn = (layout.replica - index) % layout.replicas
