@@ -118,6 +118,24 @@ def _built_against_mlx() -> str | None:
         return None
 
 
+def _not_built_reason() -> str | None:
+    """Why this install has no compiled extensions (CMakeLists.txt writes ``fastmuon/_native_build.py``
+    when it finds no working C++20 compiler and installs the Python package alone), or None."""
+    try:
+        return importlib.import_module("fastmuon._native_build").NOT_BUILT_REASON
+    except ImportError:
+        return None
+
+
+# The wheels share the OpenMP runtime that torch ships (libgomp.so.1, csrc/parallel.h) instead of
+# bundling a second one, so without torch loaded the system's libgomp must provide it.
+_LIBGOMP_HINT = (
+    "fastmuon's wheels do not bundle the OpenMP runtime libgomp.so.1: they use the one torch "
+    "brings (import torch first) or the system's (Debian/Ubuntu: apt install libgomp1; "
+    "Fedora/RHEL: dnf install libgomp)."
+)
+
+
 def _mlx_version_mismatch() -> str | None:
     """Why ``fastmuon._mlx_ext`` cannot work with the installed MLX, or None."""
     import mlx.core as mx
@@ -160,10 +178,20 @@ def _import(
         with _short_blas_spin():
             return importlib.import_module(f"fastmuon.{name}")
     except ImportError as exc:
-        err = NativeExtensionMissing(
-            f"fastmuon's compiled extension fastmuon.{name} is not available "
-            f"({type(exc).__name__}: {exc}). {_BUILD_HINT}"
-        )
+        not_built = _not_built_reason()
+        if not_built is not None:
+            err = NativeExtensionMissing(
+                f"fastmuon's compiled extension fastmuon.{name} was not built: {not_built} (the install "
+                "fell back to the pure-Python package). Install a C++20 compiler and reinstall fastmuon "
+                "(pip install --force-reinstall --no-deps --no-binary fastmuon fastmuon), or install a "
+                "fastmuon wheel for your platform."
+            )
+        else:
+            hint = _LIBGOMP_HINT if "libgomp" in str(exc) else _BUILD_HINT
+            err = NativeExtensionMissing(
+                f"fastmuon's compiled extension fastmuon.{name} is not available "
+                f"({type(exc).__name__}: {exc}). {hint}"
+            )
         err.__cause__ = exc
         return _fallback(err)
 
