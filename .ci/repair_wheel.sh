@@ -19,7 +19,10 @@
 # Excluded libraries need not be found: this repair does not set LD_LIBRARY_PATH to the
 # scipy-openblas32 and mlx lib folders, because a located library that is not excluded is vendored
 # (measured: LD_LIBRARY_PATH alone put a 25 MB libscipy_openblas and libgomp into fastmuon.libs/).
-auditwheel="${AUDITWHEEL:-auditwheel}"
+set -euo pipefail
+wheel=$1
+dest=$2
+auditwheel="${AUDITWHEEL:-auditwheel}"  # a command line: `make wheel` runs it from a --target folder
 $auditwheel repair \
   --exclude libmlx.so \
   --exclude libscipy_openblas.so \

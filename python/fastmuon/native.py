@@ -136,6 +136,26 @@ _LIBGOMP_HINT = (
 )
 
 
+def _preload_openblas() -> None:
+    """Map scipy-openblas32's library by its full path before an extension that needs it loads.
+
+    The extensions find it through RPATH ``$ORIGIN/../scipy_openblas32/lib``, which holds only
+    where both packages share one folder; with fastmuon elsewhere (``pip install --target``, a
+    ``--user`` install beside a system one, PYTHONPATH) the loader then matches the already-mapped
+    library by its soname. Where scipy-openblas32 is missing (macOS: Accelerate) nothing happens."""
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return
+    import ctypes
+
+    path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+    try:
+        ctypes.CDLL(path)
+    except OSError:
+        pass  # the extension's own import then fails and names the problem
+
+
 def _mlx_version_mismatch() -> str | None:
     """Why ``fastmuon._mlx_ext`` cannot work with the installed MLX, or None."""
     import mlx.core as mx
@@ -176,6 +196,7 @@ def _import(
         return _fallback(NativeExtensionMissing(mismatch))
     try:
         with _short_blas_spin():
+            _preload_openblas()
             return importlib.import_module(f"fastmuon.{name}")
     except ImportError as exc:
         not_built = _not_built_reason()
