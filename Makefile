@@ -54,3 +54,9 @@ demo: $(STAMP)
 
 clean:
 	rm -rf build $(VENV) dist bench/out
+
+# A repaired manylinux wheel for the venv's Python in dist/ (build, auditwheel repair, check);
+# .ci/build_wheel.sh says how. Release wheels: cibuildwheel (.github/workflows/wheels.yml).
+.PHONY: wheel
+wheel: $(PY)
+	WHEEL_PYTHON=$(PY) .ci/build_wheel.sh

@@ -118,6 +118,44 @@ def _built_against_mlx() -> str | None:
         return None
 
 
+def _not_built_reason() -> str | None:
+    """Why this install has no compiled extensions (CMakeLists.txt writes ``fastmuon/_native_build.py``
+    when it finds no working C++20 compiler and installs the Python package alone), or None."""
+    try:
+        return importlib.import_module("fastmuon._native_build").NOT_BUILT_REASON
+    except ImportError:
+        return None
+
+
+# The wheels share the OpenMP runtime that torch ships (libgomp.so.1, csrc/parallel.h) instead of
+# bundling a second one, so without torch loaded the system's libgomp must provide it.
+_LIBGOMP_HINT = (
+    "fastmuon's wheels do not bundle the OpenMP runtime libgomp.so.1: they use the one torch "
+    "brings (import torch first) or the system's (Debian/Ubuntu: apt install libgomp1; "
+    "Fedora/RHEL: dnf install libgomp)."
+)
+
+
+def _preload_openblas() -> None:
+    """Map scipy-openblas32's library by its full path before an extension that needs it loads.
+
+    The extensions find it through RPATH ``$ORIGIN/../scipy_openblas32/lib``, which holds only
+    where both packages share one folder; with fastmuon elsewhere (``pip install --target``, a
+    ``--user`` install beside a system one, PYTHONPATH) the loader then matches the already-mapped
+    library by its soname. Where scipy-openblas32 is missing (macOS: Accelerate) nothing happens."""
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return
+    import ctypes
+
+    path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+    try:
+        ctypes.CDLL(path)
+    except OSError:
+        pass  # the extension's own import then fails and names the problem
+
+
 def _mlx_version_mismatch() -> str | None:
     """Why ``fastmuon._mlx_ext`` cannot work with the installed MLX, or None."""
     import mlx.core as mx
@@ -158,12 +196,23 @@ def _import(
         return _fallback(NativeExtensionMissing(mismatch))
     try:
         with _short_blas_spin():
+            _preload_openblas()
             return importlib.import_module(f"fastmuon.{name}")
     except ImportError as exc:
-        err = NativeExtensionMissing(
-            f"fastmuon's compiled extension fastmuon.{name} is not available "
-            f"({type(exc).__name__}: {exc}). {_BUILD_HINT}"
-        )
+        not_built = _not_built_reason()
+        if not_built is not None:
+            err = NativeExtensionMissing(
+                f"fastmuon's compiled extension fastmuon.{name} was not built: {not_built} (the install "
+                "fell back to the pure-Python package). Install a C++20 compiler and reinstall fastmuon "
+                "(pip install --force-reinstall --no-deps --no-binary fastmuon fastmuon), or install a "
+                "fastmuon wheel for your platform."
+            )
+        else:
+            hint = _LIBGOMP_HINT if "libgomp" in str(exc) else _BUILD_HINT
+            err = NativeExtensionMissing(
+                f"fastmuon's compiled extension fastmuon.{name} is not available "
+                f"({type(exc).__name__}: {exc}). {hint}"
+            )
         err.__cause__ = exc
         return _fallback(err)
 
