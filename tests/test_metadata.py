@@ -41,7 +41,7 @@ def test_license_readme_and_typing_marker():
 # bench/.anchors/, and the GPU session's output folder.
 ELSEWHERE = {"test/test_optim.py", "python/tests/test_optimizers.py", "muon.py", "wheels/", "bench/out/gpu_session"}
 # Git-ignored outputs: what make demo and the GPU scripts write, and the build's MLX record.
-GENERATED = ("bench/out", "bench/.anchors", "fastmuon/_mlx_ext_build.py")
+GENERATED = ("bench/out", "bench/.anchors", "fastmuon/_mlx_ext_build.py", "fastmuon/_native_build.py")
 
 
 def test_every_path_the_readme_cites_exists():
