@@ -41,7 +41,9 @@ def interleaved_times(fns: Dict[Any, Callable[[], Any]], repeats: int) -> Tuple[
     """(median seconds of each function over ``repeats`` runs, its warm-up call's result), the
     functions taking turns in every repeat after one warm-up call each. Timed one after another,
     a burst of machine noise, or threads another function left spinning, would fall on one of
-    them only, and the ratios between them with it."""
+    them only, and the ratios between them with it. Kept by hand for that reason:
+    ``torch.utils.benchmark.Timer`` times one statement at a time, and an MLX-only install has
+    no torch."""
     results = {key: fn() for key, fn in fns.items()}  # warm-up: allocations, lazy imports, state
     times = {key: [] for key in fns}
     for _ in range(repeats):
