@@ -58,12 +58,19 @@ LAYOUTS = [
 NORMUON = {"rows", "cols", "experts", "conv_in", "dp_cols", "tp_experts", "hsdp_rows", "conv_kernel", "tp_fsdp"}
 
 
+# A NaN in the last element of these gradients at step 1: it sits in one rank's shard only, and
+# the parameter must be skipped on every rank, as one process skips it.
+NAN_AT_STEP_1 = ("rows", "experts", "hsdp_same_b", "fsdp_tp", "conv_kernel")
+
+
 def start_values(dtype):
     """Weights and per-step gradients of every layout, the same on every rank."""
     g = torch.Generator().manual_seed(0)
     weights = {name: torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for name, shape, *_ in LAYOUTS}
     grads = [{name: torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for name, shape, *_ in LAYOUTS}
              for _ in range(STEPS)]
+    for name in NAN_AT_STEP_1:
+        grads[1][name].view(-1)[-1] = float("nan")
     return weights, grads
 
 
@@ -123,6 +130,7 @@ def _worker(rank, port, out, dtype):
             routes = {r.name: r.why for r in opt.explain()}
         opt.step()
     result = {"weights": {name: p.full_tensor().detach().double() for name, p in params.items()},
+              "skipped": {name: int(opt.state[p]["skipped_steps"]) for name, p in params.items()},
               "calls": dict(calls), "routes": routes, "refused": _permuted_mesh_error()}
     torch.save(result, f"{out}.rank{rank}")
     dist.barrier()  # every rank past its last collective; then end without gloo's teardown (test_torch_fsdp)
@@ -172,6 +180,12 @@ def test_every_layout_equals_one_process_on_every_rank(runs, dtype):
         for name, w in got["weights"].items():
             bound = 4 * (plain[name] - exact[name]).abs().max() + 4 * torch.finfo(dtype).eps * exact[name].abs().max()
             assert (w - exact[name]).abs().max() <= bound, (rank, name)
+
+
+def test_a_nan_in_one_shard_skips_the_parameter_on_every_rank(runs):
+    for got in runs[torch.float32]:
+        assert {name for name, count in got["skipped"].items() if count} == set(NAN_AT_STEP_1)
+        assert all(got["skipped"][name] == 1 for name in NAN_AT_STEP_1)
 
 
 def test_explain_names_each_layouts_path(runs):
