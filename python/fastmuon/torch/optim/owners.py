@@ -1,17 +1,18 @@
-"""The owner strategy for sharded (DTensor) Muon parameters with one ``Shard`` placement: FSDP2
-and 1-D tensor parallelism on any 1-D mesh or sub-mesh, HSDP (``(Replicate(), Shard(d))``).
+"""The owner strategy for sharded (DTensor) Muon parameters: FSDP2 and 1-D tensor parallelism
+on any 1-D mesh or sub-mesh, HSDP (``(Replicate(), Shard(d))``), and FSDP x TP on a mesh of every
+rank (``owner_layout`` says exactly which placements).
 
-Each matrix has an owner in its mesh dimension's process group. Same-shape matrices go in
-batches of the group's size, one matrix per owner; per batch, one ``all_to_all_single`` sends
-every rank's shard of U to the owner, which orthogonalizes the whole matrix, and one more sends
-each rank its shard of the result (with NorMuon's new second moment, kept whole on every rank).
-A rank sends and receives 2 (W - 1) / W^2 of the weights, not the (W - 1) / W (1 + 1 / W) of
-gathering every matrix to every rank, and holds two batches at a time, not the model. The next
-batch's exchange is started before the owner orthogonalizes the current one.
+Each matrix has an owner in its process group. Same-shape matrices go in batches of the group's
+size, one matrix per owner; per batch, one ``all_to_all_single`` sends every rank's shard of U
+to the owner, which orthogonalizes the whole matrix, and one more sends each rank its shard of
+the result (with NorMuon's new second moment, kept whole on every rank). A rank sends and
+receives 2 (W - 1) / W^2 of the weights, not the (W - 1) / W (1 + 1 / W) of gathering every
+matrix to every rank, and holds two batches at a time, not the model. The next batch's exchange
+is started before the owner orthogonalizes the current one.
 Under HSDP the replicas split the work: rounds of one batch per replica, then one all-gather of
 the results' shards over the replica group (the batches short of a full round run on every
-replica). Stacks sharded on their batch axis (3-D MoE experts
-on ``Shard(0)``) hold whole matrices: they are orthogonalized where they are, with no exchange.
+replica). Stacks sharded on their batch axis (3-D MoE experts on ``Shard(0)``) hold whole
+matrices: they are orthogonalized where they are, with no exchange.
 A gradient counts as finite only if every shard is: one all-reduce per process group per step.
 """
 
