@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastmuon.cluster import MODELS, OWNER_COPIES, shard_rows, step_cost
+from fastmuon.cluster import MODELS, OWNER_COPIES, chunk_owners, shard_rows, step_cost
 from fastmuon.flops import iteration_flops
 
 
@@ -42,3 +42,28 @@ def test_models_and_designs():
     assert abs(sum(r * c for r, c in MODELS["Llama-2-7B"]) - 6.48e9) < 0.01e9  # 7B less embeddings, head, norms
     with pytest.raises(ValueError, match="design"):
         step_cost([(4, 4)], 2, "ring")
+
+
+def test_the_data_parallel_share_out_covers_every_matrix_once_and_balances():
+    shapes = [(12, 2304, 768), (12, 768, 768), (12, 3072, 768), (12, 768, 3072), (1, 8, 8)]
+    for world in (2, 8, 64):
+        plan = chunk_owners(shapes, world)
+        loads = [0] * world
+        for (n, rows, cols), chunks in zip(shapes, plan):
+            assert [lo for lo, _, _ in chunks] == sorted({lo for lo, _, _ in chunks})
+            assert sum(hi - lo for lo, hi, _ in chunks) == n and chunks[0][0] == 0 and chunks[-1][1] == n
+            for lo, hi, owner in chunks:
+                loads[owner] += (hi - lo) * rows * cols
+        largest_chunk = max(-(-n // world) * rows * cols for n, rows, cols in shapes)
+        assert max(loads) <= sum(loads) / world + largest_chunk  # greedy: within one chunk of even
+        assert chunk_owners(shapes, world) == plan  # the same on every rank
+
+
+def test_replicated_bytes_no_longer_grow_with_the_world():
+    """GPT-2-small's Muon matrices (12 of each of 4 shapes): one gather per stack padded every
+    rank to a chunk, so at 64 ranks each received 63 matrices per stack (5.25x the weights);
+    the share-out by load receives under 2x."""
+    shapes = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12
+    weights = 2 * sum(r * c for r, c in shapes)
+    assert step_cost(shapes, 2, "replicated")["received"] == pytest.approx(weights / 2)
+    assert step_cost(shapes, 64, "replicated")["received"] < 2 * weights

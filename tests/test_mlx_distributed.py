@@ -1,5 +1,5 @@
-"""mlx.distributed: in a 2-process ring group each process orthogonalizes a share of every
-same-shape stack and one all_gather shares the results; the weights equal one process's."""
+"""mlx.distributed: in a 2-process ring group each process orthogonalizes its share of the
+stacks and one all_gather per dtype shares the results; the weights equal one process's."""
 
 from __future__ import annotations
 

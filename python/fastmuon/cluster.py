@@ -8,7 +8,8 @@ Designs:
 * "gather" (the fallback for other placements): each matrix is all-gathered to every rank, its
   owner orthogonalizes it and scatters the result's shards; a same-shape stack is gathered whole.
 * "replicated" (data parallel, plain tensors): every rank holds every matrix; each orthogonalizes
-  a share and one all-gather shares the results.
+  the chunks ``chunk_owners`` gives it and one all-gather shares the results, padded to the
+  largest rank's load.
 
 Bytes follow the collectives' payloads (ring all-gather: each rank sends its part to, and
 receives every other part from, the others). Transient memory counts the full-matrix copies
@@ -18,7 +19,7 @@ alive at the peak; its two constants are read off measurements (``bench/bench_fs
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -41,6 +42,28 @@ def shard_rows(rows: int, world: int) -> np.ndarray:
     return np.minimum(rows, lo + chunk) - lo
 
 
+def chunk_owners(shapes: Sequence[Tuple[int, int, int]], world: int) -> List[List[Tuple[int, int, int]]]:
+    """The data-parallel share-out of one step's (n, rows, cols) stacks over ``world`` ranks, the
+    same on every rank: each stack is cut into chunks of ceil(n / world) matrices, and each chunk,
+    stack after stack, goes to the rank with the fewest elements so far (ties to the lowest). A
+    rank's results then travel in one message for all stacks, padded only to the largest rank's
+    load, where one gather per stack padded every rank to a whole chunk: with fewer matrices of a
+    shape than ranks, each rank received world - 1 matrices per stack. Returns, per stack, its
+    chunks as (lo, hi, owner)."""
+    loads = [0] * world
+    plan = []
+    for n, rows, cols in shapes:
+        size = max(1, -(-int(n) // world))
+        chunks = []
+        for lo in range(0, int(n), size):
+            hi = min(int(n), lo + size)
+            owner = min(range(world), key=lambda rank: (loads[rank], rank))
+            loads[owner] += (hi - lo) * int(rows) * int(cols)
+            chunks.append((lo, hi, owner))
+        plan.append(chunks)
+    return plan
+
+
 def step_cost(shapes: Sequence[Tuple[int, int]], world: int, design: str, *, element_bytes: int = 2,
               method: str = "polar_express", steps: int = 5) -> Dict[str, float]:
     """Per-rank maxima over the ranks of one step of Muon on ``shapes`` (rows, cols), each matrix
@@ -60,13 +83,7 @@ def step_cost(shapes: Sequence[Tuple[int, int]], world: int, design: str, *, ele
         work = iteration_flops(method, steps, (rows, cols))[0]
         owners = (first + np.arange(n)) % world
         first = (first + n) % world
-        if design == "replicated":
-            per_rank = -(-n // world)
-            sent += (world - 1) * per_rank * matrix
-            received += (world - 1) * per_rank * matrix
-            flops += per_rank * work
-            collectives += 1
-            transient = max(transient, n * matrix + per_rank * GATHER_OWNER_COPIES * matrix)
+        if design == "replicated":  # the whole step's share-out, after the loop
             continue
         for owner in owners:
             others = shard.sum() - shard[owner]
@@ -89,6 +106,19 @@ def step_cost(shapes: Sequence[Tuple[int, int]], world: int, design: str, *, ele
             collectives += 2 * n
             owned = np.bincount(owners, minlength=world).max()
             transient = max(transient, n * matrix + owned * GATHER_OWNER_COPIES * matrix)
+    if design == "replicated":  # chunk_owners' share-out, one all-gather of every rank's results
+        plan = chunk_owners([(n, rows, cols) for (rows, cols), n in stacks.items()], world)
+        loads = np.zeros(world)
+        for ((rows, cols), _), chunks in zip(stacks.items(), plan):
+            work = iteration_flops(method, steps, (rows, cols))[0]
+            for lo, hi, owner in chunks:
+                loads[owner] += (hi - lo) * rows * cols * element_bytes
+                flops[owner] += (hi - lo) * work
+        sent[:] = (world - 1) * loads.max()
+        received[:] = (world - 1) * loads.max()
+        collectives += 1
+        # the U stacks, the gathered results and O: three copies of the Muon weights
+        transient = 3 * sum(n * r * c for (r, c), n in stacks.items()) * element_bytes
     if design == "all-to-all":
         transient = OWNER_COPIES * largest
     return {"sent": float(sent.max()), "received": float(received.max()), "flops": float(flops.max()),

@@ -12,7 +12,7 @@ class Route:
     with a gradient, in the order they step.
 
     strategy: "local" (one process), "replicated" (data parallel: each rank orthogonalizes a
-        share of every stack) or "sharded" (torch DTensor parameters: FSDP2, HSDP, tensor
+        share of the stacks) or "sharded" (torch DTensor parameters: FSDP2, HSDP, tensor
         parallel; ``why`` says whether by owner all-to-all, in place or gathered).
     impl: "fused", "foreach" or "per_parameter" (``fastmuon.rules.IMPLS``).
     backend: what orthogonalizes it ("native", "reference", "triton", "metal"; "" where

@@ -3,27 +3,43 @@ strategy of fastmuon.torch has no MLX counterpart: mlx.distributed replicates th
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Dict, List
 
 import mlx.core as mx
 
+from ...cluster import chunk_owners
 
-def share_out(U: mx.array, k: int, group, orthogonalize: Callable[[mx.array], mx.array]) -> mx.array:
-    """Orthogonalize the (n, rows, cols) stack ``U``, the ``k``-th of this step, over ``group``:
-    each of its W processes orthogonalizes one chunk of ceil(n / W) matrices (chunk (rank + k)
-    mod W, so single-matrix stacks spread over the ranks) and one all_gather shares them; every
-    rank then holds every result, as one process would have computed it."""
+
+def share_out(stacks: List[mx.array], group, orthogonalize: Callable[[mx.array], mx.array]) -> List[mx.array]:
+    """Orthogonalize one step's (n, rows, cols) ``stacks`` over ``group``: each of its W processes
+    orthogonalizes its chunks (``fastmuon.cluster.chunk_owners``: by least load, the same on every
+    process) and one ``all_gather`` per dtype shares them, padded only to the largest process's
+    load; every process then holds every result, as one process would have computed it."""
     world, rank = group.size(), group.rank()
-    n = U.shape[0]
-    size = -(-n // world)
-    start = ((rank + k) % world) * size
-    if start >= n:  # this rank's chunk is all padding
-        mine = mx.zeros((size, *U.shape[1:]), dtype=U.dtype)
-    else:
-        mine = orthogonalize(U[start:start + size])
-        if mine.shape[0] < size:
-            mine = mx.concatenate([mine, mx.zeros((size - mine.shape[0], *U.shape[1:]), dtype=U.dtype)])
-    gathered = mx.distributed.all_gather(mine, group=group)  # rank r's chunk at r * size
-    chunks = [gathered[((j - k) % world) * size:((j - k) % world + 1) * size] for j in range(world)]
-    return mx.concatenate(chunks)[:n]
-
+    plan = chunk_owners([tuple(U.shape) for U in stacks], world)
+    by_dtype: Dict[object, List[int]] = {}
+    for k, U in enumerate(stacks):
+        by_dtype.setdefault(U.dtype, []).append(k)
+    results: List[mx.array] = [None] * len(stacks)
+    for dtype, members in by_dtype.items():
+        loads, mine = [0] * world, []
+        for k in members:
+            U = stacks[k]
+            for lo, hi, owner in plan[k]:
+                loads[owner] += (hi - lo) * U.shape[1] * U.shape[2]
+                if owner == rank:
+                    mine.append(orthogonalize(U[lo:hi]).reshape(-1))
+        length = max(loads)
+        done = sum(part.size for part in mine)
+        message = mx.concatenate(mine + [mx.zeros((length - done,), dtype=dtype)])
+        gathered = mx.distributed.all_gather(message, group=group).reshape(world, length)
+        offsets = [0] * world
+        for k in members:
+            U = stacks[k]
+            chunks = []
+            for lo, hi, owner in plan[k]:
+                size = (hi - lo) * U.shape[1] * U.shape[2]
+                chunks.append(gathered[owner, offsets[owner]:offsets[owner] + size].reshape(hi - lo, *U.shape[1:]))
+                offsets[owner] += size
+            results[k] = mx.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    return results

@@ -35,12 +35,12 @@ def step_per_parameter(opt, items) -> List[mx.array]:
             continue
         groups.setdefault(stack_key(view, U.dtype), []).append((index, U))
 
-    for k, members in enumerate(groups.values()):  # one batched call per matrix shape
+    stacks = [members[0][1] if len(members) == 1 else mx.concatenate([U for _, U in members], axis=0)
+              for members in groups.values()]  # one batched call per matrix shape
+    for members, O in zip(groups.values(), opt._orthogonalize_stacks(stacks)):
         if len(members) == 1:
-            index, U = members[0]
-            orthogonal[index] = opt._orthogonalize_stack(U, k)
+            orthogonal[members[0][0]] = O
             continue
-        O = opt._orthogonalize_stack(mx.concatenate([U for _, U in members], axis=0), k)
         sizes = [U.shape[0] for _, U in members]
         splits = [sum(sizes[: k + 1]) for k in range(len(sizes) - 1)]
         for (index, _), part in zip(members, mx.split(O, splits, axis=0)):

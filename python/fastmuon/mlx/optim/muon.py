@@ -109,8 +109,8 @@ class Muon(TreeOptimizer):
         allow_nd: MLX's Muon always takes 3-D and 4-D weights (and 0-D/1-D ones): True (the
             default) is accepted for parity with ``fastmuon.torch``, False is refused.
         distributed: None (default) shares the orthogonalization over the ``mx.distributed``
-            group when one of size > 1 is initialized (each process orthogonalizes a share of
-            every same-shape stack, one all_gather per stack); False never; True requires it.
+            group when one of size > 1 is initialized (each process orthogonalizes its share of
+            the stacks, one all_gather per dtype); False never; True requires it.
             Gradients must already be averaged (``mlx.nn.average_gradients``), so that every
             process holds the same ones; weights then equal one process's.
     """
@@ -183,11 +183,13 @@ class Muon(TreeOptimizer):
         self._check_leaves(leaves)
         return explain_routes(self, leaves, "local" if self._world() is None else "replicated")
 
-    def _orthogonalize_stack(self, U: mx.array, k: int) -> mx.array:
-        """Orthogonalize the (n, rows, cols) stack ``U``, the ``k``-th of this step: alone, or
-        shared out over the mx.distributed group (``distributed.share_out``)."""
+    def _orthogonalize_stacks(self, stacks: List[mx.array]) -> List[mx.array]:
+        """Orthogonalize one step's (n, rows, cols) stacks: here, or shared out over the
+        mx.distributed group (``distributed.share_out``)."""
         group = self._world()
-        return self._orthogonalize(U) if group is None else share_out(U, k, group, self._orthogonalize)
+        if group is None:
+            return [self._orthogonalize(U) for U in stacks]
+        return share_out(stacks, group, self._orthogonalize)
 
     def init_single(self, parameter: mx.array, state: dict):
         super().init_single(parameter, state)

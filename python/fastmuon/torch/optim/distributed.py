@@ -2,8 +2,8 @@
 
 * ``replicated_step`` (data parallel: DDP, or any process group of more than one rank):
   gradients are expected to be averaged already, so that every rank holds the same ones. Each
-  rank orthogonalizes a disjoint share of every stack (contiguous chunks, the chunk-to-rank
-  assignment rotated from stack to stack) and one all-gather per stack shares the results;
+  rank orthogonalizes a disjoint share of the stacks (contiguous chunks, given to the ranks by
+  least load) and one all-gather per dtype shares the results;
   every rank applies every update itself, so weights and state stay replicated and equal those
   of a single process given the same gradients. Every Muon parameter joins every step, with
   zeros standing in for a missing gradient, so no rank can deadlock; a parameter is updated only
@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from ...cluster import chunk_owners
 from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
 from .base import local, mesh_group, on_every_shard
@@ -66,33 +67,44 @@ def replicated_step(groups: List[dict], state, world) -> None:
 
 
 def _share_out(jobs, process_group, rank: int, world_size: int):
-    """Each rank orthogonalizes one contiguous chunk of every stack (chunk (rank + k) mod
-    world_size of stack k, so single-matrix stacks spread over the ranks), then one all_gather
-    per stack shares [chunk, valid flags of the whole stack]. Chunks are padded to the same size
-    with zeros. A matrix may be updated only if it was valid on every rank. All gathers are
-    started before any is waited on."""
-    pending = []
-    for k, (U, valid, group) in enumerate(jobs):
-        n, rows, cols = U.shape
-        size = -(-n // world_size)
-        lo = min(n, ((rank + k) % world_size) * size)
-        hi = min(n, lo + size)
-        chunk = U.new_zeros((size, rows, cols))
-        if hi > lo:
-            chunk[: hi - lo] = orthogonalize_group_stacks([U[lo:hi]], group)[0]
-        message = torch.cat([chunk.reshape(-1), valid.to(U.dtype)])
-        gathered = [torch.empty_like(message) for _ in range(world_size)]
-        work = dist.all_gather(gathered, message, group=process_group, async_op=True)
-        pending.append((work, gathered, n, size, rows, cols, k))
-    results = []
-    for work, gathered, n, size, rows, cols, k in pending:
-        work.wait()
-        chunks: List[Optional[torch.Tensor]] = [None] * world_size
-        for r, message in enumerate(gathered):
-            chunks[(r + k) % world_size] = message[: size * rows * cols].reshape(size, rows, cols)
-        O = torch.cat(chunks)[:n]
-        flags = torch.stack([message[size * rows * cols:] for message in gathered])
-        results.append((O, flags.amin(dim=0) > 0))
+    """Each rank orthogonalizes its chunks of the stacks (``fastmuon.cluster.chunk_owners``: by
+    least load, the same on every rank), then one all_gather per dtype shares [its results, its
+    valid flag of every matrix], padded only to the largest rank's load. A matrix may be updated
+    only if it was valid on every rank."""
+    plan = chunk_owners([tuple(U.shape) for U, _, _ in jobs], world_size)
+    by_dtype: Dict[tuple, List[int]] = defaultdict(list)
+    for k, (U, _, _) in enumerate(jobs):
+        by_dtype[(U.dtype, U.device)].append(k)
+    results: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * len(jobs)
+    for (dtype, device), stacks in by_dtype.items():
+        loads, mine = [0] * world_size, []
+        for k in stacks:
+            U, _, group = jobs[k]
+            for lo, hi, owner in plan[k]:
+                loads[owner] += U[lo:hi].numel()
+                if owner == rank:
+                    mine.append(orthogonalize_group_stacks([U[lo:hi]], group)[0].reshape(-1))
+        flags = torch.cat([jobs[k][1] for k in stacks]).to(dtype)
+        length = max(loads)
+        message = torch.zeros(length + flags.numel(), dtype=dtype, device=device)
+        if mine:
+            computed = torch.cat(mine)
+            message[: computed.numel()] = computed
+        message[length:] = flags
+        gathered = message.new_empty(world_size * message.numel())
+        dist.all_gather_into_tensor(gathered, message, group=process_group)
+        gathered = gathered.view(world_size, -1)
+        valid = gathered[:, length:].amin(dim=0) > 0
+        offsets, start = [0] * world_size, 0
+        for k in stacks:
+            U = jobs[k][0]
+            O = torch.empty_like(U)
+            for lo, hi, owner in plan[k]:
+                size = U[lo:hi].numel()
+                O[lo:hi] = gathered[owner, offsets[owner]:offsets[owner] + size].view(U[lo:hi].shape)
+                offsets[owner] += size
+            results[k] = (O, valid[start:start + U.shape[0]])
+            start += U.shape[0]
     return results
 
 
@@ -181,7 +193,8 @@ def distributed_stacks(strategy, groups, state):
     orthogonalization, how they are shared)]."""
     if strategy == "replicated":
         return [(members, sum(matrix_view(p.shape)[0] for p, _ in members),
-                 "each rank orthogonalizes a share of the stack, one all-gather shares the results")
+                 "each rank orthogonalizes its chunks of the stacks (by least load), one all-gather per dtype "
+                 "shares the results")
                 for members in replicated_stacks(groups).values()]
     check_sharded_groups(groups)
     owned, rest = owner_members(groups, state)
