@@ -2,8 +2,9 @@
 receives, counted at the socket level, the transient memory, the step time and the optimizer
 state's share, for 2 and 4 processes, the owner all-to-all against the gather design it
 replaced (kept as the fallback for other placements; measured here by making every parameter
-take it), and a MoE stack sharded on its experts (orthogonalized in place: only the finiteness
-all-reduce's bytes). Appends to bench/results/fsdp.jsonl.
+take it), a MoE stack sharded on its experts (orthogonalized in place: only the finiteness
+all-reduce's bytes), and plain data parallelism on GPT-2-small's four Muon shapes, one matrix each
+(the share-out by load, ``fastmuon.cluster.chunk_owners``). Appends to bench/results/fsdp.jsonl.
 
     python bench/bench_fsdp.py
 
@@ -88,6 +89,22 @@ class Experts(nn.Module):
         return torch.einsum("bi,eij->bj", x, self.weight)
 
 
+class BlockBranches(nn.Module):
+    """GPT-2-small's four Muon shapes once each, as independent branches of one input: the
+    data-parallel case where every stack holds one matrix."""
+
+    SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)]
+
+    def __init__(self):
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Linear(cols, rows, bias=False) for rows, cols in self.SHAPES)
+        self.inputs = [cols for _, cols in self.SHAPES]
+
+    def forward(self, x):
+        g = torch.Generator().manual_seed(1)
+        return sum(b(torch.randn(x.shape[0], n, generator=g)).sum() for b, n in zip(self.branches, self.inputs))
+
+
 def worker(rank, world, port, queue, design, matrices):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -99,13 +116,16 @@ def worker(rank, world, port, queue, design, matrices):
 
         owners.owner_layout = lambda p: None  # every parameter takes the gather path
     torch.manual_seed(0)
-    if design == "experts":  # one (matrices, SIZE, SIZE) MoE stack: fully_shard splits its matrices
+    if design == "replicated":  # plain weights, the same gradients on every rank (data parallel)
+        model = BlockBranches()
+    elif design == "experts":  # one (matrices, SIZE, SIZE) MoE stack: fully_shard splits its matrices
         model = Experts(matrices)
+        fully_shard(model)
     else:
         model = nn.Sequential(*[nn.Linear(SIZE, SIZE, bias=False) for _ in range(matrices)])
         for layer in model:
             fully_shard(layer)
-    fully_shard(model)
+        fully_shard(model)
     opt = Muon(model.parameters(), lr=0.02, allow_nd=True)
     x = torch.randn(4, SIZE)
     for _ in range(2):  # state created
@@ -132,8 +152,9 @@ def worker(rank, world, port, queue, design, matrices):
     dist.all_gather_object(rows, {"rank": rank, "sent": sent, "received": received, "transient": transient,
                                   "seconds": seconds})
     if rank == 0:
+        shapes = BlockBranches.SHAPES if design == "replicated" else [(SIZE, SIZE)] * matrices
         model_cost = {"sent": 0, "transient": 0} if design == "experts" else step_cost(
-            [(SIZE, SIZE)] * matrices, world, design, element_bytes=4)
+            shapes, world, design, element_bytes=4)
         queue.put({"design": design, "world": world, "matrices": matrices, "muon_weight_bytes": weights,
                    "sent_per_rank": [r["sent"] for r in rows], "received_per_rank": [r["received"] for r in rows],
                    "transient_per_rank": [r["transient"] for r in rows],
@@ -147,7 +168,8 @@ def worker(rank, world, port, queue, design, matrices):
 def main() -> None:
     rows = []
     for matrices, world, design in [(16, 2, "all-to-all"), (16, 2, "gather"), (16, 4, "all-to-all"),
-                                    (16, 4, "gather"), (32, 4, "all-to-all"), (16, 4, "experts")]:
+                                    (16, 4, "gather"), (32, 4, "all-to-all"), (16, 4, "experts"),
+                                    (4, 4, "replicated")]:
         queue = mp.get_context("spawn").SimpleQueue()
         mp.spawn(worker, args=(world, 29600 + world, queue, design, matrices), nprocs=world, join=True)
         row = queue.get()
