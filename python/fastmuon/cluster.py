@@ -71,20 +71,19 @@ def step_cost(shapes: Sequence[Tuple[int, int]], world: int, design: str, *, ele
     orthogonalizations (dense count), "collectives" issued and "transient" bytes at the peak."""
     if design not in DESIGNS:
         raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
-    sent, received, flops = np.zeros(world), np.zeros(world), np.zeros(world)
     stacks: "OrderedDict[Tuple[int, int], int]" = OrderedDict()
     for rows, cols in shapes:
         stacks[(int(rows), int(cols))] = stacks.get((int(rows), int(cols)), 0) + 1
+    if design == "replicated":
+        return _replicated_cost(stacks, world, element_bytes, method, steps)
+    sent, received, flops = np.zeros(world), np.zeros(world), np.zeros(world)
     collectives, transient, first = 1, 0.0, 0  # one finiteness all-reduce
-    largest = max((r * c for r, c in stacks), default=0) * element_bytes
     for (rows, cols), n in stacks.items():
         shard = shard_rows(rows, world) * cols * element_bytes
         matrix = rows * cols * element_bytes
         work = iteration_flops(method, steps, (rows, cols))[0]
         owners = (first + np.arange(n)) % world
         first = (first + n) % world
-        if design == "replicated":  # the whole step's share-out, after the loop
-            continue
         for owner in owners:
             others = shard.sum() - shard[owner]
             if design == "all-to-all":  # shards to the owner, the result's shards back
@@ -106,23 +105,27 @@ def step_cost(shapes: Sequence[Tuple[int, int]], world: int, design: str, *, ele
             collectives += 2 * n
             owned = np.bincount(owners, minlength=world).max()
             transient = max(transient, n * matrix + owned * GATHER_OWNER_COPIES * matrix)
-    if design == "replicated":  # chunk_owners' share-out, one all-gather of every rank's results
-        plan = chunk_owners([(n, rows, cols) for (rows, cols), n in stacks.items()], world)
-        loads = np.zeros(world)
-        for ((rows, cols), _), chunks in zip(stacks.items(), plan):
-            work = iteration_flops(method, steps, (rows, cols))[0]
-            for lo, hi, owner in chunks:
-                loads[owner] += (hi - lo) * rows * cols * element_bytes
-                flops[owner] += (hi - lo) * work
-        sent[:] = (world - 1) * loads.max()
-        received[:] = (world - 1) * loads.max()
-        collectives += 1
-        # the U stacks, the gathered results and O: three copies of the Muon weights
-        transient = 3 * sum(n * r * c for (r, c), n in stacks.items()) * element_bytes
     if design == "all-to-all":
-        transient = OWNER_COPIES * largest
+        transient = OWNER_COPIES * max((r * c for r, c in stacks), default=0) * element_bytes
     return {"sent": float(sent.max()), "received": float(received.max()), "flops": float(flops.max()),
             "collectives": collectives, "transient": transient}
+
+
+def _replicated_cost(stacks, world: int, element_bytes: int, method: str, steps: int) -> Dict[str, float]:
+    """``step_cost`` of the replicated design: ``chunk_owners``' share-out, then one all-gather
+    of every rank's results padded to the largest load (after one finiteness all-reduce)."""
+    plan = chunk_owners([(n, rows, cols) for (rows, cols), n in stacks.items()], world)
+    loads, flops = np.zeros(world), np.zeros(world)
+    for ((rows, cols), _), chunks in zip(stacks.items(), plan):
+        work = iteration_flops(method, steps, (rows, cols))[0]
+        for lo, hi, owner in chunks:
+            loads[owner] += (hi - lo) * rows * cols * element_bytes
+            flops[owner] += (hi - lo) * work
+    gathered = float((world - 1) * loads.max())
+    # the U stacks, the gathered results and O: three copies of the Muon weights
+    transient = 3 * sum(n * r * c for (r, c), n in stacks.items()) * element_bytes
+    return {"sent": gathered, "received": gathered, "flops": float(flops.max()), "collectives": 2,
+            "transient": transient}
 
 
 def llama_shapes(hidden: int, intermediate: int, layers: int, kv_heads_dim: int) -> list:
