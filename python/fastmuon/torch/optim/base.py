@@ -4,6 +4,7 @@ the DTensor helpers of the distributed strategies."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Tuple, Union
 
@@ -120,13 +121,20 @@ def mesh_place(p: torch.Tensor, mesh_dim: int) -> int:
     gloo: ``DeviceMesh("cpu", [2, 0, 3, 1])`` gives ``full_tensor()`` other than the tensor
     distributed), so it is refused."""
     mesh = p.device_mesh
-    lines = mesh.mesh.movedim(mesh_dim, -1).reshape(-1, mesh.size(mesh_dim))  # the same verdict on every rank
-    if not bool((lines[:, 1:] > lines[:, :-1]).all()):
+    if not _lists_ranks_in_order(mesh, mesh_dim):
         raise ValueError(f"a sharded parameter of shape {tuple(p.shape)} is on a device mesh whose dimension "
                          f"{mesh_dim} lists its ranks out of increasing order ({mesh.mesh.tolist()}); DTensor does "
                          "not shard such a mesh consistently, so it is refused: list each dimension's ranks "
                          "in increasing order")
     return mesh.get_local_rank(mesh_dim)
+
+
+@functools.lru_cache(maxsize=None)  # asked per parameter and step: once per mesh and dimension
+def _lists_ranks_in_order(mesh, mesh_dim: int) -> bool:
+    """Whether every line of ``mesh`` along ``mesh_dim`` lists its ranks increasingly (the same
+    verdict on every rank: the whole mesh is known everywhere)."""
+    lines = mesh.mesh.movedim(mesh_dim, -1).reshape(-1, mesh.size(mesh_dim))
+    return bool((lines[:, 1:] > lines[:, :-1]).all())
 
 
 def all_ranks(flag: torch.Tensor, group=None) -> torch.Tensor:

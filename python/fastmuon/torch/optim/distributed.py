@@ -138,12 +138,12 @@ def sharded_step(groups: List[dict], state) -> None:
 
 def gather_step(groups: List[dict], state) -> None:
     """The fallback for placements the owner strategy does not take. Each matrix's U is gathered
-    (one all-gather, O(parameters) per step), and on a 1-D mesh the matrix's owner, place (j + k) mod size in its mesh for
-    matrix j of stack k, orthogonalizes it (same-shape matrices batched) and scatters the
-    result's shards back (``distribute_tensor`` from the owner). On other meshes every rank
-    orthogonalizes every matrix and keeps its shard. A gradient counts as finite only if every
-    shard is (reduced over the parameter's mesh, a dimension at a time); NorMuon's second moment (one value per row or
-    column) is kept whole on every rank."""
+    (one all-gather, O(parameters) per step), and on a 1-D mesh the matrix's owner, place
+    (j + k) mod size in its mesh for matrix j of stack k, orthogonalizes it (same-shape matrices
+    batched) and scatters the result's shards back (``distribute_tensor`` from the owner). On
+    other meshes every rank orthogonalizes every matrix and keeps its shard. A gradient counts
+    as finite only if every shard is (reduced over the parameter's mesh, a dimension at a time);
+    NorMuon's second moment (one value per row or column) is kept whole on every rank."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     for k, ((rows, cols, *_), members) in enumerate(gathered_stacks(groups).items()):

@@ -18,6 +18,7 @@ A gradient counts as finite only if every shard is: one all-reduce per process g
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import defaultdict
 from dataclasses import dataclass
@@ -134,13 +135,19 @@ def owner_layout(p: torch.Tensor) -> Optional[Layout]:
         world = dist.get_world_size()
         if BATCH_AXIS in (split.axis for split in splits) or len(sharded) != mesh.ndim or mesh.mesh.numel() != world:
             return None  # experts split twice; a mesh of part of the world (no group spans it)
-        chunks = [()] * world
-        for coordinate in itertools.product(*(range(n) for n in mesh.mesh.shape)):
-            chunks[int(mesh.mesh[coordinate])] = coordinate
-        layout = Layout(dist.group.WORLD, dist.get_rank(), world, splits, tuple(chunks))
+        layout = Layout(dist.group.WORLD, dist.get_rank(), world, splits, _coordinates_by_rank(mesh))
     if tuple(local(p).shape) != layout.local_shape(p.shape, layout.place):
         return None  # a layout other than DTensor's Shard chunking: gathered instead
     return layout
+
+
+@functools.lru_cache(maxsize=None)  # one walk over a mesh of every rank, not one per parameter and step
+def _coordinates_by_rank(mesh) -> Tuple[Tuple[int, ...], ...]:
+    """Each global rank's coordinate in ``mesh`` (which holds every rank), indexed by rank."""
+    chunks: List[Tuple[int, ...]] = [()] * mesh.mesh.numel()
+    for coordinate, rank in zip(itertools.product(*(range(n) for n in mesh.mesh.shape)), mesh.mesh.flatten().tolist()):
+        chunks[rank] = coordinate
+    return tuple(chunks)
 
 
 def _nesting_order(mesh, placements, sharded, dims) -> Optional[List[int]]:
