@@ -4,7 +4,6 @@ orthogonalization is per matrix, so the results must agree bitwise."""
 
 from __future__ import annotations
 
-import datetime
 import importlib
 import os
 
@@ -15,6 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fastmuon.torch import Muon, MuonWithAdamW
+from support.gloo import end_worker, free_port, init_worker
 
 WORLD = 2
 STEPS = 3
@@ -84,10 +84,11 @@ def run(rank, distributed):
     }
 
 
-def worker(rank, init_file, out_dir):
+def worker(rank, port, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
+    # The single-process baseline runs first, in rank 0's process under the same thread settings.
+    single = run(None, distributed=False) if rank == 0 else None
+    init_worker(rank, WORLD, port)
     calls = []
     ortho_module = importlib.import_module("fastmuon.torch.orthogonalize")  # the optimizers call it
     real = ortho_module.orthogonalize_stacks
@@ -97,23 +98,19 @@ def worker(rank, init_file, out_dir):
         return real(stacks, **kwargs)
 
     ortho_module.orthogonalize_stacks = counting
-    try:
-        result = run(rank, distributed=None)
-    finally:
-        ortho_module.orthogonalize_stacks = real
-        dist.destroy_process_group()
+    result = run(rank, distributed=None)
     result["matrices"] = sum(calls)
-    # The single-process baseline runs here too, under the same thread settings.
-    result["single"] = run(None, distributed=False) if rank == 0 else None
+    result["single"] = single
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    end_worker()
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # read when each process loads its BLAS
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     single = ranks[0]["single"]
     for i in range(len(single["params"])):

@@ -5,17 +5,15 @@ its share of the optimizer state."""
 
 from __future__ import annotations
 
-import datetime
 import os
-import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 from fastmuon.torch import MuonWithAdamW, muon_param_groups
+from support.gloo import end_worker, free_port, init_worker
 
 STEPS = 3
 
@@ -59,18 +57,9 @@ def single_process(dtype):
     return [p.detach().to(torch.float64) for p in model.parameters()]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _worker(rank, world, port, out, hsdp=False, submesh=False):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                      OPENBLAS_NUM_THREADS="1")
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init_worker(rank, world, port)
     from torch.distributed.fsdp import fully_shard
 
     mesh = None
@@ -94,19 +83,13 @@ def _worker(rank, world, port, out, hsdp=False, submesh=False):
                       for state in opt.state.values() for t in state.values() if isinstance(t, torch.Tensor))
     if rank == 0 or submesh:  # on sub-meshes every rank's weights are checked
         torch.save({"weights": weights, "state_bytes": state_bytes}, out if rank == 0 else f"{out}.rank{rank}")
-    # Every rank is past its last collective here. The process then ends without gloo's teardown or
-    # the interpreter's finalization, where gloo's threads aborted a worker now and then ("terminate
-    # called without an active exception", in 2 of 5 full-suite runs on 2 cores, never alone).
-    dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 @pytest.mark.parametrize("world, hsdp", [(2, False), (4, False), (4, True)], ids=["fsdp2", "fsdp4", "hsdp2x2"])
 def test_fsdp2_equals_one_process(tmp_path, world, hsdp):
     out = tmp_path / "fsdp.pt"
-    port = _free_port()
+    port = free_port()
     mp.spawn(_worker, args=(world, port, str(out), hsdp), nprocs=world, join=True)
     got = torch.load(out)
     fp64, fp32 = single_process(torch.float64), single_process(torch.float32)
@@ -128,7 +111,7 @@ def test_fsdp2_on_a_sub_mesh_equals_one_process_on_every_rank(tmp_path):
     finiteness reduction are counted within each parameter's own mesh. They were global ranks,
     and ranks 2-3 received weights off by 7.7e-3 or 1.8e19 (an uninitialized buffer)."""
     out = tmp_path / "fsdp.pt"
-    mp.spawn(_worker, args=(4, _free_port(), str(out), False, True), nprocs=4, join=True)
+    mp.spawn(_worker, args=(4, free_port(), str(out), False, True), nprocs=4, join=True)
     fp64, fp32 = single_process(torch.float64), single_process(torch.float32)
     for path in [out] + [f"{out}.rank{r}" for r in (1, 2, 3)]:
         got = torch.load(path)
@@ -151,9 +134,7 @@ def _mixed_steps(model, opt):
 
 
 def _mixed_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                      OPENBLAS_NUM_THREADS="1")
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init_worker(rank, world, port)
     from torch.distributed.fsdp import fully_shard
 
     from fastmuon.torch import Muon
@@ -165,10 +146,7 @@ def _mixed_worker(rank, world, port, out):
     routes = {r.name: r.strategy for r in opt.explain()}  # with the last step's gradients
     weights = [model[0].weight.full_tensor().detach(), model[2].weight.detach()]
     torch.save({"weights": weights, "routes": routes}, f"{out}.rank{rank}")
-    dist.barrier()  # then end as _worker does
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 def test_a_partly_sharded_model_steps_each_parameter_its_way(tmp_path):
@@ -178,7 +156,7 @@ def test_a_partly_sharded_model_steps_each_parameter_its_way(tmp_path):
     from fastmuon.torch import Muon
 
     out = tmp_path / "mixed.pt"
-    mp.spawn(_mixed_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_mixed_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     expected = {}
     for dtype in (torch.float64, torch.float32):
         model = _mixed_model().to(dtype)
@@ -195,9 +173,7 @@ def test_a_partly_sharded_model_steps_each_parameter_its_way(tmp_path):
 def _resume_worker(rank, world, port, folder, phase):
     """Phase "save" (2 ranks): 2 steps, a DCP checkpoint of model and optimizer, 1 more step.
     Phase "load" (4 ranks): the checkpoint loaded into a fresh model, 1 step."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                      OPENBLAS_NUM_THREADS="1")
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init_worker(rank, world, port)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     from torch.distributed.fsdp import fully_shard
@@ -229,18 +205,15 @@ def _resume_worker(rank, world, port, folder, phase):
     weights = [p.full_tensor().detach() for p in model.parameters()]
     if rank == 0:
         torch.save(weights, os.path.join(folder, f"{phase}.pt"))
-    dist.barrier()  # then end as _worker does
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 def test_dcp_resume_on_another_world_size_is_bitwise(tmp_path):
     """A distributed checkpoint (torch.distributed.checkpoint) saved by 2 ranks and loaded by 4
     resumes bitwise: the state is per shard or whole, and the owners orthogonalize each matrix
     alone, whatever the world size."""
-    mp.spawn(_resume_worker, args=(2, _free_port(), str(tmp_path), "save"), nprocs=2, join=True)
-    mp.spawn(_resume_worker, args=(4, _free_port(), str(tmp_path), "load"), nprocs=4, join=True)
+    mp.spawn(_resume_worker, args=(2, free_port(), str(tmp_path), "save"), nprocs=2, join=True)
+    mp.spawn(_resume_worker, args=(4, free_port(), str(tmp_path), "load"), nprocs=4, join=True)
     saved, loaded = torch.load(tmp_path / "save.pt"), torch.load(tmp_path / "load.pt")
     for a, b in zip(saved, loaded):
         assert torch.equal(a, b)
@@ -254,9 +227,7 @@ def _tp_model():
 def _tp_worker(rank, world, port, out):
     """torch's own tensor parallelism (ColwiseParallel, RowwiseParallel on "tp") under FSDP2 on
     "dp" of a 2 x 2 mesh: 2-D placements, (_StridedShard(0), Shard(0)) and (Shard(0), Shard(1))."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                      OPENBLAS_NUM_THREADS="1")
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    init_worker(rank, world, port)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -271,10 +242,7 @@ def _tp_worker(rank, world, port, out):
     routes = [r.why for r in opt.explain()]
     torch.save({"weights": [p.full_tensor().detach() for p in model.parameters()], "routes": routes,
                 "placements": [str(p.placements) for p in model.parameters()]}, f"{out}.rank{rank}")
-    dist.barrier()  # then end as _worker does
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 def test_tensor_parallel_under_fsdp2_equals_one_process(tmp_path):
@@ -283,7 +251,7 @@ def test_tensor_parallel_under_fsdp2_equals_one_process(tmp_path):
     from fastmuon.torch import Muon
 
     out = tmp_path / "tp.pt"
-    mp.spawn(_tp_worker, args=(4, _free_port(), str(out)), nprocs=4, join=True)
+    mp.spawn(_tp_worker, args=(4, free_port(), str(out)), nprocs=4, join=True)
     expected = {}
     for dtype in (torch.float64, torch.float32):
         model = _tp_model().to(dtype)

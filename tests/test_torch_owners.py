@@ -8,9 +8,6 @@ reduction per process group."""
 
 from __future__ import annotations
 
-import datetime
-import os
-import sys
 from collections import Counter
 
 import pytest
@@ -18,7 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fastmuon.torch import Muon, NorMuon
+from fastmuon.torch import Muon
+from support.gloo import end_worker, free_port, init_worker
 
 STEPS = 3
 WORLD = 4
@@ -100,9 +98,7 @@ def _placements(codes):
 
 
 def _worker(rank, port, out, dtype):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                      OPENBLAS_NUM_THREADS="1")
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120))
+    init_worker(rank, WORLD, port)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import distribute_tensor
 
@@ -133,10 +129,7 @@ def _worker(rank, port, out, dtype):
               "skipped": {name: int(opt.state[p]["skipped_steps"]) for name, p in params.items()},
               "calls": dict(calls), "routes": routes, "refused": _permuted_mesh_error()}
     torch.save(result, f"{out}.rank{rank}")
-    dist.barrier()  # every rank past its last collective; then end without gloo's teardown (test_torch_fsdp)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 def _permuted_mesh_error() -> str:
@@ -154,20 +147,13 @@ def _permuted_mesh_error() -> str:
     return ""
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     results = {}
     for dtype in (torch.float32, torch.bfloat16):
         out = str(tmp_path_factory.mktemp("owners") / "run")
-        mp.spawn(_worker, args=(_free_port(), out, dtype), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), out, dtype), nprocs=WORLD, join=True)
         results[dtype] = [torch.load(f"{out}.rank{rank}") for rank in range(WORLD)]
     return results
 
