@@ -59,10 +59,10 @@ class _FlopCounter:
         return X, A
 
     def to_batch(self, G):
-        return (int(np.prod(G[:-2])), *G[-2:])
+        return _Shape((int(np.prod(G[:-2])), *G[-2:]))
 
     def transpose(self, X):
-        return (X[0], X[2], X[1])
+        return _Shape((X[0], X[2], X[1]))
 
     def normalize(self, X, scale, eps, dtype):
         return X

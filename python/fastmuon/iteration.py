@@ -77,8 +77,8 @@ def orthogonalize_with(G: Any, plan: Plan, ops: MatrixOps, compute_dtype: Any) -
 def iterate(X: Any, plan: Plan, ops: MatrixOps, A: Any = None) -> Any:
     """Apply the plan's polynomials to a normalized wide batch X (batch, m, n), m <= n; ``A``,
     when given, is X X^T already (AOL's), used by the first step."""
-    if plan.uses_gram:
-        return _gram_iterations(X, plan, ops)
+    if plan.gram_form(X.shape[-2], X.shape[-1]):
+        return _gram_iterations(X, plan, ops, A)
     for a, b, c in plan.coefficients:
         A = ops.xxt(X) if A is None else A
         B = ops.ba_plus_caa(A, alpha=c, beta=b)  # b A + c A^2
@@ -87,10 +87,11 @@ def iterate(X: Any, plan: Plan, ops: MatrixOps, A: Any = None) -> Any:
     return X
 
 
-def _gram_iterations(X: Any, plan: Plan, ops: MatrixOps) -> Any:
-    """Every X_k equals Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T, so the steps run on
-    m x m matrices and X is touched once at the start and once at the end (plus restarts)."""
-    R = ops.xxt(X)
+def _gram_iterations(X: Any, plan: Plan, ops: MatrixOps, R: Any = None) -> Any:
+    """Every X_k equals Q_k X_0 with Q_k a polynomial in R_0 = X_0 X_0^T (``R`` when given), so
+    the steps run on m x m matrices and X is touched once at the start and once at the end (plus
+    restarts)."""
+    R = ops.xxt(X) if R is None else R
     Q = None  # the identity, kept implicit until the first step needs it
     last = len(plan.coefficients)
     for step, (a, b, c) in enumerate(plan.coefficients, start=1):
