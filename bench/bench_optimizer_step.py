@@ -3,10 +3,10 @@ c_proj 768x768, c_fc 768x3072, mlp c_proj 3072x768, as (out, in) weights), or wi
 ``--model demo`` on the demo model's eight small matrices, fastmuon against what users would
 pick instead, in one run:
 
-  torch: fastmuon.torch.Muon (auto -> native on CPU), with method="aol" and 4 steps, its
-         reference backend,
+  torch: fastmuon.torch.Muon (auto -> native on CPU), with method="aol" and 4 and 5 steps,
+         its reference backend,
          torch.optim.Muon (Newton-Schulz in bf16 on every device);
-  mlx:   fastmuon.mlx.Muon (auto -> native on CPU), with method="aol" and 4 steps, its
+  mlx:   fastmuon.mlx.Muon (auto -> native on CPU), with method="aol" and 4 and 5 steps, its
          reference backend,
          mlx.optimizers.Muon (Newton-Schulz in the gradient dtype, here fp32).
 
@@ -85,6 +85,7 @@ def torch_cases(grads, skip_slow: bool):
 
     yield "torch fastmuon.Muon (auto)", make(lambda ps: Muon(ps, lr=0.02))
     yield "torch fastmuon.Muon (aol, 4 steps)", make(lambda ps: Muon(ps, lr=0.02, method="aol", ns_steps=4))
+    yield "torch fastmuon.Muon (aol, 5 steps)", make(lambda ps: Muon(ps, lr=0.02, method="aol", ns_steps=5))
     yield "torch fastmuon.Muon (aol, 4 steps, bf16)", make(
         lambda ps: Muon(ps, lr=0.02, method="aol", ns_steps=4, ns_dtype=torch.bfloat16))
     yield "torch fastmuon.Muon (reference)", make(lambda ps: Muon(ps, lr=0.02, backend="reference"))
@@ -111,6 +112,7 @@ def mlx_cases(grads, skip_slow: bool):
 
     yield "mlx fastmuon.Muon (auto)", make(Muon(0.02))
     yield "mlx fastmuon.Muon (aol, 4 steps)", make(Muon(0.02, method="aol", ns_steps=4))
+    yield "mlx fastmuon.Muon (aol, 5 steps)", make(Muon(0.02, method="aol", ns_steps=5))
     if not skip_slow:
         yield "mlx fastmuon.Muon (reference)", make(Muon(0.02, backend="reference"))
         yield "mlx.optimizers.Muon", make(optim.Muon(0.02, weight_decay=0.0))
