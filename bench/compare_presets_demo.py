@@ -3,8 +3,9 @@ several seeds, in both frameworks: final validation loss (mean, spread) and trai
 that a cheaper preset can be judged against today's default beyond seed noise.
 
     PYTHONPATH=bench python bench/compare_presets_demo.py [--seeds 0 1 2] [--frameworks torch mlx]
+        [--presets polar_express5 aol4 aol5]
 
-Presets: "polar_express5" (the default) and "aol4" (method="aol", 4 steps). Each seed changes the
+Presets: "polar_express5" (the default), "aol4" and "aol5" (method="aol", 4 and 5 steps). Each seed changes the
 model's initialization and the batch order. Rows go to bench/results/demo_presets.jsonl.
 """
 
@@ -24,7 +25,8 @@ from demo.data import load_corpus  # noqa: E402
 from demo.run import LEARNING_RATES, available_frameworks, train  # noqa: E402
 from fastmuon.bench import environment  # noqa: E402
 
-PRESETS = {"polar_express5": (), "aol4": (("method", "aol"), ("ns_steps", 4))}
+PRESETS = {"polar_express5": (), "aol4": (("method", "aol"), ("ns_steps", 4)),
+           "aol5": (("method", "aol"), ("ns_steps", 5))}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "demo_presets.jsonl")
 
 
@@ -32,6 +34,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--frameworks", nargs="+", default=None)
+    parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=list(PRESETS))
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     corpus = load_corpus()
@@ -39,7 +42,8 @@ def main(argv=None) -> int:
     for framework in args.frameworks or available_frameworks():
         rates = LEARNING_RATES[framework]["muon"]
         summary = {}
-        for preset, options in PRESETS.items():
+        for preset in args.presets:
+            options = PRESETS[preset]
             finals, seconds = [], []
             for seed in args.seeds:
                 cfg = dataclasses.replace(FULL, seed=seed, muon_options=options)
