@@ -58,10 +58,18 @@ def adversarial_inputs(count: int = 9, seed: int = 5):
     return out
 
 
-def bf16_sigma_max(G: np.ndarray, steps: int = 5) -> float:
-    O = orthogonalize(torch.from_numpy(G.astype(np.float32)), method="aol", steps=steps, dtype=torch.bfloat16,
-                      backend="reference")
-    return float(np.linalg.svd(O.double().numpy(), compute_uv=False).max())
+def bf16_sigma_max(G: np.ndarray, framework: str = "torch") -> float:
+    if framework == "mlx":
+        mx = pytest.importorskip("mlx.core")
+        from fastmuon.mlx import orthogonalize as mlx_orthogonalize
+
+        O = mlx_orthogonalize(mx.array(G.astype(np.float32)), method="aol", steps=5, dtype=mx.bfloat16,
+                              backend="reference")
+        O = np.array(O.astype(mx.float32), dtype=np.float64)
+    else:
+        O = orthogonalize(torch.from_numpy(G.astype(np.float32)), method="aol", steps=5, dtype=torch.bfloat16,
+                          backend="reference").double().numpy()
+    return float(np.linalg.svd(O, compute_uv=False).max())
 
 
 def aol5(G: np.ndarray, dtype) -> np.ndarray:
@@ -84,8 +92,9 @@ def test_gram_form_is_the_aol_iteration(dtype, monkeypatch):
         assert gram <= 4 * standard, (gram, standard)
 
 
-def test_bf16_gram_form_stays_bounded():
-    sigmas = [bf16_sigma_max(G) for G in adversarial_inputs()]
+@pytest.mark.parametrize("framework", ["torch", "mlx"])
+def test_bf16_gram_form_stays_bounded(framework):
+    sigmas = [bf16_sigma_max(G, framework) for G in adversarial_inputs()]
     assert max(sigmas) <= SIGMA_BOUND, sigmas
 
 
