@@ -308,10 +308,12 @@ def optimizer_step_rows(torch, timed, guarded, record) -> None:
         check = graph_matches_eager(torch, make)
         record("optimizer_step", shape, name + "_cuda_graph", ms, graph_vs_eager_max_abs=check, **extra)
 
-    aol = ("fastmuon_aol4", lambda ps: Muon(ps, lr=0.02, method="aol", ns_steps=4))
-    for name, make in [*providers, aol]:
+    # AOL with 4 steps, and with 5 (the Gram form on GPT-2's wide matrices)
+    aol = [(f"fastmuon_aol{steps}", lambda ps, steps=steps: Muon(ps, lr=0.02, method="aol", ns_steps=steps))
+           for steps in (4, 5)]
+    for name, make in [*providers, *aol]:
         guarded(f"optimizer_step {name}", lambda: eager(name, make))
-    for name, make in [*providers[:2], aol]:
+    for name, make in [*providers[:2], *aol]:
         guarded(f"optimizer_step {name} (CUDA graph)", lambda: graphed(name, make))
     # fastmuon orthogonalizes same-shape matrices in chunks of at most STACK_BYTES (16 MiB: 3 of
     # GPT-2's 768 x 3072 in bf16, so 12 orthogonalize calls a step); one call per shape instead:
@@ -336,12 +338,13 @@ class whole_stacks:
 
 
 def compiled_step_row(torch, timed, record) -> None:
-    """fastmuon's step (auto, and AOL with 4 steps) under torch.compile; the compile time is
+    """fastmuon's step (auto, and AOL with 4 and 5 steps) under torch.compile; the compile time is
     recorded too."""
     from fastmuon.torch import Muon
 
     shape, extra = step_shape_and_fields()
-    for name, options in (("fastmuon_auto_compiled", {}), ("fastmuon_aol4_compiled", dict(method="aol", ns_steps=4))):
+    for name, options in (("fastmuon_auto_compiled", {}), ("fastmuon_aol4_compiled", dict(method="aol", ns_steps=4)),
+                          ("fastmuon_aol5_compiled", dict(method="aol", ns_steps=5))):
         step = torch.compile(Muon(gpt2_small_muon_params(torch), lr=0.02, **options).step)
         started = time.monotonic()
         step()  # compiles
