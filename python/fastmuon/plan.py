@@ -37,14 +37,14 @@ GRAM_RESTART_EVERY = 2
 # n >= 2 m; the wide orientation of a tall one) of at least 256 rows, plans of at most 5 steps,
 # restarted once, after the second step. Per step it then touches only m x m matrices, and X
 # four times in all (AOL's Gram matrix, the restart's X and X X^T, the last product) instead of
-# twice a step: 768 x 3072 bf16 on a 2-core EPYC, 0.6x the standard form's products.
-# Evidence, bf16 (bench/bench_quality.py, tests/test_quality.py): on the quality panel its
-# errors match the standard form's to 0.01; on 1,460 random and adversarial inputs (m >= 39)
-# its largest singular value stayed <= 1.08. Restarting only after the third step instead
-# diverged (singular values of 1e3 to 1e9 on 8 of 11 panel inputs), as did Gram-space Polar
-# Express restarted after the second (rank 8 plus noise: 150), and AOL on 2 x 33 power-law
-# inputs (695): spurious negative eigenvalues of R, from rounding, grow every step. Hence the
-# minimum size, and the exact form elsewhere.
+# twice a step: at 768 x 3072 with 5 steps, 27 against 41 GFLOP (fastmuon.flops).
+# Evidence in bf16 (bench/bench_quality.py, tests/test_aol_gram.py): on the quality panel its
+# errors match the standard form's to 0.01; on 460 random and adversarial inputs of 2 to 512
+# rows its largest singular value stayed <= 1.08. What diverged: 2 of 1,000 inputs of 2 to 8
+# rows (2 x 33 with a power-law spectrum: 695), restarting after the third step instead
+# (singular values of 1e3 to 1e9 on 8 of 11 small panel inputs) and Gram-space Polar Express
+# restarted after the second (rank 8 plus noise: 150): spurious negative eigenvalues of R, from
+# rounding, grow every step. Hence the minimum size, and the standard form elsewhere.
 AOL_GRAM_MIN_ROWS = 256
 AOL_GRAM_MIN_ASPECT = 2
 AOL_GRAM_MAX_STEPS = 5
