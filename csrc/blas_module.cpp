@@ -317,8 +317,10 @@ is false), then the odd polynomials
 ``coefficients`` are applied in the order of
 ``fastmuon.iteration.iterate``: the standard iteration (``A = X X^T``,
 ``B = b A + c A A``, ``X <- a X + B X``), or with ``gram`` the
-Gram-space iteration on ``R = X X^T``, recomputing ``X`` and ``R``
-after every ``gram_restart_every``-th step. Tall matrices are iterated
+Gram-space iteration on ``R = X X^T`` (for matrices of at least
+``gram_min_rows`` rows and ``gram_min_aspect`` times as many columns),
+recomputing ``X`` and ``R`` after every ``gram_restart_every``-th step,
+at most ``gram_restarts`` times. Tall matrices are iterated
 in the wide orientation without a transposed copy. All arithmetic is
 float32 on the BLAS; the GIL is released. With ``workers=1`` the
 matrices run one after another, each product on the BLAS threads; with

@@ -363,7 +363,7 @@ class Workspace {
     }
     BlasOps::Wide cur{mat.data};
     BlasOps::Wide other{x2_.data()};
-    iterate(ops, plan_, cur, other, squares);
+    iterate(ops, plan_, mat.m, mat.n, cur, other, squares);
     if (cur.data != mat.data) {
       copy_floats(mat.data, cur.data, mat.m * mat.n);
     }

@@ -20,8 +20,11 @@ struct OrthogonalizePlan {
   std::vector<std::array<double, 3>> coefficients;  // (a, b, c) per step
   double norm_scale = 1.0;         // X / (||X||_F * norm_scale + eps)
   double eps = 0.0;
-  bool gram = false;               // iterate on the Gram matrix ("gram")
-  int64_t gram_restart_every = 1;  // recompute X and R every k-th step
+  bool gram = false;               // iterate on the Gram matrix (gram_form)
+  int64_t gram_restart_every = 1;  // recompute X and R every k-th step,
+  int64_t gram_restarts = -1;      // at most this many times (-1: no limit)
+  int64_t gram_min_rows = 0;       // smaller or squarer batches (m rows,
+  int64_t gram_min_aspect = 1;     // n < aspect * m) take the standard form
   bool normalize = true;           // false: the input arrives normalized
   bool aol = false;                // AOL row scaling before the first step
 
@@ -29,8 +32,9 @@ struct OrthogonalizePlan {
 };
 
 // Throws std::invalid_argument (ValueError in Python) for no steps,
-// non-finite coefficients, norm_scale <= 0, eps < 0 (or either non-finite), or
-// gram_restart_every < 1 with gram. Both extensions check plans here, before
+// non-finite coefficients, norm_scale <= 0, eps < 0 (or either non-finite),
+// gram_restart_every < 1 with gram, gram_restarts < -1, gram_min_rows < 0 or
+// gram_min_aspect < 1. Both extensions check plans here, before
 // any data is touched. The messages read "<field(name)> must ...", where
 // `field` names a field for the caller (a std::string from a const char*).
 template <class FieldName>
@@ -61,6 +65,24 @@ void check_plan(const OrthogonalizePlan& plan, const FieldName& field) {
     fail("gram_restart_every",
          "must be >= 1, got " + std::to_string(plan.gram_restart_every));
   }
+  if (plan.gram_restarts < -1) {
+    fail("gram_restarts",
+         "must be >= -1, got " + std::to_string(plan.gram_restarts));
+  }
+  if (plan.gram_min_rows < 0) {
+    fail("gram_min_rows",
+         "must be >= 0, got " + std::to_string(plan.gram_min_rows));
+  }
+  if (plan.gram_min_aspect < 1) {
+    fail("gram_min_aspect",
+         "must be >= 1, got " + std::to_string(plan.gram_min_aspect));
+  }
+}
+
+// Whether a wide (m x n, m <= n) matrix iterates in Gram space
+// (fastmuon.plan.Plan.gram_form).
+inline bool gram_form(const OrthogonalizePlan& plan, int64_t m, int64_t n) {
+  return plan.gram && m >= plan.gram_min_rows && n >= plan.gram_min_aspect * m;
 }
 
 // check_plan with the fields named "[fastmuon.orthogonalize] <field>".
@@ -93,10 +115,11 @@ inline int square_buffers(const OrthogonalizePlan& plan) {
 //                                     A = X X^T and d_i = 1 / sqrt(sum_j |A_ij|)
 // The iteration swaps handles, never data: on return `x` names the buffer
 // that holds the result (the caller's x or x2). `squares` holds at least
-// square_buffers(plan) buffers.
+// square_buffers(plan) buffers. m and n choose the form (gram_form).
 template <class Ops>
-void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
-             typename Ops::Wide& x2, std::span<typename Ops::Square> squares) {
+void iterate(Ops& ops, const OrthogonalizePlan& plan, int64_t m, int64_t n,
+             typename Ops::Wide& x, typename Ops::Wide& x2,
+             std::span<typename Ops::Square> squares) {
   const auto coef = [&plan](size_t step, int i) {
     return static_cast<float>(plan.coefficients[step][i]);
   };
@@ -106,7 +129,7 @@ void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
     ops.xxt(x, squares[0]);
     ops.aol_scale(x, squares[0]);
   }
-  if (!plan.gram) {
+  if (!gram_form(plan, m, n)) {
     auto& A = squares[0];
     auto& B = squares[1];
     for (size_t step = 0; step < steps; ++step) {
@@ -130,6 +153,7 @@ void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
     ops.xxt(x, R);
   }
   bool q_is_identity = true;  // Q = I is kept implicit until a step needs it
+  int64_t restarts = 0;
   for (size_t step = 1; step <= steps; ++step) {
     const float a = coef(step - 1, 0);
     // Z = b R + c R R
@@ -145,7 +169,9 @@ void iterate(Ops& ops, const OrthogonalizePlan& plan, typename Ops::Wide& x,
     if (step == steps) {
       break;
     }
-    if (static_cast<int64_t>(step) % plan.gram_restart_every == 0) {
+    if (static_cast<int64_t>(step) % plan.gram_restart_every == 0 &&
+        (plan.gram_restarts < 0 || restarts < plan.gram_restarts)) {
+      ++restarts;
       // Restart: X <- Q X, R <- X X^T, Q <- I. Bounds the drift of R away
       // from X_k X_k^T (the Gram matrix squares the condition number). R is
       // formed afresh, so it is not updated first.

@@ -31,6 +31,10 @@
   "        gram (bool): iterate on the Gram matrix instead of X;\n"         \
   "        gram_restart_every (int): restart period (>= 1) of the Gram\n"   \
   "            iteration; ignored when gram is false;\n"                   \
+  "        gram_restarts (int): at most this many restarts (-1: any);\n"  \
+  "        gram_min_rows (int), gram_min_aspect (int): a wide m x n\n"    \
+  "            matrix with m < gram_min_rows or n < gram_min_aspect * m\n"\
+  "            takes the standard iteration even with gram;\n"            \
   "        normalize (bool): divide each matrix by its scaled norm plus\n" \
   "            eps first; false when the caller has (from float64);\n"     \
   "        aol (bool): AOL row scaling of the normalized matrix, whose\n"  \
@@ -74,15 +78,17 @@ inline std::vector<std::array<double, 3>> coefficients_from(
 
 // The plan of a call to `fn` from its `plan` argument: a dict with exactly
 // the keys "coefficients" (see coefficients_from), "norm_scale", "eps",
-// "gram", "gram_restart_every", "normalize" and "aol", the fields of
+// "gram", "gram_restart_every", "gram_restarts", "gram_min_rows",
+// "gram_min_aspect", "normalize" and "aol", the fields of
 // OrthogonalizePlan; checked by check_plan. Errors name `fn` and the key at
 // fault ("orthogonalize(): `plan['norm_scale']` must be finite and positive,
 // got 0.000000").
 inline OrthogonalizePlan plan_from_mapping(nb::handle obj, const char* fn) {
-  static const py_args::Keys<7> keys({"coefficients", "norm_scale", "eps",
-                                      "gram", "gram_restart_every",
-                                      "normalize", "aol"});
-  const py_args::DictArg<7> plan_arg(obj, fn, "plan", keys);
+  static const py_args::Keys<10> keys(
+      {"coefficients", "norm_scale", "eps", "gram", "gram_restart_every",
+       "gram_restarts", "gram_min_rows", "gram_min_aspect", "normalize",
+       "aol"});
+  const py_args::DictArg<10> plan_arg(obj, fn, "plan", keys);
   OrthogonalizePlan plan{
       coefficients_from(plan_arg.item("coefficients"), fn,
                         plan_arg.entry("coefficients").c_str()),
@@ -90,6 +96,9 @@ inline OrthogonalizePlan plan_from_mapping(nb::handle obj, const char* fn) {
       plan_arg.get<double>("eps"),
       plan_arg.get<bool>("gram"),
       plan_arg.get<int64_t>("gram_restart_every"),
+      plan_arg.get<int64_t>("gram_restarts"),
+      plan_arg.get<int64_t>("gram_min_rows"),
+      plan_arg.get<int64_t>("gram_min_aspect"),
       plan_arg.get<bool>("normalize"),
       plan_arg.get<bool>("aol"),
   };

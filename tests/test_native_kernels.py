@@ -597,6 +597,9 @@ def test_blas_orthogonalize_errors(blas_ext):
         blas_ext.orthogonalize(x, plan_arg(plan, norm_scale=1.0, eps=-1e-7))
     with pytest.raises(ValueError, match=r"`plan\['gram_restart_every'\]` must be >= 1"):
         blas_ext.orthogonalize(x, plan_arg(plan, gram=True, gram_restart_every=0))
+    for key, bad, bound in (("gram_restarts", -2, ">= -1"), ("gram_min_rows", -1, ">= 0"), ("gram_min_aspect", 0, ">= 1")):
+        with pytest.raises(ValueError, match=rf"`plan\['{key}'\]` must be {bound}, got {bad}"):
+            blas_ext.orthogonalize(x, plan_arg(plan, **{key: bad}))
     _assert_plan_key_errors(lambda bad: blas_ext.orthogonalize(x, bad), "orthogonalize")
     np.testing.assert_array_equal(x, 1.0)  # nothing ran on bad input
 
@@ -632,6 +635,8 @@ def test_mlx_orthogonalize_errors(mlx_ext):
         mlx_ext.orthogonalize(G, {**good, "eps": float("nan")}, stream=mx.cpu)
     with pytest.raises(ValueError, match=r"`plan\['gram_restart_every'\]` must be >= 1"):
         mlx_ext.orthogonalize(G, {**good, "gram": True, "gram_restart_every": 0}, stream=mx.cpu)
+    with pytest.raises(ValueError, match=r"`plan\['gram_min_aspect'\]` must be >= 1, got 0"):
+        mlx_ext.orthogonalize(G, {**good, "gram_min_aspect": 0}, stream=mx.cpu)
     _assert_plan_key_errors(lambda bad: mlx_ext.orthogonalize(G, bad, stream=mx.cpu), "orthogonalize")
     with pytest.raises(TypeError):
         mlx_ext.orthogonalize(G, good, mx.cpu)  # stream is keyword-only

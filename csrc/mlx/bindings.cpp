@@ -120,8 +120,11 @@ is false), then one odd quintic
 ``a X + b (X X^T) X + c (X X^T)^2 X`` per ``(a, b, c)`` of the plan's
 ``coefficients`` is applied in the order of
 ``fastmuon.iteration.iterate``: the standard iteration, or with
-``gram`` the Gram-space iteration, recomputing ``X`` and its Gram
-matrix after every ``gram_restart_every``-th step. Tall matrices are
+``gram`` the Gram-space iteration (for matrices of at least
+``gram_min_rows`` rows and ``gram_min_aspect`` times as many columns),
+recomputing ``X`` and its Gram matrix after every
+``gram_restart_every``-th step, at most ``gram_restarts`` times. Tall
+matrices are
 iterated in the wide orientation without a transposed copy. The CPU
 path runs in float32 on the BLAS (symmetric products with ``ssyrk``);
 float16 / bfloat16 inputs are upcast and the result rounded once. A zero

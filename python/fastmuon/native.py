@@ -37,7 +37,7 @@ import warnings
 from types import ModuleType
 from typing import Any, Dict
 
-from .plan import GRAM_RESTART_EVERY, Plan
+from .plan import GramRule, Plan
 
 __all__ = [
     "NativeExtensionMissing",
@@ -89,13 +89,17 @@ def kernel_plan(plan: Plan, normalize: bool = True) -> Dict[str, Any]:
     ``normalize=False`` tells the kernels that the caller has normalized the input (a float64
     input is normalized before it is rounded to the kernels' float32, so that it cannot overflow).
     """
+    rule = plan.gram_rule or GramRule()
     return {
         "coefficients": plan.coefficients,
         "norm_scale": plan.norm_scale,
         "eps": plan.eps,
-        "gram": plan.uses_gram,
+        "gram": plan.gram_rule is not None,
         "aol": plan.uses_aol,
-        "gram_restart_every": GRAM_RESTART_EVERY,
+        "gram_restart_every": rule.restart_every,
+        "gram_restarts": rule.restarts,
+        "gram_min_rows": rule.min_rows,
+        "gram_min_aspect": rule.min_aspect,
         "normalize": normalize,
     }
 

@@ -52,6 +52,19 @@ AOL_GRAM_RESTART_AFTER = 2
 
 
 @dataclass(frozen=True)
+class GramRule:
+    """Where a plan iterates in Gram space: wide (m x n) batches with m >= ``min_rows`` and
+    n >= ``min_aspect`` * m, recomputing X and its Gram matrix after every ``restart_every``-th
+    step, at most ``restarts`` times (-1: no limit). The native kernels take the same fields
+    (``fastmuon.native.kernel_plan``)."""
+
+    min_rows: int = 0
+    min_aspect: int = 1
+    restart_every: int = 1
+    restarts: int = -1
+
+
+@dataclass(frozen=True)
 class Plan:
     method: str
     coefficients: _coef.Coefficients
@@ -64,13 +77,20 @@ class Plan:
         one batch shape."""
         return self.method == "gram"
 
-    def gram_form(self, m: int, n: int) -> bool:
-        """Whether a wide (m x n, m <= n) batch iterates in Gram space: always for "gram", and
-        for "aol" on large, wide batches (``AOL_GRAM_MIN_ROWS``)."""
+    @property
+    def gram_rule(self) -> Optional[GramRule]:
+        """Where this plan iterates in Gram space: every batch for "gram"; for "aol" of at most
+        ``AOL_GRAM_MAX_STEPS`` steps, large wide batches restarted once; None otherwise."""
         if self.uses_gram:
-            return True
-        return (self.uses_aol and m >= AOL_GRAM_MIN_ROWS and n >= AOL_GRAM_MIN_ASPECT * m
-                and len(self.coefficients) <= AOL_GRAM_MAX_STEPS)
+            return GramRule(restart_every=GRAM_RESTART_EVERY)
+        if self.uses_aol and len(self.coefficients) <= AOL_GRAM_MAX_STEPS:
+            return GramRule(AOL_GRAM_MIN_ROWS, AOL_GRAM_MIN_ASPECT, AOL_GRAM_RESTART_AFTER, 1)
+        return None
+
+    def gram_form(self, m: int, n: int) -> bool:
+        """Whether a wide (m x n, m <= n) batch iterates in Gram space (``gram_rule``)."""
+        rule = self.gram_rule
+        return rule is not None and m >= rule.min_rows and n >= rule.min_aspect * m
 
     @property
     def uses_aol(self) -> bool:
@@ -81,11 +101,10 @@ class Plan:
 
     def restart_after(self, step: int) -> bool:
         """Whether the Gram iteration recomputes X and its Gram matrix after ``step`` (1-based)."""
-        if step >= len(self.coefficients):
+        rule = self.gram_rule
+        if rule is None or step >= len(self.coefficients) or step % rule.restart_every:
             return False
-        if self.uses_aol:
-            return step == AOL_GRAM_RESTART_AFTER
-        return self.uses_gram and step % GRAM_RESTART_EVERY == 0
+        return rule.restarts < 0 or step // rule.restart_every <= rule.restarts
 
 
 def make_plan(method: str, steps: int, coefficients: Optional[Sequence], eps: Optional[float] = None) -> Plan:
