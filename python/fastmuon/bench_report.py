@@ -32,7 +32,20 @@ def environment() -> Dict[str, Any]:
             env[package] = version(package)
         except Exception:  # not installed
             env[package] = None
+    env["fastmuon_source"] = os.path.dirname(os.path.abspath(__file__))
+    _warn_if_not_this_tree(env["fastmuon_source"])
     return env
+
+
+def _warn_if_not_this_tree(source: str) -> None:
+    """A script of a source tree's bench/ run as ``python bench/x.py`` imports the installed
+    fastmuon, not the tree's python/fastmuon, unless PYTHONPATH says so: say which one ran."""
+    script_dir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
+    tree = os.path.join(os.path.dirname(script_dir), "python", "fastmuon")
+    if os.path.basename(script_dir) == "bench" and os.path.isdir(tree) and \
+            os.path.realpath(tree) != os.path.realpath(source):
+        print(f"note: measured the fastmuon at {source}, not this tree's {tree} "
+              "(PYTHONPATH=python measures the tree)", file=sys.stderr)
 
 
 def _cpu_model() -> str:
