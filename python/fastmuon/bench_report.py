@@ -38,14 +38,26 @@ def environment() -> Dict[str, Any]:
 
 
 def _warn_if_not_this_tree(source: str) -> None:
-    """A script of a source tree's bench/ run as ``python bench/x.py`` imports the installed
-    fastmuon, not the tree's python/fastmuon, unless PYTHONPATH says so: say which one ran."""
+    """A script of a source tree's bench/ measures the installed fastmuon (bench/README.md): say
+    so when that copy's Python files differ from the tree's python/fastmuon (``make install``
+    since an edit, or ``PYTHONPATH=python``, measures the tree)."""
     script_dir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
     tree = os.path.join(os.path.dirname(script_dir), "python", "fastmuon")
-    if os.path.basename(script_dir) == "bench" and os.path.isdir(tree) and \
-            os.path.realpath(tree) != os.path.realpath(source):
-        print(f"note: measured the fastmuon at {source}, not this tree's {tree} "
-              "(PYTHONPATH=python measures the tree)", file=sys.stderr)
+    if os.path.basename(script_dir) != "bench" or not os.path.isdir(tree) or \
+            os.path.realpath(tree) == os.path.realpath(source):
+        return
+    import filecmp
+
+    for root, _, files in os.walk(tree):
+        for name in files:
+            if name.endswith(".py"):
+                mine = os.path.join(root, name)
+                installed = os.path.join(source, os.path.relpath(mine, tree))
+                if not (os.path.exists(installed) and filecmp.cmp(mine, installed, shallow=False)):
+                    print(f"note: the fastmuon measured ({source}) differs from this tree's {tree} "
+                          f"({os.path.relpath(mine, tree)}): run make install, or PYTHONPATH=python",
+                          file=sys.stderr)
+                    return
 
 
 def _cpu_model() -> str:
