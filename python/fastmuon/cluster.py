@@ -64,6 +64,23 @@ def chunk_owners(shapes: Sequence[Tuple[int, int, int]], world: int) -> List[Lis
     return plan
 
 
+def gather_layout(shapes: Sequence[Tuple[int, int, int]], plan: Sequence[Sequence[Tuple[int, int, int]]],
+                  world: int) -> Tuple[int, List[List[Tuple[int, int, int, int]]]]:
+    """Where the share-out's one all-gather carries the chunks of ``plan`` (``chunk_owners``, or
+    a part of it) of these (n, rows, cols) stacks: each rank's message holds its chunks' results
+    flattened, stack after stack, padded to the largest rank's load. Returns (that length in
+    elements, per stack its chunks as (lo, hi, owner, offset in the owner's message))."""
+    loads = [0] * world
+    placed = []
+    for (_, rows, cols), chunks in zip(shapes, plan):
+        stack = []
+        for lo, hi, owner in chunks:
+            stack.append((lo, hi, owner, loads[owner]))
+            loads[owner] += (hi - lo) * int(rows) * int(cols)
+        placed.append(stack)
+    return max(loads), placed
+
+
 def step_cost(shapes: Sequence[Tuple[int, int]], world: int, design: str, *, element_bytes: int = 2,
               method: str = "polar_express", steps: int = 5) -> Dict[str, float]:
     """Per-rank maxima over the ranks of one step of Muon on ``shapes`` (rows, cols), each matrix
@@ -114,14 +131,14 @@ def step_cost(shapes: Sequence[Tuple[int, int]], world: int, design: str, *, ele
 def _replicated_cost(stacks, world: int, element_bytes: int, method: str, steps: int) -> Dict[str, float]:
     """``step_cost`` of the replicated design: ``chunk_owners``' share-out, then one all-gather
     of every rank's results padded to the largest load (after one finiteness all-reduce)."""
-    plan = chunk_owners([(n, rows, cols) for (rows, cols), n in stacks.items()], world)
-    loads, flops = np.zeros(world), np.zeros(world)
-    for ((rows, cols), _), chunks in zip(stacks.items(), plan):
+    shapes = [(n, rows, cols) for (rows, cols), n in stacks.items()]
+    plan = chunk_owners(shapes, world)
+    flops = np.zeros(world)
+    for (_, rows, cols), chunks in zip(shapes, plan):
         work = iteration_flops(method, steps, (rows, cols))[0]
         for lo, hi, owner in chunks:
-            loads[owner] += (hi - lo) * rows * cols * element_bytes
             flops[owner] += (hi - lo) * work
-    gathered = float((world - 1) * loads.max())
+    gathered = float((world - 1) * gather_layout(shapes, plan, world)[0] * element_bytes)
     # the U stacks, the gathered results and O: three copies of the Muon weights
     transient = 3 * sum(n * r * c for (r, c), n in stacks.items()) * element_bytes
     return {"sent": gathered, "received": gathered, "flops": float(flops.max()), "collectives": 2,

@@ -7,7 +7,7 @@ from typing import Callable, Dict, List
 
 import mlx.core as mx
 
-from ...cluster import chunk_owners
+from ...cluster import chunk_owners, gather_layout
 
 
 def share_out(stacks: List[mx.array], group, orthogonalize: Callable[[mx.array], mx.array]) -> List[mx.array]:
@@ -22,24 +22,15 @@ def share_out(stacks: List[mx.array], group, orthogonalize: Callable[[mx.array],
         by_dtype.setdefault(U.dtype, []).append(k)
     results: List[mx.array] = [None] * len(stacks)
     for dtype, members in by_dtype.items():
-        loads, mine = [0] * world, []
-        for k in members:
-            U = stacks[k]
-            for lo, hi, owner in plan[k]:
-                loads[owner] += (hi - lo) * U.shape[1] * U.shape[2]
-                if owner == rank:
-                    mine.append(orthogonalize(U[lo:hi]).reshape(-1))
-        length = max(loads)
+        length, placed = gather_layout([tuple(stacks[k].shape) for k in members], [plan[k] for k in members], world)
+        mine = [orthogonalize(stacks[k][lo:hi]).reshape(-1)
+                for k, chunks in zip(members, placed) for lo, hi, owner, _ in chunks if owner == rank]
         done = sum(part.size for part in mine)
         message = mx.concatenate(mine + [mx.zeros((length - done,), dtype=dtype)])
         gathered = mx.distributed.all_gather(message, group=group).reshape(world, length)
-        offsets = [0] * world
-        for k in members:
+        for k, chunks in zip(members, placed):
             U = stacks[k]
-            chunks = []
-            for lo, hi, owner in plan[k]:
-                size = (hi - lo) * U.shape[1] * U.shape[2]
-                chunks.append(gathered[owner, offsets[owner]:offsets[owner] + size].reshape(hi - lo, *U.shape[1:]))
-                offsets[owner] += size
-            results[k] = mx.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+            parts = [gathered[owner, offset:offset + (hi - lo) * U.shape[1] * U.shape[2]].reshape(hi - lo, *U.shape[1:])
+                     for lo, hi, owner, offset in chunks]
+            results[k] = mx.concatenate(parts) if len(parts) > 1 else parts[0]
     return results

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ...cluster import chunk_owners
+from ...cluster import chunk_owners, gather_layout
 from ...rules import matrix_view
 from ..functional import muon_momentum_, normuon_normalize
 from .base import local, mesh_group, on_every_shard
@@ -77,32 +77,27 @@ def _share_out(jobs, process_group, rank: int, world_size: int):
         by_dtype[(U.dtype, U.device)].append(k)
     results: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * len(jobs)
     for (dtype, device), stacks in by_dtype.items():
-        loads, mine = [0] * world_size, []
-        for k in stacks:
-            U, _, group = jobs[k]
-            for lo, hi, owner in plan[k]:
-                loads[owner] += U[lo:hi].numel()
-                if owner == rank:
-                    mine.append(orthogonalize_group_stacks([U[lo:hi]], group)[0].reshape(-1))
+        length, placed = gather_layout([tuple(jobs[k][0].shape) for k in stacks], [plan[k] for k in stacks],
+                                       world_size)
         flags = torch.cat([jobs[k][1] for k in stacks]).to(dtype)
-        length = max(loads)
         message = torch.zeros(length + flags.numel(), dtype=dtype, device=device)
-        if mine:
-            computed = torch.cat(mine)
-            message[: computed.numel()] = computed
+        for k, chunks in zip(stacks, placed):
+            U, _, group = jobs[k]
+            for lo, hi, owner, offset in chunks:
+                if owner == rank:
+                    O = orthogonalize_group_stacks([U[lo:hi]], group)[0]
+                    message[offset:offset + O.numel()] = O.reshape(-1)
         message[length:] = flags
         gathered = message.new_empty(world_size * message.numel())
         dist.all_gather_into_tensor(gathered, message, group=process_group)
         gathered = gathered.view(world_size, -1)
         valid = gathered[:, length:].amin(dim=0) > 0
-        offsets, start = [0] * world_size, 0
-        for k in stacks:
+        start = 0
+        for k, chunks in zip(stacks, placed):
             U = jobs[k][0]
             O = torch.empty_like(U)
-            for lo, hi, owner in plan[k]:
-                size = U[lo:hi].numel()
-                O[lo:hi] = gathered[owner, offsets[owner]:offsets[owner] + size].view(U[lo:hi].shape)
-                offsets[owner] += size
+            for lo, hi, owner, offset in chunks:
+                O[lo:hi] = gathered[owner, offset:offset + U[lo:hi].numel()].view(U[lo:hi].shape)
             results[k] = (O, valid[start:start + U.shape[0]])
             start += U.shape[0]
     return results
