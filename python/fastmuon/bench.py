@@ -35,6 +35,7 @@ from .bench_report import (  # noqa: F401
     format_totals,
     machine_line,
     progress_bar,
+    shape_name,
 )
 from .bench_timing import (  # noqa: F401
     FRAMEWORKS,
@@ -230,12 +231,12 @@ def measure_in_budget(
             continue
         group_start = time.perf_counter()
         for shape in shapes:
-            bar.update(0, f"{method if budget is not None else 'all methods'} on {_shape_name(shape)}")
+            bar.update(0, f"{method if budget is not None else 'all methods'} on {shape_name(shape)}")
             rows += _measure_shape(group, shape, inputs[shape], polars[shape], repeats, bar)
         first = first or (time.perf_counter() - group_start, work)
     for prov in slow:
         for shape in squares:
-            what = f"{prov.name} {prov.method} on {_shape_name(shape)}"
+            what = f"{prov.name} {prov.method} on {shape_name(shape)}"
             if budget is not None and not fits(predicted_seconds(prov, shape, repeats), what, 1):
                 continue
             bar.update(0, what)
@@ -265,10 +266,6 @@ def predicted_seconds(prov: Provider, shape: tuple, repeats: int) -> float:
     start = time.perf_counter()
     prov.run(X)
     return (time.perf_counter() - start) * dense_flops(shape) / dense_flops((side, side)) * (1 + repeats)
-
-
-def _shape_name(shape: Sequence[int]) -> str:
-    return "x".join(str(s) for s in shape)
 
 
 def _measure_shape(group: Sequence[Provider], shape: tuple, G: np.ndarray, polar: np.ndarray, repeats: int,
@@ -355,7 +352,7 @@ def main(argv=None) -> int:
                         help="measure only these (default: every installed one)")
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=list(GPT2_SMALL_BLOCK), metavar="ROWSxCOLS",
                         help="the matrices of the block (default: GPT-2 small's, "
-                        f"{' '.join(_shape_name(s) for s in GPT2_SMALL_BLOCK)})")
+                        f"{' '.join(shape_name(s) for s in GPT2_SMALL_BLOCK)})")
     parser.add_argument("--json", metavar="PATH", help="append the rows as JSON lines to PATH")
     args = parser.parse_args(argv)
     frameworks = args.frameworks or installed_frameworks()
@@ -382,7 +379,7 @@ def main(argv=None) -> int:
     partial = not_on_every_shape(rows, args.shapes)
     if partial:
         print("measured on some shapes only, so not in the block: "
-              + "; ".join(f"{name} on {', '.join(_shape_name(s) for s in shapes)}" for name, shapes in partial.items())
+              + "; ".join(f"{name} on {', '.join(shape_name(s) for s in shapes)}" for name, shapes in partial.items())
               + (" (--quick runs the slow ones on square shapes only)" if args.quick else ""))
     if left_out:
         print(f"left out to keep within the time budget of {budget:.0f} s (--budget to change it):")

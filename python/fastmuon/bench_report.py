@@ -100,11 +100,16 @@ def compute_dtype_line(rows: List[Dict[str, Any]]) -> str:
     return "compute dtype: " + ", ".join(parts)
 
 
+def shape_name(shape) -> str:
+    """(768, 3072) -> '768x3072'."""
+    return "x".join(str(s) for s in shape)
+
+
 def _common_cells(row: Dict[str, Any], peak: Optional[float], ratio_key: str, ratio_width: int):
     """The shape, 'vs sgemm' and ratio cells of a result row. 'vs sgemm' is the dense-equivalent
     rate over the fp32 sgemm rate: above 1 where a path does less work than a dense fp32
     product (symmetric kernels compute half of X X^T; bf16 runs faster than fp32)."""
-    shape = "x".join(str(s) for s in row["shape"])
+    shape = shape_name(row["shape"])
     pct = f"{row['gflops'] / peak:6.2f}" if peak else f"{'-':>6s}"
     ratio = f"{row[ratio_key]:{ratio_width}.2f}" if row.get(ratio_key) else "-".rjust(ratio_width)
     return shape, pct, ratio

@@ -89,12 +89,14 @@ def kernel_plan(plan: Plan, normalize: bool = True) -> Dict[str, Any]:
     ``normalize=False`` tells the kernels that the caller has normalized the input (a float64
     input is normalized before it is rounded to the kernels' float32, so that it cannot overflow).
     """
-    rule = plan.gram_rule or GramRule()
+    rule = plan.gram_rule
+    gram = rule is not None
+    rule = rule or GramRule()  # the fields' neutral values where nothing runs in Gram space
     return {
         "coefficients": plan.coefficients,
         "norm_scale": plan.norm_scale,
         "eps": plan.eps,
-        "gram": plan.gram_rule is not None,
+        "gram": gram,
         "aol": plan.uses_aol,
         "gram_restart_every": rule.restart_every,
         "gram_restarts": rule.restarts,

@@ -36,12 +36,12 @@ def through_operators(t: torch.Tensor) -> bool:
 # 768x768), batched or not; the top rows in one product instead of two blocks and a concatenation
 # took a further 0.93-0.99x.
 GRAM_BLOCKS_MIN_ROWS = 512
-# Entries per matrix from which the normalization divides each matrix by its own 0-dim divisor.
-_PER_MATRIX_DIVISION_MIN = 1 << 16
 # Rows from which b A + c A A (A symmetric) is formed the same way (its diagonal blocks are
 # whatever the GEMM gives, as in the full product): 0.85-0.91x the full product's time from 768
 # rows (768 .. 1024), 1.04x at 512 (same machine and GEMM).
 SQUARE_BLOCKS_MIN_ROWS = 768
+# Entries per matrix from which the normalization divides each matrix by its own 0-dim divisor.
+_PER_MATRIX_DIVISION_MIN = 1 << 16
 
 
 def power_of_two_exponent(peak: torch.Tensor) -> torch.Tensor:
@@ -66,6 +66,12 @@ def _by_blocks(t: torch.Tensor, min_rows: int) -> bool:
     """Whether a symmetric product of m-row ``t`` is formed from its upper rows: on the CPU from
     ``min_rows``, and not where autograd records (the blocks are written in place)."""
     return t.device.type == "cpu" and t.shape[-2] >= min_rows and not (t.requires_grad and torch.is_grad_enabled())
+
+
+def _one_eager_matrix(t: torch.Tensor) -> bool:
+    """Whether a (batch, m, n) operand holds one matrix outside a trace: its product then runs
+    2-D (mm, addmm), which oneDNN ran faster than bmm (X X^T in bf16: 1.4x; a C + A B: 1.05x)."""
+    return t.shape[0] == 1 and not through_operators(t)
 
 
 def _gram(X: torch.Tensor) -> torch.Tensor:
@@ -104,13 +110,13 @@ class TorchOps:
 
     @staticmethod
     def addmm(C, A, B, alpha, beta):
-        if A.shape[0] == 1 and not through_operators(A):  # 2-D: 0.95x baddbmm's time on the CPU
+        if _one_eager_matrix(A):
             return torch.addmm(C[0], A[0], B[0], alpha=alpha, beta=beta).unsqueeze(0)
         return torch.baddbmm(C, A, B, alpha=alpha, beta=beta)
 
     @staticmethod
     def matmul(A, B):
-        if A.shape[0] == 1 and not through_operators(A):  # mm, as in xxt: bmm ran slower on the CPU
+        if _one_eager_matrix(A):
             return torch.mm(A[0], B[0]).unsqueeze(0)
         return A @ B
 
@@ -132,8 +138,11 @@ class TorchOps:
             # D A D uses the same rounded d. Any positive d keeps D X's singular values within the
             # AOL bound up to that rounding (2^-9 relative in bf16).
             d = d.to(X.dtype)
-            return X * d, (A * (d.to(row_sums.dtype) * d.mT.to(row_sums.dtype))).to(A.dtype)
-        return (X * d).to(X.dtype), (A * (d * d.mT)).to(A.dtype)  # d_i d_j: symmetric as a product
+            scaled = X * d
+            d = d.to(row_sums.dtype)
+        else:
+            scaled = (X * d).to(X.dtype)
+        return scaled, (A * (d * d.mT)).to(A.dtype)  # d_i d_j: symmetric as a product
 
     @staticmethod
     def to_batch(G):
@@ -151,14 +160,14 @@ class TorchOps:
         # and the one division rounds into the compute dtype. The norm is accumulated in at least
         # fp32, and in X's dtype where that is wider.
         norm_dtype = torch.promote_types(torch.promote_types(X.dtype, dtype), torch.float32)
-        if X.requires_grad and torch.is_grad_enabled():  # out= and in-place ops have no autograd here
-            p = torch.exp2(power_of_two_exponent(X.detach().abs().amax(dim=(-2, -1), keepdim=True).to(norm_dtype)))
-            Y = X.to(norm_dtype) / p
-            return (Y / (torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True) * scale + eps / p)).to(dtype)
         # max |X| as the larger of max X and -min X: two reads of X, where abs() first wrote a copy
         # (768x3072 fp32 on the CPU: 0.17 against 1.9 ms).
-        peak = torch.maximum(X.amax(dim=(-2, -1), keepdim=True), X.amin(dim=(-2, -1), keepdim=True).neg())
+        data = X.detach()
+        peak = torch.maximum(data.amax(dim=(-2, -1), keepdim=True), data.amin(dim=(-2, -1), keepdim=True).neg())
         p = torch.exp2(power_of_two_exponent(peak.to(norm_dtype)))
+        if X.requires_grad and torch.is_grad_enabled():  # out= and in-place ops have no autograd here
+            Y = X.to(norm_dtype) / p
+            return (Y / (torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True) * scale + eps / p)).to(dtype)
         # Written contiguous: a tall input arrives as a transposed view, and the iteration's
         # products ran faster on a contiguous wide copy (3072x768 bf16 on the CPU: 0.89x the time).
         # 1 / p in X's own dtype (exact: bf16 and fp32 share fp32's exponent range, and float64 is

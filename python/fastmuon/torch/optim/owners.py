@@ -371,7 +371,7 @@ def _send_results(batch, results):
 
 
 def _receive_results(batch, returned) -> List[torch.Tensor]:
-    """This rank's piece of each member's result (``pieces_length`` elements), in batch order."""
+    """This rank's piece of each member's result (``_piece_length`` elements), in batch order."""
     work, received, splits = returned
     work.wait()
     pieces = received.split(splits)
