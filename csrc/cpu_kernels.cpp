@@ -353,17 +353,18 @@ class Workspace {
   }
 
   void orthogonalize(const Matrix& mat) {
+    const OrthogonalizePlan plan = plan_for_shape(plan_, mat.m, mat.n);
     std::vector<BlasOps::Square> squares;  // handles into sq_, in any order
-    for (int i = 0; i < square_buffers(plan_); ++i) {
+    for (int i = 0; i < square_buffers(plan); ++i) {
       squares.push_back({sq_.data() + i * mat.m * mat.m});
     }
     BlasOps ops(mat.m, mat.n, mat.tall);
-    if (plan_.normalize) {
-      normalize(mat.data, mat.m * mat.n, plan_.norm_scale, plan_.eps);
+    if (plan.normalize) {
+      normalize(mat.data, mat.m * mat.n, plan.norm_scale, plan.eps);
     }
     BlasOps::Wide cur{mat.data};
     BlasOps::Wide other{x2_.data()};
-    iterate(ops, plan_, mat.m, mat.n, cur, other, squares);
+    iterate(ops, plan, mat.m, mat.n, cur, other, squares);
     if (cur.data != mat.data) {
       copy_floats(mat.data, cur.data, mat.m * mat.n);
     }

@@ -27,6 +27,11 @@ struct OrthogonalizePlan {
   int64_t gram_min_aspect = 1;     // n < aspect * m) take the standard form
   bool normalize = true;           // false: the input arrives normalized
   bool aol = false;                // AOL row scaling before the first step
+  // Method "auto": a matrix that does not take the Gram form runs these
+  // coefficients instead, normalized with standard_norm_scale, without AOL
+  // (plan_for_shape). Empty: every matrix runs the plan itself.
+  std::vector<std::array<double, 3>> standard_coefficients;
+  double standard_norm_scale = 1.0;
 
   bool operator==(const OrthogonalizePlan&) const = default;
 };
@@ -45,17 +50,26 @@ void check_plan(const OrthogonalizePlan& plan, const FieldName& field) {
   if (plan.coefficients.empty()) {
     fail("coefficients", "must hold at least one (a, b, c) step, got 0");
   }
-  for (size_t i = 0; i < plan.coefficients.size(); ++i) {
-    for (double v : plan.coefficients[i]) {
-      if (!std::isfinite(v)) {
-        fail("coefficients", "must be finite; step " + std::to_string(i) +
-                                 " has " + std::to_string(v));
+  const auto check_finite = [&fail](const char* name, const auto& rows) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      for (double v : rows[i]) {
+        if (!std::isfinite(v)) {
+          fail(name, "must be finite; step " + std::to_string(i) + " has " +
+                         std::to_string(v));
+        }
       }
     }
-  }
+  };
+  check_finite("coefficients", plan.coefficients);
+  check_finite("standard_coefficients", plan.standard_coefficients);
   if (!(std::isfinite(plan.norm_scale) && plan.norm_scale > 0.0)) {
     fail("norm_scale", "must be finite and positive, got " +
                            std::to_string(plan.norm_scale));
+  }
+  if (!(std::isfinite(plan.standard_norm_scale) &&
+        plan.standard_norm_scale > 0.0)) {
+    fail("standard_norm_scale", "must be finite and positive, got " +
+                                    std::to_string(plan.standard_norm_scale));
   }
   if (!(std::isfinite(plan.eps) && plan.eps >= 0.0)) {
     fail("eps", "must be finite and non-negative, got " +
@@ -83,6 +97,22 @@ void check_plan(const OrthogonalizePlan& plan, const FieldName& field) {
 // (fastmuon.plan.Plan.gram_form).
 inline bool gram_form(const OrthogonalizePlan& plan, int64_t m, int64_t n) {
   return plan.gram && m >= plan.gram_min_rows && n >= plan.gram_min_aspect * m;
+}
+
+// The plan a wide (m x n, m <= n) matrix runs (fastmuon.plan.Plan.for_shape):
+// `plan` itself, or, where it has standard coefficients and the matrix does
+// not take the Gram form, those in the standard form without AOL.
+inline OrthogonalizePlan plan_for_shape(const OrthogonalizePlan& plan,
+                                        int64_t m, int64_t n) {
+  if (plan.standard_coefficients.empty() || gram_form(plan, m, n)) {
+    return plan;
+  }
+  OrthogonalizePlan standard;
+  standard.coefficients = plan.standard_coefficients;
+  standard.norm_scale = plan.standard_norm_scale;
+  standard.eps = plan.eps;
+  standard.normalize = plan.normalize;
+  return standard;
 }
 
 // check_plan with the fields named "[fastmuon.orthogonalize] <field>".

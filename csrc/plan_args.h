@@ -38,7 +38,11 @@
   "        normalize (bool): divide each matrix by its scaled norm plus\n" \
   "            eps first; false when the caller has (from float64);\n"     \
   "        aol (bool): AOL row scaling of the normalized matrix, whose\n"  \
-  "            scaled Gram matrix feeds the first step.\n"
+  "            scaled Gram matrix feeds the first step;\n"                 \
+  "        standard_coefficients: (a, b, c) rows, possibly none, as\n"    \
+  "            coefficients: where given, a matrix that does not take\n"  \
+  "            the Gram form runs these, without AOL (method auto);\n"     \
+  "        standard_norm_scale (float): their positive norm_scale.\n"
 
 namespace fastmuon {
 
@@ -48,7 +52,8 @@ namespace nb = nanobind;
 // or, if `obj` is no array, a sequence of 3-sequences of floats. An array of
 // another dtype or layout is refused (as `name`), not converted.
 inline std::vector<std::array<double, 3>> coefficients_from(
-    nb::handle obj, const char* fn, const char* name) {
+    nb::handle obj, const char* fn, const char* name,
+    bool allow_empty = false) {
   std::vector<std::array<double, 3>> rows;
   py_args::CpuArray<const double> coef;
   if (!nb::try_cast(obj, coef, /*convert=*/false)) {
@@ -64,9 +69,11 @@ inline std::vector<std::array<double, 3>> coefficients_from(
       return rows;
     }
   }
-  if (coef.ndim() != 2 || coef.shape(1) != 3 || coef.shape(0) < 1) {
+  if (coef.ndim() != 2 || coef.shape(1) != 3 ||
+      coef.shape(0) < (allow_empty ? 0 : 1)) {
     py_args::bad_value(fn, name,
-                       "must have shape (steps, 3) with steps >= 1, got shape " +
+                       std::string("must have shape (steps, 3) with steps >= ") +
+                           (allow_empty ? "0" : "1") + ", got shape " +
                            py_args::shape_str(coef));
   }
   const double* c = coef.data();
@@ -79,16 +86,17 @@ inline std::vector<std::array<double, 3>> coefficients_from(
 // The plan of a call to `fn` from its `plan` argument: a dict with exactly
 // the keys "coefficients" (see coefficients_from), "norm_scale", "eps",
 // "gram", "gram_restart_every", "gram_restarts", "gram_min_rows",
-// "gram_min_aspect", "normalize" and "aol", the fields of
+// "gram_min_aspect", "normalize", "aol", "standard_coefficients" (possibly
+// empty) and "standard_norm_scale", the fields of
 // OrthogonalizePlan; checked by check_plan. Errors name `fn` and the key at
 // fault ("orthogonalize(): `plan['norm_scale']` must be finite and positive,
 // got 0.000000").
 inline OrthogonalizePlan plan_from_mapping(nb::handle obj, const char* fn) {
-  static const py_args::Keys<10> keys(
+  static const py_args::Keys<12> keys(
       {"coefficients", "norm_scale", "eps", "gram", "gram_restart_every",
        "gram_restarts", "gram_min_rows", "gram_min_aspect", "normalize",
-       "aol"});
-  const py_args::DictArg<10> plan_arg(obj, fn, "plan", keys);
+       "aol", "standard_coefficients", "standard_norm_scale"});
+  const py_args::DictArg<12> plan_arg(obj, fn, "plan", keys);
   OrthogonalizePlan plan{
       coefficients_from(plan_arg.item("coefficients"), fn,
                         plan_arg.entry("coefficients").c_str()),
@@ -101,6 +109,10 @@ inline OrthogonalizePlan plan_from_mapping(nb::handle obj, const char* fn) {
       plan_arg.get<int64_t>("gram_min_aspect"),
       plan_arg.get<bool>("normalize"),
       plan_arg.get<bool>("aol"),
+      coefficients_from(plan_arg.item("standard_coefficients"), fn,
+                        plan_arg.entry("standard_coefficients").c_str(),
+                        /*allow_empty=*/true),
+      plan_arg.get<double>("standard_norm_scale"),
   };
   check_plan(plan, [&](const char* field) {
     return std::string(fn) + "(): `" + plan_arg.entry(field) + "`";

@@ -789,7 +789,7 @@ def test_defaults_match_the_issue():
     opt = fm.Muon()
     assert opt.learning_rate.item() == pytest.approx(0.02)
     assert (opt.momentum, opt.nesterov, opt.weight_decay, opt.method, opt.ns_steps) == (
-        0.95, True, 0.0, "polar_express", 5,
+        0.95, True, 0.0, "auto", 5,
     )
     assert (opt.adjust_lr, opt.cautious_weight_decay, opt.backend, opt.ns_dtype) == ("original", False, "auto", None)
     assert fm.NorMuon().beta2 == 0.95

@@ -1035,7 +1035,7 @@ def test_group_ns_coefficients_mean_newton_schulz_as_in_the_constructor():
     a, b = nn.Parameter(torch.zeros(4, 6)), nn.Parameter(torch.zeros(6, 4))
     opt = Muon([{"params": [a], "ns_coefficients": [3.4, -4.7, 2.0]}, {"params": [b]}])
     assert opt.param_groups[0]["method"] == "newton_schulz" and opt.param_groups[0]["ns_coefficients"] == (3.4, -4.7, 2.0)
-    assert opt.param_groups[1]["method"] == "polar_express" and opt.param_groups[1]["ns_coefficients"] is None
+    assert opt.param_groups[1]["method"] == "auto" and opt.param_groups[1]["ns_coefficients"] is None
 
 
 def test_a_bad_tensor_lr_is_named_before_params_are_read():

@@ -64,6 +64,7 @@ def orthogonalize_with(G: Any, plan: Plan, ops: MatrixOps, compute_dtype: Any) -
     tall = m > n
     if tall:
         X = ops.transpose(X)
+    plan = plan.for_shape(m, n)
     X = ops.normalize(X, plan.norm_scale, plan.eps, compute_dtype)
     A = None
     if plan.uses_aol:
@@ -77,6 +78,7 @@ def orthogonalize_with(G: Any, plan: Plan, ops: MatrixOps, compute_dtype: Any) -
 def iterate(X: Any, plan: Plan, ops: MatrixOps, A: Any = None) -> Any:
     """Apply the plan's polynomials to a normalized wide batch X (batch, m, n), m <= n; ``A``,
     when given, is X X^T already (AOL's), used by the first step."""
+    plan = plan.for_shape(X.shape[-2], X.shape[-1])
     if plan.gram_form(X.shape[-2], X.shape[-1]):
         return _gram_iterations(X, plan, ops, A)
     for a, b, c in plan.coefficients:

@@ -88,7 +88,11 @@ def kernel_plan(plan: Plan, normalize: bool = True) -> Dict[str, Any]:
     dict into constants; numpy calls here would be traced into the graph as tensor ops.
     ``normalize=False`` tells the kernels that the caller has normalized the input (a float64
     input is normalized before it is rounded to the kernels' float32, so that it cannot overflow).
+    For method "auto" the fields are those of its Gram-form plan, and ``standard_coefficients``
+    and ``standard_norm_scale`` those of the plan the other matrices run (``Plan.for_shape``);
+    empty for every other plan.
     """
+    plan, standard = plan.shape_choices()  # method "auto": the kernels choose per matrix
     rule = plan.gram_rule
     gram = rule is not None
     rule = rule or GramRule()  # the fields' neutral values where nothing runs in Gram space
@@ -103,6 +107,8 @@ def kernel_plan(plan: Plan, normalize: bool = True) -> Dict[str, Any]:
         "gram_min_rows": rule.min_rows,
         "gram_min_aspect": rule.min_aspect,
         "normalize": normalize,
+        "standard_coefficients": () if standard is None else standard.coefficients,
+        "standard_norm_scale": 1.0 if standard is None else standard.norm_scale,
     }
 
 

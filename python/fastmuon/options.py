@@ -36,7 +36,7 @@ class MuonOptions:
     momentum: float = 0.95
     nesterov: bool = True
     weight_decay: float = 0.0
-    method: str = "polar_express"
+    method: str = "auto"
     ns_steps: int = 5
     adjust_lr: str = "original"
     cautious_weight_decay: bool = False

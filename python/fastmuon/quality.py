@@ -69,7 +69,8 @@ __all__ = [
 
 PRESETS: Dict[str, Tuple[str, int]] = {
     "newton_schulz5": ("newton_schulz", 5),  # torch.optim.Muon's / Jordan's: the anchor
-    "polar_express5": ("polar_express", 5),  # fastmuon's default
+    "auto5": ("auto", 5),  # fastmuon's default: aol5 where it runs in Gram space, else polar_express5
+    "polar_express5": ("polar_express", 5),  # fastmuon's default before "auto"
     "polar_express4": ("polar_express", 4),
     "aol3": ("aol", 3),
     "aol4": ("aol", 4),  # the steps "aol" is designed for
@@ -336,7 +337,7 @@ def scalar_metrics(which: Union[str, Preset], G: np.ndarray) -> Dict[str, float]
     reaches on G: with G = U S V^T, the output is U p(S / (||G||_F * scale + eps)) V^T, so
     O - P = U (p(x) - 1) V^T and every metric follows from the scalars y = p(x)."""
     p = preset(which)
-    plan = p.plan()
+    plan = p.plan().for_shape(*np.shape(G)[-2:])
     if plan.uses_aol:
         raise ValueError("AOL's row scaling changes the singular vectors: no scalar prediction "
                          "(use numpy_orthogonalize as the float64 reference)")
@@ -356,12 +357,13 @@ def scalar_metrics(which: Union[str, Preset], G: np.ndarray) -> Dict[str, float]
 def numpy_orthogonalize(G: np.ndarray, method: str = "polar_express", steps: int = 5,
                         coefficients=None, *, aol_exponent: float = 0.5) -> np.ndarray:
     """An independent float64 re-implementation of ``orthogonalize`` (the standard iteration for
-    every method; "gram" is the same map in exact arithmetic): wide orientation, X / (||X||_F *
+    every method; "gram" is the same map in exact arithmetic; "auto" the method it chooses for
+    G's shape): wide orientation, X / (||X||_F *
     scale + eps), for "aol" X <- D X with d_i = (sum_j |(X X^T)_ij|)^-aol_exponent, then
     X <- a X + (b A + c A^2) X with A = X X^T per step. ``aol_exponent`` != 0.5 is a wrong AOL
     (its bound ||D X||_2 <= 1 holds only for 0.5), kept for checks that must fail."""
-    plan = make_plan(method, steps, coefficients)
     X = np.asarray(G, dtype=np.float64)
+    plan = make_plan(method, steps, coefficients).for_shape(*X.shape[-2:])
     tall = X.shape[-2] > X.shape[-1]
     if tall:
         X = np.swapaxes(X, -1, -2)

@@ -31,7 +31,7 @@ def default_compute_dtype() -> mx.Dtype:
     return mx.bfloat16 if mx.default_device().type == mx.DeviceType.gpu else mx.float32
 
 
-def resolve_compute_dtype(dtype: Optional[mx.Dtype], method: str = "polar_express") -> mx.Dtype:
+def resolve_compute_dtype(dtype: Optional[mx.Dtype], method: str = "auto") -> mx.Dtype:
     """The compute dtype of ``orthogonalize(G, dtype=dtype, method=method)``: ``dtype`` when
     given, else ``default_compute_dtype()`` widened to fp32 for the Gram-space iteration."""
     compute_dtype = default_compute_dtype() if dtype is None else dtype
@@ -45,7 +45,7 @@ def resolve_compute_dtype(dtype: Optional[mx.Dtype], method: str = "polar_expres
 def orthogonalize(
     G: mx.array,
     *,
-    method: str = "polar_express",
+    method: str = "auto",
     steps: int = DEFAULT_STEPS,
     coefficients: Optional[Sequence] = None,
     backend: str = "auto",
@@ -56,13 +56,18 @@ def orthogonalize(
 
     Args:
         G: a floating array with at least two dimensions; leading dimensions are a batch.
-        method: ``"newton_schulz"`` (Jordan's quintic), ``"polar_express"`` (the 5-step table,
-            safety factor 1.02) or ``"gram"`` (Polar Express iterated on the Gram matrix).
+        method: ``"auto"`` (the default: ``"aol"`` on the matrices where it iterates in Gram
+            space, wide or tall ones of at least 256 rows and aspect 2 with at most 5 steps, and
+            ``"polar_express"`` on the others; ``fastmuon.plan.Plan.for_shape``),
+            ``"newton_schulz"`` (Jordan's quintic), ``"polar_express"`` (the 5-step table, safety
+            factor 1.02; the default before ``"auto"``), ``"gram"`` (Polar Express iterated on the
+            Gram matrix) or ``"aol"`` (AOL row scaling, then Polar Express polynomials fitted for
+            the interval it leaves).
         steps: number of polynomial steps.
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
-            its normalization.
+            its normalization (with ``"auto"``, Polar Express's, on every shape).
         eps: added to the scaled norm in the normalization X / (||X||_F * scale + eps); default
-            the method's (1e-7 for newton_schulz, 1e-6 for polar_express and gram).
+            the method's (1e-7 for newton_schulz, 1e-6 for the others).
         backend: ``"reference"`` is plain mlx; ``"native"`` the fused C++ iteration on the BLAS
             (CPU stream, fp32 compute); ``"metal"`` the iteration with fastmuon's Metal kernels
             for the symmetric products (Apple GPU; float32, float16 or bfloat16 compute);

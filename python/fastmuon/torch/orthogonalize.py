@@ -112,7 +112,7 @@ def runs_native(backend: str, device, shape, compute_dtype: torch.dtype) -> bool
 
 
 def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, shape=None,
-                          method: str = "polar_express") -> torch.dtype:
+                          method: str = "auto") -> torch.dtype:
     """The compute dtype of ``orthogonalize(G, dtype=dtype, backend=backend, method=method)`` for
     G of ``shape`` on ``device``: ``dtype`` when given; else fp32 for the native kernels (they
     compute in fp32 on every CPU) and ``default_compute_dtype(device, shape)`` for the others,
@@ -126,7 +126,7 @@ def resolve_compute_dtype(dtype: Optional[torch.dtype], backend: str, device, sh
 def orthogonalize(
     G: torch.Tensor,
     *,
-    method: str = "polar_express",
+    method: str = "auto",
     steps: int = DEFAULT_STEPS,
     coefficients: Optional[Sequence] = None,
     backend: str = "auto",
@@ -137,13 +137,18 @@ def orthogonalize(
 
     Args:
         G: a floating tensor with at least two dimensions; leading dimensions are a batch.
-        method: ``"newton_schulz"`` (Jordan's quintic), ``"polar_express"`` (the 5-step table,
-            safety factor 1.02) or ``"gram"`` (Polar Express iterated on the Gram matrix).
+        method: ``"auto"`` (the default: ``"aol"`` on the matrices where it iterates in Gram
+            space, wide or tall ones of at least 256 rows and aspect 2 with at most 5 steps, and
+            ``"polar_express"`` on the others; ``fastmuon.plan.Plan.for_shape``),
+            ``"newton_schulz"`` (Jordan's quintic), ``"polar_express"`` (the 5-step table, safety
+            factor 1.02; the default before ``"auto"``), ``"gram"`` (Polar Express iterated on the
+            Gram matrix) or ``"aol"`` (AOL row scaling, then Polar Express polynomials fitted for
+            the interval it leaves).
         steps: number of polynomial steps.
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
-            its normalization.
+            its normalization (with ``"auto"``, Polar Express's, on every shape).
         eps: added to the scaled norm in the normalization X / (||X||_F * scale + eps); default
-            the method's (1e-7 for newton_schulz, 1e-6 for polar_express and gram).
+            the method's (1e-7 for newton_schulz, 1e-6 for the others).
         backend: ``"reference"`` is plain torch; ``"native"`` the fused C++ iteration on the
             BLAS (CPU tensors, fp32 compute); ``"triton"`` the symmetric Triton kernels (CUDA
             tensors; fp32, bf16 or fp16 compute); ``"auto"`` picks native for CPU tensors computed
@@ -170,7 +175,7 @@ def orthogonalize(
 def orthogonalize_stacks(
     Gs: Sequence[torch.Tensor],
     *,
-    method: str = "polar_express",
+    method: str = "auto",
     steps: int = DEFAULT_STEPS,
     coefficients: Optional[Sequence] = None,
     backend: str = "auto",

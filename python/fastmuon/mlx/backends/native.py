@@ -29,6 +29,7 @@ def orthogonalize(G: mx.array, plan: Plan) -> mx.array:
     """The plan's iteration in fp32 on the CPU (the kernels take float32, float16 and bfloat16).
     A float64 input, which could overflow float32, is normalized in float64 first (the
     reference's normalization), then rounded to fp32; the result is returned as float64."""
+    plan = plan.for_shape(*G.shape[-2:])
     normalize = G.dtype != mx.float64
     if not normalize:
         m, n = G.shape[-2], G.shape[-1]

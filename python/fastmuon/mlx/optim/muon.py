@@ -78,7 +78,8 @@ class Muon(TreeOptimizer):
     Differences from ``mlx.optimizers.Muon``: weight decay is decoupled (mlx adds
     ``wd * W`` to the gradient, an L2 penalty that then passes through momentum and
     orthogonalization, so its effect is scaled and rotated); the default is 0 (mlx: 0.01); the
-    polynomial is Polar Express by default and its compute dtype fp32 on the CPU (mlx: Jordan's
+    iteration is ``method="auto"`` by default (AOL in Gram space on large wide or tall matrices,
+    Polar Express on the others) and its compute dtype fp32 on the CPU (mlx: Jordan's
     Newton-Schulz in the gradient dtype); 3-D weights are a batch of matrices (mlx flattens them
     to ``(E, a*b)``); same-shape matrices are orthogonalized in one batched call; everything after
     ``learning_rate`` is keyword-only, since mlx orders (weight_decay, nesterov) the other way.

@@ -11,7 +11,7 @@ are OpenMP's, with torch loaded torch's own; csrc/parallel.h).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -87,13 +87,14 @@ def ba_plus_caa(A: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     return out.to(A.dtype)
 
 
-def _run_kernel(Gs: List[torch.Tensor], plan: Dict[str, Any]) -> List[torch.Tensor]:
+def _run_kernel(Gs: List[torch.Tensor], plan: Dict[str, Any], shape_plan: Optional[Plan] = None) -> List[torch.Tensor]:
     """The fused iteration (``plan`` as ``kernel_plan`` gives it) on every tensor of ``Gs``, on
     fp32 copies (the kernel works in place), the results in the inputs' dtypes.
 
     One kernel call, and a second for float64 tensors: those could overflow float32, so they are
-    normalized here first, in float64 (the reference's normalization), and iterated with the
-    plan's ``normalize`` off."""
+    normalized here first, in float64 (the reference's normalization: ``shape_plan.for_shape``'s,
+    where ``shape_plan`` is given, for method "auto"), and iterated with the plan's ``normalize``
+    off."""
     is_wide = [G.dtype == torch.float64 and G.numel() > 0 for G in Gs]
     wide = [i for i, w in enumerate(is_wide) if w]
     rest = [i for i, w in enumerate(is_wide) if not w]
@@ -103,8 +104,12 @@ def _run_kernel(Gs: List[torch.Tensor], plan: Dict[str, Any]) -> List[torch.Tens
             continue
         for i in positions:
             G = Gs[i].detach()
-            Xs[i] = _fp32_copy(G) if call_plan["normalize"] else TorchOps.normalize(
-                as_batch(G), call_plan["norm_scale"], call_plan["eps"], torch.float32).reshape(G.shape)
+            if call_plan["normalize"]:
+                Xs[i] = _fp32_copy(G)
+                continue
+            scaling = call_plan if shape_plan is None else kernel_plan(shape_plan.for_shape(*G.shape[-2:]))
+            Xs[i] = TorchOps.normalize(as_batch(G), scaling["norm_scale"], scaling["eps"],
+                                       torch.float32).reshape(G.shape)
         workers = use_threads([Gs[i].shape for i in positions])
         blas_module().orthogonalize_stacks([_kernel_batch(Xs[i]) for i in positions], plan=call_plan,
                                            workers=workers)
@@ -114,19 +119,23 @@ def _run_kernel(Gs: List[torch.Tensor], plan: Dict[str, Any]) -> List[torch.Tens
 # The fused iteration as a torch operator with a fake (shape-only) implementation, so that
 # torch.compile(fullgraph=True) keeps an optimizer step that calls it in one graph. An operator's
 # schema is typed and has no dict, so the plan crosses it as keyword arguments, kernel_plan's keys
-# with the coefficients flattened to a float list: _op_arguments builds them, _op_kernel_plan turns
+# with both coefficient tables flattened to float lists: _op_arguments builds them, _op_kernel_plan turns
 # them back. A new plan field is a new keyword here.
+
+
+_COEFFICIENT_KEYS = ("coefficients", "standard_coefficients")
 
 
 def _op_arguments(plan: Plan) -> Dict[str, Any]:
     args = kernel_plan(plan)
-    args["coefficients"] = [float(c) for step in args["coefficients"] for c in step]
+    for key in _COEFFICIENT_KEYS:
+        args[key] = [float(c) for step in args[key] for c in step]
     return args
 
 
 def _op_kernel_plan(args: Dict[str, Any]) -> Dict[str, Any]:
-    flat = args["coefficients"]
-    return dict(args, coefficients=tuple(tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)))
+    return dict(args, **{key: tuple(tuple(args[key][i:i + 3]) for i in range(0, len(args[key]), 3))
+                         for key in _COEFFICIENT_KEYS})
 
 
 def _orthogonalize_kernel(G: torch.Tensor, **args) -> torch.Tensor:
@@ -152,6 +161,7 @@ def _(G, **args):
 
 
 def orthogonalize(G: torch.Tensor, plan: Plan) -> torch.Tensor:
+    plan = plan.for_shape(*G.shape[-2:])
     if through_operators(G):
         return _orthogonalize_op(G, **_op_arguments(plan))
     return _run_kernel([G], kernel_plan(plan))[0]
@@ -161,7 +171,7 @@ def orthogonalize_stacks(Gs: List[torch.Tensor], plan: Plan) -> List[torch.Tenso
     """``orthogonalize`` of each tensor, in one kernel call (eager tensors only: no operator)."""
     if not Gs:
         return []
-    return _run_kernel(Gs, kernel_plan(plan))
+    return _run_kernel(Gs, kernel_plan(plan), plan)
 
 
 def muon_step(grads: List[torch.Tensor], momenta: List[torch.Tensor], weights: List[torch.Tensor], views: list,
