@@ -3,11 +3,12 @@ c_proj 768x768, c_fc 768x3072, mlp c_proj 3072x768, as (out, in) weights), or wi
 ``--model demo`` on the demo model's eight small matrices, fastmuon against what users would
 pick instead, in one run:
 
-  torch: fastmuon.torch.Muon (auto -> native on CPU), with method="aol" and 4 and 5 steps,
-         its reference backend,
+  torch: fastmuon.torch.Muon with its defaults ("auto": method "auto", backend "auto" ->
+         native on CPU where it computes in fp32), with method="polar_express" (the earlier
+         default) and method="aol" with 4 and 5 steps, its reference backend,
          torch.optim.Muon (Newton-Schulz in bf16 on every device);
-  mlx:   fastmuon.mlx.Muon (auto -> native on CPU), with method="aol" and 4 and 5 steps, its
-         reference backend,
+  mlx:   fastmuon.mlx.Muon with its defaults (native on CPU), with method="polar_express" and
+         method="aol" with 4 and 5 steps, its reference backend,
          mlx.optimizers.Muon (Newton-Schulz in the gradient dtype, here fp32).
 
 Median of --repeats steps after one warm-up step, the providers taking turns in every repeat
@@ -84,6 +85,7 @@ def torch_cases(grads, skip_slow: bool):
         return opt.step
 
     yield "torch fastmuon.Muon (auto)", make(lambda ps: Muon(ps, lr=0.02))
+    yield "torch fastmuon.Muon (polar_express, 5 steps)", make(lambda ps: Muon(ps, lr=0.02, method="polar_express"))
     yield "torch fastmuon.Muon (aol, 4 steps)", make(lambda ps: Muon(ps, lr=0.02, method="aol", ns_steps=4))
     yield "torch fastmuon.Muon (aol, 5 steps)", make(lambda ps: Muon(ps, lr=0.02, method="aol", ns_steps=5))
     yield "torch fastmuon.Muon (aol, 4 steps, bf16)", make(
@@ -111,6 +113,7 @@ def mlx_cases(grads, skip_slow: bool):
         return step
 
     yield "mlx fastmuon.Muon (auto)", make(Muon(0.02))
+    yield "mlx fastmuon.Muon (polar_express, 5 steps)", make(Muon(0.02, method="polar_express"))
     yield "mlx fastmuon.Muon (aol, 4 steps)", make(Muon(0.02, method="aol", ns_steps=4))
     yield "mlx fastmuon.Muon (aol, 5 steps)", make(Muon(0.02, method="aol", ns_steps=5))
     if not skip_slow:
