@@ -5,7 +5,8 @@ that a cheaper preset can be judged against today's default beyond seed noise.
     PYTHONPATH=bench python bench/compare_presets_demo.py [--seeds 0 1 2] [--frameworks torch mlx]
         [--presets polar_express5 aol4 aol5]
 
-Presets: "polar_express5" (the default), "aol4" and "aol5" (method="aol", 4 and 5 steps). Each seed changes the
+Presets: "polar_express5" (what the default, method="auto", runs on the demo's matrices, all under 256 rows),
+"aol4" and "aol5" (method="aol", 4 and 5 steps). Each seed changes the
 model's initialization and the batch order. Rows go to bench/results/demo_presets.jsonl.
 """
 

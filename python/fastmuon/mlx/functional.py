@@ -25,8 +25,9 @@ def muon_momentum(M: mx.array, G: mx.array, momentum: float, nesterov: bool) -> 
     M' = beta M + (1 - beta) G; U = (1 - beta) G + beta M' with Nesterov, else U = M'.
     Returns (M', U).
     """
-    M_new = momentum * M + (1.0 - momentum) * G
-    U = (1.0 - momentum) * G + momentum * M_new if nesterov else M_new
+    fresh = (1.0 - momentum) * G  # formed once: eager mlx would compute it twice
+    M_new = momentum * M + fresh
+    U = fresh + momentum * M_new if nesterov else M_new
     return M_new, U
 
 

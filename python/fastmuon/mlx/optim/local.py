@@ -26,7 +26,7 @@ def step_per_parameter(opt, items) -> List[mx.array]:
         # one flag per parameter, kept on the device; a non-finite learning rate (a schedule's)
         # skips the step as a non-finite gradient does
         ok = mx.all(mx.isfinite(G)) & mx.all(mx.isfinite(mx.array(opt.learning_rate)))
-        G = mx.where(ok, G, mx.zeros_like(G))  # NaN/Inf never enter the arithmetic
+        G = mx.where(ok, G, mx.array(0, G.dtype))  # NaN/Inf never enter the arithmetic
         M_old = state["momentum"].reshape(view)
         M, U = muon_momentum(M_old, G, opt.momentum, opt.nesterov)
         prepared.append((view, ok, M_old, M))
