@@ -2,7 +2,7 @@
 1024 x 4096 matrix): every fastmuon backend against a hand-written fp32 Newton-Schulz with
 torch.addmm, in one run. Appends the rows to bench/results/orthogonalize.jsonl.
 
-    python bench/bench_orthogonalize.py [--large] [--repeats 3] [--methods polar_express gram]
+    python bench/bench_orthogonalize.py [--large] [--repeats 3] [--methods auto polar_express gram]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ LARGE = ((1024, 4096), (4096, 4096))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["polar_express", "gram"])
+    parser.add_argument("--methods", nargs="+", default=["auto", "polar_express", "gram"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--large", action="store_true")
     parser.add_argument("--skip-mlx-reference", action="store_true", help="it takes ~30 s a block here")
