@@ -15,6 +15,7 @@ import torch
 from .. import auto_table, cpu, native as _native_loader, threads
 from ..plan import (
     DEFAULT_STEPS,
+    METHODS_DOC,
     check_backend,
     check_compute_bits,
     check_matrix_shape,
@@ -137,13 +138,7 @@ def orthogonalize(
 
     Args:
         G: a floating tensor with at least two dimensions; leading dimensions are a batch.
-        method: ``"auto"`` (the default: ``"aol"`` on the matrices where it iterates in Gram
-            space, wide or tall ones of at least 256 rows and aspect 2 with at most 5 steps, and
-            ``"polar_express"`` on the others; ``fastmuon.plan.Plan.for_shape``),
-            ``"newton_schulz"`` (Jordan's quintic), ``"polar_express"`` (the 5-step table, safety
-            factor 1.02; the default before ``"auto"``), ``"gram"`` (Polar Express iterated on the
-            Gram matrix) or ``"aol"`` (AOL row scaling, then Polar Express polynomials fitted for
-            the interval it leaves).
+        method: {methods}
         steps: number of polynomial steps.
         coefficients: custom ``[(a, b, c), ...]``; replaces the method's polynomials and keeps
             its normalization (with ``"auto"``, Polar Express's, on every shape).
@@ -170,6 +165,9 @@ def orthogonalize(
     check_backend(backend, BACKENDS)
     chosen, compute_dtype = _choose(G, "G", backend, dtype, plan.method)
     return _run(chosen, G, plan, compute_dtype)
+
+
+orthogonalize.__doc__ = orthogonalize.__doc__.replace("{methods}", METHODS_DOC)
 
 
 def orthogonalize_stacks(
