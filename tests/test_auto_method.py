@@ -160,3 +160,18 @@ def test_auto_with_a_wrong_aol_scaling_fails_the_same_check(panel):
     assert _worst_ratios(right, panel)["no_worse"]
     entry = _worst_ratios(wrong, panel)
     assert not entry["no_worse"] and entry["worst_spectral"] > 10, entry
+
+
+def test_auto_compiles_in_one_graph_without_warnings():
+    """torch.compile(fullgraph=True) traces the per-shape choice (plain Python on the plan, no
+    cache for dynamo to warn about) and computes what eager mode does."""
+    import warnings
+
+    G = torch.randn(256, 768, generator=torch.Generator().manual_seed(4))
+    compiled = torch.compile(lambda X: orthogonalize(X, backend="reference", dtype=torch.float32), fullgraph=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = compiled(G)
+    assert not [w for w in caught if "lru_cache" in str(w.message)], [str(w.message) for w in caught]
+    want = orthogonalize(G, method="aol", backend="reference", dtype=torch.float32)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5), (got - want).abs().max()

@@ -6,7 +6,6 @@ arguments here, so the two frameworks accept exactly the same inputs and raise t
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -91,12 +90,10 @@ class Plan:
     coefficients: _coef.Coefficients
     norm_scale: float
     eps: float
-
-    @property
-    def per_shape(self) -> bool:
-        """Whether the iteration depends on the matrix shape beyond the Gram rule (method
-        "auto"): ``for_shape`` then gives the plan a matrix runs."""
-        return self.method == "auto"
+    # method "auto": (the plan of the matrices that take its Gram form, the plan of the others or
+    # None where every matrix runs the first), made with it (a cache would be traced by
+    # torch.compile)
+    shape_plans: Optional[Tuple["Plan", Optional["Plan"]]] = None
 
     def for_shape(self, m: int, n: int) -> "Plan":
         """The plan an (m x n) matrix runs (either orientation): this one, or for method "auto"
@@ -110,9 +107,9 @@ class Plan:
     def shape_choices(self) -> Tuple["Plan", Optional["Plan"]]:
         """(the plan, None) for a plan that is the same on every shape; for method "auto", (the
         plan of the matrices that take its Gram form, the plan of the others)."""
-        if not self.per_shape:
+        if self.shape_plans is None:
             return self, None
-        return _auto_plans(len(self.coefficients), self.eps)
+        return self.shape_plans
 
     @property
     def uses_gram(self) -> bool:
@@ -150,12 +147,6 @@ class Plan:
         return rule.restarts < 0 or step // rule.restart_every <= rule.restarts
 
 
-@functools.lru_cache(maxsize=None)
-def _auto_plans(steps: int, eps: float) -> Tuple["Plan", "Plan"]:
-    """The two plans method "auto" chooses between: (Gram-space candidate, standard one)."""
-    return make_plan(AUTO_GRAM_METHOD, steps, None, eps), make_plan(AUTO_STANDARD_METHOD, steps, None, eps)
-
-
 def make_plan(method: str, steps: int, coefficients: Optional[Sequence], eps: Optional[float] = None) -> Plan:
     """Validate (method, steps, coefficients, eps) and return the iteration to run.
 
@@ -183,7 +174,14 @@ def make_plan(method: str, steps: int, coefficients: Optional[Sequence], eps: Op
         base = "polar_express" if method in ("gram", "auto") else method
         coeffs = _coef.coefficients_for(base, steps)
     scale, method_eps = _NORMALIZATION[method]
-    return Plan(method=method, coefficients=coeffs, norm_scale=scale, eps=method_eps if eps is None else float(eps))
+    eps = method_eps if eps is None else float(eps)
+    shape_plans = None
+    if method == "auto":
+        standard = make_plan(AUTO_STANDARD_METHOD, steps, None, eps)
+        # AOL takes its Gram form only up to AOL_GRAM_MAX_STEPS: beyond, "auto" is the standard plan
+        shape_plans = ((make_plan(AUTO_GRAM_METHOD, steps, None, eps), standard) if steps <= AOL_GRAM_MAX_STEPS
+                       else (standard, None))
+    return Plan(method=method, coefficients=coeffs, norm_scale=scale, eps=eps, shape_plans=shape_plans)
 
 
 # The Gram-space iteration computes in 32 bits or more. In bf16 it diverged on small, well-
