@@ -762,8 +762,9 @@ def test_gpu_benchmark_measures_every_step_provider(monkeypatch, capsys):
     gpu_bench.optimizer_step_rows(torch, timed, guarded, record)
     by_provider = {r["provider"]: r for r in rows}
     expected = {"fastmuon_auto", "fastmuon_triton", "torch.optim.Muon", "keller_muon", "fastmuon_aol4",
-                "fastmuon_aol5", "fastmuon_triton_whole_stacks"}
-    graphed = ("fastmuon_auto", "fastmuon_triton", "fastmuon_aol4", "fastmuon_aol5", "fastmuon_triton_whole_stacks")
+                "fastmuon_aol5", "fastmuon_polar_express5", "fastmuon_triton_whole_stacks"}
+    graphed = ("fastmuon_auto", "fastmuon_triton", "fastmuon_aol4", "fastmuon_aol5", "fastmuon_polar_express5",
+               "fastmuon_triton_whole_stacks")
     if ON_GPU:
         expected |= {f"{name}_cuda_graph" for name in graphed}
         assert by_provider["fastmuon_triton_cuda_graph"]["graph_vs_eager_max_abs"] < 1e-3
