@@ -24,8 +24,9 @@ class _Shape(tuple):
 
 class _FlopCounter:
     """``fastmuon.iteration.MatrixOps`` on shapes only, counting the flops of each product: as
-    dense products (``dense``) and as issued with the symmetric kernels (``issued``: X X^T and
-    b A + c A A form one triangle, half the products)."""
+    dense products (``dense``) and as issued with the symmetric kernels (``issued``: X X^T,
+    b A + c A A and the Gram-space iteration's products of commuting matrices form one triangle,
+    half the products)."""
 
     def __init__(self):
         self.dense = self.issued = 0.0
@@ -46,6 +47,10 @@ class _FlopCounter:
 
     def addmm(self, C, A, B, alpha, beta):
         self._count(2.0 * A[0] * A[1] * A[2] * B[2])
+        return C
+
+    def symmetric_addmm(self, C, A, B, alpha, beta):
+        self._count(2.0 * A[0] * A[1] * A[2] * B[2], symmetric=True)
         return C
 
     def matmul(self, A, B):

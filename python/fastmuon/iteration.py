@@ -25,6 +25,11 @@ class MatrixOps(Protocol):
     def addmm(self, C: Any, A: Any, B: Any, alpha: float, beta: float) -> Any:
         """alpha A B + beta C."""
 
+    def symmetric_addmm(self, C: Any, A: Any, B: Any, alpha: float, beta: float) -> Any:
+        """alpha A B + beta C for (batch, m, m) A and B that are polynomials in one symmetric
+        matrix, and C symmetric: A B = B A, so the result is symmetric and a backend may form one
+        triangle (the Gram-space iteration's products)."""
+
     def matmul(self, A: Any, B: Any) -> Any:
         """A B."""
 
@@ -98,7 +103,7 @@ def _gram_iterations(X: Any, plan: Plan, ops: MatrixOps, R: Any = None) -> Any:
     last = len(plan.coefficients)
     for step, (a, b, c) in enumerate(plan.coefficients, start=1):
         Z = ops.ba_plus_caa(R, alpha=c, beta=b)  # b R + c R^2
-        Q = ops.add_identity(Z, a) if Q is None else ops.addmm(Q, Q, Z, alpha=1.0, beta=a)
+        Q = ops.add_identity(Z, a) if Q is None else ops.symmetric_addmm(Q, Q, Z, alpha=1.0, beta=a)
         if step == last:
             break
         if plan.restart_after(step):  # R is formed afresh from X: no update of R first
@@ -106,6 +111,6 @@ def _gram_iterations(X: Any, plan: Plan, ops: MatrixOps, R: Any = None) -> Any:
             R = ops.xxt(X)
             Q = None
             continue
-        RZ = ops.addmm(R, R, Z, alpha=1.0, beta=a)  # R (a I + Z)
-        R = ops.addmm(RZ, Z, RZ, alpha=1.0, beta=a)  # (a I + Z) R (a I + Z) = X_k X_k^T
+        RZ = ops.symmetric_addmm(R, R, Z, alpha=1.0, beta=a)  # R (a I + Z)
+        R = ops.symmetric_addmm(RZ, Z, RZ, alpha=1.0, beta=a)  # (a I + Z) R (a I + Z) = X_k X_k^T
     return X if Q is None else ops.matmul(Q, X)

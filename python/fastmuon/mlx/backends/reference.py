@@ -25,6 +25,10 @@ class MlxOps:
     def ba_plus_caa(cls, A, alpha, beta):
         return cls.addmm(A, A, A, alpha, beta)
 
+    @classmethod
+    def symmetric_addmm(cls, C, A, B, alpha, beta):
+        return cls.addmm(C, A, B, alpha, beta)
+
     @staticmethod
     def addmm(C, A, B, alpha, beta):
         if C.dtype == mx.float64:  # mx.addmm takes alpha and beta as C++ floats
