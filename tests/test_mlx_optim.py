@@ -1149,3 +1149,17 @@ def test_numpy_adamw_betas_are_taken_as_python_numbers():
 def test_normuon_without_beta2_is_refused_by_name():
     with pytest.raises(ValueError, match=r"beta2 must be in \[0, 1\), got None"):
         fm.NorMuon(0.02, beta2=None)
+
+
+def test_all_finite_answers_as_isfinite_does():
+    """The optimizers' non-finite guard (x * 0 summed) agrees with mx.all(mx.isfinite(x)) on
+    infinities of both signs, NaN, the largest finite values (whose sum would overflow), empty
+    arrays and every float dtype."""
+    from fastmuon.mlx.functional import all_finite
+
+    big = float(np.finfo(np.float32).max)
+    cases = [[1.0, 2.0], [big, big, -big], [1.0, float("inf")], [-float("inf")], [float("nan"), 1.0], [], [0.0, -0.0]]
+    for values in cases:
+        for dtype in (mx.float32, mx.float16, mx.bfloat16):
+            x = mx.array(np.array(values, dtype=np.float32)).astype(dtype)
+            assert all_finite(x).item() == mx.all(mx.isfinite(x)).item(), (values, dtype)

@@ -7,6 +7,7 @@ import mlx.core as mx
 from mlx.optimizers import AdamW
 
 from ...rules import check_adamw_eps, check_adamw_options
+from ..functional import all_finite
 from .base import check_gradient_tree, check_learning_rate, init_missing_state
 
 
@@ -35,7 +36,7 @@ class FiniteAdamW(AdamW):
         return super().apply_gradients(gradients, parameters)
 
     def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
-        ok = mx.all(mx.isfinite(gradient)) & mx.all(mx.isfinite(mx.array(self.learning_rate)))
+        ok = all_finite(gradient) & all_finite(mx.array(self.learning_rate))
         moments = {key: state[key] for key in ("m", "v")}
         optimizer_step = self.state["step"]
         # mlx's Adam reads self.step for its corrections: this parameter's own count meanwhile

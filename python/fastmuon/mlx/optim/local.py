@@ -9,7 +9,7 @@ from typing import List
 import mlx.core as mx
 
 from ...rules import shape_scale
-from ..functional import decoupled_update, muon_momentum
+from ..functional import all_finite, decoupled_update, muon_momentum
 from .base import update_view, work_dtype
 from .pipeline import stack_key
 
@@ -25,7 +25,7 @@ def step_per_parameter(opt, items) -> List[mx.array]:
         G = grad.reshape(view)
         # one flag per parameter, kept on the device; a non-finite learning rate (a schedule's)
         # skips the step as a non-finite gradient does
-        ok = mx.all(mx.isfinite(G)) & mx.all(mx.isfinite(mx.array(opt.learning_rate)))
+        ok = all_finite(G) & all_finite(mx.array(opt.learning_rate))
         G = mx.where(ok, G, mx.array(0, G.dtype))  # NaN/Inf never enter the arithmetic
         M_old = state["momentum"].reshape(view)
         M, U = muon_momentum(M_old, G, opt.momentum, opt.nesterov)

@@ -9,7 +9,7 @@ import mlx.core as mx
 from mlx.optimizers import MultiOptimizer
 
 from ...rules import check_hyperparameters
-from ..functional import rows_touched, signsgd_update
+from ..functional import all_finite, rows_touched, signsgd_update
 from ..routing import under
 from .adamw import make_adamw
 from .base import CheckedMultiOptimizer, LearningRate, TreeOptimizer, check_learning_rate, work_dtype
@@ -42,7 +42,7 @@ class SignSGD(TreeOptimizer):
         work = work_dtype(parameter.dtype)
         lr = self._lr(work)
         W = parameter.astype(work)
-        ok = mx.all(mx.isfinite(gradient)) & mx.all(mx.isfinite(lr))
+        ok = all_finite(gradient) & all_finite(lr)
         G = mx.where(ok, gradient, mx.zeros_like(gradient))
         W_new = signsgd_update(W, G, lr=lr, weight_decay=self.weight_decay)
         if self.sparse:
