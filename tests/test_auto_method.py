@@ -175,3 +175,17 @@ def test_auto_compiles_in_one_graph_without_warnings():
     assert not [w for w in caught if "lru_cache" in str(w.message)], [str(w.message) for w in caught]
     want = orthogonalize(G, method="aol", backend="reference", dtype=torch.float32)
     assert torch.allclose(got, want, rtol=0, atol=1e-5), (got - want).abs().max()
+
+
+def test_explain_names_the_method_each_matrix_runs():
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in [(256, 768), (256, 256)]]
+    for p in params:
+        p.grad = torch.ones(p.shape)
+    assert [r.method for r in Muon(params).explain()] == ["aol", "polar_express"]
+    assert [r.method for r in Muon(params, method="newton_schulz").explain()] == ["newton_schulz"] * 2
+
+    mx = pytest.importorskip("mlx.core")
+    from fastmuon.mlx import Muon as MlxMuon
+
+    grads = {"wide": mx.zeros((768, 256)), "square": mx.zeros((256, 256)), "bias": mx.zeros((8,))}
+    assert [r.method for r in MlxMuon().explain(grads)] == ["aol", "polar_express", ""]

@@ -22,6 +22,9 @@ class Route:
     stack: which stack of that call holds it (None for AdamW).
     stack_shape: (matrices, rows, cols) of that stack (None for AdamW).
     why: the reasons for impl and backend.
+    method: the iteration its matrices run: the optimizer's ``method``, with "auto" resolved for
+        the matrix shape ("aol" or "polar_express", ``fastmuon.plan.Plan.for_shape``); "" where
+        nothing is orthogonalized.
     """
 
     name: str
@@ -34,3 +37,4 @@ class Route:
     stack: Optional[int]
     stack_shape: Optional[Tuple[int, int, int]]
     why: str
+    method: str = ""

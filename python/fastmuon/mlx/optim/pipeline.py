@@ -8,6 +8,8 @@ from typing import Dict, List, Tuple
 
 import mlx.core as mx
 
+from ...options import orthogonalize_kwargs
+from ...plan import make_plan
 from ...route import Route
 from ..orthogonalize import auto_backend, dtype_name, resolve_compute_dtype
 from .base import update_view
@@ -21,6 +23,7 @@ def stack_key(view: Tuple[int, int, int], dtype: mx.Dtype) -> tuple:
 def explain_routes(opt, leaves, strategy: str) -> List[Route]:
     """A Route per gradient leaf ((path, keys, gradient, parameter)) of Muon ``opt``, in order."""
     compute_dtype = resolve_compute_dtype(opt.ns_dtype, opt.method)
+    plan = make_plan(**orthogonalize_kwargs(opt.method, opt.ns_steps, opt.ns_coefficients, opt.eps))
     if opt.backend == "auto":
         backend, backend_why = auto_backend(compute_dtype)
     else:
@@ -46,5 +49,5 @@ def explain_routes(opt, leaves, strategy: str) -> List[Route]:
             continue
         call, shape = placed[index]
         routes.append(Route(path, "muon", strategy, "per_parameter", backend, dtype_name(compute_dtype),
-                            call, 0, shape, f"{impl_why}; {backend_why}"))
+                            call, 0, shape, f"{impl_why}; {backend_why}", plan.for_shape(*shape[1:]).method))
     return routes

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from ...route import Route
 from ...options import GROUP_EXTRAS, MUON_DEFAULTS, muon_options
+from ...plan import make_plan
 from ...rules import ADAMW_DEFAULTS, NORMUON_BETA2, check_adamw_options, matrix_view, normuon_state_shape
 from ..functional import all_finite
 from ..orthogonalize import dtype_name, resolve_compute_dtype
@@ -32,7 +33,7 @@ from .base import (CheckedOptimizer, LearningRate, check_adamw_group, check_lr, 
                    param_name)
 from .distributed import distributed_stacks, replicated_step, sharded_step
 from .local import run_batch
-from .pipeline import chunk_backend, plan_local_step, stack_backend
+from .pipeline import chunk_backend, orthogonalize_options, plan_local_step, stack_backend
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW", "Route"]
 
@@ -182,10 +183,11 @@ def _explain_routes(strategy, groups, names, first_call, state) -> List[Route]:
                 if fallback:
                     impl, why = "per_parameter", f"a gradient of its batch is not finite this step ({why})"
                 shape = (sum(chunk.counts), chunk.rows, chunk.cols)
+                method = make_plan(**orthogonalize_options(chunk.group)).for_shape(chunk.rows, chunk.cols).method
                 for p, _ in chunk.members:
                     routes.append(Route(names[id(p)], "muon", strategy, impl, backend,
                                         dtype_name(chunk.compute_dtype), call, index, shape,
-                                        f"{why}; {backend_why}"))
+                                        f"{why}; {backend_why}", method))
         return routes
     for call, (members, n, how) in enumerate(distributed_stacks(strategy, groups, state), start=first_call):
         p0, group = members[0]
@@ -195,9 +197,10 @@ def _explain_routes(strategy, groups, names, first_call, state) -> List[Route]:
                                               group["method"])
         backend, backend_why = stack_backend(group["backend"], device, (n, rows, cols), compute_dtype)
         why = f"the {strategy} strategy steps per parameter ({how}); {backend_why}"
+        method = make_plan(**orthogonalize_options(group)).for_shape(rows, cols).method
         for p, _ in members:
             routes.append(Route(names[id(p)], "muon", strategy, "per_parameter", backend,
-                                dtype_name(compute_dtype), call, 0, (n, rows, cols), why))
+                                dtype_name(compute_dtype), call, 0, (n, rows, cols), why, method))
     return routes
 
 
