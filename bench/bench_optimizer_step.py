@@ -4,8 +4,8 @@ c_proj 768x768, c_fc 768x3072, mlp c_proj 3072x768, as (out, in) weights), or wi
 pick instead, in one run:
 
   torch: fastmuon.torch.Muon with its defaults ("auto": method "auto", backend "auto" ->
-         native on CPU where it computes in fp32), with method="polar_express" (the earlier
-         default) and method="aol" with 4 and 5 steps, its reference backend,
+         native on CPU where it computes in fp32), with method="polar_express" (Polar Express on
+         every matrix) and method="aol" with 4 and 5 steps, its reference backend,
          torch.optim.Muon (Newton-Schulz in bf16 on every device);
   mlx:   fastmuon.mlx.Muon with its defaults (native on CPU), with method="polar_express" and
          method="aol" with 4 and 5 steps, its reference backend,

@@ -308,8 +308,8 @@ def optimizer_step_rows(torch, timed, guarded, record) -> None:
         check = graph_matches_eager(torch, make)
         record("optimizer_step", shape, name + "_cuda_graph", ms, graph_vs_eager_max_abs=check, **extra)
 
-    # AOL with 4 steps, and with 5 (the Gram form on GPT-2's wide matrices), and Polar Express 5
-    # (the default before method="auto", which runs AOL 5 on the wide matrices and it on the rest)
+    # AOL with 4 steps, and with 5 (the Gram form on GPT-2's wide matrices), and Polar Express 5 on
+    # every matrix (method="auto" runs AOL 5 on the wide matrices and Polar Express 5 on the rest)
     aol = [(f"fastmuon_aol{steps}", lambda ps, steps=steps: Muon(ps, lr=0.02, method="aol", ns_steps=steps))
            for steps in (4, 5)]
     aol.append(("fastmuon_polar_express5", lambda ps: Muon(ps, lr=0.02, method="polar_express")))

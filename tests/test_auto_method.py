@@ -36,7 +36,7 @@ def test_auto_is_the_default_and_chooses_by_shape():
 
 
 def test_custom_coefficients_with_auto_run_as_polar_express():
-    """As they did when Polar Express was the default: its normalization, on every shape."""
+    """One table for every shape, normalized as Polar Express."""
     table = [(3.0, -3.2, 1.2)] * 3
     assert make_plan("auto", 5, table) == make_plan("polar_express", 5, table)
     G = torch.randn(256, 768, generator=torch.Generator().manual_seed(0))

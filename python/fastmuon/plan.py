@@ -16,7 +16,7 @@ METHODS_DOC = """``"auto"`` (the default: ``"aol"`` on the matrices where it ite
             space, wide or tall ones of at least 256 rows and aspect 2 with at most 5 steps, and
             ``"polar_express"`` on the others; ``fastmuon.plan.Plan.for_shape``),
             ``"newton_schulz"`` (Jordan's quintic), ``"polar_express"`` (the 5-step table, safety
-            factor 1.02; the default before ``"auto"``), ``"gram"`` (Polar Express iterated on the
+            factor 1.02, on every shape), ``"gram"`` (Polar Express iterated on the
             Gram matrix) or ``"aol"`` (AOL row scaling, then Polar Express polynomials fitted for
             the interval it leaves)."""
 """The ``method`` argument, as both frameworks' ``orthogonalize`` document it."""

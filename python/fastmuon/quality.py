@@ -70,7 +70,7 @@ __all__ = [
 PRESETS: Dict[str, Tuple[str, int]] = {
     "newton_schulz5": ("newton_schulz", 5),  # torch.optim.Muon's / Jordan's: the anchor
     "auto5": ("auto", 5),  # fastmuon's default: aol5 where it runs in Gram space, else polar_express5
-    "polar_express5": ("polar_express", 5),  # fastmuon's default before "auto"
+    "polar_express5": ("polar_express", 5),  # what auto5 runs on square and small matrices
     "polar_express4": ("polar_express", 4),
     "aol3": ("aol", 3),
     "aol4": ("aol", 4),  # the steps "aol" is designed for

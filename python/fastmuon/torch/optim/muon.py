@@ -229,9 +229,9 @@ class Muon(_MuonFamily):
     The positional arguments are ``torch.optim.Muon``'s, in its order and with its meanings, so
     changing the import is enough; fastmuon's own options follow as keywords. The defaults
     differ: lr 0.02 and weight_decay 0 (torch: 1e-3 and 0.1), and ``method="auto"`` (AOL in
-    Gram space on large wide or tall matrices, Polar Express on the others; ``method=
-    "polar_express"`` is the default of earlier releases) instead of Jordan's Newton-Schulz
-    unless ``ns_coefficients`` is given.
+    Gram space on large wide or tall matrices, Polar Express on the others;
+    ``method="polar_express"`` runs Polar Express on every matrix) instead of Jordan's
+    Newton-Schulz unless ``ns_coefficients`` is given.
 
     Args:
         params: parameters or param groups (names allowed, as for any torch optimizer). Every
