@@ -496,6 +496,17 @@ def test_orthogonalize_fp32_matches_exact_iteration(method, shape):
     _orthogonalize_and_check(G, method, "float32", "float32")
 
 
+def test_orthogonalize_default_in_gram_form():
+    """The default method on a matrix large enough for AOL's Gram form (256 rows, aspect 2) meets
+    the bound against the exact iteration of the plan it chooses."""
+    rng = np.random.default_rng(stable_seed("auto", (256, 512)))
+    G = torch.from_numpy(matrix_with_spectrum(rng, (256, 512), "sigma_min_1e-3")).float().to(DEVICE)
+    O = orthogonalize(G, backend="triton", dtype=torch.float32)
+    plan = make_plan("auto", 5, None).for_shape(256, 512)
+    assert plan.gram_form(256, 512)
+    check_against_exact(FRAMEWORKS["torch"](), _np(G), _np(O), plan, "float32", "float32")
+
+
 @pytest.mark.parametrize("kind", SPECTRA)
 @pytest.mark.parametrize("method", METHODS)
 def test_orthogonalize_spectra(method, kind):
