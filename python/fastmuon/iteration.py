@@ -81,9 +81,9 @@ def orthogonalize_with(G: Any, plan: Plan, ops: MatrixOps, compute_dtype: Any) -
 
 
 def iterate(X: Any, plan: Plan, ops: MatrixOps, A: Any = None) -> Any:
-    """Apply the plan's polynomials to a normalized wide batch X (batch, m, n), m <= n; ``A``,
+    """Apply the plan's polynomials to a normalized wide batch X (batch, m, n), m <= n; ``plan``
+    is the one for X's shape (``Plan.for_shape``, as ``orthogonalize_with`` resolves it); ``A``,
     when given, is X X^T already (AOL's), used by the first step."""
-    plan = plan.for_shape(X.shape[-2], X.shape[-1])
     if plan.gram_form(X.shape[-2], X.shape[-1]):
         return _gram_iterations(X, plan, ops, A)
     for a, b, c in plan.coefficients:

@@ -6,7 +6,7 @@ arguments here, so the two frameworks accept exactly the same inputs and raise t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import coefficients as _coef
@@ -40,8 +40,6 @@ _NORMALIZATION = {
     # AOL rescales the rows afterwards (which makes its result independent of this scale); the
     # Frobenius normalization first keeps X X^T from overflowing and a zero matrix at zeros.
     "aol": (1.0, _coef.POLAR_EXPRESS_EPS),
-    # "auto" runs "aol" or "polar_express" per matrix (Plan.for_shape), each normalized its own way
-    "auto": (_coef.POLAR_EXPRESS_SAFETY, _coef.POLAR_EXPRESS_EPS),
 }
 
 DEFAULT_STEPS = 5
@@ -161,6 +159,12 @@ def make_plan(method: str, steps: int, coefficients: Optional[Sequence], eps: Op
         raise ValueError(f"eps must be a finite number > 0 (it keeps a zero matrix at zeros), got {eps!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if method == "auto" and coefficients is None:
+        # the fields of the plan the standard-form matrices run, and both plans for for_shape
+        standard = make_plan(AUTO_STANDARD_METHOD, steps, None, eps)
+        # AOL takes its Gram form only up to AOL_GRAM_MAX_STEPS: beyond, "auto" is the standard plan
+        gram = make_plan(AUTO_GRAM_METHOD, steps, None, standard.eps) if steps <= AOL_GRAM_MAX_STEPS else None
+        return replace(standard, method="auto", shape_plans=(standard, None) if gram is None else (gram, standard))
     if coefficients is not None:
         if method == "auto":  # one table for every shape, normalized as Polar Express
             method = "polar_express"
@@ -171,17 +175,10 @@ def make_plan(method: str, steps: int, coefficients: Optional[Sequence], eps: Op
                 "custom coefficients fix the number of steps, leave steps at its default"
             )
     else:
-        base = "polar_express" if method in ("gram", "auto") else method
+        base = "polar_express" if method == "gram" else method
         coeffs = _coef.coefficients_for(base, steps)
     scale, method_eps = _NORMALIZATION[method]
-    eps = method_eps if eps is None else float(eps)
-    shape_plans = None
-    if method == "auto":
-        standard = make_plan(AUTO_STANDARD_METHOD, steps, None, eps)
-        # AOL takes its Gram form only up to AOL_GRAM_MAX_STEPS: beyond, "auto" is the standard plan
-        shape_plans = ((make_plan(AUTO_GRAM_METHOD, steps, None, eps), standard) if steps <= AOL_GRAM_MAX_STEPS
-                       else (standard, None))
-    return Plan(method=method, coefficients=coeffs, norm_scale=scale, eps=eps, shape_plans=shape_plans)
+    return Plan(method=method, coefficients=coeffs, norm_scale=scale, eps=method_eps if eps is None else float(eps))
 
 
 # The Gram-space iteration computes in 32 bits or more. In bf16 it diverged on small, well-

@@ -93,6 +93,12 @@ def _symmetric_product(C: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha:
                             lambda: torch.addmm(C[h:, h:], A[h:], B[:, h:], alpha=alpha, beta=beta))
 
 
+def _one_matrix_by_blocks(A: torch.Tensor) -> bool:
+    """Whether a symmetric (batch, m, m) product of ``A`` is formed from its upper rows
+    (``_symmetric_product``): one CPU matrix of at least ``SQUARE_BLOCKS_MIN_ROWS`` rows."""
+    return A.shape[0] == 1 and _by_blocks(A, SQUARE_BLOCKS_MIN_ROWS)
+
+
 class TorchOps:
     """Plain-torch matrix operations on (batch, m, n) tensors."""
 
@@ -104,7 +110,7 @@ class TorchOps:
 
     @staticmethod
     def ba_plus_caa(A, alpha, beta):
-        if A.shape[0] == 1 and _by_blocks(A, SQUARE_BLOCKS_MIN_ROWS):
+        if _one_matrix_by_blocks(A):
             return _symmetric_product(A[0], A[0], A[0], alpha, beta).unsqueeze(0)
         return torch.baddbmm(A, A, A, alpha=alpha, beta=beta)
 
@@ -118,7 +124,7 @@ class TorchOps:
     def symmetric_addmm(cls, C, A, B, alpha, beta):
         # from its upper rows as b A + c A A (0.86x the full product's time at 768x768 in bf16
         # on the CPU); elsewhere the backend's addmm
-        if A.shape[0] == 1 and _by_blocks(A, SQUARE_BLOCKS_MIN_ROWS):
+        if _one_matrix_by_blocks(A):
             return _symmetric_product(C[0], A[0], B[0], alpha, beta).unsqueeze(0)
         return cls.addmm(C, A, B, alpha, beta)
 
