@@ -13,6 +13,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "cpu_kernels.h"
+#include "muon_step.h"
 #include "plan_args.h"
 #include "py_args.h"
 
@@ -162,7 +163,7 @@ using MatrixView = std::tuple<int64_t, int64_t, int64_t>;
 
 // One parameter of muon_step: its arrays, their matrix view, and the
 // hyperparameters `hyper`, a dict with exactly the keys that name them in
-// fastmuon::cpu::MuonParam (cpu_kernels.h), each rounded to float32 as torch
+// fastmuon::cpu::MuonParam (muon_step.h), each rounded to float32 as torch
 // rounds a Python scalar for a float32 tensor.
 fastmuon::cpu::MuonParam muon_param(const float* grad, float* momentum,
                                     float* weight, const MatrixView& view,

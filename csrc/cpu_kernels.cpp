@@ -462,110 +462,29 @@ void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
   });
 }
 
-namespace {
-
-// out = torch.lerp(start, end, weight) (ATen's Lerp.h): start + weight (end -
-// start) for a small weight, end - (1 - weight) (end - start) otherwise, each
-// one fused multiply-add, as torch's CPU kernels compute it. The branch on
-// the weight is taken once, outside the loop, so that the loop vectorizes.
-// Compiled for FMA units where the CPU has them (x86: chosen at load time;
-// without them std::fma is glibc's exact software version).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__APPLE__)
-#define FASTMUON_FMA_CLONES __attribute__((target_clones("fma", "default")))
-#else
-#define FASTMUON_FMA_CLONES
-#endif
-
-FASTMUON_FMA_CLONES
-void torch_lerp(const float* start, const float* end, float weight, float* out,
-                int64_t n) {
-  if (std::fabs(weight) < 0.5f) {
-    for (int64_t i = 0; i < n; ++i) {
-      out[i] = std::fma(weight, end[i] - start[i], start[i]);
-    }
-  } else {
-    const float w1 = weight - 1.0f;
-    for (int64_t i = 0; i < n; ++i) {
-      out[i] = std::fma(w1, end[i] - start[i], end[i]);
-    }
-  }
-}
-
-// The momentum (in place) and the tensor to orthogonalize (into u) of one
-// matrix: n entries.
-void momentum_and_lookahead(const MuonParam& p, const float* g, float* mom,
-                            float* u, int64_t n) {
-  torch_lerp(mom, g, p.momentum_weight, mom, n);
-  if (p.nesterov) {
-    torch_lerp(g, mom, p.lookahead_weight, u, n);
-  } else {
-    copy_floats(u, mom, n);
-  }
-}
-
-FASTMUON_FMA_CLONES
-void apply_update(const MuonParam& p, const float* o, float* w, int64_t n) {
-  const float decay = p.decay;
-  const float step = p.step;
-  if (p.decays) {
-    for (int64_t i = 0; i < n; ++i) {
-      w[i] = std::fma(o[i], step, w[i] * decay);
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      w[i] = std::fma(o[i], step, w[i]);
-    }
-  }
-}
-
-// Whether all n entries are finite: an exponent of all ones is NaN or Inf.
-bool all_finite(const float* x, int64_t n) {
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof bits);
-    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
-}
-
-} // namespace
-
-bool muon_step_f32(const std::vector<MuonParam>& params,
-                   const OrthogonalizePlan& plan, int workers) {
+void orthogonalize_each_f32(
+    const std::vector<MatrixShape>& shapes, const OrthogonalizePlan& plan,
+    int workers, const std::function<void(size_t, float*)>& prepare,
+    const std::function<void(size_t, float*)>& finish, const char* op) {
   check_plan(plan);
-  check_workers(workers, "muon_step");
-  for (const auto& p : params) {
-    check_batch(p.batch, "muon_step");
-    check_blas_dim(p.rows, "rows", "muon_step");
-    check_blas_dim(p.cols, "cols", "muon_step");
-  }
-  for (const auto& p : params) {  // before anything is written
-    if (!all_finite(p.grad, p.batch * p.rows * p.cols)) {
-      return false;
-    }
-  }
+  check_workers(workers, op);
   std::vector<Matrix> matrices;  // shapes only: each is computed in scratch
-  std::vector<std::pair<const MuonParam*, int64_t>> where;  // its parameter, offset
-  for (const auto& p : params) {
-    const int64_t size = p.rows * p.cols;
-    for (int64_t b = 0; b < p.batch && size > 0; ++b) {
-      matrices.push_back(matrix_at(nullptr, p.rows, p.cols));
-      where.emplace_back(&p, b * size);
+  std::vector<size_t> index;     // its entry in shapes
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    check_blas_dim(shapes[i].rows, "rows", op);
+    check_blas_dim(shapes[i].cols, "cols", op);
+    if (shapes[i].rows > 0 && shapes[i].cols > 0) {
+      matrices.push_back(matrix_at(nullptr, shapes[i].rows, shapes[i].cols));
+      index.push_back(i);
     }
   }
   run_shared_out(matrices, plan, workers, [&](Workspace& ws, size_t i) {
-    const auto [param, offset] = where[i];
-    const MuonParam& p = *param;
-    const int64_t n = p.rows * p.cols;
     Matrix mat = matrices[i];
     mat.data = ws.input();
-    momentum_and_lookahead(p, p.grad + offset, p.momentum + offset, mat.data,
-                           n);
+    prepare(index[i], mat.data);
     ws.orthogonalize(mat);
-    apply_update(p, mat.data, p.weight + offset, n);
+    finish(index[i], mat.data);
   });
-  return true;
 }
 
 void orthogonalize_f32(float* x, int64_t batch, int64_t rows, int64_t cols,

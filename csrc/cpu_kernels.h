@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "iteration.h"
@@ -60,31 +61,23 @@ struct Stack {
 void orthogonalize_stacks_f32(const std::vector<Stack>& stacks,
                               const OrthogonalizePlan& plan, int workers = 1);
 
-// One fp32 Muon parameter for muon_step_f32: `batch` matrices of
-// (rows, cols), C-contiguous, in its gradient, momentum and weight, and the
-// hyperparameters of its group.
-struct MuonParam {
-  const float* grad;
-  float* momentum;
-  float* weight;
-  int64_t batch, rows, cols;
-  float momentum_weight;   // M <- lerp(M, G, momentum_weight): 1 - beta
-  float lookahead_weight;  // U = lerp(G, M, lookahead_weight) with Nesterov
-  bool nesterov;           // (else U = M)
-  bool decays;             // W <- W * decay first
-  float decay;             // 1 - lr * weight_decay
-  float step;              // W <- W + step * orthogonalize(U): -lr * scale
+// The shape of one matrix for orthogonalize_each_f32.
+struct MatrixShape {
+  int64_t rows, cols;
 };
 
-// Muon's step on fp32 parameters, torch's arithmetic op for op (lerp and
-// add with alpha as fused multiply-adds, the decay one multiply; see
-// python/fastmuon/torch/functional.py), so the results are bitwise those of
-// the torch ops: each matrix's momentum, orthogonalization (as in
-// orthogonalize_stacks_f32) and update run on one of `workers` threads.
-// Returns false, having written nothing, when a gradient holds a NaN or an
-// Inf.
-bool muon_step_f32(const std::vector<MuonParam>& params,
-                   const OrthogonalizePlan& plan, int workers = 1);
+// For every matrix i of `shapes`: prepare(i, u) writes its input into u, a
+// row-major (rows, cols) float32 scratch buffer; u is orthogonalized in place
+// (as in orthogonalize_stacks_f32); then finish(i, u) reads the result. The
+// matrices are shared out over `workers` threads as in
+// orthogonalize_stacks_f32, so prepare and finish run concurrently for
+// different i. Matrices with no entries are skipped. Throws
+// std::invalid_argument (its message naming `op`) for sizes beyond the BLAS
+// integer range, workers < 1, or an invalid plan.
+void orthogonalize_each_f32(
+    const std::vector<MatrixShape>& shapes, const OrthogonalizePlan& plan,
+    int workers, const std::function<void(size_t, float*)>& prepare,
+    const std::function<void(size_t, float*)>& finish, const char* op);
 
 // Copy the strict upper triangle of the row-major (m, m) matrix c onto its
 // strict lower triangle (cache-blocked transpose).

@@ -3,9 +3,12 @@
 // Built in nanobind's `mlx` domain so that mlx.core.array / Stream / Device
 // objects pass straight through. Import mlx.core before this module.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/array.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include "ba_plus_caa.h"
+#include "muon_step.h"
 #include "orthogonalize.h"
 #include "plan_args.h"
 #include "xxt.h"
@@ -149,5 +152,95 @@ Raises:
     TypeError: ``plan`` is not a dict, or a value of it has the wrong
         type (``coefficients`` neither a float64 (steps, 3) array nor a
         sequence of 3-sequences of floats).
+)doc");
+
+  m.def(
+      "muon_step",
+      [](const mlx::core::array& lr,
+         const std::vector<mlx::core::array>& grads,
+         const std::vector<mlx::core::array>& momenta,
+         const std::vector<mlx::core::array>& weights,
+         const std::vector<mlx::core::array>& skipped,
+         std::vector<std::array<int64_t, 3>> views,
+         std::vector<double> scales,
+         nb::handle plan,
+         double momentum,
+         bool nesterov,
+         double weight_decay,
+         bool cautious,
+         int workers,
+         int blas_threads,
+         mlx::core::StreamOrDevice s) {
+        fastmuon::MuonStepParams params{
+            fastmuon::plan_from_mapping(plan, "muon_step"),
+            momentum,
+            nesterov,
+            weight_decay,
+            cautious,
+            std::move(views),
+            std::move(scales),
+            workers,
+            blas_threads};
+        return fastmuon::muon_step(lr, grads, momenta, weights, skipped,
+                                   std::move(params), s);
+      },
+      "lr"_a,
+      "grads"_a,
+      "momenta"_a,
+      "weights"_a,
+      "skipped"_a,
+      nb::kw_only(),
+      "views"_a,
+      "scales"_a,
+      "plan"_a.none(),
+      "momentum"_a,
+      "nesterov"_a,
+      "weight_decay"_a,
+      "cautious"_a,
+      "workers"_a = 1,
+      "blas_threads"_a = 0,
+      "stream"_a = nb::none(),
+      nb::sig(
+          "def muon_step(lr: mlx.core.array, grads: list[mlx.core.array], "
+          "momenta: list[mlx.core.array], weights: list[mlx.core.array], "
+          "skipped: list[mlx.core.array], *, views: list[tuple[int, int, int]], "
+          "scales: list[float], plan: dict, momentum: float, nesterov: bool, "
+          "weight_decay: float, cautious: bool, workers: int = 1, "
+          "blas_threads: int = 0, stream: None | mlx.core.Stream | "
+          "mlx.core.Device = None) -> list[mlx.core.array]"),
+      R"doc(fastmuon.mlx's Muon step of float32 parameters in one primitive.
+
+For every parameter i whose gradient and ``lr`` (a float32 array of one
+value) are finite, in the arithmetic of ``fastmuon.mlx.functional``
+(each product and sum rounded on its own, as MLX's eager ops do):
+``M = momentum M + (1 - momentum) G``; ``U = (1 - momentum) G + momentum M``
+with ``nesterov``, else ``M``; ``O`` the plan's orthogonalization of each
+matrix of ``U`` in its ``views[i]`` (batch, rows, cols); then
+``W = W (1 - lr weight_decay) - lr scales[i] O`` (``cautious``: the decay
+only where ``O W >= 0``; no decay term when ``weight_decay`` is 0). Any
+other parameter keeps its weight and momentum and its ``skipped`` count
+goes up by one. The matrices of all parameters are shared out over
+``workers`` threads. Not differentiable; works inside ``mx.compile``.
+
+Args:
+    lr (array): the learning rate, float32, one value.
+    grads, momenta, weights (list[array]): float32, one shape per
+        parameter; any layout.
+    skipped (list[array]): int32 counts, one value each.
+    views (list[tuple]): each parameter's matrix view (batch, rows, cols).
+    scales (list[float]): each parameter's learning-rate multiplier.
+)doc" FASTMUON_PLAN_DOC R"doc(    momentum, nesterov, weight_decay, cautious: the optimizer's.
+    workers (int): CPU threads sharing the matrices (``>= 1``; the result
+        does not depend on it).
+    blas_threads (int): the BLAS's threads (``0``: left as they are).
+)doc" FASTMUON_STREAM_DOC R"doc(
+Returns:
+    list[array]: the new weights, then the new momenta, then the new
+    skipped counts.
+
+Raises:
+    ValueError: lists of different lengths, a dtype or shape out of place,
+        a view that does not hold its parameter, or an invalid plan,
+        each named.
 )doc");
 }

@@ -21,10 +21,10 @@ from .rules import ADJUST_LR, SPHERE_MODES, is_real
 # How a Muon step is carried out ("auto": the fastest that applies; each optimizer's
 # ``explain()`` says which one a parameter took and why). torch has all three: "fused" (the
 # whole step in one native call: CPU, fp32), "foreach" (list-wide torch passes: CPU, eager) and
-# "per_parameter" (any device, dtype and option; what torch.compile traces). MLX has one,
-# "per_parameter" (mx.compile fuses it).
+# "per_parameter" (any device, dtype and option; what torch.compile traces). MLX has "fused"
+# (one native primitive: CPU, fp32) and "per_parameter" (mx.compile fuses it).
 IMPLS = ("auto", "fused", "foreach", "per_parameter")
-MLX_IMPLS = ("auto", "per_parameter")
+MLX_IMPLS = ("auto", "fused", "per_parameter")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ torch side.
 
 from __future__ import annotations
 
+from typing import List, Tuple
+
 import mlx.core as mx
 
 from ... import threads
@@ -45,3 +47,21 @@ def orthogonalize(G: mx.array, plan: Plan) -> mx.array:
         stream=mx.cpu,
     )
     return out if normalize else out.astype(mx.float64, stream=mx.cpu)
+
+
+def muon_step(lr: mx.array, grads: List[mx.array], momenta: List[mx.array], weights: List[mx.array],
+              skipped: List[mx.array], views: List[Tuple[int, int, int]], scales: List[float], plan: Plan, *,
+              momentum: float, nesterov: bool, weight_decay: float,
+              cautious: bool) -> Tuple[List[mx.array], List[mx.array], List[mx.array]]:
+    """fastmuon.mlx's Muon step of float32 parameters as one primitive (``_mlx_ext.muon_step``):
+    the new weights, momenta and skipped counts, bitwise those of the eager step
+    (``optim/local.step_per_parameter``). Each parameter is seen as its (batch, rows, cols)
+    ``views`` entry; all matrices are shared out over the threads together."""
+    blas_threads, workers = threads.plan_threads(views, threads.available_cpus())
+    out = mlx_ext_module().muon_step(
+        lr, grads, momenta, weights, skipped, views=views, scales=scales, plan=kernel_plan(plan),
+        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, cautious=cautious,
+        workers=workers, blas_threads=blas_threads, stream=mx.cpu,
+    )
+    count = len(grads)
+    return out[:count], out[count:2 * count], out[2 * count:]

@@ -1,6 +1,12 @@
-"""The one implementation of an MLX Muon step, "per_parameter" (mx.compile fuses it): per
-parameter the momentum, then one batched orthogonalization per stack of same-shape matrices
-(``pipeline.stack_key``), then per parameter NorMuon's normalization and the update."""
+"""The implementations of an MLX Muon step (``pipeline.py`` chooses, per parameter):
+
+* ``step_fused``: every parameter's whole step in one native primitive
+  (``backends.native.muon_step``);
+* ``step_per_parameter``: per parameter the momentum, then one batched orthogonalization per
+  stack of same-shape matrices (``pipeline.stack_key``), then per parameter NorMuon's
+  normalization and the update.
+
+``step`` runs each parameter with its implementation."""
 
 from __future__ import annotations
 
@@ -8,10 +14,48 @@ from typing import List
 
 import mlx.core as mx
 
+from ...options import orthogonalize_kwargs
+from ...plan import make_plan
 from ...rules import shape_scale
+from ..backends import native
 from ..functional import all_finite, decoupled_update, muon_momentum
 from .base import update_view, work_dtype
-from .pipeline import stack_key
+from .pipeline import choose_impls, stack_key
+
+
+def step(opt, items, distributed: bool) -> List[mx.array]:
+    """The new weights of ``items`` ((path, gradient, parameter, state)) under Muon ``opt``, each
+    parameter stepped by the implementation ``pipeline.choose_impls`` gives it."""
+    impls = choose_impls(opt, [(path, grad, param, state.get("momentum")) for path, grad, param, state in items],
+                         distributed)
+    fused = [index for index, (impl, _) in enumerate(impls) if impl == "fused"]
+    others = [index for index, (impl, _) in enumerate(impls) if impl != "fused"]
+    new = {}
+    for indices, run in ((fused, step_fused), (others, step_per_parameter)):
+        if indices:
+            new.update(zip(indices, run(opt, [items[index] for index in indices])))
+    return [new[index] for index in range(len(items))]
+
+
+def step_fused(opt, items) -> List[mx.array]:
+    """``step_per_parameter``'s results, bitwise, from one primitive: float32 matrix parameters of
+    plain Muon on the native kernels (``pipeline.optimizer_refusal``, ``parameter_refusal``)."""
+    views, scales = [], []
+    for path, grad, param, state in items:
+        opt._check_state(path, param, state)
+        view = update_view(param.shape, path)
+        views.append(view)
+        scales.append(shape_scale(view[1], view[2], opt.adjust_lr))
+    plan = make_plan(**orthogonalize_kwargs(opt.method, opt.ns_steps, opt.ns_coefficients, opt.eps))
+    weights, momenta, skipped = native.muon_step(
+        opt._lr(mx.float32), [grad for _, grad, _, _ in items], [state["momentum"] for *_, state in items],
+        [param for _, _, param, _ in items], [state["skipped_steps"] for *_, state in items], views, scales, plan,
+        momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay,
+        cautious=opt.cautious_weight_decay)
+    for (*_, state), momentum, count in zip(items, momenta, skipped):
+        state["momentum"] = momentum
+        state["skipped_steps"] = count
+    return weights
 
 
 def step_per_parameter(opt, items) -> List[mx.array]:

@@ -47,7 +47,7 @@ from .base import (
     work_dtype,
 )
 from .distributed import share_out
-from .local import step_per_parameter
+from .local import step
 from .pipeline import explain_routes
 
 __all__ = ["Muon", "NorMuon", "MuonWithAdamW"]
@@ -103,9 +103,12 @@ class Muon(TreeOptimizer):
         ns_coefficients: one (a, b, c) for every step: Newton-Schulz with these coefficients
             (``method="newton_schulz"``), as in torch.optim.Muon and ``fastmuon.torch.Muon``.
         eps: the normalization's epsilon, X / (||X||_F * scale + eps); default the method's.
-        impl: "auto" or "per_parameter", the one implementation MLX has (mx.compile fuses it;
-            torch's "fused" and "foreach" are refused). ``explain(gradients)`` says how each
-            parameter steps and why.
+        impl: "auto" (default), "fused" or "per_parameter". "fused" runs the whole step of
+            every float32 matrix parameter as one native primitive (plain Muon on the native
+            backend, one process; bitwise the results of "per_parameter"); "auto" takes it
+            wherever it can, "per_parameter" (MLX ops around batched orthogonalizations;
+            mx.compile fuses them) elsewhere. torch's "foreach" is refused.
+            ``explain(gradients)`` says how each parameter steps and why.
         sphere: torch only (``fastmuon.torch.Muon``); any value but None is refused here.
         allow_nd: MLX's Muon always takes 3-D and 4-D weights (and 0-D/1-D ones): True (the
             default) is accepted for parity with ``fastmuon.torch``, False is refused.
@@ -115,6 +118,9 @@ class Muon(TreeOptimizer):
             Gradients must already be averaged (``mlx.nn.average_gradients``), so that every
             process holds the same ones; weights then equal one process's.
     """
+
+    # Why this optimizer's parameters cannot take the fused step (None: they may).
+    fused_refusal: Optional[str] = None
 
     def __init__(
         self,
@@ -209,7 +215,7 @@ class Muon(TreeOptimizer):
         return orthogonalize(U, **iteration, backend=self.backend, dtype=self.ns_dtype)
 
     def _apply_all(self, items) -> List[mx.array]:
-        return step_per_parameter(self, items)
+        return step(self, items, self._world() is not None)
 
     def _expected_state(self, param: mx.array) -> dict:
         return {"momentum": param.shape}
@@ -256,6 +262,8 @@ class NorMuon(Muon):
     matrix view, as in ``fastmuon.torch``). Same arguments as :class:`Muon`, plus ``beta2``
     (0.95, the paper's code; modded-nanogpt uses 0.9).
     """
+
+    fused_refusal = "NorMuon normalizes between the orthogonalization and the update"
 
     def __init__(self, learning_rate: LearningRate = MUON_DEFAULTS["lr"], *, beta2: float = NORMUON_BETA2, **options):
         if beta2 is None:  # None would make this plain Muon (torch's NorMuon refuses it too)
