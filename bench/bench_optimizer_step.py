@@ -7,8 +7,9 @@ pick instead, in one run:
          native on CPU where it computes in fp32), with method="polar_express" (Polar Express on
          every matrix) and method="aol" with 4 and 5 steps, its reference backend,
          torch.optim.Muon (Newton-Schulz in bf16 on every device);
-  mlx:   fastmuon.mlx.Muon with its defaults (native on CPU), with method="polar_express" and
-         method="aol" with 4 and 5 steps, its reference backend,
+  mlx:   fastmuon.mlx.Muon with its defaults (native on CPU, the fused step), the same with
+         impl="per_parameter" (MLX ops around the native orthogonalization), with
+         method="polar_express" and method="aol" with 4 and 5 steps, its reference backend,
          mlx.optimizers.Muon (Newton-Schulz in the gradient dtype, here fp32).
 
 Median of --repeats steps after one warm-up step, the providers taking turns in every repeat
@@ -113,6 +114,7 @@ def mlx_cases(grads, skip_slow: bool):
         return step
 
     yield "mlx fastmuon.Muon (auto)", make(Muon(0.02))
+    yield "mlx fastmuon.Muon (auto, impl=per_parameter)", make(Muon(0.02, impl="per_parameter"))
     yield "mlx fastmuon.Muon (polar_express, 5 steps)", make(Muon(0.02, method="polar_express"))
     yield "mlx fastmuon.Muon (aol, 4 steps)", make(Muon(0.02, method="aol", ns_steps=4))
     yield "mlx fastmuon.Muon (aol, 5 steps)", make(Muon(0.02, method="aol", ns_steps=5))
