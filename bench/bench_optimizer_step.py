@@ -14,10 +14,14 @@ pick instead, in one run:
 
 Median of --repeats steps after one warm-up step, the providers taking turns in every repeat
 (timed one after another, a burst of machine noise would land on one provider only); the
-frameworks one after the other, as a user runs one; for fastmuon's torch steps also the share of the step spent outside
-orthogonalization. Appends to bench/results/optimizer_step.jsonl.
+frameworks one after the other, as a user runs one; for fastmuon's torch steps also the share of
+the step spent outside orthogonalization. Each row also records the median minor page faults of
+a step (``page_faults``, Linux and macOS): a step whose large temporaries land on pages the C
+library has just returned to the system pays a fault per 4 KiB page, which on this machine
+moved whole steps by 30-50% between runs. Appends to bench/results/optimizer_step.jsonl.
 
     python bench/bench_optimizer_step.py [--model gpt2-block|demo] [--repeats 3] [--skip-slow]
+                                         [--frameworks torch mlx]
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
+
+try:
+    import resource
+except ImportError:  # Windows: no fault counts
+    resource = None
 
 import numpy as np
 
@@ -123,31 +132,53 @@ def mlx_cases(grads, skip_slow: bool):
         yield "mlx.optimizers.Muon", make(optim.Muon(0.02, weight_decay=0.0))
 
 
+def counting_faults(step, counts: list):
+    """``step`` that also appends its minor page faults to ``counts`` (nothing without
+    ``resource``)."""
+    if resource is None:
+        return step
+
+    def run():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        out = step()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return out
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-slow", action="store_true", help="skip the ~30-60 s a step baselines")
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--model", choices=sorted(MODELS), default="gpt2-block", help="which weight shapes")
+    parser.add_argument("--frameworks", nargs="+", choices=("torch", "mlx"), default=("torch", "mlx"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     shapes = MODELS[args.model]
     grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     rows = []
-    for cases in (torch_cases, mlx_cases):  # one framework at a time: a user runs one
+    chosen = {"torch": torch_cases, "mlx": mlx_cases}
+    for cases in (chosen[name] for name in args.frameworks):  # one framework at a time: a user runs one
         try:
             steps = dict(cases(grads, args.skip_slow))
         except ImportError as exc:
             print(f"skipped: {exc}")
             continue
-        for name, seconds in bench.interleaved_times(steps, args.repeats)[0].items():
+        faults = {name: [] for name in steps}
+        counted = {name: counting_faults(step, faults[name]) for name, step in steps.items()}
+        for name, seconds in bench.interleaved_times(counted, args.repeats)[0].items():
             row = {"provider": name, "model": args.model, "shapes": [list(s) for s in shapes], "seconds": seconds}
+            if faults[name]:
+                row["page_faults"] = int(np.median(faults[name][1:] or faults[name]))  # after the warm-up
             outside = ""
             if name.startswith("torch fastmuon"):
                 row["outside_orthogonalize"] = outside_orthogonalize(steps[name], args.repeats)
                 outside = f"  ({row['outside_orthogonalize']:.0%} of it outside orthogonalize)"
             rows.append(row)
-            print(f"{name:34s} {seconds:9.4f} s/step{outside}", flush=True)
+            faulted = f"  [{row['page_faults']} page faults]" if "page_faults" in row else ""
+            print(f"{name:34s} {seconds:9.4f} s/step{outside}{faulted}", flush=True)
     base = {r["provider"].split()[0]: r["seconds"] for r in rows if "(auto)" in r["provider"]}
     print("\nspeed-up of fastmuon (auto) over each provider, same framework:")
     for r in rows:
@@ -155,6 +186,8 @@ def main() -> None:
         r["fastmuon_speedup"] = r["seconds"] / base[fw] if fw in base else None
         print(f"  {r['provider']:34s} {r['fastmuon_speedup']:8.1f}x")
     env = bench.environment()
+    # glibc's allocator settings change how often a step faults (see the docstring)
+    env["malloc_env"] = {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}
     bench.append_results(args.out, rows, env)
     print(f"appended {len(rows)} rows to {args.out}")
 
