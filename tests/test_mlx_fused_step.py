@@ -203,3 +203,16 @@ def test_the_primitive_names_the_argument_at_fault():
         ext.muon_step(mx.array([0.1, 0.2]), [g], [m], [w], [s], **good)
     outs = ext.muon_step(lr, [g], [m], [w], [s], **good)
     assert [o.shape for o in outs] == [(4, 6), (4, 6), ()] and outs[2].dtype == mx.int32
+
+
+def test_explain_names_a_backend_that_cannot_run_here_without_raising():
+    """explain() reports an explicit backend as it is; the step, not the plan, refuses it."""
+    from fastmuon.mlx import Muon
+
+    if mx.metal.is_available():
+        pytest.skip("Metal runs here")
+    opt = Muon(0.02, backend="metal")
+    route = opt.explain({"w": mx.zeros((8, 12))})[0]
+    assert route.impl == "per_parameter" and route.backend == "metal" and "metal backend" in route.why
+    with pytest.raises(RuntimeError, match="Metal"):
+        opt.apply_gradients({"w": mx.ones((8, 12))}, {"w": mx.ones((8, 12))})

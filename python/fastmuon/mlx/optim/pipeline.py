@@ -24,7 +24,7 @@ import mlx.core as mx
 from ...options import orthogonalize_kwargs
 from ...plan import make_plan
 from ...route import Route
-from ..orthogonalize import auto_backend, dtype_name, resolve_compute_dtype, select_backend
+from ..orthogonalize import auto_backend, dtype_name, resolve_compute_dtype
 from .base import update_view
 
 
@@ -39,9 +39,11 @@ def optimizer_refusal(opt, distributed: bool) -> Optional[str]:
         return opt.fused_refusal
     if distributed:
         return "the orthogonalization is shared out over mx.distributed"
-    backend = select_backend(opt.backend, resolve_compute_dtype(opt.ns_dtype, opt.method))
-    if backend != "native":
-        return f"the fused step runs the native kernels, and this step runs the {backend} backend"
+    compute_dtype = resolve_compute_dtype(opt.ns_dtype, opt.method)
+    backend = auto_backend(compute_dtype)[0] if opt.backend == "auto" else opt.backend
+    if backend != "native" or compute_dtype != mx.float32:
+        return (f"the fused step runs the native kernels in float32, and this step runs the {backend} backend in "
+                f"{dtype_name(compute_dtype)}")
     return None
 
 
