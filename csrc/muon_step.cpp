@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -68,55 +69,107 @@ void apply_update(const MuonParam& p, const float* o, float* w, int64_t n) {
   }
 }
 
-// fastmuon.mlx's momentum (functional.muon_momentum): fresh = (1 - beta) G,
-// M <- beta M + fresh, U = fresh + beta M (Nesterov) or M. Each product and
-// sum is its own statement, rounded on its own as MLX's eager ops round them
-// (muon_step.cpp is compiled without floating-point contraction).
-void mlx_momentum(const MlxMuonParam& p, const float* g, float* mom, float* u,
+// An MLX array's storage type: float32 as is, bfloat16 as its bits.
+struct BFloat16 {
+  uint16_t bits;
+};
+
+inline float widen(float x) {
+  return x;
+}
+
+inline float widen(BFloat16 x) {
+  return from_bfloat16(x.bits);
+}
+
+template <class T>
+T narrow(float x);
+
+template <>
+inline float narrow<float>(float x) {
+  return x;
+}
+
+template <>
+inline BFloat16 narrow<BFloat16>(float x) {
+  return {to_bfloat16(x)};
+}
+
+// x rounded to T and widened back: the result of one MLX op in T.
+template <class T>
+inline float in(float x) {
+  return widen(narrow<T>(x));
+}
+
+// fastmuon.mlx's momentum (functional.muon_momentum) in T: fresh = (1 - beta)
+// G, M <- beta M + fresh, U = fresh + beta M (Nesterov) or M, each product and
+// sum its own statement rounded to T (muon_step.cpp is compiled without
+// floating-point contraction); the scalars are rounded to T as MLX rounds a
+// Python float for an array of T. u is float32 (the orthogonalization's).
+template <class T>
+void mlx_momentum(const MlxMuonParam& p, const T* g, T* mom, float* u,
                   int64_t n) {
-  const float beta = p.beta;
-  const float fresh_weight = p.fresh_weight;
+  const float beta = in<T>(p.beta);
+  const float fresh_weight = in<T>(p.fresh_weight);
   for (int64_t i = 0; i < n; ++i) {
-    const float fresh = fresh_weight * g[i];
-    const float kept = beta * mom[i];
-    const float m = kept + fresh;
-    mom[i] = m;
+    const float fresh = in<T>(fresh_weight * widen(g[i]));
+    const float kept = in<T>(beta * widen(mom[i]));
+    const float m = in<T>(kept + fresh);
+    mom[i] = narrow<T>(m);
     if (p.nesterov) {
-      const float ahead = beta * m;
-      u[i] = fresh + ahead;
+      const float ahead = in<T>(beta * m);
+      u[i] = in<T>(fresh + ahead);
     } else {
       u[i] = m;
     }
   }
 }
 
-// fastmuon.mlx's update (functional.decoupled_update) of n weights by the
-// orthogonalized o, in the same order of operations.
-void mlx_update(const MlxMuonParam& p, const float* o, float* w, int64_t n) {
+// fastmuon.mlx's update (functional.decoupled_update) of n weights of T by
+// the orthogonalized o, in float32 (the optimizer's work dtype), o first
+// rounded to T as the orthogonalization returns it in U's dtype, the new
+// weight rounded to T once.
+template <class T>
+void mlx_update(const MlxMuonParam& p, const float* o, T* w, int64_t n) {
   const float step = p.step;
-  switch (p.decay_rule) {
-    case WeightDecay::none:
-      for (int64_t i = 0; i < n; ++i) {
-        const float moved = step * o[i];
-        w[i] = w[i] - moved;
+  for (int64_t i = 0; i < n; ++i) {
+    const float oi = in<T>(o[i]);
+    const float wi = widen(w[i]);
+    const float moved = step * oi;
+    float next = 0.0f;
+    switch (p.decay_rule) {
+      case WeightDecay::none:
+        next = wi - moved;
+        break;
+      case WeightDecay::decoupled: {
+        const float decayed = wi * p.decay;
+        next = decayed - moved;
+        break;
       }
-      break;
-    case WeightDecay::decoupled:
-      for (int64_t i = 0; i < n; ++i) {
-        const float moved = step * o[i];
-        const float decayed = w[i] * p.decay;
-        w[i] = decayed - moved;
+      case WeightDecay::cautious: {
+        const float agree = oi * wi;
+        const float shrink = p.lr_wd * (agree >= 0.0f ? wi : 0.0f);
+        const float decayed = wi - shrink;
+        next = decayed - moved;
+        break;
       }
-      break;
-    case WeightDecay::cautious:
-      for (int64_t i = 0; i < n; ++i) {
-        const float moved = step * o[i];
-        const float agree = o[i] * w[i];
-        const float shrink = p.lr_wd * (agree >= 0.0f ? w[i] : 0.0f);
-        const float decayed = w[i] - shrink;
-        w[i] = decayed - moved;
-      }
-      break;
+    }
+    w[i] = narrow<T>(next);
+  }
+}
+
+template <class T>
+bool mlx_all_finite(const MlxMuonParam& p) {
+  const int64_t n = p.batch * p.rows * p.cols;
+  if constexpr (std::is_same_v<T, float>) {
+    return all_finite(static_cast<const float*>(p.grad), n);
+  } else {
+    const auto* g = static_cast<const BFloat16*>(p.grad);
+    uint32_t bad = 0;  // an exponent of all ones is NaN or Inf
+    for (int64_t i = 0; i < n; ++i) {
+      bad |= static_cast<uint32_t>((g[i].bits & 0x7f80u) == 0x7f80u);
+    }
+    return bad == 0;
   }
 }
 
@@ -199,24 +252,52 @@ bool muon_step_f32(const std::vector<MuonParam>& params,
   return true;
 }
 
-void mlx_muon_step_f32(const std::vector<MlxMuonParam>& params,
-                       const OrthogonalizePlan& plan, int workers,
-                       bool* stepped) {
+uint16_t to_bfloat16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) {
+    return static_cast<uint16_t>((bits >> 16) | 0x40u);  // a quiet NaN
+  }
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+float from_bfloat16(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float x;
+  std::memcpy(&x, &wide, sizeof x);
+  return x;
+}
+
+void mlx_muon_step(const std::vector<MlxMuonParam>& params,
+                   const OrthogonalizePlan& plan, int workers, bool* stepped) {
   check_step(params, plan, workers, "muon_step");
   std::vector<bool> run(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& p = params[i];
-    run[i] = all_finite(p.grad, p.batch * p.rows * p.cols);
+    run[i] = p.storage == Storage::float32 ? mlx_all_finite<float>(p)
+                                           : mlx_all_finite<BFloat16>(p);
     stepped[i] = run[i];
   }
   step_matrices(
       params, run, plan, workers, "muon_step",
       [](const MlxMuonParam& p, int64_t offset, float* u) {
-        mlx_momentum(p, p.grad + offset, p.momentum + offset, u,
-                     p.rows * p.cols);
+        const int64_t n = p.rows * p.cols;
+        if (p.storage == Storage::float32) {
+          mlx_momentum(p, static_cast<const float*>(p.grad) + offset,
+                       static_cast<float*>(p.momentum) + offset, u, n);
+        } else {
+          mlx_momentum(p, static_cast<const BFloat16*>(p.grad) + offset,
+                       static_cast<BFloat16*>(p.momentum) + offset, u, n);
+        }
       },
       [](const MlxMuonParam& p, int64_t offset, const float* o) {
-        mlx_update(p, o, p.weight + offset, p.rows * p.cols);
+        const int64_t n = p.rows * p.cols;
+        if (p.storage == Storage::float32) {
+          mlx_update(p, o, static_cast<float*>(p.weight) + offset, n);
+        } else {
+          mlx_update(p, o, static_cast<BFloat16*>(p.weight) + offset, n);
+        }
       });
 }
 

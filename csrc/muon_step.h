@@ -41,14 +41,19 @@ bool muon_step_f32(const std::vector<MuonParam>& params,
 // How an MlxMuonParam's weight decays.
 enum class WeightDecay { none, decoupled, cautious };
 
-// One fp32 Muon parameter for mlx_muon_step_f32: `batch` matrices of
-// (rows, cols), C-contiguous, and its scalars as fastmuon.mlx rounds them
-// (Python floats to float32, products with the float32 learning rate in
-// float32).
+// How an MlxMuonParam's arrays are stored.
+enum class Storage { float32, bfloat16 };
+
+// One Muon parameter for mlx_muon_step: `batch` matrices of (rows, cols),
+// C-contiguous, its gradient, momentum and weight all float32 or all
+// bfloat16 (the bits), and its scalars as fastmuon.mlx rounds them: Python
+// floats to the arrays' dtype, products with the float32 learning rate in
+// float32.
 struct MlxMuonParam {
-  const float* grad;
-  float* momentum;  // updated in place
-  float* weight;    // updated in place
+  const void* grad;
+  void* momentum;  // updated in place
+  void* weight;    // updated in place
+  Storage storage;
   int64_t batch, rows, cols;
   float beta;          // M <- beta M + fresh_weight G
   float fresh_weight;  // 1 - beta, rounded from the double
@@ -59,15 +64,24 @@ struct MlxMuonParam {
   float step;   // none: W <- W - step O; step = lr * scale
 };
 
-// Muon's step on fp32 parameters in fastmuon.mlx's arithmetic
-// (python/fastmuon/mlx/functional.py: muon_momentum, decoupled_update), each
-// multiply and add rounded on its own as MLX's eager ops round them, with its
-// policy for non-finite gradients: a parameter whose gradient holds a NaN or
-// an Inf is left unwritten and stepped[i] set to false; the others are
-// stepped and stepped[i] set to true. `stepped` has one entry per parameter.
-void mlx_muon_step_f32(const std::vector<MlxMuonParam>& params,
-                       const OrthogonalizePlan& plan, int workers,
-                       bool* stepped);
+// Muon's step in fastmuon.mlx's arithmetic (python/fastmuon/mlx/functional.py:
+// muon_momentum, decoupled_update, and the casts of optim/local.py), each
+// multiply and add rounded on its own as MLX's eager ops round them: in the
+// arrays' dtype for the momentum (a bfloat16 op computes in float32 and
+// rounds), in float32 for the update of the weight, which is rounded back
+// once; the orthogonalization runs in float32 and a bfloat16 parameter's
+// result is rounded to bfloat16 before the update, as MLX's op returns it.
+// Its policy for non-finite gradients: a parameter whose gradient holds a
+// NaN or an Inf is left unwritten and stepped[i] set to false; the others
+// are stepped and stepped[i] set to true. `stepped` has one entry per
+// parameter.
+void mlx_muon_step(const std::vector<MlxMuonParam>& params,
+                   const OrthogonalizePlan& plan, int workers, bool* stepped);
+
+// Float32 rounded to bfloat16 (to nearest, ties to even; a NaN stays a NaN),
+// as MLX rounds, and back.
+uint16_t to_bfloat16(float x);
+float from_bfloat16(uint16_t bits);
 
 // Whether all n entries are finite.
 bool all_finite(const float* x, int64_t n);

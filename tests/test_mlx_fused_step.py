@@ -21,16 +21,20 @@ def _native():
     require_native("mlx_ext")
 
 
-def _train(impl, steps=3, seed=0, non_finite=None, **options):
-    """Weights and state after ``steps`` steps of Muon from the same seeded weights and gradients;
-    ``non_finite`` (name, step, value) puts value into that gradient at that step."""
+def _train(impl, steps=3, seed=0, non_finite=None, dtype=None, **options):
+    """Weights and state after ``steps`` steps of Muon from the same seeded weights and gradients
+    (float32, or ``dtype``); ``non_finite`` (name, step, value) puts value into that gradient at
+    that step."""
     from fastmuon.mlx import Muon
 
     rng = np.random.default_rng(seed)
-    params = {name: mx.array(0.1 * rng.standard_normal(shape).astype(np.float32)) for name, shape in SHAPES.items()}
+    dtype = dtype or mx.float32
+    params = {name: mx.array(0.1 * rng.standard_normal(shape).astype(np.float32)).astype(dtype)
+              for name, shape in SHAPES.items()}
     opt = Muon(options.pop("lr", 0.02), impl=impl, **options)
     for step in range(steps):
-        grads = {name: mx.array(rng.standard_normal(shape).astype(np.float32)) for name, shape in SHAPES.items()}
+        grads = {name: mx.array(rng.standard_normal(shape).astype(np.float32)).astype(dtype)
+                 for name, shape in SHAPES.items()}
         if non_finite is not None and non_finite[1] == step:
             name, _, value = non_finite
             grads[name] = mx.where(mx.arange(grads[name].size).reshape(grads[name].shape) == 5, value, grads[name])
@@ -59,13 +63,20 @@ def _assert_same(a, b):
     {"ns_coefficients": (3.4445, -4.7750, 2.0315)},
     {"lr": lambda step: 0.02 / (1.0 + step)},
 ], ids=lambda options: ",".join(f"{k}" for k in options) or "defaults")
-def test_fused_step_is_bitwise_the_per_parameter_step(options):
-    _assert_same(_train("fused", **dict(options)), _train("per_parameter", **dict(options)))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_step_is_bitwise_the_per_parameter_step(options, dtype):
+    dtype = getattr(mx, dtype)
+    fused = _train("fused", dtype=dtype, **dict(options))
+    _assert_same(fused, _train("per_parameter", dtype=dtype, **dict(options)))
+    params, opt = fused
+    assert all(params[name].dtype == dtype and opt.state[name]["momentum"].dtype == dtype for name in SHAPES)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
-def test_a_non_finite_gradient_skips_its_parameter_alone(value):
-    fused, per_parameter = (_train(impl, non_finite=("stack", 1, value)) for impl in ("fused", "per_parameter"))
+def test_a_non_finite_gradient_skips_its_parameter_alone(value, dtype):
+    fused, per_parameter = (_train(impl, non_finite=("stack", 1, value), dtype=getattr(mx, dtype))
+                            for impl in ("fused", "per_parameter"))
     _assert_same(fused, per_parameter)
     params, opt = fused
     assert {name: opt.state[name]["skipped_steps"].item() for name in SHAPES} == {
@@ -135,8 +146,11 @@ def test_fused_is_refused_by_name_where_it_cannot_run():
     cases = [
         (NorMuon(0.02, impl="fused"), grads, {"w": mx.ones((8, 12))}, "NorMuon normalizes"),
         (Muon(0.02, impl="fused", backend="reference"), grads, {"w": mx.ones((8, 12))}, "reference backend"),
-        (Muon(0.02, impl="fused"), {"w": mx.ones((8, 12), mx.bfloat16)}, {"w": mx.ones((8, 12), mx.bfloat16)},
-         "float32 weights"),
+        (Muon(0.02, impl="fused"), {"w": mx.ones((8, 12), mx.float16)}, {"w": mx.ones((8, 12), mx.float16)},
+         "all float32 or all bfloat16"),
+        (Muon(0.02, impl="fused"), {"w": mx.ones((8, 12))}, {"w": mx.ones((8, 12), mx.bfloat16)},
+         "all float32 or all bfloat16"),
+        (Muon(0.02, impl="fused", ns_dtype=mx.bfloat16), grads, {"w": mx.ones((8, 12))}, "in bfloat16"),
         (Muon(0.02, impl="fused"), {"bias": mx.ones((12,))}, {"bias": mx.ones((12,))}, "0-D/1-D"),
     ]
     for opt, g, p, why in cases:
@@ -149,9 +163,9 @@ def test_explain_says_which_parameters_take_the_fused_step():
     from fastmuon.mlx import Muon, NorMuon
 
     grads = {"w": mx.zeros((256, 512)), "v": mx.zeros((32, 32)), "bias": mx.zeros((32,)),
-             "half": mx.zeros((16, 16), mx.bfloat16)}
+             "half": mx.zeros((16, 16), mx.float16), "brain": mx.zeros((16, 16), mx.bfloat16)}
     routes = {route.name: route for route in Muon(0.02).explain(grads)}
-    for name in ("w", "v"):
+    for name in ("w", "v", "brain"):
         assert (routes[name].impl, routes[name].backend, routes[name].call) == ("fused", "native", 0)
     assert routes["w"].method == "aol" and routes["v"].method == "polar_express"
     assert routes["w"].stack != routes["v"].stack
@@ -164,13 +178,13 @@ def test_explain_says_which_parameters_take_the_fused_step():
 
 
 def test_auto_takes_the_fused_step_and_leaves_the_others_to_mlx_ops():
-    """A tree with a float32 matrix, a bfloat16 matrix and a bias: "auto" steps each as
+    """A tree with a float32 matrix, a float16 matrix and a bias: "auto" steps each as
     "per_parameter" would (the fused part bitwise)."""
     from fastmuon.mlx import Muon
 
     rng = np.random.default_rng(5)
     params = {"w": mx.array(rng.standard_normal((24, 40)).astype(np.float32)),
-              "h": mx.array(rng.standard_normal((16, 16)).astype(np.float32)).astype(mx.bfloat16),
+              "h": mx.array(rng.standard_normal((16, 16)).astype(np.float32)).astype(mx.float16),
               "b": mx.array(rng.standard_normal(40).astype(np.float32))}
     grads = {k: mx.array(rng.standard_normal(v.shape).astype(np.float32)).astype(v.dtype) for k, v in params.items()}
     outs = []
@@ -191,8 +205,12 @@ def test_the_primitive_names_the_argument_at_fault():
                 cautious=False)
     with pytest.raises(ValueError, match="one entry per gradient"):
         ext.muon_step(lr, [g], [m], [w, w], [s], **good)
-    with pytest.raises(ValueError, match=r"momenta\[0\] must be float32"):
-        ext.muon_step(lr, [g], [m.astype(mx.float16)], [w], [s], **good)
+    with pytest.raises(ValueError, match=r"momenta\[0\] and weights\[0\] must be all float32 or all bfloat16"):
+        ext.muon_step(lr, [g], [m.astype(mx.bfloat16)], [w], [s], **good)
+    with pytest.raises(ValueError, match=r"must be all float32 or all bfloat16, got float16"):
+        ext.muon_step(lr, [g.astype(mx.float16)], [m.astype(mx.float16)], [w.astype(mx.float16)], [s], **good)
+    with pytest.raises(ValueError, match="lr must be float32"):
+        ext.muon_step(lr.astype(mx.bfloat16), [g], [m], [w], [s], **good)
     with pytest.raises(ValueError, match=r"grads\[0\] and momenta\[0\] must have the shape of weights\[0\]"):
         ext.muon_step(lr, [mx.ones((6, 4))], [m], [w], [s], **good)
     with pytest.raises(ValueError, match=r"views\[0\]"):

@@ -208,7 +208,7 @@ Raises:
           "weight_decay: float, cautious: bool, workers: int = 1, "
           "blas_threads: int = 0, stream: None | mlx.core.Stream | "
           "mlx.core.Device = None) -> list[mlx.core.array]"),
-      R"doc(fastmuon.mlx's Muon step of float32 parameters in one primitive.
+      R"doc(fastmuon.mlx's Muon step of float32 or bfloat16 parameters in one primitive.
 
 For every parameter i whose gradient and ``lr`` (a float32 array of one
 value) are finite, in the arithmetic of ``fastmuon.mlx.functional``
@@ -224,8 +224,10 @@ goes up by one. The matrices of all parameters are shared out over
 
 Args:
     lr (array): the learning rate, float32, one value.
-    grads, momenta, weights (list[array]): float32, one shape per
-        parameter; any layout.
+    grads, momenta, weights (list[array]): one shape per parameter, all
+        float32 or all bfloat16 (a bfloat16 parameter's momentum arithmetic
+        rounds to bfloat16 as MLX's ops do; its weight is updated in float32
+        and rounded once); any layout.
     skipped (list[array]): int32 counts, one value each.
     views (list[tuple]): each parameter's matrix view (batch, rows, cols).
     scales (list[float]): each parameter's learning-rate multiplier.

@@ -133,13 +133,14 @@ inline mx::Stream cpu_stream(mx::StreamOrDevice s, const char* op) {
   return stream;
 }
 
-// Gather a strided (any layout) float32 array into a dense row-major buffer.
+// Gather a strided (any layout) array of T into a dense row-major buffer.
 // Strides are in elements and may be zero (broadcast) or negative (reversed).
-inline void gather_row_major(
-    const float* src,
+template <class T>
+void gather_row_major(
+    const T* src,
     const mx::Shape& shape,
     const mx::Strides& strides,
-    float* dst) {
+    T* dst) {
   const int nd = static_cast<int>(shape.size());
   int64_t total = 1;
   for (auto n : shape) {
@@ -154,7 +155,7 @@ inline void gather_row_major(
   std::vector<int64_t> idx(nd, 0);
   int64_t offset = 0;
   for (int64_t done = 0; done < total; done += inner) {
-    const float* s = src + offset;
+    const T* s = src + offset;
     for (int64_t j = 0; j < inner; ++j) {
       dst[j] = s[j * inner_stride];
     }
@@ -170,9 +171,10 @@ inline void gather_row_major(
   }
 }
 
-// For primitives that overwrite a row-major float32 copy of their input x in
-// place (out has x's shape and dtype). Gives out a buffer and returns a task
-// that fills it with x's values, to run inside the dispatched CPU task:
+// For primitives that overwrite a row-major copy of their input x in place
+// (out has x's shape and dtype, float32 or a 16-bit float). Gives out a
+// buffer and returns a task that fills it with x's values, to run inside the
+// dispatched CPU task:
 //   * x dense, row-major and no longer referenced elsewhere: out takes over
 //     x's buffer (donation, as MLX's own elementwise ops do), nothing to copy;
 //   * x dense and row-major: memcpy;
@@ -180,9 +182,10 @@ inline void gather_row_major(
 // The returned callable captures raw pointers; the CPU encoder keeps the input
 // buffers alive until the primitive's tasks have run.
 struct InputCopy {
-  const float* src = nullptr;  // nullptr: nothing to copy (donated or empty)
-  float* dst = nullptr;
+  const void* src = nullptr;  // nullptr: nothing to copy (donated or empty)
+  void* dst = nullptr;
   int64_t size = 0;
+  size_t itemsize = sizeof(float);  // 4 or 2
   bool dense = true;
   mx::Shape shape;
   mx::Strides strides;
@@ -192,34 +195,45 @@ struct InputCopy {
       return;
     }
     if (dense) {
-      std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(size));
+      std::memcpy(dst, src, itemsize * static_cast<size_t>(size));
+    } else if (itemsize == 2) {  // the bits of a 16-bit float
+      gather_row_major(static_cast<const uint16_t*>(src), shape, strides,
+                       static_cast<uint16_t*>(dst));
     } else {
-      gather_row_major(src, shape, strides, dst);
+      gather_row_major(static_cast<const uint32_t*>(src), shape, strides,
+                       static_cast<uint32_t*>(dst));
     }
   }
 };
 
-inline InputCopy prepare_inplace_output(const mx::array& x, mx::array& out) {
+// A copy of x (any layout) into the dense row-major buffer dst: the same
+// task as prepare_inplace_output's, for a buffer the caller owns.
+inline InputCopy packing_copy(const mx::array& x, void* dst) {
   InputCopy copy;
-  const bool dense = x.flags().row_contiguous &&
-      x.data_size() == x.size();
-  if (dense && x.is_donatable() && x.itemsize() == out.itemsize()) {
-    out.copy_shared_buffer(x);
+  if (x.size() == 0) {
     return copy;
   }
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  if (x.size() == 0) {
-    return copy;  // nothing to copy
-  }
-  copy.src = x.data<float>();
-  copy.dst = out.data<float>();
+  copy.src = x.data<void>();
+  copy.dst = dst;
   copy.size = static_cast<int64_t>(x.size());
-  copy.dense = dense;
-  if (!dense) {
+  copy.itemsize = x.itemsize();
+  copy.dense = x.flags().row_contiguous && x.data_size() == x.size();
+  if (!copy.dense) {
     copy.shape = x.shape();
     copy.strides = x.strides();
   }
   return copy;
+}
+
+inline InputCopy prepare_inplace_output(const mx::array& x, mx::array& out) {
+  const bool dense = x.flags().row_contiguous &&
+      x.data_size() == x.size();
+  if (dense && x.is_donatable() && x.itemsize() == out.itemsize()) {
+    out.copy_shared_buffer(x);
+    return InputCopy{};
+  }
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  return packing_copy(x, out.data<void>());
 }
 
 // The op `op` of primitive P on x, on cpu_stream(s). P computes in float32,

@@ -29,6 +29,20 @@ void check_float32(const mx::array& x, const std::string& name) {
   }
 }
 
+// A parameter's arrays: all float32 or all bfloat16.
+void check_parameter_dtype(const mx::array& g, const mx::array& m,
+                           const mx::array& w, const std::string& at) {
+  const mx::Dtype d = w.dtype();
+  if ((d != mx::float32 && d != mx::bfloat16) || g.dtype() != d ||
+      m.dtype() != d) {
+    std::ostringstream os;
+    os << "grads" << at << ", momenta" << at << " and weights" << at
+       << " must be all float32 or all bfloat16, got " << g.dtype() << ", "
+       << m.dtype() << " and " << d;
+    bad_argument(os.str());
+  }
+}
+
 bool dense_row_major(const mx::array& x) {
   return x.flags().row_contiguous && x.data_size() == x.size();
 }
@@ -65,9 +79,7 @@ std::vector<mx::array> muon_step(const mx::array& lr,
   std::vector<mx::Shape> shapes;
   for (size_t i = 0; i < count; ++i) {
     const std::string at = "[" + std::to_string(i) + "]";
-    check_float32(grads[i], "grads" + at);
-    check_float32(momenta[i], "momenta" + at);
-    check_float32(weights[i], "weights" + at);
+    check_parameter_dtype(grads[i], momenta[i], weights[i], at);
     if (grads[i].shape() != weights[i].shape() ||
         momenta[i].shape() != weights[i].shape()) {
       bad_argument("grads" + at + " and momenta" + at +
@@ -88,7 +100,13 @@ std::vector<mx::array> muon_step(const mx::array& lr,
   }
   auto primitive = std::make_shared<MuonStep>(stream, std::move(params));
   shapes = primitive->output_shapes(inputs);
-  std::vector<mx::Dtype> dtypes(2 * count, mx::float32);
+  std::vector<mx::Dtype> dtypes;
+  for (const auto& w : weights) {
+    dtypes.push_back(w.dtype());
+  }
+  for (const auto& m : momenta) {
+    dtypes.push_back(m.dtype());
+  }
   dtypes.resize(3 * count, mx::int32);
   return mx::array::make_arrays(std::move(shapes), dtypes, primitive, inputs);
 }
@@ -118,32 +136,27 @@ void MuonStep::eval_cpu(const std::vector<mx::array>& inputs,
   // The weights and momenta are stepped in place in their outputs, which
   // take over the inputs' buffers where MLX allows it (prepare_inplace_output).
   std::vector<detail::InputCopy> fills;
-  std::vector<const float*> grads(count);
-  std::vector<std::vector<float>> packed(count);  // strided gradients, packed
-  std::vector<detail::InputCopy> packs;
-  std::vector<float*> weights(count), momenta(count);
+  std::vector<const void*> grads(count);
+  std::vector<std::vector<uint8_t>> packed(count);  // strided gradients, packed
+  std::vector<void*> weights(count), momenta(count);
+  std::vector<cpu::Storage> storage(count);
   std::vector<const int32_t*> skipped_in(count);
   std::vector<int32_t*> skipped_out(count);
   for (size_t i = 0; i < count; ++i) {
     const mx::array& g = inputs[1 + 4 * i];
+    storage[i] = g.dtype() == mx::bfloat16 ? cpu::Storage::bfloat16
+                                           : cpu::Storage::float32;
     fills.push_back(detail::prepare_inplace_output(inputs[3 + 4 * i], outputs[i]));
     fills.push_back(
         detail::prepare_inplace_output(inputs[2 + 4 * i], outputs[count + i]));
-    weights[i] = outputs[i].data<float>();
-    momenta[i] = outputs[count + i].data<float>();
+    weights[i] = outputs[i].data<void>();
+    momenta[i] = outputs[count + i].data<void>();
     if (dense_row_major(g) || g.size() == 0) {
-      grads[i] = g.data<float>();
+      grads[i] = g.data<void>();
     } else {
-      packed[i].resize(g.size());
+      packed[i].resize(g.nbytes());
       grads[i] = packed[i].data();
-      detail::InputCopy pack;
-      pack.src = g.data<float>();
-      pack.dst = packed[i].data();
-      pack.size = static_cast<int64_t>(g.size());
-      pack.dense = false;
-      pack.shape = g.shape();
-      pack.strides = g.strides();
-      packs.push_back(std::move(pack));
+      fills.push_back(detail::packing_copy(g, packed[i].data()));
     }
     mx::array& s_out = outputs[2 * count + i];
     s_out.set_data(mx::allocator::malloc(s_out.nbytes()));
@@ -151,16 +164,13 @@ void MuonStep::eval_cpu(const std::vector<mx::array>& inputs,
     skipped_out[i] = s_out.data<int32_t>();
   }
   encoder.dispatch([p = params_, lr_ptr = inputs[0].data<float>(),
-                    fills = std::move(fills), packs = std::move(packs),
-                    packed = std::move(packed), grads = std::move(grads),
-                    weights = std::move(weights), momenta = std::move(momenta),
+                    fills = std::move(fills), packed = std::move(packed),
+                    grads = std::move(grads), weights = std::move(weights),
+                    momenta = std::move(momenta), storage = std::move(storage),
                     skipped_in = std::move(skipped_in),
                     skipped_out = std::move(skipped_out)]() {
     for (const auto& fill : fills) {
       fill();
-    }
-    for (const auto& pack : packs) {
-      pack();
     }
     const size_t n = p.views.size();
     // The learning rate's products in float32, as fastmuon.mlx forms them
@@ -173,7 +183,8 @@ void MuonStep::eval_cpu(const std::vector<mx::array>& inputs,
     std::vector<cpu::MlxMuonParam> steps;
     for (size_t i = 0; i < n; ++i) {
       const auto [batch, rows, cols] = p.views[i];
-      steps.push_back({grads[i], momenta[i], weights[i], batch, rows, cols,
+      steps.push_back({grads[i], momenta[i], weights[i], storage[i], batch,
+                       rows, cols,
                        static_cast<float>(p.momentum),
                        static_cast<float>(1.0 - p.momentum), p.nesterov, rule,
                        1.0f - lr * wd, lr * wd,
@@ -184,7 +195,7 @@ void MuonStep::eval_cpu(const std::vector<mx::array>& inputs,
       if (p.blas_threads > 0) {
         cpu::set_blas_num_threads(p.blas_threads);
       }
-      cpu::mlx_muon_step_f32(steps, p.plan, p.workers, stepped.get());
+      cpu::mlx_muon_step(steps, p.plan, p.workers, stepped.get());
     }
     for (size_t i = 0; i < n; ++i) {
       *skipped_out[i] = *skipped_in[i] + (stepped[i] ? 0 : 1);

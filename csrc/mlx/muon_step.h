@@ -1,5 +1,5 @@
 // fastmuon/csrc/mlx/muon_step.h: the `MuonStep` MLX primitive, fastmuon.mlx's
-// whole Muon step on fp32 parameters in one node (finiteness check, momentum,
+// whole Muon step on float32 or bfloat16 parameters in one node (finiteness check, momentum,
 // orthogonalization, update), and the `muon_step` op that builds it.
 #pragma once
 
@@ -30,14 +30,15 @@ struct MuonStepParams {
 };
 
 // One Muon step of every parameter i, in fastmuon.mlx's arithmetic
-// (cpu::mlx_muon_step_f32): with lr the 0-D float32 learning rate, a
+// (cpu::mlx_muon_step): with lr the 0-D float32 learning rate, a
 // parameter whose gradient and lr are finite gets
 //   M' = beta M + (1 - beta) G, U = (1 - beta) G + beta M' (or M'),
 //   W' = W (1 - lr wd) - lr scale orthogonalize(U)  (cautious: decay where
 //        O W >= 0; no decay term when wd == 0),
 // and skipped' = skipped; any other is left as it was with
-// skipped' = skipped + 1. grads, momenta and weights are float32 arrays of
-// one shape per parameter (any layout), skipped 0-D int32 arrays. Returns
+// skipped' = skipped + 1. grads, momenta and weights are arrays of one shape
+// per parameter (any layout), all float32 or all bfloat16, skipped 0-D int32
+// arrays. Returns
 // the new weights, then the new momenta, then the new skipped counts.
 // Throws std::invalid_argument (ValueError in Python), naming the argument,
 // for mismatched lists, shapes or dtypes, a view that does not hold the

@@ -53,7 +53,8 @@ def muon_step(lr: mx.array, grads: List[mx.array], momenta: List[mx.array], weig
               skipped: List[mx.array], views: List[Tuple[int, int, int]], scales: List[float], plan: Plan, *,
               momentum: float, nesterov: bool, weight_decay: float,
               cautious: bool) -> Tuple[List[mx.array], List[mx.array], List[mx.array]]:
-    """fastmuon.mlx's Muon step of float32 parameters as one primitive (``_mlx_ext.muon_step``):
+    """fastmuon.mlx's Muon step of float32 or bfloat16 parameters as one primitive
+    (``_mlx_ext.muon_step``):
     the new weights, momenta and skipped counts, bitwise those of the eager step
     (``optim/local.step_per_parameter``). Each parameter is seen as its (batch, rows, cols)
     ``views`` entry; all matrices are shared out over the threads together."""

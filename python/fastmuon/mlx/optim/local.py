@@ -38,8 +38,9 @@ def step(opt, items, distributed: bool) -> List[mx.array]:
 
 
 def step_fused(opt, items) -> List[mx.array]:
-    """``step_per_parameter``'s results, bitwise, from one primitive: float32 matrix parameters of
-    plain Muon on the native kernels (``pipeline.optimizer_refusal``, ``parameter_refusal``)."""
+    """``step_per_parameter``'s results, bitwise, from one primitive: float32 or bfloat16 matrix
+    parameters of plain Muon on the native kernels (``pipeline.optimizer_refusal``,
+    ``parameter_refusal``)."""
     views, scales = [], []
     for path, grad, param, state in items:
         opt._check_state(path, param, state)

@@ -104,7 +104,7 @@ class Muon(TreeOptimizer):
             (``method="newton_schulz"``), as in torch.optim.Muon and ``fastmuon.torch.Muon``.
         eps: the normalization's epsilon, X / (||X||_F * scale + eps); default the method's.
         impl: "auto" (default), "fused" or "per_parameter". "fused" runs the whole step of
-            every float32 matrix parameter as one native primitive (plain Muon on the native
+            every float32 or bfloat16 matrix parameter as one native primitive (plain Muon on the native
             backend, one process; bitwise the results of "per_parameter"); "auto" takes it
             wherever it can, "per_parameter" (MLX ops around batched orthogonalizations;
             mx.compile fuses them) elsewhere. torch's "foreach" is refused.

@@ -7,7 +7,8 @@ Implementations (``impl``):
 
 * ``"fused"``: the whole step of every eligible parameter (finiteness check, momentum,
   orthogonalization, update) as one native primitive, ``_mlx_ext.muon_step``: plain Muon,
-  float32 weights, gradients and momenta, the native backend, one process. Its results are
+  weights, gradients and momenta all float32 or all bfloat16, the native backend (float32
+  compute), one process. Its results are
   bitwise those of "per_parameter" (the tests check it).
 * ``"per_parameter"``: MLX ops per parameter around one batched orthogonalization per stack.
 
@@ -49,12 +50,12 @@ def optimizer_refusal(opt, distributed: bool) -> Optional[str]:
 
 def parameter_refusal(param: mx.array, grad: mx.array, momentum: Optional[mx.array]) -> Optional[str]:
     """Why one parameter cannot take the fused step (None: it can); ``momentum`` None when its
-    state is not made yet (it will be float32 for a float32 parameter)."""
+    state is not made yet (it will have the parameter's dtype)."""
     if param.ndim < 2:
         return "a 0-D/1-D parameter takes the momentum step, not orthogonalized"
-    dtypes = (param.dtype, grad.dtype) + (() if momentum is None else (momentum.dtype,))
-    if any(dtype != mx.float32 for dtype in dtypes):
-        return "the fused step takes float32 weights, gradients and momenta"
+    dtypes = {param.dtype, grad.dtype} | ({param.dtype} if momentum is None else {momentum.dtype})
+    if len(dtypes) > 1 or param.dtype not in (mx.float32, mx.bfloat16):
+        return "the fused step takes weights, gradients and momenta all float32 or all bfloat16"
     return None
 
 
@@ -69,7 +70,7 @@ def choose_impls(opt, params: List[Tuple[str, mx.array, mx.array, Optional[mx.ar
         refusal = shared or parameter_refusal(param, grad, momentum)
         if refusal is not None and opt.impl == "fused":
             raise ValueError(f'impl="fused" cannot step {path!r}: {refusal}')
-        chosen.append(("fused", "CPU, float32 on the native kernels, plain Muon") if refusal is None
+        chosen.append(("fused", "CPU, the native kernels in float32, plain Muon") if refusal is None
                       else ("per_parameter", f"not fused: {refusal}"))
     return chosen
 
