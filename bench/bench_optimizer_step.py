@@ -10,7 +10,9 @@ pick instead, in one run:
   mlx:   fastmuon.mlx.Muon with its defaults (native on CPU, the fused step), the same with
          impl="per_parameter" (MLX ops around the native orthogonalization), with
          method="polar_express" and method="aol" with 4 and 5 steps, its reference backend,
-         mlx.optimizers.Muon (Newton-Schulz in the gradient dtype, here fp32).
+         mlx.optimizers.Muon (Newton-Schulz in the gradient dtype, here fp32); and with bf16
+         weights and gradients, fastmuon's defaults, its "per_parameter" step and
+         mlx.optimizers.Muon.
 
 Median of --repeats steps after one warm-up step, the providers taking turns in every repeat
 (timed one after another, a burst of machine noise would land on one provider only); the
@@ -111,9 +113,9 @@ def mlx_cases(grads, skip_slow: bool):
 
     from fastmuon.mlx import Muon
 
-    def make(opt):
-        params = {f"w{i}": mx.zeros(g.shape) for i, g in enumerate(grads)}
-        gtree = {f"w{i}": mx.array(g) for i, g in enumerate(grads)}
+    def make(opt, dtype=mx.float32):
+        params = {f"w{i}": mx.zeros(g.shape, dtype) for i, g in enumerate(grads)}
+        gtree = {f"w{i}": mx.array(g).astype(dtype) for i, g in enumerate(grads)}
 
         def step():
             nonlocal params
@@ -127,7 +129,10 @@ def mlx_cases(grads, skip_slow: bool):
     yield "mlx fastmuon.Muon (polar_express, 5 steps)", make(Muon(0.02, method="polar_express"))
     yield "mlx fastmuon.Muon (aol, 4 steps)", make(Muon(0.02, method="aol", ns_steps=4))
     yield "mlx fastmuon.Muon (aol, 5 steps)", make(Muon(0.02, method="aol", ns_steps=5))
+    yield "mlx fastmuon.Muon (defaults, bf16 weights)", make(Muon(0.02), mx.bfloat16)
+    yield "mlx fastmuon.Muon (impl=per_parameter, bf16 weights)", make(Muon(0.02, impl="per_parameter"), mx.bfloat16)
     if not skip_slow:
+        yield "mlx.optimizers.Muon (bf16 weights)", make(optim.Muon(0.02, weight_decay=0.0), mx.bfloat16)
         yield "mlx fastmuon.Muon (reference)", make(Muon(0.02, backend="reference"))
         yield "mlx.optimizers.Muon", make(optim.Muon(0.02, weight_decay=0.0))
 
