@@ -184,3 +184,22 @@ def test_huge_finite_inputs_are_scaled_before_they_are_rounded(fw, backend, dtyp
     exact = fw.to_numpy(fw.orthogonalize(fw.array(G, "float64"), backend="reference", dtype=fw.dtype("float64")))
     assert np.isfinite(O).all()
     assert np.abs(O - exact).max() <= 4 * np.abs(unscaled - exact).max()
+
+
+@pytest.mark.parametrize("dtype, exponent", [
+    ("float32", -133),  # a subnormal float32 matrix, computed in float64
+    ("float32", -149),  # float32's smallest subnormal
+    ("bfloat16", -133),
+], ids=str)
+def test_subnormal_inputs_computed_in_float64_equal_their_float64_copy(fw, dtype, exponent):
+    """A float32 (or bfloat16) matrix of subnormals computed in float64 is normalized by a power
+    of two below float32's range; its inverse, once rounded to the input's dtype, overflowed to
+    inf and the result was all NaN. It now equals the same matrix given as float64."""
+    G = np.random.default_rng(5).standard_normal((4, 13))
+    G *= 1.5 / np.abs(G).max() * 2.0**exponent
+    G_in = fw.array(G, dtype)
+    G64 = fw.to_numpy(G_in).astype(np.float64)  # the values the input holds
+    O = fw.to_numpy(fw.orthogonalize(G_in, backend="reference", dtype=fw.dtype("float64")))
+    want = fw.to_numpy(fw.orthogonalize(fw.array(G64, "float64"), backend="reference", dtype=fw.dtype("float64")))
+    assert np.isfinite(O).all() and np.abs(O).max() > 0
+    np.testing.assert_allclose(O, want.astype(O.dtype), rtol=0, atol=2 * float(np.finfo(np.float32).eps))

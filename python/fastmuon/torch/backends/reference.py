@@ -44,6 +44,11 @@ SQUARE_BLOCKS_MIN_ROWS = 768
 _PER_MATRIX_DIVISION_MIN = 1 << 16
 
 
+def _max_exponent(dtype: torch.dtype) -> int:
+    """e with the dtype's largest finite value below 2^e (16 for fp16, 128 for bf16 and fp32)."""
+    return math.frexp(torch.finfo(dtype).max)[1]
+
+
 def power_of_two_exponent(peak: torch.Tensor) -> torch.Tensor:
     """k with peak < 2^(k + 1), as a float tensor of peak's dtype, clamped to where 2^k is a
     normal number of that dtype (so that dividing by it is exact)."""
@@ -184,10 +189,12 @@ class TorchOps:
             return (Y / (torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True) * scale + eps / p)).to(dtype)
         # Written contiguous: a tall input arrives as a transposed view, and the iteration's
         # products ran faster on a contiguous wide copy (3072x768 bf16 on the CPU: 0.89x the time).
-        # 1 / p in X's own dtype (exact: bf16 and fp32 share fp32's exponent range, and float64 is
-        # the norm dtype; fp16's is smaller) keeps the product on the same-dtype path, 5x faster
-        # than mixed on the CPU.
-        inverse = 1.0 / p if X.dtype == torch.float16 else (1.0 / p).to(X.dtype)
+        # 1 / p in X's own dtype keeps the product on the same-dtype path, 5x faster than mixed on
+        # the CPU. It is exact where X's dtype has the norm dtype's exponent range (bf16 and fp32
+        # with an fp32 norm, float64); elsewhere (fp16; fp32 or bf16 computed in float64, whose p
+        # for a subnormal X is below 2^-126) 1 / p may overflow X's dtype, so it stays wide.
+        narrow = _max_exponent(X.dtype) < _max_exponent(norm_dtype)
+        inverse = 1.0 / p if narrow else (1.0 / p).to(X.dtype)
         Y = torch.mul(X, inverse, out=torch.empty(X.shape, dtype=dtype, device=X.device))
         norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=norm_dtype)
         divisor = norm * scale + eps / p
