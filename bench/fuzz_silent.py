@@ -454,7 +454,7 @@ class MlxFW:
         self.backends = [b for b in ("auto", "reference", "native") if b in fm.BACKENDS]
         if not mlx_ext_available():
             self.backends.remove("native")
-        self.impls = ("auto", "per_parameter")
+        self.impls = ("auto", "fused", "per_parameter")
 
     def dt(self, name):
         return None if name is None else getattr(self.mx, name)
@@ -840,7 +840,8 @@ def invalid_cases(fw_name: str):
         ]
     else:
         optimizer += [
-            ("Muon", dict(impl="fused"), ("impl",)), ("Muon", dict(sphere="project"), ("sphere",)),
+            ("Muon", dict(impl="foreach"), ("impl",)), ("NorMuon", dict(impl="fused"), ("impl", "fused")),
+            ("Muon", dict(sphere="project"), ("sphere",)),
             ("Muon", dict(allow_nd=False), ("allow_nd",)), ("Muon", dict(backend="metal"), ("metal", "backend")),
             ("Muon", dict(lr="schedule_nan"), ("lr", "learning_rate")),
             ("Muon:grad_tree", {}, ("gradient", "parameter", "path")),
@@ -1227,7 +1228,7 @@ def check_muon_param(res, cal, fw_name, name, hp, pre, post, G, cd, pdtype, buck
     if not is_matrix:  # MLX 0-D/1-D momentum step
         U = ref["U"]
         tol_U = 8 * up * np.abs(M) + 8 * ug * np.abs(G)
-        tol_W = 4 * up * (np.abs(W) + lr * np.abs(U)) + lr * (tol_U + tiny) + tiny
+        tol_W = 4 * up * (np.abs(W) * (1 + lr * wd) + lr * np.abs(U)) + lr * (tol_U + tiny) + tiny
         if hp["cautious_weight_decay"] and wd:
             tol_W = tol_W + lr * wd * np.abs(W) * (np.abs(U) <= tol_U)
         if mlx:
