@@ -1111,8 +1111,11 @@ def muon_plan(hp: dict):
 
 
 def rows_normalized(W):
-    norm = np.linalg.norm(W, axis=-1, keepdims=True)
-    return W / np.maximum(norm, 1e-300)
+    """Rows scaled to unit norm (zero rows stay zero), each divided by its largest entry first so
+    that the squares of tiny rows do not underflow (a row of 1e-200 has a norm of 0 otherwise)."""
+    peak = np.max(np.abs(W), axis=-1, keepdims=True) if W.shape[-1] else np.ones(W.shape[:-1] + (1,))
+    scaled = W / np.where(peak > 0, peak, 1.0)
+    return scaled / np.maximum(np.linalg.norm(scaled, axis=-1, keepdims=True), 1e-300)
 
 
 def muon_reference(W, M, s, G, hp, is_matrix: bool):
