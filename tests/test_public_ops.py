@@ -203,3 +203,20 @@ def test_subnormal_inputs_computed_in_float64_equal_their_float64_copy(fw, dtype
     want = fw.to_numpy(fw.orthogonalize(fw.array(G64, "float64"), backend="reference", dtype=fw.dtype("float64")))
     assert np.isfinite(O).all() and np.abs(O).max() > 0
     np.testing.assert_allclose(O, want.astype(O.dtype), rtol=0, atol=2 * float(np.finfo(np.float32).eps))
+
+
+@pytest.mark.parametrize("magnitude", [1e-6, 0.0], ids=str)
+def test_aol_in_float16_of_an_underflowing_gram_matrix_stays_finite(fw, magnitude):
+    """In float16, X X^T of an eps-dominated X (entries near 1e-6) underflows to zero; AOL's
+    d = 1 / sqrt(row sum), with the sum floored at float32's smallest normal, was about 9e18 and
+    D X (or d itself, rounded to float16) overflowed: the output was all NaN. The sum is floored
+    at the smallest normal of the Gram matrix's dtype: the rows are scaled less than exact AOL
+    would, within its bound, and the result stays finite (zero for a zero input)."""
+    G = np.random.default_rng(6).standard_normal((4, 13))
+    G *= magnitude / np.abs(G).max()
+    O = fw.to_numpy(fw.orthogonalize(fw.array(G, "float32"), method="aol", steps=5, eps=1.0,
+                                     backend="reference", dtype=fw.dtype("float16")))
+    assert np.isfinite(O).all()
+    assert np.linalg.norm(O, 2) <= 1.5  # Polar Express maps singular values in [0, 1] below 1.2
+    if magnitude == 0.0:
+        assert not O.any()

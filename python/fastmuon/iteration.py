@@ -38,7 +38,8 @@ class MatrixOps(Protocol):
 
     def aol_scale(self, X: Any, A: Any) -> Any:
         """(D X, D A D) for A = X X^T, d_i = 1 / sqrt(sum_j |A_ij|) (row sums in at least fp32,
-        floored at the smallest normal number so that a zero row stays zero); D A D exactly
+        floored at the smallest normal number of A's dtype: a zero row stays zero, and a row whose
+        products underflowed is scaled less, never more, than AOL would); D A D exactly
         symmetric."""
 
     def to_batch(self, G: Any) -> Any:

@@ -47,7 +47,9 @@ class MlxOps:
     def aol_scale(X, A):
         wide = mx.float64 if A.dtype == mx.float64 else mx.float32
         row_sums = mx.sum(mx.abs(A.astype(wide)), axis=-1, keepdims=True)
-        d = mx.rsqrt(mx.maximum(row_sums, mx.array(mx.finfo(wide).smallest_normal, dtype=wide)))  # (batch, m, 1)
+        # floored at the smallest normal of A's dtype, as in the torch reference
+        floor = mx.array(mx.finfo(A.dtype).smallest_normal, dtype=wide)
+        d = mx.rsqrt(mx.maximum(row_sums, floor))  # (batch, m, 1)
         return (X * d).astype(X.dtype), (A * (d * d.swapaxes(-1, -2))).astype(A.dtype)
 
     @staticmethod

@@ -150,7 +150,10 @@ class TorchOps:
     @staticmethod
     def aol_scale(X, A):
         row_sums = A.abs().sum(dim=-1, keepdim=True, dtype=torch.promote_types(A.dtype, torch.float32))
-        d = torch.rsqrt(row_sums.clamp_min(torch.finfo(row_sums.dtype).tiny))  # (batch, m, 1)
+        # floored at the smallest normal of A's dtype: below it A's entries are subnormal or zero
+        # (X X^T of a tiny X underflows in float16), the sum too small and d too large; a smaller
+        # d only scales the row less, within the AOL bound
+        d = torch.rsqrt(row_sums.clamp_min(torch.finfo(A.dtype).tiny))  # (batch, m, 1)
         if X.dtype in (torch.bfloat16, torch.float16):
             # d rounded to X's dtype first, so that D X is one same-dtype product (a broadcast fp32
             # d took the CPU's slow mixed-dtype path: 1.6-5 ms against 0.14 for 768x3072 bf16), and
