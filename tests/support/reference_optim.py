@@ -34,12 +34,20 @@ def shape_scale(rows: int, cols: int, adjust_lr: str) -> float:
 
 def orthogonalize(U: np.ndarray, plan) -> np.ndarray:
     """The polynomial iteration on (b, r, c), in U's dtype: wide orientation,
-    X / (||X||_F s + eps), X <- a X + (b A + c A A) X with A = X X^T. For ``plan.uses_gram`` the
+    X / (||X||_F s + eps), with ``plan.uses_aol`` then X <- D X (d_i = 1 / sqrt(sum_j |A_ij|),
+    A = X X^T, the sums floored at ``plan.aol_floor`` where given, else at the smallest normal),
+    then X <- a X + (b A + c A A) X with A = X X^T. For ``plan.uses_gram`` the
     Gram-space form (Q, R = X X^T, restart after every second step): the same map in exact
-    arithmetic with its own rounding, so a float32 baseline has it."""
+    arithmetic with its own rounding, so a float32 baseline has it. A plan with ``for_shape``
+    (method "auto") runs the plan of U's matrix shape."""
+    if hasattr(plan, "for_shape"):
+        plan = plan.for_shape(U.shape[-2], U.shape[-1])
     tall = U.shape[-2] > U.shape[-1]
     X = T(U) if tall else U
     X = X / (np.linalg.norm(X, axis=(-2, -1), keepdims=True) * plan.norm_scale + plan.eps)
+    if getattr(plan, "uses_aol", False):
+        row_sums = np.sum(np.abs(X @ T(X)), axis=-1, keepdims=True)
+        X = X / np.sqrt(np.maximum(row_sums, getattr(plan, "aol_floor", np.finfo(X.dtype).tiny)))
     if not plan.uses_gram:
         for a, b, c in plan.coefficients:
             A = X @ T(X)
