@@ -310,3 +310,24 @@ def test_unknown_framework_or_bad_shape_is_a_usage_error(capsys):
         with pytest.raises(SystemExit):
             bench.main(["--frameworks", missing[0]])
         assert f"{missing[0]} is not installed" in capsys.readouterr().err
+
+
+def test_environment_names_the_cpu_generation(monkeypatch, tmp_path):
+    """Rows from two "AMD EPYC" machines generations apart (AVX2 only, or AVX512 with bf16) must
+    be told apart: the environment records vendor, family, model and the widest vector unit."""
+    from fastmuon import bench_report, cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("vendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\n"
+                    "flags\t\t: fpu sse4_2 avx avx2 fma\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path,
+                                                                          *a, **k))
+    cpu.cpu_identity.cache_clear()
+    cpu.cpu_flags.cache_clear()
+    try:
+        assert cpu.cpu_identity() == "AuthenticAMD family 23 model 49, avx2"
+        assert bench_report.environment()["cpu"] == "AuthenticAMD family 23 model 49, avx2"
+    finally:
+        cpu.cpu_identity.cache_clear()
+        cpu.cpu_flags.cache_clear()

@@ -21,6 +21,7 @@ def environment() -> Dict[str, Any]:
         "machine": platform.machine(),
         "system": platform.system(),
         "processor": _cpu_model(),
+        "cpu": cpu.cpu_identity(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "cpu_bf16_units": cpu.has_fast_bf16_matmul(),

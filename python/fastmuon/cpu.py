@@ -30,6 +30,27 @@ def cpu_flags() -> frozenset:
     return frozenset(match.group(1).split()) if match else frozenset()
 
 
+VECTOR_FLAGS = ("avx512f", "avx2", "avx", "asimd", "sse4_2")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_identity() -> str:
+    """Vendor, family and model, and the widest vector unit the kernel reports, e.g.
+    "AuthenticAMD family 23 model 49, avx2" (Linux; "" elsewhere): benchmark rows of the same
+    processor name ("AMD EPYC") can come from CPUs generations apart."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    fields = {}
+    for key in ("vendor_id", "cpu family", "model"):
+        match = re.search(rf"^{key}\s*:\s*(.*)$", text, re.M)
+        fields[key] = match.group(1).strip() if match else "?"
+    widest = next((flag for flag in VECTOR_FLAGS if flag in cpu_flags()), "none")
+    return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}, {widest}"
+
+
 def has_fast_bf16_matmul() -> bool:
     """Whether this CPU has bf16 matrix instructions (AMX-BF16 or AVX512-BF16), or what
     ``FASTMUON_CPU_BF16`` says. torch's own detection (cpuinfo, on every OS) answers when torch
