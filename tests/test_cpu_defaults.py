@@ -234,3 +234,19 @@ def test_bf16_muon_step_matches_fp32_within_bf16_rounding(bf16_cpu, rng):
     difference = np.linalg.norm(steps["default"] - steps["fp32"], ord=2)
     baseline = np.linalg.norm(naive_step - steps["fp32"], ord=2)
     assert 1e-3 * baseline < difference <= baseline
+
+
+@pytest.mark.parametrize("bf16_units", ["0", "1"])
+def test_explain_says_when_an_explicit_bf16_has_no_hardware(monkeypatch, bf16_units):
+    """bf16 asked for explicitly is honoured on every CPU; where the CPU has no bf16 matrix units
+    (its bf16 products ~100x slower than fp32), explain() says so beside the backend it chose."""
+    from fastmuon.torch import Muon
+
+    monkeypatch.setenv("FASTMUON_CPU_BF16", bf16_units)
+    weight = torch.nn.Parameter(torch.randn(32, 48, generator=torch.Generator().manual_seed(0)))
+    weight.grad = torch.randn(32, 48, generator=torch.Generator().manual_seed(1))
+    opt = Muon([weight], ns_dtype=torch.bfloat16)
+    opt.step()
+    (route,) = opt.explain()
+    assert route.compute_dtype == "bfloat16" and route.backend == "reference"
+    assert ("no bf16 matrix units" in route.why) == (bf16_units == "0")

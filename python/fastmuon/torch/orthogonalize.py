@@ -255,7 +255,11 @@ def _native_refusal(device, shape, compute_dtype: torch.dtype, differentiable: b
     if differentiable:
         return "native has no autograd and the input requires grad"
     if compute_dtype != torch.float32:
-        return f"native computes in float32, the compute dtype is {dtype_name(compute_dtype)}"
+        why = f"native computes in float32, the compute dtype is {dtype_name(compute_dtype)}"
+        if compute_dtype == torch.bfloat16 and not has_fast_bf16_matmul():
+            # an explicit bf16 is honoured, but costs ~70-100x here (fastmuon.cpu)
+            why += " (this CPU has no bf16 matrix units, AVX512-BF16 or AMX: bf16 products run ~100x slower than fp32)"
+        return why
     if not blas_available():
         return "fastmuon._blas is not built"
     if _reference_is_faster(shape):
