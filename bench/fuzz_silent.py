@@ -1299,7 +1299,11 @@ def check_muon_param(res, cal, fw_name, name, hp, pre, post, G, cd, pdtype, buck
         tol_W = (4 * lr * scale * float(np.max(tol_O)) if lr * scale else 0.0) / shortest + 16 * up + tiny
         tol_W = np.full(W.shape, tol_W)
     if lr_f32:
-        tol_W = tol_W + 2 * U32 * lr * (scale * np.abs(O_ref) + wd * np.abs(W))
+        # on the sphere the step mixes each row (projection, rotation): the lr's rounding moves
+        # an entry by up to its row's update, relative to the shortest row
+        O_mag = np.abs(O_ref) if hp.get("sphere") is None else \
+            np.full(W.shape, float(np.max(np.linalg.norm(O_ref.reshape(b, R, C), axis=-1))) / shortest)
+        tol_W = tol_W + 2 * U32 * lr * (scale * O_mag + wd * np.abs(W))
         if state_keys.get("lr_f32") and wd:  # torch: W * (1 - lr * wd) with that factor a float32 tensor
             tol_W = tol_W + 2 * U32 * np.abs(W)
     check_close(res, "optim_weight", f"{name} weight", post["W"], ref["W"], tol_W, bucket, pdtype)
