@@ -1,4 +1,4 @@
-"""The demo's small GPT in MLX, the same architecture and initialization as torch_model.TinyGPT."""
+"""The demo's small GPT in MLX, the same architecture as torch_model.TinyGPT."""
 
 from __future__ import annotations
 
@@ -34,9 +34,6 @@ class TinyGPT(nn.Module):
     def __init__(self, cfg: DemoConfig):
         super().__init__()
         self.embed = nn.Embedding(VOCAB_SIZE, cfg.d_model)
-        # torch's nn.Embedding starts at N(0, 1), MLX's at N(0, 1 / d_model): the same start as
-        # torch_model.TinyGPT (the other layers' default inits already agree)
-        self.embed.weight = mx.random.normal((VOCAB_SIZE, cfg.d_model))
         self.pos = mx.zeros((cfg.context, cfg.d_model))
         self.blocks = [Block(cfg) for _ in range(cfg.n_layers)]
         self.norm = nn.LayerNorm(cfg.d_model)

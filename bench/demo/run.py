@@ -30,9 +30,9 @@ LEARNING_RATES: Dict[str, Dict[str, Dict[str, float]]] = {
         "normuon": {"lr": 0.05, "adamw_lr": 0.03},
     },
     "mlx": {
-        "adamw": {"lr": 0.01},
-        "muon": {"lr": 0.02, "adamw_lr": 0.01},
-        "normuon": {"lr": 0.02, "adamw_lr": 0.01},
+        "adamw": {"lr": 0.003},
+        "muon": {"lr": 0.02, "adamw_lr": 0.003},
+        "normuon": {"lr": 0.02, "adamw_lr": 0.003},
     },
 }
 
