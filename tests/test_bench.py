@@ -323,11 +323,12 @@ def test_environment_names_the_cpu_generation(monkeypatch, tmp_path):
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(info if path == "/proc/cpuinfo" else path,
                                                                           *a, **k))
-    cpu.cpu_identity.cache_clear()
-    cpu.cpu_flags.cache_clear()
+    caches = (cpu._cpuinfo, cpu.cpu_flags, cpu.cpu_identity)
+    for cache in caches:
+        cache.cache_clear()
     try:
         assert cpu.cpu_identity() == "AuthenticAMD family 23 model 49, avx2"
         assert bench_report.environment()["cpu"] == "AuthenticAMD family 23 model 49, avx2"
     finally:
-        cpu.cpu_identity.cache_clear()
-        cpu.cpu_flags.cache_clear()
+        for cache in caches:
+            cache.cache_clear()

@@ -15,19 +15,31 @@ import os
 import platform
 import re
 import sys
+from typing import Optional
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_flags() -> frozenset:
-    """The CPU feature flags the kernel reports (Linux ``/proc/cpuinfo``); empty elsewhere."""
+def _cpuinfo() -> str:
+    """Linux's ``/proc/cpuinfo``, read once; "" where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            match = re.search(r"^flags\s*:(.*)$", f.read(), re.M)
+            return f.read()
     except OSError:
-        return frozenset()
-    return frozenset(match.group(1).split()) if match else frozenset()
+        return ""
+
+
+def _cpuinfo_field(key: str) -> Optional[str]:
+    """The value of the first ``key : value`` line of ``/proc/cpuinfo``, or None."""
+    match = re.search(rf"^{key}\s*:(.*)$", _cpuinfo(), re.M)
+    return match.group(1).strip() if match else None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+    """The CPU feature flags the kernel reports (Linux ``/proc/cpuinfo``); empty elsewhere."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
 
 
 VECTOR_FLAGS = ("avx512f", "avx2", "avx", "asimd", "sse4_2")
@@ -38,17 +50,11 @@ def cpu_identity() -> str:
     """Vendor, family and model, and the widest vector unit the kernel reports, e.g.
     "AuthenticAMD family 23 model 49, avx2" (Linux; "" elsewhere): benchmark rows of the same
     processor name ("AMD EPYC") can come from CPUs generations apart."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
+    if not _cpuinfo():
         return ""
-    fields = {}
-    for key in ("vendor_id", "cpu family", "model"):
-        match = re.search(rf"^{key}\s*:\s*(.*)$", text, re.M)
-        fields[key] = match.group(1).strip() if match else "?"
+    vendor, family, model = (_cpuinfo_field(key) or "?" for key in ("vendor_id", "cpu family", "model"))
     widest = next((flag for flag in VECTOR_FLAGS if flag in cpu_flags()), "none")
-    return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}, {widest}"
+    return f"{vendor} family {family} model {model}, {widest}"
 
 
 def has_fast_bf16_matmul() -> bool:
