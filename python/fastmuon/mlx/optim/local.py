@@ -14,7 +14,6 @@ from typing import List
 
 import mlx.core as mx
 
-from ...options import orthogonalize_kwargs
 from ...plan import make_plan
 from ...rules import shape_scale
 from ..backends import native
@@ -47,7 +46,7 @@ def step_fused(opt, items) -> List[mx.array]:
         view = update_view(param.shape, path)
         views.append(view)
         scales.append(shape_scale(view[1], view[2], opt.adjust_lr))
-    plan = make_plan(**orthogonalize_kwargs(opt.method, opt.ns_steps, opt.ns_coefficients, opt.eps))
+    plan = make_plan(**opt._iteration())
     weights, momenta, skipped = native.muon_step(
         opt._lr(mx.float32), [grad for _, grad, _, _ in items], [state["momentum"] for *_, state in items],
         [param for _, _, param, _ in items], [state["skipped_steps"] for *_, state in items], views, scales, plan,

@@ -210,9 +210,13 @@ class Muon(TreeOptimizer):
         """One parameter on its own (the optimizer itself batches; this is the same rule)."""
         return self._apply_all([("parameter", gradient, parameter, state)])[0]
 
+    def _iteration(self) -> dict:
+        """The polynomial iteration as ``orthogonalize`` and ``make_plan`` take it (method,
+        steps, coefficients, eps)."""
+        return orthogonalize_kwargs(self.method, self.ns_steps, self.ns_coefficients, self.eps)
+
     def _orthogonalize(self, U: mx.array) -> mx.array:
-        iteration = orthogonalize_kwargs(self.method, self.ns_steps, self.ns_coefficients, self.eps)
-        return orthogonalize(U, **iteration, backend=self.backend, dtype=self.ns_dtype)
+        return orthogonalize(U, **self._iteration(), backend=self.backend, dtype=self.ns_dtype)
 
     def _apply_all(self, items) -> List[mx.array]:
         return step(self, items, self._world() is not None)

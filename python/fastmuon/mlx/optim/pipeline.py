@@ -22,7 +22,6 @@ from typing import Dict, List, Optional, Tuple
 
 import mlx.core as mx
 
-from ...options import orthogonalize_kwargs
 from ...plan import make_plan
 from ...route import Route
 from ..orthogonalize import auto_backend, dtype_name, resolve_compute_dtype
@@ -89,7 +88,7 @@ def momentum_of(opt, keys: tuple) -> Optional[mx.array]:
 def explain_routes(opt, leaves, strategy: str) -> List[Route]:
     """A Route per gradient leaf ((path, keys, gradient, parameter)) of Muon ``opt``, in order."""
     compute_dtype = resolve_compute_dtype(opt.ns_dtype, opt.method)
-    plan = make_plan(**orthogonalize_kwargs(opt.method, opt.ns_steps, opt.ns_coefficients, opt.eps))
+    plan = make_plan(**opt._iteration())
     if opt.backend == "auto":
         backend, backend_why = auto_backend(compute_dtype)
     else:
