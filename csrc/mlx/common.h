@@ -206,6 +206,12 @@ struct InputCopy {
   }
 };
 
+// Whether x's data is exactly its entries, dense and row-major (no strides,
+// no broadcast, no offset view of a larger buffer).
+inline bool dense_row_major(const mx::array& x) {
+  return x.flags().row_contiguous && x.data_size() == x.size();
+}
+
 // A copy of x (any layout) into the dense row-major buffer dst: the same
 // task as prepare_inplace_output's, for a buffer the caller owns.
 inline InputCopy packing_copy(const mx::array& x, void* dst) {
@@ -217,7 +223,7 @@ inline InputCopy packing_copy(const mx::array& x, void* dst) {
   copy.dst = dst;
   copy.size = static_cast<int64_t>(x.size());
   copy.itemsize = x.itemsize();
-  copy.dense = x.flags().row_contiguous && x.data_size() == x.size();
+  copy.dense = dense_row_major(x);
   if (!copy.dense) {
     copy.shape = x.shape();
     copy.strides = x.strides();
@@ -226,9 +232,7 @@ inline InputCopy packing_copy(const mx::array& x, void* dst) {
 }
 
 inline InputCopy prepare_inplace_output(const mx::array& x, mx::array& out) {
-  const bool dense = x.flags().row_contiguous &&
-      x.data_size() == x.size();
-  if (dense && x.is_donatable() && x.itemsize() == out.itemsize()) {
+  if (dense_row_major(x) && x.is_donatable() && x.itemsize() == out.itemsize()) {
     out.copy_shared_buffer(x);
     return InputCopy{};
   }

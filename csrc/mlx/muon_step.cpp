@@ -43,10 +43,6 @@ void check_parameter_dtype(const mx::array& g, const mx::array& m,
   }
 }
 
-bool dense_row_major(const mx::array& x) {
-  return x.flags().row_contiguous && x.data_size() == x.size();
-}
-
 } // namespace
 
 std::vector<mx::array> muon_step(const mx::array& lr,
@@ -76,7 +72,6 @@ std::vector<mx::array> muon_step(const mx::array& lr,
                  std::to_string(params.blas_threads));
   }
   std::vector<mx::array> inputs{lr};
-  std::vector<mx::Shape> shapes;
   for (size_t i = 0; i < count; ++i) {
     const std::string at = "[" + std::to_string(i) + "]";
     check_parameter_dtype(grads[i], momenta[i], weights[i], at);
@@ -99,7 +94,7 @@ std::vector<mx::array> muon_step(const mx::array& lr,
     inputs.insert(inputs.end(), {grads[i], momenta[i], weights[i], skipped[i]});
   }
   auto primitive = std::make_shared<MuonStep>(stream, std::move(params));
-  shapes = primitive->output_shapes(inputs);
+  std::vector<mx::Shape> shapes = primitive->output_shapes(inputs);
   std::vector<mx::Dtype> dtypes;
   for (const auto& w : weights) {
     dtypes.push_back(w.dtype());
@@ -151,7 +146,7 @@ void MuonStep::eval_cpu(const std::vector<mx::array>& inputs,
         detail::prepare_inplace_output(inputs[2 + 4 * i], outputs[count + i]));
     weights[i] = outputs[i].data<void>();
     momenta[i] = outputs[count + i].data<void>();
-    if (dense_row_major(g) || g.size() == 0) {
+    if (detail::dense_row_major(g) || g.size() == 0) {
       grads[i] = g.data<void>();
     } else {
       packed[i].resize(g.nbytes());
