@@ -1159,14 +1159,14 @@ def test_batches_respect_options_and_bytes(monkeypatch):
     assert stacks_by_call(opt) == {0: [(2, 2, 5)], 1: [(1, 2, 5)], 2: [(1, 1, 2)], 3: [(1, 5, 25)], 4: [(1, 2, 2)]}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_adamw_few_passes_step_equals_the_per_parameter_step(rng, dtype):
-    """MuonWithAdamW's AdamW group of fp32 weights on the CPU steps in list-wide (foreach) passes
-    when every gradient is finite: weights and moments bitwise those of impl="per_parameter"; a
-    step with a NaN gradient falls back to it (that parameter skipped, the others stepped)."""
+def test_adamw_few_passes_step_equals_the_per_parameter_step(rng):
+    """MuonWithAdamW's AdamW group of fp32 weights on the CPU with impl="foreach" steps in
+    list-wide passes when every gradient is finite: weights and moments bitwise those of
+    impl="per_parameter"; a step with a NaN gradient falls back to it (that parameter skipped,
+    the others stepped)."""
     shapes = [(7,), (5, 3), (), (4,)]
-    start = [torch.tensor(rng.standard_normal(s), dtype=dtype) for s in shapes]
-    grads = [[torch.tensor(rng.standard_normal(s), dtype=dtype) for s in shapes] for _ in range(4)]
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(4)]
     grads[2][0][3] = float("nan")
 
     def run(impl: str):
@@ -1181,10 +1181,9 @@ def test_adamw_few_passes_step_equals_the_per_parameter_step(rng, dtype):
             opt.step()
         return params, opt, taken
 
-    fast, fast_opt, taken = run("auto")
-    # step 3 holds the NaN; bf16 weights always take the per-parameter path
+    fast, fast_opt, taken = run("foreach")
     foreach, per_parameter = {"foreach"}, {"per_parameter"}
-    assert taken == ([foreach, foreach, per_parameter, foreach] if dtype == torch.float32 else [per_parameter] * 4)
+    assert taken == [foreach, foreach, per_parameter, foreach]  # step 3 holds the NaN
     slow, slow_opt, taken = run("per_parameter")
     assert taken == [per_parameter] * 4
     for a, b in zip(fast, slow):
@@ -1193,6 +1192,51 @@ def test_adamw_few_passes_step_equals_the_per_parameter_step(rng, dtype):
             assert torch.equal(fast_opt.state[a][key], slow_opt.state[b][key]), key
     assert fast_opt.state[fast[0]]["skipped_steps"].item() == 1
     assert not torch.equal(fast[1].detach(), start[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_adamw_fused_step_is_torch_fused_adamw(rng, dtype):
+    """On the CPU an AdamW group takes torch's fused AdamW kernel by default ("auto"): its
+    weights and moments are bitwise those of torch.optim.AdamW(fused=True). A step with a NaN
+    gradient runs per parameter instead: that parameter and its state are left as they were, and
+    the others step."""
+    shapes = [(7,), (5, 3), (), (4,)]
+    start = [torch.tensor(rng.standard_normal(s), dtype=dtype) for s in shapes]
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=dtype) for s in shapes] for _ in range(4)]
+    grads[2][0][3] = float("nan")
+    options = dict(lr=3e-2, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.1)
+    ours = [nn.Parameter(w.clone()) for w in start]
+    opt = MuonWithAdamW([{"params": ours, "use_muon": False, **options}])
+    theirs = [nn.Parameter(w.clone()) for w in start]
+    torch_opt = torch.optim.AdamW(theirs, fused=True, **options)
+    for step, step_grads in enumerate(grads):
+        for p, q, g in zip(ours, theirs, step_grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        before = [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in ours]
+        routes = opt.explain()
+        opt.step()
+        if step != 2:
+            assert {r.impl for r in routes} == {"fused"}
+            torch_opt.step()
+            for p, q in zip(ours, theirs):
+                assert torch.equal(p, q)
+                for key in ("exp_avg", "exp_avg_sq", "step"):
+                    assert torch.equal(opt.state[p][key], torch_opt.state[q][key]), key
+            continue
+        assert {r.impl for r in routes} == {"per_parameter"}
+        W, state = before[0]
+        assert torch.equal(ours[0].detach(), W) and opt.state[ours[0]]["skipped_steps"].item() == 1
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt.state[ours[0]][key], state[key]), key
+        assert all(not torch.equal(p.detach(), W) for p, (W, _) in zip(ours[1:], before[1:]))
+        # the skipped parameter skips in torch's copy too, to compare the next step
+        theirs[0].grad = None
+        torch_opt.step()
+        for p, q in zip(ours[1:], theirs[1:]):  # stepped per parameter: a few ulps from the kernel
+            torch.testing.assert_close(p, q)
+            q.data.copy_(p.detach())
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch_opt.state[q][key].copy_(opt.state[p][key])
 
 
 def test_chunks_of_one_stack_share_its_compute_dtype(monkeypatch, rng):

@@ -1,6 +1,15 @@
 """MuonWithAdamW's AdamW part (``use_muon=False`` groups): ``torch.optim.AdamW``'s rule with
-fastmuon's non-finite policy, in two implementations: "foreach" (list-wide passes: CPU, eager,
-float lr, fp32 weights, every gradient finite) and "per_parameter"."""
+fastmuon's non-finite policy, in three implementations:
+
+- "fused": torch's own fused AdamW kernel (what ``torch.optim.AdamW(fused=True)`` runs, so the
+  same results bitwise): one pass over each tensor (CPU, eager, every gradient finite);
+- "foreach": list-wide passes, op for op the arithmetic of "per_parameter", so bitwise the same
+  (CPU, eager, float lr, fp32 weights, every gradient finite);
+- "per_parameter": ``functional.adamw_update`` per parameter, which skips a parameter whose
+  gradient is not finite.
+
+"fused" and "foreach" step the whole group only when every gradient is finite; otherwise that
+step runs per parameter."""
 
 from __future__ import annotations
 
@@ -8,27 +17,49 @@ from typing import Optional, Tuple
 
 import torch
 
+from torch.optim.adamw import adamw as torch_adamw
+
 from ..functional import adamw_update, adamw_update_lists_, all_finite
 from ..orthogonalize import dtype_name
 from .base import adamw_betas, is_dtensor, local, on_every_shard
 from .pipeline import foreach_refusal
 
+# torch's fused AdamW kernel computes in fp32 (fp64 for float64) and rounds each result once
+FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
 
 def adamw_impl(group: dict) -> Tuple[str, str]:
-    """(implementation, why) for an AdamW group's parameters with a gradient this step; an
-    explicit ``impl`` that cannot run raises."""
+    """(implementation, why) for an AdamW group's parameters with a gradient this step: "auto"
+    takes the first of "fused", "foreach" and "per_parameter" that applies; an explicit ``impl``
+    that cannot run raises."""
     impl = group.get("impl", "auto")
     if impl == "per_parameter":
         return "per_parameter", 'impl="per_parameter"'
-    if impl == "fused":
-        raise ValueError('impl="fused" is for Muon groups; an AdamW group takes "auto", "foreach" or "per_parameter"')
     params = [p for p in group["params"] if p.grad is not None]
-    why = _foreach_refusal(params, group["lr"])
-    if why is None:
-        return "foreach", "list-wide passes"
+    fused_why = _fused_refusal(params, group["lr"])
+    if impl == "fused" or (impl == "auto" and fused_why is None):
+        if fused_why is not None:
+            raise ValueError(f'impl="fused" cannot step this AdamW group: {fused_why}')
+        return "fused", "torch's fused AdamW kernel"
+    foreach_why = _foreach_refusal(params, group["lr"])
+    if foreach_why is None:
+        return "foreach", "list-wide passes" + ("" if impl == "foreach" else f"; not fused: {fused_why}")
     if impl == "foreach":
-        raise ValueError(f'impl="foreach" cannot step this AdamW group: {why}')
-    return "per_parameter", f"not foreach: {why}"
+        raise ValueError(f'impl="foreach" cannot step this AdamW group: {foreach_why}')
+    why = fused_why if foreach_why == fused_why else f"{fused_why}; not foreach: {foreach_why}"
+    return "per_parameter", f"not fused: {why}"
+
+
+def _fused_refusal(params, lr) -> Optional[str]:
+    """Why torch's fused AdamW kernel cannot step these parameters here (None: it can)."""
+    if not params:
+        return "no gradients"
+    for p in params:
+        if p.dtype not in FUSED_DTYPES:
+            return f"{dtype_name(p.dtype)} weights (the fused kernel takes floating-point weights)"
+    if isinstance(lr, torch.Tensor) and not (lr.is_cpu and lr.numel() == 1):
+        return "a Tensor lr that is not one number on the CPU"
+    return foreach_refusal(params, 0.0)  # device, gradients, DTensor, torch.compile
 
 
 def _foreach_refusal(params, lr) -> Optional[str]:
@@ -43,9 +74,10 @@ def _foreach_refusal(params, lr) -> Optional[str]:
 
 
 def adamw_step(group: dict, state) -> None:
-    """One step of an AdamW group: "foreach" when it applies and every gradient is finite,
-    else parameter by parameter."""
-    if adamw_impl(group)[0] == "foreach" and _step_foreach(group, state):
+    """One step of an AdamW group: "fused" or "foreach" when it applies and every gradient is
+    finite, else parameter by parameter."""
+    list_wide = LIST_WIDE.get(adamw_impl(group)[0])
+    if list_wide is not None and list_wide(group, state):
         return
     for p in group["params"]:
         if p.grad is None:
@@ -74,6 +106,23 @@ def adamw_step(group: dict, state) -> None:
         p_state["skipped_steps"].add_((~finite).to(torch.int64))
 
 
+def _step_fused(group: dict, state) -> bool:
+    """torch's fused AdamW kernel on the group; False, having changed nothing, if a gradient is
+    not finite. The state is torch.optim.AdamW's own (float32 ``step`` tensors on the weights'
+    device), so the kernel reads and writes it as it does for torch.optim.AdamW(fused=True)."""
+    params = [p for p in group["params"] if p.grad is not None]
+    grads = [p.grad for p in params]
+    if not all_finite(grads):
+        return False
+    states = [state[p] for p in params]
+    beta1, beta2 = adamw_betas(group)
+    torch_adamw([p.detach() for p in params], grads, [st["exp_avg"] for st in states],
+                [st["exp_avg_sq"] for st in states], [], [st["step"] for st in states], fused=True,
+                amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+                eps=group["eps"], maximize=False)
+    return True
+
+
 def _step_foreach(group: dict, state) -> bool:
     """``functional.adamw_update_lists_``, op for op the arithmetic of ``adamw_update``, so the
     weights are bitwise the same; False, having changed nothing, if a gradient is not finite."""
@@ -86,3 +135,6 @@ def _step_foreach(group: dict, state) -> bool:
                         ("exp_avg", "exp_avg_sq", "step")), lr=group["lr"], betas=adamw_betas(group),
                         eps=group["eps"], weight_decay=group["weight_decay"])
     return True
+
+
+LIST_WIDE = {"fused": _step_fused, "foreach": _step_foreach}

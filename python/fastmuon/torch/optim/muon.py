@@ -163,7 +163,7 @@ class _MuonFamily(CheckedOptimizer):
                 continue
             impl, why = adamw_impl(group)
             params = [p for p in group["params"] if p.grad is not None]
-            if impl == "foreach" and not all_finite([p.grad for p in params]):
+            if impl != "per_parameter" and not all_finite([p.grad for p in params]):
                 impl, why = "per_parameter", "a gradient of the group is not finite this step"
             for p in params:
                 routes.append(Route(names[id(p)], "adamw", strategy, impl, "", dtype_name(p.dtype), None, None, None, why))
@@ -434,7 +434,10 @@ class MuonWithAdamW(_MuonFamily):
     the keys ``lr``, ``betas``, ``eps``, ``weight_decay``; an AdamW group's ``momentum`` key is
     its beta1, set from ``betas`` and cycled by OneCycleLR / CyclicLR with every other group's
     momentum). AdamW is torch.optim.AdamW's rule
-    (decoupled decay, bias correction), with the same non-finite policy as Muon.
+    (decoupled decay, bias correction), with the same non-finite policy as Muon. ``impl``
+    applies to the AdamW groups too: "fused" there is torch's fused AdamW kernel (bitwise
+    ``torch.optim.AdamW(fused=True)``), which "auto" takes on the CPU; "foreach" and
+    "per_parameter" are bitwise each other and within a few ulps of it.
     """
 
     def __init__(
@@ -452,10 +455,9 @@ class MuonWithAdamW(_MuonFamily):
     ) -> None:
         check_adamw_options(adamw_betas, adamw_eps, adamw_weight_decay, prefix="adamw_")
         self.muon_defaults = muon_options_with_extras(dict(muon_options, lr=lr))
-        # impl applies to the AdamW groups too, but for "fused", which is Muon's alone
-        impl = self.muon_defaults["impl"]
+        # impl applies to the AdamW groups too ("fused": torch's fused AdamW kernel)
         self.adamw_defaults = dict(lr=adamw_lr, betas=tuple(adamw_betas), eps=adamw_eps,
-                                   weight_decay=adamw_weight_decay, impl="auto" if impl == "fused" else impl)
+                                   weight_decay=adamw_weight_decay, impl=self.muon_defaults["impl"])
         # Kind-specific defaults are filled per group; ``defaults`` holds what all groups have: a
         # momentum (an AdamW group's is its beta1), which lr schedulers that cycle momentum
         # (OneCycleLR, CyclicLR) look for.
