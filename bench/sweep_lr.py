@@ -5,24 +5,37 @@ their AdamW part (embeddings, head, norms) at AdamW's best lr. Same model, data,
 budget as the demo (`make demo`) (the full config), so the baseline gets the same care as
 the optimizers it is compared with. Writes bench/results/lr_sweep.json.
 
+``--split`` asks what the demo's comparison leaves out: Muon has two learning rates (hidden
+matrices, and its AdamW part), AdamW alone one. It sweeps both lrs of Muon and NorMuon
+(MUON_GRID x SPLIT_GRID) and of "adamw_split", AdamW with the same routing and two lrs
+(ADAMW_GRID x SPLIT_GRID), each over ``--seeds``; then times each one's best setting as the demo
+does, and reports when Muon and NorMuon reach adamw_split's final validation loss. Writes
+bench/results/lr_sweep_split.json.
+
     python bench/sweep_lr.py [--frameworks torch mlx]
+    python bench/sweep_lr.py --split [--frameworks torch] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import os
+import statistics
 
 from demo.config import FULL
 from demo.data import load_corpus
-from demo.run import available_frameworks, train
+from demo.run import available_frameworks, seconds_to_reach, steps_to_reach, train
 
 from fastmuon.bench import environment
 
 ADAMW_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
 MUON_GRID = (0.01, 0.02, 0.05, 0.1)
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "lr_sweep.json")
+# the second lr (embeddings, head, norms, positions) of the --split sweep
+SPLIT_GRID = (0.01, 0.03, 0.1, 0.3)
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def sweep(framework: str, corpus) -> dict:
@@ -41,17 +54,51 @@ def sweep(framework: str, corpus) -> dict:
     return {"final_val_loss": {k: {str(lr): v for lr, v in d.items()} for k, d in runs.items()}, "best": best}
 
 
+def sweep_split(framework: str, corpus, seeds) -> dict:
+    """Both lrs of adamw_split, Muon and NorMuon, mean final validation loss over ``seeds``;
+    then each best setting trained and timed once (seed ``seeds[0]``), and the steps and seconds
+    Muon and NorMuon take to reach adamw_split's final loss, against adamw_split's own."""
+    grids = {"adamw_split": ADAMW_GRID, "muon": MUON_GRID, "normuon": MUON_GRID}
+    runs, best = {}, {}
+    for name, grid in grids.items():
+        runs[name] = {}
+        for lr, adamw_lr in itertools.product(grid, SPLIT_GRID):
+            losses = [train(framework, dataclasses.replace(FULL, seed=seed), corpus, name, lr, adamw_lr)
+                      ["final_val_loss"] for seed in seeds]
+            runs[name][f"{lr:g},{adamw_lr:g}"] = {"mean": statistics.fmean(losses), "seeds": losses}
+            print(f"{framework} {name} lr={lr:g} adamw_lr={adamw_lr:g}: {statistics.fmean(losses):.4f} "
+                  f"({', '.join(f'{x:.4f}' for x in losses)})", flush=True)
+        lr, adamw_lr = min(runs[name], key=lambda key: runs[name][key]["mean"]).split(",")
+        best[name] = {"lr": float(lr), "adamw_lr": float(adamw_lr)}
+    timed = {name: train(framework, dataclasses.replace(FULL, seed=seeds[0]), corpus, name, rates["lr"],
+                         rates["adamw_lr"]) for name, rates in best.items()}
+    target, baseline_seconds = timed["adamw_split"]["final_val_loss"], timed["adamw_split"]["seconds"]
+    for name, res in timed.items():
+        seconds = seconds_to_reach(res["curve"], target)
+        best[name].update(final_val_loss=res["final_val_loss"], seconds=res["seconds"],
+                          steps_to_adamw_split_final=steps_to_reach(res["curve"], target),
+                          seconds_to_adamw_split_final=seconds,
+                          time_ratio=None if seconds is None else seconds / baseline_seconds)
+    return {"final_val_loss": runs, "best": best}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frameworks", nargs="+", default=available_frameworks())
-    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--split", action="store_true", help="sweep two lrs each, AdamW with Muon's routing too")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[FULL.seed], help="--split: seeds to average")
+    parser.add_argument("--out", default=None, help="default: bench/results/lr_sweep[_split].json")
     args = parser.parse_args()
+    out = args.out or os.path.join(RESULTS_DIR, "lr_sweep_split.json" if args.split else "lr_sweep.json")
     corpus = load_corpus()
-    result = {"environment": environment(), "config": FULL.__dict__, "grids": {"adamw": ADAMW_GRID, "muon": MUON_GRID}}
+    grids = {"adamw": ADAMW_GRID, "muon": MUON_GRID}
+    if args.split:
+        grids.update(split=SPLIT_GRID, seeds=args.seeds)
+    result = {"environment": environment(), "config": FULL.__dict__, "grids": grids}
     for fw in args.frameworks:
-        result[fw] = sweep(fw, corpus)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+        result[fw] = sweep_split(fw, corpus, args.seeds) if args.split else sweep(fw, corpus)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps({fw: result[fw]["best"] for fw in args.frameworks}, indent=1))
 

@@ -14,11 +14,18 @@ from .mlx_model import TinyGPT, loss_fn
 
 
 def make_optimizer(name: str, lr: float, adamw_lr: float, cfg: DemoConfig):
-    """AdamW on everything (torch's rule: bias correction), or Muon / NorMuon on hidden
-    matrices with AdamW on embeddings, head, norms and the position table."""
+    """AdamW on everything (torch's rule: bias correction); "adamw_split", AdamW with the hidden
+    matrices at ``lr`` and the rest at ``adamw_lr`` (Muon's routing and lr count, for
+    bench/sweep_lr.py --split); or Muon / NorMuon on hidden matrices with AdamW on embeddings,
+    head, norms and the position table."""
     schedule = lambda base_lr: fastmuon_mlx.warmup_cosine(base_lr, cfg.warmup_steps, cfg.steps)  # noqa: E731
+    adamw = lambda base_lr: optim.AdamW(schedule(base_lr), betas=[0.9, 0.95], weight_decay=0.0,  # noqa: E731
+                                        bias_correction=True)
     if name == "adamw":
-        return optim.AdamW(schedule(lr), betas=[0.9, 0.95], weight_decay=0.0, bias_correction=True)
+        return adamw(lr)
+    if name == "adamw_split":
+        hidden = lambda path, array: fastmuon_mlx.muon_filter(path, array, DEFAULT_EXCLUDE + ("pos",))  # noqa: E731
+        return optim.MultiOptimizer([adamw(lr), adamw(adamw_lr)], [hidden])
     return fastmuon_mlx.MuonWithAdamW(
         schedule(lr),
         schedule(adamw_lr),

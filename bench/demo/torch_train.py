@@ -12,12 +12,17 @@ from .torch_model import TinyGPT, loss_fn
 
 
 def make_optimizer(name: str, model: torch.nn.Module, lr: float, adamw_lr: float, muon_options: tuple = ()):
-    """AdamW on everything, or Muon / NorMuon on hidden matrices with AdamW (at ``adamw_lr``)
-    on embeddings, head, norms and the position table, routed by fastmuon."""
+    """AdamW on everything; "adamw_split", AdamW with the hidden matrices at ``lr`` and the rest
+    at ``adamw_lr`` (Muon's routing and lr count, for bench/sweep_lr.py --split); or Muon /
+    NorMuon on hidden matrices with AdamW (at ``adamw_lr``) on embeddings, head, norms and the
+    position table, routed by fastmuon."""
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     # the learned position table is an embedding too: AdamW, like the token embedding
     groups = fastmuon_torch.muon_param_groups(model, exclude=DEFAULT_EXCLUDE + ("pos",))
+    if name == "adamw_split":
+        return torch.optim.AdamW([{"params": g["params"], "lr": lr if g["use_muon"] else adamw_lr} for g in groups],
+                                 lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     beta2 = NORMUON_BETA2 if name == "normuon" else None
     return fastmuon_torch.MuonWithAdamW(groups, lr=lr, beta2=beta2, adamw_lr=adamw_lr, adamw_betas=(0.9, 0.95),
                                         **dict(muon_options))
