@@ -103,8 +103,10 @@ def test_explicit_impl_that_cannot_run_says_why():
     with pytest.raises(ValueError, match="impl=\"fused\" cannot step.*NorMuon's second moment"):
         NorMuon([q], impl="fused").step()
     routes = NorMuon([q]).explain()
-    assert [(r.impl, r.kind) for r in routes] == [("per_parameter", "muon")]
-    assert "NorMuon's second moment" in routes[0].why
+    assert [(r.impl, r.kind) for r in routes] == [("foreach", "muon")]
+    assert "not fused: NorMuon's second moment" in routes[0].why
+    routes = NorMuon([q], sphere="project", weight_decay=0.0).explain()
+    assert [(r.impl, r.kind) for r in routes] == [("per_parameter", "muon")] and "sphere=" in routes[0].why
 
 
 def test_explain_changes_nothing():

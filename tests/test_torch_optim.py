@@ -1159,6 +1159,51 @@ def test_batches_respect_options_and_bytes(monkeypatch):
     assert stacks_by_call(opt) == {0: [(2, 2, 5)], 1: [(1, 2, 5)], 2: [(1, 1, 2)], 3: [(1, 5, 25)], 4: [(1, 2, 2)]}
 
 
+@pytest.mark.parametrize("options", [dict(), dict(nesterov=False, weight_decay=0.1), dict(backend="reference")])
+def test_normuon_few_passes_step_equals_the_per_parameter_step(rng, options):
+    """NorMuon on the CPU takes the list-wide passes ("foreach"; the fused native step is plain
+    Muon's): weights, momenta and second moments bitwise those of impl="per_parameter", also in
+    a MuonWithAdamW whose Muon and NorMuon groups share stacks; a batch holding a NaN steps per
+    parameter (the NaN parameter skipped, the others stepped)."""
+    shapes = [(16, 24), (16, 24), (3, 16, 24), (24, 16), (0, 16)]
+    start = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
+    grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes] for _ in range(3)]
+    grads[2][1][0, 0] = float("nan")
+
+    def run(impl: str, mixed: bool):
+        params = [nn.Parameter(w.clone()) for w in start]
+        if mixed:  # params 0 and 2 plain Muon, the rest NorMuon
+            groups = [{"params": params[0::2], "use_muon": True, "allow_nd": True},
+                      {"params": params[1::2], "use_muon": True, "allow_nd": True, "beta2": 0.95}]
+            opt = MuonWithAdamW(groups, impl=impl, **options)
+        else:
+            opt = NorMuon(params, allow_nd=True, impl=impl, **options)
+        taken = []
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            taken.append({r.impl for r in opt.explain()})
+            opt.step()
+        return params, opt, taken
+
+    native = blas_available() and options.get("backend") != "reference"
+    for mixed in (False, True):
+        fast, fast_opt, taken = run("auto", mixed)
+        # mixed: the plain Muon (0, 16) weight has a stack of its own, which the fused step takes
+        list_wide = {"foreach", "fused"} if mixed and native else {"foreach"}
+        assert taken[:2] == [list_wide] * 2
+        # the NaN's batch steps per parameter (mixed: other batches may stay list-wide)
+        assert "per_parameter" in taken[2] and taken[2] <= list_wide | {"per_parameter"}
+        slow, slow_opt, _ = run("per_parameter", mixed)
+        for a, b in zip(fast, slow):
+            assert torch.equal(a, b)
+            for key in ("momentum_buffer", "second_moment", "skipped_steps"):
+                if key in slow_opt.state[b]:
+                    assert torch.equal(fast_opt.state[a][key], slow_opt.state[b][key]), key
+        assert fast_opt.state[fast[1]]["skipped_steps"].item() == 1
+        assert not torch.equal(fast[3].detach(), start[3])
+
+
 def test_adamw_few_passes_step_equals_the_per_parameter_step(rng):
     """MuonWithAdamW's AdamW group of fp32 weights on the CPU with impl="foreach" steps in
     list-wide passes when every gradient is finite: weights and moments bitwise those of

@@ -58,6 +58,13 @@ def apply_update(W: torch.Tensor, O: torch.Tensor, ok: torch.Tensor, group: dict
     W.copy_(torch.where(ok, W_new, W))
 
 
+def second_moment(state: dict) -> torch.Tensor:
+    """A NorMuon parameter's second moment; a RuntimeError if its state has none."""
+    if "second_moment" not in state:
+        raise RuntimeError("a parameter's state has no second_moment: beta2 was set after it was stepped")
+    return state["second_moment"]
+
+
 @dataclass
 class Pending:
     """One Muon parameter between the momentum step and the update."""
@@ -78,8 +85,8 @@ def momentum_phase(p: torch.Tensor, group: dict, state: dict, commit: bool) -> P
     """The momentum step of one parameter; ``commit`` writes the new momentum (where the
     gradient is finite) at once, else it is kept for ``update_phase``."""
     batch, rows, cols = matrix_view(p.shape)
-    if group["beta2"] is not None and "second_moment" not in state:
-        raise RuntimeError("a parameter's state has no second_moment: beta2 was set after it was stepped")
+    if group["beta2"] is not None:
+        second_moment(state)
     M = state["momentum_buffer"]
     grad = p.grad
     if grad is None:
@@ -140,9 +147,14 @@ def step_per_parameter(batch: Batch, state) -> None:
 def step_foreach(batch: Batch, state) -> bool:
     """A batch stepped in a few list-wide passes (``torch._foreach_*``) when every gradient is
     finite, which one check on the host finds out; returns False, having changed nothing,
-    otherwise. Same arithmetic, op for op, as ``step_per_parameter``: bitwise the same weights."""
+    otherwise. Same arithmetic, op for op, as ``step_per_parameter`` (NorMuon's normalization
+    too, on each parameter's slice of the stack): bitwise the same weights."""
     if not all_finite([p.grad for chunk in batch.chunks for p, _ in chunk.members]):
         return False
+    for chunk in batch.chunks:  # before anything changes
+        for p, group in chunk.members:
+            if group["beta2"] is not None:
+                second_moment(state[p])
     stacks = []
     for chunk in batch.chunks:
         params = [p for p, _ in chunk.members]
@@ -162,8 +174,12 @@ def step_foreach(batch: Batch, state) -> bool:
     for chunk, O in zip(chunks, results):
         weights = [p.detach() for p, _ in chunk.members]
         start, parts = 0, []
-        for W, count in zip(weights, chunk.counts):
-            parts.append(O[start:start + count].reshape(W.shape))
+        for (p, group), count in zip(chunk.members, chunk.counts):
+            part = O[start:start + count]
+            if group["beta2"] is not None:  # NorMuon: each parameter's own slice, as update_phase
+                part, s_new = normuon_normalize(part, second_moment(state[p]), group["beta2"])
+                state[p]["second_moment"].copy_(s_new)
+            parts.append(part.reshape(p.shape))
             start += count
         for group, positions in by_group(chunk.members):
             decoupled_update_lists_([weights[i] for i in positions], [parts[i] for i in positions], lr=group["lr"],

@@ -267,7 +267,7 @@ class Muon(_MuonFamily):
         impl: how the step is carried out: "auto" (default: the fastest that applies),
             "fused" (the whole step in one native call: CPU, fp32 weights on the native
             kernels, plain Muon), "foreach" (list-wide torch passes: CPU, eager, fp32/fp64
-            weights, plain Muon) or "per_parameter" (anything; what torch.compile traces).
+            weights, Muon or NorMuon) or "per_parameter" (anything; what torch.compile traces).
             All give bitwise the same weights; an explicit one that cannot run raises at
             ``step``, saying why. ``explain()`` says which one each parameter takes and why.
         distributed: None (default) shards the orthogonalization when torch.distributed is

@@ -10,8 +10,8 @@ orthogonalization call a batch (``chunk_batches``). Each batch then takes one im
   native call, each matrix on one of torch's threads, in place (CPU, fp32 weights computed in
   fp32 on the native kernels, C-contiguous, plain Muon);
 * ``"foreach"``: list-wide ``torch._foreach_*`` passes around one stacked orthogonalization
-  (CPU, eager, float lr, fp32/fp64 weights, plain Muon);
-* ``"per_parameter"``: any device, dtype or option (NorMuon, sphere, cautious decay), and what
+  (CPU, eager, float lr, fp32/fp64 weights, Muon or NorMuon, no sphere or cautious decay);
+* ``"per_parameter"``: any device, dtype or option (sphere, cautious decay), and what
   torch.compile traces.
 
 "auto" takes the first that applies. The three give bitwise the same weights and state (the
@@ -93,11 +93,16 @@ def foreach_refusal(params: List[torch.Tensor], lr) -> Optional[str]:
     return None
 
 
+def _normuon_refusal(members) -> Optional[str]:
+    """Why the fused native step (plain Muon) cannot step these pairs (None: it can)."""
+    if any(g["beta2"] is not None for _, g in members):
+        return "NorMuon's second moment (the native step is plain Muon's)"
+    return None
+
+
 def _muon_foreach_refusal(members) -> Optional[str]:
     """Why Muon (parameter, group) pairs cannot take the list-wide passes (None: they can)."""
     for _, g in members:
-        if g["beta2"] is not None:
-            return "NorMuon's second moment"
         if g["sphere"] is not None:
             return "sphere="
         if g["cautious_weight_decay"]:
@@ -182,7 +187,7 @@ def _native_refusal(members, state, dtype, compute_dtype, backend, device, shape
 def _choose_impl(members, native_why: Optional[str], impl: str) -> Tuple[str, str]:
     """(implementation, why) for a chunk; an explicit ``impl`` that cannot run raises."""
     foreach_why = _muon_foreach_refusal(members)
-    fused_why = foreach_why or native_why
+    fused_why = foreach_why or native_why or _normuon_refusal(members)
     if impl == "per_parameter":
         return "per_parameter", 'impl="per_parameter"'
     if impl == "fused" or (impl == "auto" and fused_why is None):
