@@ -49,6 +49,18 @@ def stacks_by_call(opt) -> dict:
 def impls(opt) -> list:
     return [route.impl for route in opt.explain()]
 
+
+def step_through(opt, params, grads) -> list:
+    """Step ``opt`` once per entry of ``grads`` (a list of gradients per step, one per parameter,
+    cloned in); the set of impls ``explain()`` gave before each step."""
+    taken = []
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        taken.append(set(impls(opt)))
+        opt.step()
+    return taken
+
 # ------------------------------------------------------------------------------------------
 # Float64 reference (numpy)
 # ------------------------------------------------------------------------------------------
@@ -1178,13 +1190,7 @@ def test_normuon_few_passes_step_equals_the_per_parameter_step(rng, options):
             opt = MuonWithAdamW(groups, impl=impl, **options)
         else:
             opt = NorMuon(params, allow_nd=True, impl=impl, **options)
-        taken = []
-        for step_grads in grads:
-            for p, g in zip(params, step_grads):
-                p.grad = g.clone()
-            taken.append({r.impl for r in opt.explain()})
-            opt.step()
-        return params, opt, taken
+        return params, opt, step_through(opt, params, grads)
 
     native = blas_available() and options.get("backend") != "reference"
     for mixed in (False, True):
@@ -1218,13 +1224,7 @@ def test_adamw_few_passes_step_equals_the_per_parameter_step(rng):
         params = [nn.Parameter(w.clone()) for w in start]
         opt = MuonWithAdamW([{"params": params, "use_muon": False}], adamw_lr=3e-2, adamw_weight_decay=0.1,
                             impl=impl)
-        taken = []
-        for step_grads in grads:
-            for p, g in zip(params, step_grads):
-                p.grad = g.clone()
-            taken.append({r.impl for r in opt.explain()})
-            opt.step()
-        return params, opt, taken
+        return params, opt, step_through(opt, params, grads)
 
     fast, fast_opt, taken = run("foreach")
     foreach, per_parameter = {"foreach"}, {"per_parameter"}
