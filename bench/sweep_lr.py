@@ -10,10 +10,10 @@ matrices, and its AdamW part), AdamW alone one. It sweeps both lrs of Muon and N
 (MUON_GRID x SPLIT_GRID) and of "adamw_split", AdamW with the same routing and two lrs
 (ADAMW_GRID x SPLIT_GRID), each over ``--seeds``; then times each one's best setting as the demo
 does, and reports when Muon and NorMuon reach adamw_split's final validation loss. Writes
-bench/results/lr_sweep_split.json.
+bench/results/lr_sweep_split.json (an entry per framework; a run keeps the others').
 
     python bench/sweep_lr.py [--frameworks torch mlx]
-    python bench/sweep_lr.py --split [--frameworks torch] [--seeds 0 1 2]
+    python bench/sweep_lr.py --split [--frameworks torch] [--seeds 0 1 2] [--split-grid 0.01 0.03 0.1 0.3]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def sweep(framework: str, corpus) -> dict:
     return {"final_val_loss": {k: {str(lr): v for lr, v in d.items()} for k, d in runs.items()}, "best": best}
 
 
-def sweep_split(framework: str, corpus, seeds) -> dict:
+def sweep_split(framework: str, corpus, seeds, split_grid) -> dict:
     """Both lrs of adamw_split, Muon and NorMuon, mean final validation loss over ``seeds``;
     then each best setting trained and timed once (seed ``seeds[0]``), and the steps and seconds
     Muon and NorMuon take to reach adamw_split's final loss, against adamw_split's own."""
@@ -62,7 +62,7 @@ def sweep_split(framework: str, corpus, seeds) -> dict:
     runs, best = {}, {}
     for name, grid in grids.items():
         runs[name] = {}
-        for lr, adamw_lr in itertools.product(grid, SPLIT_GRID):
+        for lr, adamw_lr in itertools.product(grid, split_grid):
             losses = [train(framework, dataclasses.replace(FULL, seed=seed), corpus, name, lr, adamw_lr)
                       ["final_val_loss"] for seed in seeds]
             runs[name][f"{lr:g},{adamw_lr:g}"] = {"mean": statistics.fmean(losses), "seeds": losses}
@@ -87,16 +87,25 @@ def main() -> None:
     parser.add_argument("--frameworks", nargs="+", default=available_frameworks())
     parser.add_argument("--split", action="store_true", help="sweep two lrs each, AdamW with Muon's routing too")
     parser.add_argument("--seeds", nargs="+", type=int, default=[FULL.seed], help="--split: seeds to average")
+    parser.add_argument("--split-grid", nargs="+", type=float, default=list(SPLIT_GRID),
+                        help="--split: the second lr's grid (default: %(default)s)")
     parser.add_argument("--out", default=None, help="default: bench/results/lr_sweep[_split].json")
     args = parser.parse_args()
     out = args.out or os.path.join(RESULTS_DIR, "lr_sweep_split.json" if args.split else "lr_sweep.json")
     corpus = load_corpus()
     grids = {"adamw": ADAMW_GRID, "muon": MUON_GRID}
-    if args.split:
-        grids.update(split=SPLIT_GRID, seeds=args.seeds)
-    result = {"environment": environment(), "config": FULL.__dict__, "grids": grids}
-    for fw in args.frameworks:
-        result[fw] = sweep_split(fw, corpus, args.seeds) if args.split else sweep(fw, corpus)
+    if not args.split:
+        result = {"environment": environment(), "config": FULL.__dict__, "grids": grids}
+        for fw in args.frameworks:
+            result[fw] = sweep(fw, corpus)
+    else:  # one entry per framework, each with its own environment and grids; others kept
+        result = {"config": FULL.__dict__}
+        if os.path.exists(out):
+            with open(out) as f:
+                result = json.load(f)
+        for fw in args.frameworks:
+            result[fw] = {"environment": environment(), "grids": dict(grids, split=args.split_grid, seeds=args.seeds),
+                          **sweep_split(fw, corpus, args.seeds, args.split_grid)}
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
