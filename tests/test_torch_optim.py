@@ -1284,6 +1284,32 @@ def test_adamw_fused_step_is_torch_fused_adamw(rng, dtype):
                 torch_opt.state[q][key].copy_(opt.state[p][key])
 
 
+def test_adamw_fused_step_is_not_taken_for_tensors_that_are_not_contiguous(rng):
+    """torch's fused AdamW kernel on the CPU (torch 2.13) updates a transposed or strided weight,
+    or a weight with a non-contiguous gradient, wrongly and silently; such a group steps
+    list-wide instead, bitwise impl="per_parameter", and an explicit impl="fused" says why."""
+    base = torch.tensor(rng.standard_normal((6, 4)), dtype=torch.float32)
+    weights = {"transposed": lambda: base.clone().t(), "strided": lambda: base.clone()[:, ::2],
+               "gradient transposed": lambda: base.clone()}
+    for case, make in weights.items():
+        grads = [torch.tensor(rng.standard_normal(tuple(make().shape)[::-1]), dtype=torch.float32).t() for _ in range(3)]
+        if case != "gradient transposed":
+            grads = [g.contiguous() for g in grads]
+
+        def run(impl: str):
+            params = [nn.Parameter(make())]
+            opt = MuonWithAdamW([{"params": params, "use_muon": False}], adamw_lr=0.1, impl=impl)
+            return params[0], opt, step_through(opt, params, [[g] for g in grads])
+
+        ours, opt, taken = run("auto")
+        assert taken == [{"foreach"}] * 3, case
+        assert "not C-contiguous" in opt.explain()[0].why
+        slow, _, _ = run("per_parameter")
+        assert torch.equal(ours, slow), case
+        with pytest.raises(ValueError, match='impl="fused" cannot step this AdamW group: .*not C-contiguous'):
+            run("fused")
+
+
 def test_chunks_of_one_stack_share_its_compute_dtype(monkeypatch, rng):
     """The compute dtype is chosen once per same-shape stack (from its matrix count), so a tail
     chunk of one matrix is not computed differently from the rest (a single matrix alone would

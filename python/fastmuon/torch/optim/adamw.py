@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-
 from torch.optim.adamw import adamw as torch_adamw
 
 from ..functional import adamw_update, adamw_update_lists_, all_finite
@@ -28,7 +27,7 @@ from .pipeline import foreach_refusal
 FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def adamw_impl(group: dict) -> Tuple[str, str]:
+def adamw_impl(group: dict, state) -> Tuple[str, str]:
     """(implementation, why) for an AdamW group's parameters with a gradient this step: "auto"
     takes the first of "fused", "foreach" and "per_parameter" that applies; an explicit ``impl``
     that cannot run raises."""
@@ -36,7 +35,7 @@ def adamw_impl(group: dict) -> Tuple[str, str]:
     if impl == "per_parameter":
         return "per_parameter", 'impl="per_parameter"'
     params = [p for p in group["params"] if p.grad is not None]
-    fused_why = _fused_refusal(params, group["lr"])
+    fused_why = _fused_refusal(params, group["lr"], state)
     if impl == "fused" or (impl == "auto" and fused_why is None):
         if fused_why is not None:
             raise ValueError(f'impl="fused" cannot step this AdamW group: {fused_why}')
@@ -50,7 +49,7 @@ def adamw_impl(group: dict) -> Tuple[str, str]:
     return "per_parameter", f"not fused: {why}"
 
 
-def _fused_refusal(params, lr) -> Optional[str]:
+def _fused_refusal(params, lr, state) -> Optional[str]:
     """Why torch's fused AdamW kernel cannot step these parameters here (None: it can)."""
     if not params:
         return "no gradients"
@@ -59,7 +58,16 @@ def _fused_refusal(params, lr) -> Optional[str]:
             return f"{dtype_name(p.dtype)} weights (the fused kernel takes floating-point weights)"
     if isinstance(lr, torch.Tensor) and not (lr.is_cpu and lr.numel() == 1):
         return "a Tensor lr that is not one number on the CPU"
-    return foreach_refusal(params, 0.0)  # device, gradients, DTensor, torch.compile
+    why = foreach_refusal(params, 0.0)  # device, dense gradients of the weights' dtype, DTensor, torch.compile
+    if why is not None:
+        return why
+    for p in params:
+        # torch 2.13's CPU kernel walks every tensor as if it were C-contiguous: a transposed or
+        # strided weight, gradient or moment silently gets a wrong update
+        moments = [state[p][key] for key in ("exp_avg", "exp_avg_sq") if key in state.get(p, {})]
+        if not all(t.is_contiguous() for t in (p, p.grad, *moments)):
+            return "a weight, gradient or moment that is not C-contiguous"
+    return None
 
 
 def _foreach_refusal(params, lr) -> Optional[str]:
@@ -76,7 +84,7 @@ def _foreach_refusal(params, lr) -> Optional[str]:
 def adamw_step(group: dict, state) -> None:
     """One step of an AdamW group: "fused" or "foreach" when it applies and every gradient is
     finite, else parameter by parameter."""
-    list_wide = LIST_WIDE.get(adamw_impl(group)[0])
+    list_wide = LIST_WIDE.get(adamw_impl(group, state)[0])
     if list_wide is not None and list_wide(group, state):
         return
     for p in group["params"]:

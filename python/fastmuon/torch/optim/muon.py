@@ -161,7 +161,7 @@ class _MuonFamily(CheckedOptimizer):
         for group in self.param_groups:
             if group["use_muon"]:
                 continue
-            impl, why = adamw_impl(group)
+            impl, why = adamw_impl(group, self.state)
             params = [p for p in group["params"] if p.grad is not None]
             if impl != "per_parameter" and not all_finite([p.grad for p in params]):
                 impl, why = "per_parameter", "a gradient of the group is not finite this step"
