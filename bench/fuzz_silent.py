@@ -13,7 +13,7 @@ re-runs on its own with ``--only INDEX`` (the summary prints the command). Each 
 * ``optim``: 2-5 steps of ``Muon``, ``NorMuon``, ``MuonWithAdamW`` or ``SignSGD`` with random
   options (torch: several param groups with their own options, ``impl``, Tensor lr, positional
   arguments; MLX: schedules, gradients in another dtype than the weights; both: options given as
-  numpy scalars), gradients of the
+  numpy scalars; torch: weights stored transposed, or transposed gradients), gradients of the
   magnitudes above, NaN/Inf gradients, missing gradients (torch), and a checkpoint round trip
   mid-run (torch ``state_dict``/``load_state_dict`` through ``torch.save``; MLX
   ``tree_flatten(opt.state)`` through ``mx.save_safetensors`` or, for float64, in memory).
@@ -907,8 +907,19 @@ def gen_config(seed: int, fw, index: int) -> dict:
     if r < 0.45:
         return gen_ortho_config(rng, fw)
     if r < 0.9:
-        return gen_optim_config(rng, fw)
+        cfg = gen_optim_config(rng, fw)
+        if fw.name == "torch":  # its own stream, so the rest of each seed's configurations stay as they were
+            gen_layouts(np.random.default_rng([seed, 0, index, 1]), cfg)
+        return cfg
     return gen_invalid_config(rng, fw)
+
+
+def gen_layouts(rng, cfg: dict) -> None:
+    """torch: some >= 2-D parameters stored transposed (their gradients too), or with only their
+    gradients transposed; the kernels must read such tensors as they are, not as contiguous."""
+    for p in cfg["params"]:
+        if len(p["shape"]) >= 2:
+            p["layout"] = str(rng.choice(["contiguous", "transposed", "transposed_grad"], p=[0.8, 0.1, 0.1]))
 
 
 # ------------------------------------------------------------------------------ result record
@@ -1500,11 +1511,20 @@ def torch_snapshot(fw, opt, params) -> list:
     return out
 
 
+def as_laid_out(fw, a64: np.ndarray, p: dict, what: str):
+    """A parameter's weight or gradient in its dtype, stored as its ``layout`` says."""
+    layout = p.get("layout", "contiguous")
+    if layout == "transposed" or (layout == "transposed_grad" and what == "gradient"):
+        return fw.noncontiguous(a64, p["dtype"])
+    return fw.from64(a64, p["dtype"])
+
+
 def run_torch_optim(fw, cfg: dict, drng, cal: Calibration, res: Result) -> None:
     torch = fw.torch
     cls = cfg["cls"]
     sphere_any = any(g["opts"].get("sphere") for g in cfg["groups"]) or cfg["ctor"].get("sphere")
-    params = [torch.nn.Parameter(fw.from64(init_weight(drng, p, bool(sphere_any)), p["dtype"])) for p in cfg["params"]]
+    params = [torch.nn.Parameter(as_laid_out(fw, init_weight(drng, p, bool(sphere_any)), p, "weight"))
+              for p in cfg["params"]]
     where_group = {}
     for gi, g in enumerate(cfg["groups"]):
         for j, i in enumerate(g["params"]):
@@ -1527,7 +1547,7 @@ def run_torch_optim(fw, cfg: dict, drng, cal: Calibration, res: Result) -> None:
                 grads.append(None)
                 continue
             data = grad_data(drng, cfg["params"][i], g)
-            p.grad = fw.from64(data, cfg["params"][i]["dtype"])
+            p.grad = as_laid_out(fw, data, cfg["params"][i], "gradient")
             grads.append(fw.to64(p.grad))
         pre = torch_snapshot(fw, opt, params)
         routes = {}
