@@ -83,10 +83,16 @@ def _foreach_refusal(params, lr) -> Optional[str]:
 
 def adamw_step(group: dict, state) -> None:
     """One step of an AdamW group: "fused" or "foreach" when it applies and every gradient is
-    finite, else parameter by parameter."""
+    finite (one check on the host), else parameter by parameter."""
     list_wide = LIST_WIDE.get(adamw_impl(group, state)[0])
-    if list_wide is not None and list_wide(group, state):
-        return
+    if list_wide is not None:
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if all_finite(grads):
+            states = [state[p] for p in params]
+            list_wide(group, [p.detach() for p in params], grads,
+                      *([st[key] for st in states] for key in ("exp_avg", "exp_avg_sq", "step")))
+            return
     for p in group["params"]:
         if p.grad is None:
             continue
@@ -114,35 +120,21 @@ def adamw_step(group: dict, state) -> None:
         p_state["skipped_steps"].add_((~finite).to(torch.int64))
 
 
-def _step_fused(group: dict, state) -> bool:
-    """torch's fused AdamW kernel on the group; False, having changed nothing, if a gradient is
-    not finite. The state is torch.optim.AdamW's own (float32 ``step`` tensors on the weights'
-    device), so the kernel reads and writes it as it does for torch.optim.AdamW(fused=True)."""
-    params = [p for p in group["params"] if p.grad is not None]
-    grads = [p.grad for p in params]
-    if not all_finite(grads):
-        return False
-    states = [state[p] for p in params]
+def _step_fused(group: dict, weights, grads, exp_avgs, exp_avg_sqs, steps) -> None:
+    """torch's fused AdamW kernel on the group's lists (finite gradients). The state is
+    torch.optim.AdamW's own (float32 ``step`` tensors on the weights' device), so the kernel
+    reads and writes it as it does for torch.optim.AdamW(fused=True)."""
     beta1, beta2 = adamw_betas(group)
-    torch_adamw([p.detach() for p in params], grads, [st["exp_avg"] for st in states],
-                [st["exp_avg_sq"] for st in states], [], [st["step"] for st in states], fused=True,
-                amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
-                eps=group["eps"], maximize=False)
-    return True
+    torch_adamw(weights, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True, amsgrad=False, beta1=beta1,
+                beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
 
-def _step_foreach(group: dict, state) -> bool:
-    """``functional.adamw_update_lists_``, op for op the arithmetic of ``adamw_update``, so the
-    weights are bitwise the same; False, having changed nothing, if a gradient is not finite."""
-    params = [p for p in group["params"] if p.grad is not None]
-    grads = [p.grad for p in params]
-    if not all_finite(grads):
-        return False
-    states = [state[p] for p in params]
-    adamw_update_lists_([p.detach() for p in params], grads, *([st[key] for st in states] for key in
-                        ("exp_avg", "exp_avg_sq", "step")), lr=group["lr"], betas=adamw_betas(group),
+def _step_foreach(group: dict, weights, grads, exp_avgs, exp_avg_sqs, steps) -> None:
+    """``functional.adamw_update_lists_`` on the group's lists (finite gradients), op for op the
+    arithmetic of ``adamw_update``, so the weights are bitwise the same."""
+    adamw_update_lists_(weights, grads, exp_avgs, exp_avg_sqs, steps, lr=group["lr"], betas=adamw_betas(group),
                         eps=group["eps"], weight_decay=group["weight_decay"])
-    return True
 
 
+# the list-wide implementations, each on (group, weights, grads, exp_avgs, exp_avg_sqs, steps)
 LIST_WIDE = {"fused": _step_fused, "foreach": _step_foreach}

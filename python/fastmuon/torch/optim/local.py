@@ -177,8 +177,9 @@ def step_foreach(batch: Batch, state) -> bool:
         for (p, group), count in zip(chunk.members, chunk.counts):
             part = O[start:start + count]
             if group["beta2"] is not None:  # NorMuon: each parameter's own slice, as update_phase
-                part, s_new = normuon_normalize(part, second_moment(state[p]), group["beta2"])
-                state[p]["second_moment"].copy_(s_new)
+                moment = state[p]["second_moment"]  # present: checked above
+                part, s_new = normuon_normalize(part, moment, group["beta2"])
+                moment.copy_(s_new)
             parts.append(part.reshape(p.shape))
             start += count
         for group, positions in by_group(chunk.members):
