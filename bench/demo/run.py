@@ -82,6 +82,24 @@ def train(framework: str, cfg: DemoConfig, corpus: Corpus, optimizer: str, lr: f
     }
 
 
+# Untimed steps per optimizer before a framework's timed runs: the first steps in a process pay
+# one-time costs (lazy initialization, the allocator's first growth, thread start-up; about 20 ms
+# in torch on 2 cores), which would otherwise land on whichever optimizer runs first, AdamW.
+WARM_UP_STEPS = 3
+
+
+def warm_up(framework: str, cfg: DemoConfig, corpus: Corpus, optimizers=OPTIMIZERS) -> None:
+    """A few untimed steps of each optimizer (default lrs of the table) on a throwaway model."""
+    windows = eval_windows(corpus.val, 1, cfg.context)
+    for name in optimizers:
+        rates = LEARNING_RATES[framework][name]
+        run = trainer(framework)(cfg, name, rates["lr"], rates.get("adamw_lr", 0.0), windows)
+        data = batches(corpus.train, cfg.batch_size, cfg.context, seed=cfg.seed)
+        for _ in range(WARM_UP_STEPS):
+            run.step(*next(data))
+        run.evaluate()
+
+
 def steps_to_reach(curve, target: float) -> Optional[int]:
     """First evaluated step whose validation loss is at or below ``target``."""
     return next((point[0] for point in curve if point[1] <= target), None)
@@ -98,6 +116,7 @@ def run(cfg: DemoConfig, frameworks: List[str], optimizers=OPTIMIZERS, progress:
     bar = progress_bar(len(frameworks) * len(optimizers) * cfg.steps, progress, unit="step")
     for framework in frameworks:
         results[framework] = {}
+        warm_up(framework, cfg, corpus, optimizers)
         for name in optimizers:
             rates = LEARNING_RATES[framework][name]
             results[framework][name] = train(framework, cfg, corpus, name, rates["lr"], rates.get("adamw_lr", 0.0),
