@@ -52,6 +52,7 @@ def main() -> None:
     polars = {name: quality.polar_factor(G) for name, G in inputs.items()}
     anchor = panel_metrics(inputs, polars, "newton_schulz", 5)
     env = environment()
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     rows = []
     for lo, safety, cushion in itertools.product(args.lo, args.safety, args.cushion):
         coefficients = polar_express_coefficients(args.steps, lo=lo, safety=safety, cushion=cushion)
@@ -60,14 +61,12 @@ def main() -> None:
         rows.append({"steps": args.steps, "lo": lo, "safety": safety, "cushion": cushion,
                      "coefficients": [list(abc) for abc in coefficients], "worst": worst, "passes": passes,
                      "anchor": quality.ANCHOR, "arithmetic": "float64", "environment": env})
+        with open(args.out, "a") as f:  # a row as soon as measured: the grid takes minutes
+            f.write(json.dumps(rows[-1]) + "\n")
         print(f"lo={lo:g} safety={safety:g} cushion={cushion:g}: worst ratio Frobenius "
               f"{worst['rel_fro']['worst_ratio']:.4f} ({worst['rel_fro']['input']}), spectral "
               f"{worst['spectral']['worst_ratio']:.4f} ({worst['spectral']['input']})"
               + ("  PASSES" if passes else ""), flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     best = min(rows, key=lambda r: max(w["worst_ratio"] for w in r["worst"].values()))
     print(f"{sum(r['passes'] for r in rows)} of {len(rows)} candidates pass; the closest: lo={best['lo']:g} "
           f"safety={best['safety']:g} cushion={best['cushion']:g}, worst ratios "
