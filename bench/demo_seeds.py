@@ -22,7 +22,7 @@ import statistics
 
 from demo.config import FULL
 from demo.data import load_corpus
-from demo.run import LEARNING_RATES, available_frameworks, seconds_to_reach, steps_to_reach, train, warm_up
+from demo.run import LEARNING_RATES, available_frameworks, mark_crossings, train, warm_up
 
 from fastmuon.bench import environment
 
@@ -38,12 +38,13 @@ def seed_runs(framework: str, corpus, seeds, eval_every: int, rates: dict) -> di
         cfg = dataclasses.replace(FULL, seed=seed, eval_every=eval_every)
         runs = {name: train(framework, cfg, corpus, name, r["lr"], r.get("adamw_lr", 0.0))
                 for name, r in rates.items()}
+        mark_crossings(runs)
         target, baseline = runs["adamw"]["final_val_loss"], runs["adamw"]["seconds"]
         row = {"adamw_final": target, "adamw_seconds": baseline}
         for name, res in runs.items():
             if name == "adamw":
                 continue
-            steps, seconds = steps_to_reach(res["curve"], target), seconds_to_reach(res["curve"], target)
+            steps, seconds = res["steps_to_adamw_final"], res["seconds_to_adamw_final"]
             row[name] = {"final": res["final_val_loss"], "seconds": res["seconds"], "steps_to_adamw_final": steps,
                          "step_ratio": None if steps is None else steps / cfg.steps,
                          "time_ratio": None if seconds is None else seconds / baseline}

@@ -25,19 +25,10 @@ from fastmuon.coefficients import AOL_LO, polar_express_coefficients
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "aol_refit.jsonl")
 
 
-def panel_metrics(inputs, polars, method: str, steps: int, coefficients=None) -> dict:
-    return {name: quality.metrics(quality.numpy_orthogonalize(G, method, steps, coefficients), P=polars[name])
-            for name, G in inputs.items()}
-
-
-def worst_ratios(candidate: dict, anchor: dict) -> dict:
-    """Per metric, the worst ratio of the candidate's distance to the anchor's, and its input."""
-    out = {}
-    for metric in quality.METRICS:
-        ratios = {name: candidate[name][metric] / anchor[name][metric] for name in candidate}
-        name = max(ratios, key=ratios.get)
-        out[metric] = {"worst_ratio": ratios[name], "input": name}
-    return out
+def worst_ratios(entry: dict) -> dict:
+    """``quality.ratios_to_anchor``'s entry as this script's rows record it: per metric, the
+    worst ratio to the anchor and the input where it is reached."""
+    return {m: {"worst_ratio": entry[f"worst_{m}"], "input": entry[f"worst_{m}_input"]} for m in quality.METRICS}
 
 
 def main() -> None:
@@ -50,14 +41,16 @@ def main() -> None:
     args = parser.parse_args()
     inputs = quality.panel_inputs()
     polars = {name: quality.polar_factor(G) for name, G in inputs.items()}
-    anchor = panel_metrics(inputs, polars, "newton_schulz", 5)
+    anchor_rows = quality.evaluate(quality.numpy_orthogonalize, quality.ANCHOR, inputs, polars=polars)
     env = environment()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     rows = []
     for lo, safety, cushion in itertools.product(args.lo, args.safety, args.cushion):
         coefficients = polar_express_coefficients(args.steps, lo=lo, safety=safety, cushion=cushion)
-        worst = worst_ratios(panel_metrics(inputs, polars, "aol", args.steps, coefficients), anchor)
-        passes = all(w["worst_ratio"] <= 1.0 for w in worst.values())
+        candidate = quality.Preset(f"aol{args.steps}_refit", "aol", args.steps, coefficients)
+        rows_of_candidate = quality.evaluate(quality.numpy_orthogonalize, candidate, inputs, polars=polars)
+        entry = quality.ratios_to_anchor(anchor_rows + rows_of_candidate)[(candidate.name,)]
+        worst, passes = worst_ratios(entry), entry["no_worse"]
         rows.append({"steps": args.steps, "lo": lo, "safety": safety, "cushion": cushion,
                      "coefficients": [list(abc) for abc in coefficients], "worst": worst, "passes": passes,
                      "anchor": quality.ANCHOR, "arithmetic": "float64", "environment": env})

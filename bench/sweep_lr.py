@@ -40,6 +40,16 @@ SPLIT_GRID = (0.01, 0.03, 0.1, 0.3)
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def final_losses(framework: str, corpus, seeds, name: str, lr: float, adamw_lr: float, label: str) -> list:
+    """The full demo run's final validation loss for each of ``seeds``; prints their mean (and
+    each, with more than one seed) after ``label``."""
+    losses = [train(framework, dataclasses.replace(FULL, seed=seed), corpus, name, lr, adamw_lr)["final_val_loss"]
+              for seed in seeds]
+    print(f"{framework} {name} {label}: {statistics.fmean(losses):.4f}"
+          + (f" ({', '.join(f'{x:.4f}' for x in losses)})" if len(seeds) > 1 else ""), flush=True)
+    return losses
+
+
 def sweep(framework: str, corpus, seeds, adamw_grid, muon_grid) -> dict:
     """AdamW alone over ``adamw_grid``, then Muon and NorMuon over ``muon_grid`` with their AdamW
     part at AdamW's best; each lr's mean final validation loss over ``seeds``."""
@@ -47,12 +57,8 @@ def sweep(framework: str, corpus, seeds, adamw_grid, muon_grid) -> dict:
     seed_losses = {name: {} for name in runs}
 
     def mean_final(name: str, lr: float, adamw_lr: float) -> float:
-        losses = [train(framework, dataclasses.replace(FULL, seed=seed), corpus, name, lr, adamw_lr)
-                  ["final_val_loss"] for seed in seeds]
-        seed_losses[name][str(lr)] = losses
-        print(f"{framework} {name} lr={lr:g}: {statistics.fmean(losses):.4f}"
-              + (f" ({', '.join(f'{x:.4f}' for x in losses)})" if len(seeds) > 1 else ""), flush=True)
-        return statistics.fmean(losses)
+        seed_losses[name][str(lr)] = final_losses(framework, corpus, seeds, name, lr, adamw_lr, f"lr={lr:g}")
+        return statistics.fmean(seed_losses[name][str(lr)])
 
     for lr in adamw_grid:
         runs["adamw"][lr] = mean_final("adamw", lr, 0.0)
@@ -78,11 +84,8 @@ def sweep_split(framework: str, corpus, seeds, adamw_grid, muon_grid, split_grid
     for name, grid in grids.items():
         runs[name] = {}
         for lr, adamw_lr in itertools.product(grid, split_grid):
-            losses = [train(framework, dataclasses.replace(FULL, seed=seed), corpus, name, lr, adamw_lr)
-                      ["final_val_loss"] for seed in seeds]
+            losses = final_losses(framework, corpus, seeds, name, lr, adamw_lr, f"lr={lr:g} adamw_lr={adamw_lr:g}")
             runs[name][f"{lr:g},{adamw_lr:g}"] = {"mean": statistics.fmean(losses), "seeds": losses}
-            print(f"{framework} {name} lr={lr:g} adamw_lr={adamw_lr:g}: {statistics.fmean(losses):.4f} "
-                  f"({', '.join(f'{x:.4f}' for x in losses)})", flush=True)
         lr, adamw_lr = min(runs[name], key=lambda key: runs[name][key]["mean"]).split(",")
         best[name] = {"lr": float(lr), "adamw_lr": float(adamw_lr)}
     timed = {name: train(framework, dataclasses.replace(FULL, seed=seeds[0]), corpus, name, rates["lr"],

@@ -110,6 +110,16 @@ def seconds_to_reach(curve, target: float) -> Optional[float]:
     return next((point[2] for point in curve if point[1] <= target), None)
 
 
+def mark_crossings(runs: dict) -> None:
+    """Each run of one framework gains ``steps_to_adamw_final`` and ``seconds_to_adamw_final``:
+    where its validation loss first reaches the final loss of the ``"adamw"`` run (None without
+    one, or where it never does)."""
+    target = runs.get("adamw", {}).get("final_val_loss")
+    for res in runs.values():
+        res["steps_to_adamw_final"] = steps_to_reach(res["curve"], target) if target is not None else None
+        res["seconds_to_adamw_final"] = seconds_to_reach(res["curve"], target) if target is not None else None
+
+
 def run(cfg: DemoConfig, frameworks: List[str], optimizers=OPTIMIZERS, progress: bool = True) -> dict:
     corpus = load_corpus()
     results: dict = {}
@@ -121,10 +131,7 @@ def run(cfg: DemoConfig, frameworks: List[str], optimizers=OPTIMIZERS, progress:
             rates = LEARNING_RATES[framework][name]
             results[framework][name] = train(framework, cfg, corpus, name, rates["lr"], rates.get("adamw_lr", 0.0),
                                              bar)
-        target = results[framework].get("adamw", {}).get("final_val_loss")
-        for res in results[framework].values():
-            res["steps_to_adamw_final"] = steps_to_reach(res["curve"], target) if target is not None else None
-            res["seconds_to_adamw_final"] = seconds_to_reach(res["curve"], target) if target is not None else None
+        mark_crossings(results[framework])
     bar.close()
     results["config"] = dataclasses.asdict(cfg)
     results["corpus"] = {"files": list(corpus.files), "train_bytes": len(corpus.train), "val_bytes": len(corpus.val)}
